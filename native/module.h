@@ -1,0 +1,33 @@
+// Process-wide registry of loaded PKCS#11 modules.
+//
+// A module is dlopen'ed once per path and never dlclose'd (some modules register
+// process-exit handlers). C_Initialize/C_Finalize are reference counted across the
+// engines of the process that use the same module, so two engines on one module work
+// (the second would otherwise get CKR_CRYPTOKI_ALREADY_INITIALIZED).
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <string>
+
+namespace xks {
+
+struct Module;
+
+struct LoadError {
+  CK_RV rv = CKR_OK;
+  const char* fn = nullptr;    // PKCS#11 function (or "dlopen"/"C_GetFunctionList")
+  const char* xks = nullptr;   // XKS_LOAD_FAILED when the library could not be loaded
+  std::string detail;          // dlerror() text; never secret
+};
+
+// dlopen (RTLD_NOW|RTLD_LOCAL), C_GetFunctionList, C_Initialize (CKF_OS_LOCKING_OK,
+// retried with NULL args) unless already initialized by this registry.
+Module* acquireModule(const std::string& path, LoadError& err);
+CK_FUNCTION_LIST_PTR moduleFunctions(Module* m);
+// Drops one reference; C_Finalize when it was the last.
+void releaseModule(Module* m);
+// C_Finalize then C_Initialize again (recovery after CKR_DEVICE_ERROR).
+CK_RV reinitializeModule(Module* m, const char*& fn);
+
+}  // namespace xks

@@ -1,0 +1,137 @@
+// Lock-free pool of PKCS#11 session handles.
+//
+// A fixed array of `capacity` slots and two Treiber stacks over it:
+//   idle  - slots holding an open session nobody uses,
+//   free  - slots holding no session.
+// A slot in neither stack is owned by exactly one thread (a job using its session, or
+// a thread opening a session into it). Stack heads are 64-bit words {ABA tag:32,
+// index:32}; every successful CAS bumps the tag, so a slot popped and pushed back
+// between a reader's load and CAS cannot be mistaken for the old head.
+//
+// Sessions are opened lazily: reserve() counts the new session in `open` with a CAS
+// bounded by capacity and then takes a free slot. Invariant: a slot goes back on the
+// free stack before `open` is decremented, so (capacity - open) <= free slots at all
+// times and the pop after a successful reservation cannot come up empty.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+
+namespace xks {
+
+constexpr size_t kCacheLine = 64;
+
+class SessionPool {
+ public:
+  static constexpr uint32_t kNil = 0xffffffffu;
+
+  explicit SessionPool(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacity]) {
+    // All slots start on the free stack: 0 -> 1 -> ... -> capacity-1.
+    for (uint32_t i = 0; i < capacity; ++i) {
+      slots_[i].next.store(i + 1 < capacity ? i + 1 : kNil, std::memory_order_relaxed);
+      slots_[i].handle = CK_INVALID_HANDLE;
+    }
+    free_.word.store(pack(0, capacity ? 0 : kNil), std::memory_order_release);
+    idle_.word.store(pack(0, kNil), std::memory_order_release);
+  }
+
+  SessionPool(const SessionPool&) = delete;
+  SessionPool& operator=(const SessionPool&) = delete;
+
+  uint32_t capacity() const { return capacity_; }
+  uint32_t openCount() const { return open_.value.load(std::memory_order_acquire); }
+  uint32_t idleCount() const { return idleCount_.value.load(std::memory_order_acquire); }
+
+  CK_SESSION_HANDLE handle(uint32_t idx) const { return slots_[idx].handle; }
+  void setHandle(uint32_t idx, CK_SESSION_HANDLE h) { slots_[idx].handle = h; }
+
+  // Takes an idle session's slot.
+  bool popIdle(uint32_t& idx) {
+    if (!pop(idle_, idx)) return false;
+    idleCount_.value.fetch_sub(1, std::memory_order_relaxed);
+    return true;
+  }
+
+  // Returns a slot whose session is open and unused.
+  void pushIdle(uint32_t idx) {
+    push(idle_, idx);
+    idleCount_.value.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Reserves room for one more session (open < capacity) and a slot for it.
+  bool reserve(uint32_t& idx) {
+    uint32_t n = open_.value.load(std::memory_order_relaxed);
+    do {
+      if (n >= capacity_) return false;
+    } while (!open_.value.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed));
+    if (!pop(free_, idx)) {
+      // Unreachable by the invariant above; fail rather than spin on a bug.
+      open_.value.fetch_sub(1, std::memory_order_acq_rel);
+      return false;
+    }
+    return true;
+  }
+
+  // Gives back a slot whose session was closed (or never opened).
+  void unreserve(uint32_t idx) {
+    slots_[idx].handle = CK_INVALID_HANDLE;
+    push(free_, idx);
+    open_.value.fetch_sub(1, std::memory_order_acq_rel);
+  }
+
+ private:
+  struct alignas(kCacheLine) Slot {
+    std::atomic<uint32_t> next{kNil};
+    CK_SESSION_HANDLE handle = CK_INVALID_HANDLE;
+  };
+  struct alignas(kCacheLine) Head {
+    std::atomic<uint64_t> word{0};
+  };
+  struct alignas(kCacheLine) Counter {
+    std::atomic<uint32_t> value{0};
+  };
+
+  static uint64_t pack(uint32_t tag, uint32_t idx) { return (uint64_t{tag} << 32) | idx; }
+  static uint32_t indexOf(uint64_t w) { return static_cast<uint32_t>(w); }
+  static uint32_t tagOf(uint64_t w) { return static_cast<uint32_t>(w >> 32); }
+
+  bool pop(Head& head, uint32_t& out) {
+    uint64_t h = head.word.load(std::memory_order_acquire);
+    for (;;) {
+      uint32_t idx = indexOf(h);
+      if (idx == kNil) return false;
+      uint32_t next = slots_[idx].next.load(std::memory_order_relaxed);
+      if (head.word.compare_exchange_weak(h, pack(tagOf(h) + 1, next), std::memory_order_acq_rel,
+                                          std::memory_order_acquire)) {
+        out = idx;
+        return true;
+      }
+    }
+  }
+
+  void push(Head& head, uint32_t idx) {
+    uint64_t h = head.word.load(std::memory_order_relaxed);
+    for (;;) {
+      slots_[idx].next.store(indexOf(h), std::memory_order_relaxed);
+      if (head.word.compare_exchange_weak(h, pack(tagOf(h) + 1, idx), std::memory_order_release,
+                                          std::memory_order_relaxed)) {
+        return;
+      }
+    }
+  }
+
+  const uint32_t capacity_;
+  std::unique_ptr<Slot[]> slots_;
+  Head idle_;
+  Head free_;
+  Counter open_;
+  Counter idleCount_;
+};
+
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "64-bit CAS must be lock-free");
+
+}  // namespace xks

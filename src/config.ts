@@ -1,0 +1,697 @@
+/**
+ * settings.toml: reading, validation and a typed mirror of the file.
+ *
+ * The file format is the Rust xks-proxy's (aws-samples/aws-kms-xks-proxy, xks-axum/configuration/*.toml);
+ * every file that works there loads here unchanged. Field names stay exactly as written in the TOML
+ * (snake_case, and `PKCS11_HSM_MODULE` upper case), so `config.pkcs11.session_pool_max_size` is the
+ * `[pkcs11] session_pool_max_size` key. A few derived values are added next to the keys they come from
+ * (`server.ciphertext_metadata`, `pkcs11.module_path`, `pkcs11.worker_threads`'s default).
+ *
+ * Every problem is a ConfigError with a one-line message `<file>: <dotted.key>: <problem>`; secret values
+ * (sigv4_secret_access_key, user_pin) never appear in a message, a warning or the redacted summary.
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { resolve as resolvePath } from 'node:path';
+import { parse, TomlError } from 'smol-toml';
+
+/** Tracing levels, most verbose first. */
+export type Level = 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
+/** tracing-appender rotation kinds. */
+export type RotationKind = 'MINUTELY' | 'HOURLY' | 'DAILY' | 'NEVER';
+
+export interface TcpKeepaliveSection {
+  /** Idle seconds before the first keepalive probe; absent = keepalive disabled. */
+  tcp_keepalive_secs?: number;
+  /** Probes sent before the peer is declared dead. */
+  tcp_keepalive_retries?: number;
+  /** Seconds between unanswered probes. */
+  tcp_keepalive_interval_secs?: number;
+}
+
+export interface ServerSection {
+  ip: string;
+  port: number;
+  /** Port of the plain-HTTP `GET /ping` listener; default 80; equal to `port` means one listener. */
+  port_http_ping: number;
+  region: string;
+  service: string;
+  /** As written in the file (canonical padded base64), when configured. */
+  ciphertext_metadata_b64?: string;
+  /** Decoded `ciphertext_metadata_b64` (<= 20 bytes), undefined when not configured. */
+  ciphertext_metadata: Buffer | undefined;
+  /** `[server.tcp_keepalive]`; an empty object when the table is absent. */
+  tcp_keepalive: TcpKeepaliveSection;
+}
+
+export interface TracingSection {
+  is_stdout_writer_enabled: boolean;
+  is_file_writer_enabled: boolean;
+  /** Upper-cased; default INFO when absent. */
+  level: Level;
+  /** Required when is_file_writer_enabled. */
+  directory?: string;
+  /** Required when is_file_writer_enabled. */
+  file_prefix?: string;
+  /** Upper-cased; default HOURLY when absent. */
+  rotation_kind: RotationKind;
+}
+
+export interface OsoSection {
+  polar_file_path: string;
+}
+
+export interface SecuritySection {
+  is_sigv4_auth_enabled: boolean;
+  is_tls_enabled: boolean;
+  is_mtls_enabled: boolean;
+  /** Only "Oso" exists. */
+  secondary_auth?: 'Oso';
+  /** `[security.oso]`; required when secondary_auth = "Oso". */
+  oso?: OsoSection;
+}
+
+export interface TlsSection {
+  tls_cert_pem: string;
+  tls_key_pem: string;
+  /** Required (non-empty) when is_mtls_enabled. */
+  mtls_client_ca_pem?: string;
+  /** Required (non-empty) when is_mtls_enabled: the client certificate must be valid for this DNS name. */
+  mtls_client_dns_name?: string;
+}
+
+export interface KeyStore {
+  /** "" or 9..117 characters of [a-zA-Z0-9/_-] starting with "/". */
+  uri_path_prefix: string;
+  sigv4_access_key_id: string;
+  /** Non-enumerable: left out of JSON.stringify / util.inspect of the config. */
+  sigv4_secret_access_key: string;
+  /** Key ids (PKCS#11 labels) this keystore may use; duplicates in the file are merged. */
+  xks_key_id_set: ReadonlySet<string>;
+}
+
+export interface Pkcs11Section {
+  session_pool_max_size: number;
+  session_pool_timeout_milli: number;
+  session_eager_close: boolean;
+  /** Non-enumerable: left out of JSON.stringify / util.inspect of the config. */
+  user_pin: string;
+  /** As written in the file. */
+  PKCS11_HSM_MODULE: string;
+  context_read_timeout_milli: number;
+  /** Our extension (optional key): threads running PKCS#11 calls; default min(session_pool_max_size, 32). */
+  worker_threads: number;
+  /** Effective module path: env PKCS11_HSM_MODULE (when set and non-empty) else PKCS11_HSM_MODULE. */
+  module_path: string;
+}
+
+export interface Pkcs11LoggerSection {
+  PKCS11_LOGGER_LIBRARY_PATH: string;
+  PKCS11_LOGGER_LOG_FILE_PATH: string;
+  PKCS11_LOGGER_FLAGS: string;
+}
+
+export interface LimitsSection {
+  max_plaintext_in_base64: number;
+  max_aad_in_base64: number;
+}
+
+export interface HsmCapabilities {
+  can_generate_iv: boolean;
+  is_zero_iv_required: boolean;
+}
+
+export interface Config {
+  server: ServerSection;
+  tracing: TracingSection;
+  security: SecuritySection;
+  tls?: TlsSection;
+  external_key_stores: KeyStore[];
+  pkcs11: Pkcs11Section;
+  pkcs11_logger?: Pkcs11LoggerSection;
+  limits: LimitsSection;
+  hsm_capabilities: HsmCapabilities;
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** One line each, `<file>: <dotted.key>: <note>`: unknown keys and suspicious values. */
+  warnings: string[];
+  file: string;
+}
+
+export class ConfigError extends Error {
+  readonly file: string;
+  /** Dotted key path, e.g. `external_key_stores[1].uri_path_prefix`; undefined for file-level problems. */
+  readonly key: string | undefined;
+  readonly problem: string;
+
+  constructor(file: string, key: string | undefined, problem: string) {
+    super(oneLine(key === undefined ? `${file}: ${problem}` : `${file}: ${key}: ${problem}`));
+    this.name = 'ConfigError';
+    this.file = file;
+    this.key = key;
+    this.problem = problem;
+  }
+}
+
+export const XKS_PROXY_SETTINGS_TOML = 'XKS_PROXY_SETTINGS_TOML';
+export const PKCS11_HSM_MODULE = 'PKCS11_HSM_MODULE';
+export const DEFAULT_BOOTSTRAP_TOML = 'configuration/bootstrap.toml';
+export const CIPHERTEXT_METADATA_MAX_BYTES = 20;
+/** Default port of the `GET /ping` listener (Rust: port_http_ping unwrap_or(80)). */
+export const DEFAULT_PORT_HTTP_PING = 80;
+export const MAX_DEFAULT_WORKER_THREADS = 32;
+/** Spec: plaintext up to 4,300 bytes and AAD up to 8,192 bytes must work. */
+const MIN_PLAINTEXT_B64 = b64Len(4300);
+const MIN_AAD_B64 = b64Len(8192);
+/** The AAD length travels as a u16. */
+const MAX_AAD_B64 = b64Len(65535);
+
+const PREFIX_RE = /^\/[A-Za-z0-9/_-]{8,116}$/;
+const PREFIX_CHARS_RE = /^[A-Za-z0-9/_-]*$/;
+const KEY_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
+const SECRET_RE = /^[A-Za-z0-9/+=]{43,64}$/;
+const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/**
+ * Where settings.toml is: env XKS_PROXY_SETTINGS_TOML when set and non-empty, else the
+ * XKS_PROXY_SETTINGS_TOML key of `configuration/bootstrap.toml` under cwd (as the Rust proxy).
+ * Relative paths are resolved against cwd.
+ */
+export function resolveSettingsPath(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): string {
+  const fromEnv = env[XKS_PROXY_SETTINGS_TOML];
+  if (fromEnv !== undefined && fromEnv !== '') return resolvePath(cwd, fromEnv);
+  const bootstrap = resolvePath(cwd, DEFAULT_BOOTSTRAP_TOML);
+  let text: string;
+  try {
+    text = readFileSync(bootstrap, 'utf8');
+  } catch (e) {
+    throw new ConfigError(
+      bootstrap,
+      undefined,
+      `env ${XKS_PROXY_SETTINGS_TOML} is not set and this bootstrap file cannot be read (${errCode(e)})`,
+    );
+  }
+  const doc = parseToml(text, bootstrap);
+  const v = doc[XKS_PROXY_SETTINGS_TOML];
+  if (v === undefined) throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, 'missing key (and env XKS_PROXY_SETTINGS_TOML is not set)');
+  if (typeof v !== 'string' || v === '') throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, `expected a non-empty string, got ${describe(v)}`);
+  return resolvePath(cwd, v);
+}
+
+/** Reads and validates a settings file. */
+export function loadConfig(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, undefined, `cannot read the settings file (${errCode(e)})`);
+  }
+  return parseConfig(text, file, env);
+}
+
+/** Validates settings text; `file` is only used in messages. */
+export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const doc = parseToml(text, file);
+  const r = new Reader(file);
+  const config = readConfig(r, doc, env);
+  return { config, warnings: r.warnings, file };
+}
+
+/**
+ * The PKCS11_LOGGER_* variables to put into the environment before the PKCS#11 module is loaded, as the
+ * Rust proxy does when `[pkcs11_logger]` is present: an already-set (non-empty) environment variable wins
+ * over the file's value. Empty object when the section is absent.
+ */
+export function pkcs11LoggerEnv(config: Config, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const lg = config.pkcs11_logger;
+  if (lg === undefined) return {};
+  const out: Record<string, string> = {};
+  for (const k of ['PKCS11_LOGGER_LIBRARY_PATH', 'PKCS11_LOGGER_LOG_FILE_PATH', 'PKCS11_LOGGER_FLAGS'] as const) {
+    const e = env[k];
+    out[k] = e !== undefined && e !== '' ? e : lg[k];
+  }
+  return out;
+}
+
+/** A printable summary of the settings: no secret, no PIN (only whether they are set). */
+export function redactedSummary(config: Config): object {
+  const s = config.server;
+  return {
+    server: {
+      ip: s.ip,
+      port: s.port,
+      port_http_ping: s.port_http_ping,
+      region: s.region,
+      service: s.service,
+      ciphertext_metadata_b64: s.ciphertext_metadata_b64,
+      ciphertext_metadata_bytes: s.ciphertext_metadata?.length,
+      tcp_keepalive: { ...s.tcp_keepalive },
+    },
+    tracing: { ...config.tracing },
+    security: { ...config.security, oso: config.security.oso ? { ...config.security.oso } : undefined },
+    tls: config.tls ? { ...config.tls } : undefined,
+    external_key_stores: config.external_key_stores.map((ks) => ({
+      uri_path_prefix: ks.uri_path_prefix,
+      sigv4_access_key_id: ks.sigv4_access_key_id,
+      sigv4_secret_access_key: ks.sigv4_secret_access_key === '' ? '<empty>' : '<redacted>',
+      xks_key_id_set: [...ks.xks_key_id_set].sort(),
+    })),
+    pkcs11: {
+      session_pool_max_size: config.pkcs11.session_pool_max_size,
+      session_pool_timeout_milli: config.pkcs11.session_pool_timeout_milli,
+      session_eager_close: config.pkcs11.session_eager_close,
+      user_pin: config.pkcs11.user_pin === '' ? '<empty>' : '<redacted>',
+      PKCS11_HSM_MODULE: config.pkcs11.PKCS11_HSM_MODULE,
+      module_path: config.pkcs11.module_path,
+      context_read_timeout_milli: config.pkcs11.context_read_timeout_milli,
+      worker_threads: config.pkcs11.worker_threads,
+    },
+    pkcs11_logger: config.pkcs11_logger ? { ...config.pkcs11_logger } : undefined,
+    limits: { ...config.limits },
+    hsm_capabilities: { ...config.hsm_capabilities },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+type Table = { [key: string]: unknown };
+
+function isTable(v: unknown): v is Table {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto: unknown = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function parseToml(text: string, file: string): Table {
+  try {
+    return parse(text, { unsafeKeyBehaviour: 'throw' }) as Table;
+  } catch (e) {
+    if (e instanceof TomlError) {
+      // First line of the message only: the rest is a code excerpt that may contain a secret.
+      const reason = (e.message.split('\n')[0] ?? 'syntax error').replace(/^Invalid TOML document:\s*/, '');
+      throw new ConfigError(`${file}:${e.line}:${e.column}`, undefined, `TOML syntax error: ${reason}`);
+    }
+    throw new ConfigError(file, undefined, 'TOML syntax error');
+  }
+}
+
+interface StrOpts {
+  secret?: boolean;
+  nonEmpty?: boolean;
+}
+
+interface IntOpts {
+  min: number;
+  max: number;
+  what: string;
+}
+
+const U16 = 65535;
+const U32 = 4294967295;
+const SAFE = Number.MAX_SAFE_INTEGER;
+
+/** Typed accessors that throw ConfigError naming the key and collect unknown-key warnings. */
+class Reader {
+  readonly warnings: string[] = [];
+  constructor(readonly file: string) {}
+
+  fail(key: string, problem: string): never {
+    throw new ConfigError(this.file, key, problem);
+  }
+
+  warn(key: string, note: string): void {
+    this.warnings.push(oneLine(`${this.file}: ${key}: ${note}`));
+  }
+
+  /** Warns about keys of `t` not in `known`. */
+  unknown(t: Table, path: string, known: readonly string[]): void {
+    for (const k of Object.keys(t)) if (!known.includes(k)) this.warn(join(path, k), 'unknown key (ignored)');
+  }
+
+  table(t: Table, path: string, key: string, required: true): Table;
+  table(t: Table, path: string, key: string, required: false): Table | undefined;
+  table(t: Table, path: string, key: string, required: boolean): Table | undefined;
+  table(t: Table, path: string, key: string, required: boolean): Table | undefined {
+    const v = t[key];
+    const p = join(path, key);
+    if (v === undefined) {
+      if (required) this.fail(p, 'missing table');
+      return undefined;
+    }
+    if (!isTable(v)) this.fail(p, `expected a table, got ${describe(v)}`);
+    return v;
+  }
+
+  str(t: Table, path: string, key: string, required: true, o?: StrOpts): string;
+  str(t: Table, path: string, key: string, required: false, o?: StrOpts): string | undefined;
+  str(t: Table, path: string, key: string, required: boolean, o?: StrOpts): string | undefined;
+  str(t: Table, path: string, key: string, required: boolean, o: StrOpts = {}): string | undefined {
+    const v = t[key];
+    const p = join(path, key);
+    if (v === undefined) {
+      if (required) this.fail(p, 'missing key');
+      return undefined;
+    }
+    if (typeof v !== 'string') this.fail(p, `expected a string, got ${o.secret ? typeName(v) : describe(v)}`);
+    if (o.nonEmpty && v === '') this.fail(p, 'must not be empty');
+    return v;
+  }
+
+  bool(t: Table, path: string, key: string, required: true): boolean;
+  bool(t: Table, path: string, key: string, required: false): boolean | undefined;
+  bool(t: Table, path: string, key: string, required: boolean): boolean | undefined;
+  bool(t: Table, path: string, key: string, required: boolean): boolean | undefined {
+    const v = t[key];
+    const p = join(path, key);
+    if (v === undefined) {
+      if (required) this.fail(p, 'missing key');
+      return undefined;
+    }
+    if (typeof v !== 'boolean') this.fail(p, `expected a boolean (true or false), got ${describe(v)}`);
+    return v;
+  }
+
+  int(t: Table, path: string, key: string, required: true, o: IntOpts): number;
+  int(t: Table, path: string, key: string, required: false, o: IntOpts): number | undefined;
+  int(t: Table, path: string, key: string, required: boolean, o: IntOpts): number | undefined {
+    const v = t[key];
+    const p = join(path, key);
+    if (v === undefined) {
+      if (required) this.fail(p, 'missing key');
+      return undefined;
+    }
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < o.min || v > o.max) this.fail(p, `expected ${o.what}, got ${describe(v)}`);
+    return v;
+  }
+}
+
+const POSITIVE: IntOpts = { min: 1, max: SAFE, what: 'a positive integer' };
+const NON_NEGATIVE: IntOpts = { min: 0, max: SAFE, what: 'a non-negative integer' };
+const PORT: IntOpts = { min: 1, max: U16, what: 'a port number (1..65535)' };
+
+function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
+  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities']);
+  const security = readSecurity(r, doc);
+  const config: Config = {
+    server: readServer(r, doc),
+    tracing: readTracing(r, doc),
+    security,
+    tls: readTls(r, doc, security),
+    external_key_stores: readKeyStores(r, doc, security),
+    pkcs11: readPkcs11(r, doc, env),
+    limits: readLimits(r, doc),
+    hsm_capabilities: readHsmCapabilities(r, doc),
+  };
+  const logger = readPkcs11Logger(r, doc);
+  if (logger !== undefined) config.pkcs11_logger = logger;
+  return config;
+}
+
+function readServer(r: Reader, doc: Table): ServerSection {
+  const P = 'server';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, ['ip', 'port', 'port_http_ping', 'region', 'service', 'ciphertext_metadata_b64', 'tcp_keepalive']);
+  const ip = r.str(t, P, 'ip', true);
+  if (isIP(ip) === 0) r.fail(`${P}.ip`, `expected an IPv4 or IPv6 address, got ${describe(ip)}`);
+  const port = r.int(t, P, 'port', true, PORT);
+  const port_http_ping = r.int(t, P, 'port_http_ping', false, PORT) ?? DEFAULT_PORT_HTTP_PING;
+  const region = r.str(t, P, 'region', true, { nonEmpty: true });
+  const service = r.str(t, P, 'service', true, { nonEmpty: true });
+  if (service !== 'kms-xks-proxy') r.warn(`${P}.service`, `is ${describe(service)}; AWS KMS signs with service "kms-xks-proxy"`);
+  const ciphertext_metadata_b64 = r.str(t, P, 'ciphertext_metadata_b64', false);
+  let ciphertext_metadata: Buffer | undefined;
+  if (ciphertext_metadata_b64 !== undefined) {
+    const key = `${P}.ciphertext_metadata_b64`;
+    if (!B64_RE.test(ciphertext_metadata_b64)) r.fail(key, 'expected canonical padded base64 (A-Z a-z 0-9 + / =)');
+    ciphertext_metadata = Buffer.from(ciphertext_metadata_b64, 'base64');
+    if (ciphertext_metadata.toString('base64') !== ciphertext_metadata_b64) r.fail(key, 'expected canonical padded base64 (non-zero trailing bits)');
+    if (ciphertext_metadata.length > CIPHERTEXT_METADATA_MAX_BYTES) {
+      r.fail(key, `decodes to ${ciphertext_metadata.length} bytes, at most ${CIPHERTEXT_METADATA_MAX_BYTES} allowed`);
+    }
+  }
+  const tcp_keepalive: TcpKeepaliveSection = {};
+  const ka = r.table(t, P, 'tcp_keepalive', false);
+  if (ka !== undefined) {
+    const KP = `${P}.tcp_keepalive`;
+    r.unknown(ka, KP, ['tcp_keepalive_secs', 'tcp_keepalive_retries', 'tcp_keepalive_interval_secs']);
+    const secs = r.int(ka, KP, 'tcp_keepalive_secs', false, NON_NEGATIVE);
+    const retries = r.int(ka, KP, 'tcp_keepalive_retries', false, { min: 0, max: U32, what: 'a non-negative 32-bit integer' });
+    const interval = r.int(ka, KP, 'tcp_keepalive_interval_secs', false, NON_NEGATIVE);
+    if (secs !== undefined) tcp_keepalive.tcp_keepalive_secs = secs;
+    if (retries !== undefined) tcp_keepalive.tcp_keepalive_retries = retries;
+    if (interval !== undefined) tcp_keepalive.tcp_keepalive_interval_secs = interval;
+  }
+  const server: ServerSection = { ip, port, port_http_ping, region, service, ciphertext_metadata, tcp_keepalive };
+  if (ciphertext_metadata_b64 !== undefined) server.ciphertext_metadata_b64 = ciphertext_metadata_b64;
+  return server;
+}
+
+const LEVELS: readonly Level[] = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'];
+/** Rust's tracing::Level::from_str also takes 1 (ERROR) .. 5 (TRACE). */
+const LEVEL_BY_NUMBER: Record<string, Level> = { '1': 'ERROR', '2': 'WARN', '3': 'INFO', '4': 'DEBUG', '5': 'TRACE' };
+const ROTATIONS: readonly RotationKind[] = ['MINUTELY', 'HOURLY', 'DAILY', 'NEVER'];
+
+function readTracing(r: Reader, doc: Table): TracingSection {
+  const P = 'tracing';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, ['is_stdout_writer_enabled', 'is_file_writer_enabled', 'level', 'directory', 'file_prefix', 'rotation_kind']);
+  const is_stdout_writer_enabled = r.bool(t, P, 'is_stdout_writer_enabled', true);
+  const is_file_writer_enabled = r.bool(t, P, 'is_file_writer_enabled', true);
+  const levelRaw = r.str(t, P, 'level', false);
+  let level: Level = 'INFO';
+  if (levelRaw !== undefined) {
+    const up = levelRaw.toUpperCase();
+    const found = LEVEL_BY_NUMBER[levelRaw] ?? LEVELS.find((l) => l === up);
+    if (found === undefined) r.fail(`${P}.level`, `expected one of TRACE, DEBUG, INFO, WARN, ERROR, got ${describe(levelRaw)}`);
+    level = found;
+  }
+  const directory = r.str(t, P, 'directory', is_file_writer_enabled, { nonEmpty: is_file_writer_enabled });
+  const file_prefix = r.str(t, P, 'file_prefix', is_file_writer_enabled, { nonEmpty: is_file_writer_enabled });
+  const rotRaw = r.str(t, P, 'rotation_kind', false);
+  let rotation_kind: RotationKind = 'HOURLY';
+  if (rotRaw !== undefined) {
+    const up = rotRaw.toUpperCase();
+    const found = ROTATIONS.find((k) => k === up);
+    if (found === undefined) r.fail(`${P}.rotation_kind`, `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`);
+    rotation_kind = found;
+  }
+  if (!is_stdout_writer_enabled && !is_file_writer_enabled) r.warn(P, 'both the stdout and the file writer are disabled: nothing will be logged');
+  const out: TracingSection = { is_stdout_writer_enabled, is_file_writer_enabled, level, rotation_kind };
+  if (directory !== undefined) out.directory = directory;
+  if (file_prefix !== undefined) out.file_prefix = file_prefix;
+  return out;
+}
+
+function readSecurity(r: Reader, doc: Table): SecuritySection {
+  const P = 'security';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, ['is_sigv4_auth_enabled', 'is_tls_enabled', 'is_mtls_enabled', 'secondary_auth', 'oso']);
+  const out: SecuritySection = {
+    is_sigv4_auth_enabled: r.bool(t, P, 'is_sigv4_auth_enabled', true),
+    is_tls_enabled: r.bool(t, P, 'is_tls_enabled', true),
+    is_mtls_enabled: r.bool(t, P, 'is_mtls_enabled', true),
+  };
+  const sa = r.str(t, P, 'secondary_auth', false);
+  if (sa !== undefined) {
+    if (sa !== 'Oso') r.fail(`${P}.secondary_auth`, `expected "Oso" (or no key), got ${describe(sa)}`);
+    out.secondary_auth = 'Oso';
+  }
+  const oso = r.table(t, P, 'oso', out.secondary_auth === 'Oso');
+  if (oso !== undefined) {
+    const OP = `${P}.oso`;
+    r.unknown(oso, OP, ['polar_file_path']);
+    out.oso = { polar_file_path: r.str(oso, OP, 'polar_file_path', true, { nonEmpty: out.secondary_auth === 'Oso' }) };
+  }
+  if (!out.is_sigv4_auth_enabled) r.warn(`${P}.is_sigv4_auth_enabled`, 'false: requests are not authenticated (testing only)');
+  if (out.is_mtls_enabled && !out.is_tls_enabled) r.warn(`${P}.is_mtls_enabled`, 'has no effect while is_tls_enabled = false');
+  return out;
+}
+
+function readTls(r: Reader, doc: Table, sec: SecuritySection): TlsSection | undefined {
+  const P = 'tls';
+  const t = r.table(doc, '', P, sec.is_tls_enabled);
+  if (t === undefined) return undefined;
+  r.unknown(t, P, ['tls_cert_pem', 'tls_key_pem', 'mtls_client_ca_pem', 'mtls_client_dns_name']);
+  const tls = sec.is_tls_enabled;
+  const mtls = tls && sec.is_mtls_enabled;
+  const out: TlsSection = {
+    tls_cert_pem: r.str(t, P, 'tls_cert_pem', true, { nonEmpty: tls }),
+    tls_key_pem: r.str(t, P, 'tls_key_pem', true, { nonEmpty: tls }),
+  };
+  const ca = r.str(t, P, 'mtls_client_ca_pem', mtls, { nonEmpty: mtls });
+  const dns = r.str(t, P, 'mtls_client_dns_name', mtls, { nonEmpty: mtls });
+  if (ca !== undefined) out.mtls_client_ca_pem = ca;
+  if (dns !== undefined) out.mtls_client_dns_name = dns;
+  return out;
+}
+
+function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] {
+  const P = 'external_key_stores';
+  const arr = doc[P];
+  if (arr === undefined) r.fail(P, 'missing: at least one [[external_key_stores]] table is required');
+  if (!Array.isArray(arr)) r.fail(P, `expected an array of tables ([[external_key_stores]]), got ${describe(arr)}`);
+  if (arr.length === 0) r.fail(P, 'at least one [[external_key_stores]] table is required');
+  const seen = new Map<string, number>();
+  const out: KeyStore[] = [];
+  arr.forEach((item: unknown, i: number) => {
+    const IP = `${P}[${i}]`;
+    if (!isTable(item)) r.fail(IP, `expected a table, got ${describe(item)}`);
+    r.unknown(item, IP, ['uri_path_prefix', 'sigv4_access_key_id', 'sigv4_secret_access_key', 'xks_key_id_set']);
+
+    const prefix = r.str(item, IP, 'uri_path_prefix', true);
+    const pk = `${IP}.uri_path_prefix`;
+    if (prefix !== '') {
+      if (!PREFIX_CHARS_RE.test(prefix)) r.fail(pk, `only a-z A-Z 0-9 / - _ are allowed, got ${describe(prefix)}`);
+      if (!prefix.startsWith('/')) r.fail(pk, `must be empty or start with "/", got ${describe(prefix)}`);
+      if (!PREFIX_RE.test(prefix)) r.fail(pk, `must be empty or 9..117 characters long, got ${prefix.length}`);
+      if (prefix.endsWith('/') || prefix.includes('//')) r.warn(pk, `${describe(prefix)} makes URIs with "//"`);
+    }
+    const prev = seen.get(prefix);
+    if (prev !== undefined) r.fail(pk, `duplicate prefix ${describe(prefix)} (also external_key_stores[${prev}])`);
+    seen.set(prefix, i);
+
+    const akid = r.str(item, IP, 'sigv4_access_key_id', true);
+    const secret = r.str(item, IP, 'sigv4_secret_access_key', true, { secret: true });
+    if (sec.is_sigv4_auth_enabled) {
+      if (!ACCESS_KEY_ID_RE.test(akid)) r.warn(`${IP}.sigv4_access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
+      if (!SECRET_RE.test(secret)) r.warn(`${IP}.sigv4_secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
+    }
+
+    const ids = item['xks_key_id_set'];
+    const ik = `${IP}.xks_key_id_set`;
+    if (ids === undefined) r.fail(ik, 'missing key');
+    if (!Array.isArray(ids)) r.fail(ik, `expected an array of key id strings, got ${describe(ids)}`);
+    const set = new Set<string>();
+    ids.forEach((id: unknown, j: number) => {
+      if (typeof id !== 'string') r.fail(`${ik}[${j}]`, `expected a string, got ${describe(id)}`);
+      if (!KEY_ID_RE.test(id)) r.fail(`${ik}[${j}]`, `key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(id)}`);
+      if (set.has(id)) r.warn(`${ik}[${j}]`, `duplicate key id ${describe(id)}`);
+      set.add(id);
+    });
+    if (set.size === 0) r.warn(ik, 'empty: every key operation on this keystore will fail with KeyNotFoundException');
+
+    out.push(withHidden({ uri_path_prefix: prefix, sigv4_access_key_id: akid, xks_key_id_set: set }, 'sigv4_secret_access_key', secret));
+  });
+  return out;
+}
+
+function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Section {
+  const P = 'pkcs11';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, [
+    'session_pool_max_size', 'session_pool_timeout_milli', 'session_eager_close', 'user_pin',
+    PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads',
+  ]);
+  const session_pool_max_size = r.int(t, P, 'session_pool_max_size', true, POSITIVE);
+  const session_pool_timeout_milli = r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE);
+  const session_eager_close = r.bool(t, P, 'session_eager_close', true);
+  const user_pin = r.str(t, P, 'user_pin', true, { secret: true });
+  const hsmModule = r.str(t, P, PKCS11_HSM_MODULE, true);
+  const context_read_timeout_milli = r.int(t, P, 'context_read_timeout_milli', true, NON_NEGATIVE);
+  const worker_threads =
+    r.int(t, P, 'worker_threads', false, { min: 1, max: 1024, what: 'an integer in 1..1024' }) ??
+    Math.min(session_pool_max_size, MAX_DEFAULT_WORKER_THREADS);
+  const fromEnv = env[PKCS11_HSM_MODULE];
+  const module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : hsmModule;
+  if (module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');
+  const out = {
+    session_pool_max_size,
+    session_pool_timeout_milli,
+    session_eager_close,
+    PKCS11_HSM_MODULE: hsmModule,
+    context_read_timeout_milli,
+    worker_threads,
+    module_path,
+  };
+  return withHidden(out, 'user_pin', user_pin);
+}
+
+function readPkcs11Logger(r: Reader, doc: Table): Pkcs11LoggerSection | undefined {
+  const P = 'pkcs11_logger';
+  const t = r.table(doc, '', P, false);
+  if (t === undefined) return undefined;
+  r.unknown(t, P, ['PKCS11_LOGGER_LIBRARY_PATH', 'PKCS11_LOGGER_LOG_FILE_PATH', 'PKCS11_LOGGER_FLAGS']);
+  return {
+    PKCS11_LOGGER_LIBRARY_PATH: r.str(t, P, 'PKCS11_LOGGER_LIBRARY_PATH', true),
+    PKCS11_LOGGER_LOG_FILE_PATH: r.str(t, P, 'PKCS11_LOGGER_LOG_FILE_PATH', true),
+    PKCS11_LOGGER_FLAGS: r.str(t, P, 'PKCS11_LOGGER_FLAGS', true),
+  };
+}
+
+function readLimits(r: Reader, doc: Table): LimitsSection {
+  const P = 'limits';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, ['max_plaintext_in_base64', 'max_aad_in_base64']);
+  const max_plaintext_in_base64 = r.int(t, P, 'max_plaintext_in_base64', true, POSITIVE);
+  const max_aad_in_base64 = r.int(t, P, 'max_aad_in_base64', true, POSITIVE);
+  if (max_plaintext_in_base64 < MIN_PLAINTEXT_B64) {
+    r.warn(`${P}.max_plaintext_in_base64`, `${max_plaintext_in_base64} is below ${MIN_PLAINTEXT_B64} (4,300 bytes of plaintext, which KMS may send)`);
+  }
+  if (max_aad_in_base64 < MIN_AAD_B64) {
+    r.warn(`${P}.max_aad_in_base64`, `${max_aad_in_base64} is below ${MIN_AAD_B64} (8,192 bytes of AAD, which KMS may send)`);
+  }
+  if (max_aad_in_base64 > MAX_AAD_B64) {
+    r.warn(`${P}.max_aad_in_base64`, `${max_aad_in_base64} is above ${MAX_AAD_B64}: AAD beyond 65,535 bytes cannot be encoded`);
+  }
+  return { max_plaintext_in_base64, max_aad_in_base64 };
+}
+
+function readHsmCapabilities(r: Reader, doc: Table): HsmCapabilities {
+  const P = 'hsm_capabilities';
+  const t = r.table(doc, '', P, true);
+  r.unknown(t, P, ['can_generate_iv', 'is_zero_iv_required']);
+  const out = {
+    can_generate_iv: r.bool(t, P, 'can_generate_iv', true),
+    is_zero_iv_required: r.bool(t, P, 'is_zero_iv_required', true),
+  };
+  if (out.is_zero_iv_required && !out.can_generate_iv) r.warn(`${P}.is_zero_iv_required`, 'has no effect while can_generate_iv = false');
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+/** Adds a read-only, non-enumerable property: kept out of JSON.stringify, util.inspect and spreads. */
+function withHidden<T extends object, K extends string>(obj: T, key: K, value: string): T & Record<K, string> {
+  Object.defineProperty(obj, key, { value, enumerable: false, writable: false });
+  return obj as T & Record<K, string>;
+}
+
+function join(path: string, key: string): string {
+  return path === '' ? key : `${path}.${key}`;
+}
+
+function b64Len(bytes: number): number {
+  return Math.ceil(bytes / 3) * 4;
+}
+
+function typeName(v: unknown): string {
+  if (Array.isArray(v)) return 'an array';
+  if (v instanceof Date) return 'a date';
+  if (isTable(v)) return 'a table';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'an integer' : 'a float';
+  if (typeof v === 'string') return 'a string';
+  if (typeof v === 'boolean') return 'a boolean';
+  return 'a TOML date';
+}
+
+/** A short, printable rendering of a (non-secret) value for messages. */
+function describe(v: unknown): string {
+  if (typeof v === 'string') {
+    const s = JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}...` : v);
+    return s.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  }
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return typeName(v);
+}
+
+function oneLine(s: string): string {
+  return s.replace(/[\x00-\x1f\x7f\u2028\u2029]/g, ' ');
+}
+
+function errCode(e: unknown): string {
+  if (typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string') return e.code;
+  return 'error';
+}

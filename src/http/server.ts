@@ -1,0 +1,298 @@
+/**
+ * The HTTP front end on uWebSockets.js: routes for every keystore prefix, SigV4, body
+ * reading with a hard size cap, dispatch to one operation per file, typed JSON errors,
+ * one log line per request. Handlers never block: HSM work returns through Promises
+ * settled by the addon's own threads.
+ */
+import { performance } from 'node:perf_hooks';
+import { XksError, STATUS_LINE } from '../errors.js';
+import type { Logger } from '../log.js';
+import { decrypt } from '../ops/decrypt.js';
+import { encrypt } from '../ops/encrypt.js';
+import { getHealthStatus } from '../ops/health.js';
+import { getKeyMetadata } from '../ops/metadata.js';
+import type { OpContext } from '../ops/context.js';
+import { SigV4Verifier } from '../sigv4.js';
+import type { Credential, PendingSignature } from '../sigv4.js';
+import {
+  decryptInput,
+  decryptShape,
+  encryptInput,
+  encryptShape,
+  healthShape,
+  metadataShape,
+  parseJsonObject,
+  type Limits,
+  type RequestMetadata,
+} from '../validate.js';
+import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket } from './uws.js';
+
+export interface KeyStoreRoute {
+  /** '' or '/some/prefix' */
+  prefix: string;
+  credentials: readonly Credential[];
+  keyIds: ReadonlySet<string>;
+}
+
+export interface ServerOptions {
+  host: string;
+  port: number;
+  /** Separate listener for GET /ping; equal to `port` means none. */
+  pingPort: number;
+  region: string;
+  service: string;
+  sigv4Enabled: boolean;
+  limits: Limits;
+  keyStores: readonly KeyStoreRoute[];
+  tls?: { certFile: string; keyFile: string } | undefined;
+  version: string;
+}
+
+export interface RunningServer {
+  port: number;
+  pingPort: number;
+  close(): void;
+}
+
+type OpName = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
+
+const JSON_TYPE = 'application/json';
+/** Room for requestMetadata (three ARNs of up to 2048 characters) and JSON framing. */
+const BODY_OVERHEAD = 16 * 1024;
+
+/** Per-request state kept across onData and the HSM round trip. */
+class Exchange {
+  aborted = false;
+  done = false;
+  chunks: Buffer[] | undefined;
+  size = 0;
+  kmsRequestId: string | undefined;
+  constructor(
+    readonly res: HttpResponse,
+    readonly op: OpName,
+    readonly store: KeyStoreRoute,
+    readonly keyId: string,
+    readonly started: number,
+    readonly pending: PendingSignature | undefined,
+  ) {}
+}
+
+export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): Promise<RunningServer> {
+  const uws = loadUws();
+  const verifier = new SigV4Verifier({ region: opts.region, service: opts.service });
+  const maxBody = opts.limits.max_plaintext_in_base64 + opts.limits.max_aad_in_base64 + BODY_OVERHEAD;
+  const pong = `pong from xks-proxy v${opts.version}\n`;
+
+  const makeApp = (): TemplatedApp =>
+    opts.tls ? uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile }) : uws.App();
+
+  function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string): void {
+    if (x.done) return;
+    x.done = true;
+    if (!x.aborted) {
+      x.res.cork(() => {
+        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body);
+      });
+    }
+    log.request({
+      op: x.op,
+      prefix: x.store.prefix,
+      keyId: x.keyId || undefined,
+      kmsRequestId: x.kmsRequestId,
+      outcome: x.aborted ? 'aborted' : outcome,
+      status,
+      micros: Math.round((performance.now() - x.started) * 1000),
+      detail,
+    });
+  }
+
+  function fail(x: Exchange, e: unknown): void {
+    const err =
+      e instanceof XksError ? e : new XksError('InternalException', 'Internal error', e instanceof Error ? e.message : String(e));
+    finish(x, err.status, err.toBody(), err.errorName, err.detail ?? (err.status >= 500 || err.status === 401 ? err.message : undefined));
+  }
+
+  function lookupIn(store: KeyStoreRoute) {
+    return (accessKeyId: string): Credential | undefined => store.credentials.find((c) => c.accessKeyId === accessKeyId);
+  }
+
+  async function dispatch(x: Exchange, body: Buffer): Promise<string> {
+    if (x.pending) {
+      const result = verifier.finish(x.pending, body, lookupIn(x.store));
+      if (!result.ok) throw new XksError('AuthenticationFailedException', 'Request signature is not valid', result.reason);
+    }
+    const json = parseJsonObject(body);
+    let meta: RequestMetadata;
+    switch (x.op) {
+      case 'GetHealthStatus':
+        meta = healthShape(json);
+        x.kmsRequestId = meta.kmsRequestId;
+        return getHealthStatus(ctx);
+      case 'GetKeyMetadata':
+        meta = metadataShape(json);
+        x.kmsRequestId = meta.kmsRequestId;
+        checkKey(x);
+        return getKeyMetadata(ctx, x.keyId);
+      case 'Encrypt': {
+        const shape = encryptShape(json);
+        x.kmsRequestId = shape.requestMetadata.kmsRequestId;
+        checkKey(x);
+        return encrypt(ctx, x.keyId, encryptInput(shape, opts.limits));
+      }
+      case 'Decrypt': {
+        const shape = decryptShape(json);
+        x.kmsRequestId = shape.requestMetadata.kmsRequestId;
+        checkKey(x);
+        return decrypt(ctx, x.keyId, decryptInput(shape, opts.limits));
+      }
+    }
+  }
+
+  function checkKey(x: Exchange): void {
+    if (!x.store.keyIds.has(x.keyId)) throw new XksError('KeyNotFoundException', 'Key id is not in this key store');
+  }
+
+  function complete(x: Exchange, body: Buffer): void {
+    dispatch(x, body).then(
+      (out) => finish(x, 200, out, 'ok'),
+      (e: unknown) => fail(x, e),
+    );
+  }
+
+  function api(op: OpName, store: KeyStoreRoute, withKey: boolean) {
+    return (res: HttpResponse, req: HttpRequest): void => {
+      const started = performance.now();
+      const keyId = withKey ? req.getParameter(0) : '';
+      let pending: PendingSignature | undefined;
+      let authError: string | undefined;
+      if (opts.sigv4Enabled) {
+        const r = verifier.begin('POST', req.getUrl(), req.getQuery() ?? '', (name) => req.getHeader(name));
+        if (r.ok) pending = r;
+        else authError = r.reason;
+      }
+      const x = new Exchange(res, op, store, keyId, started, pending);
+      res.onAborted(() => {
+        x.aborted = true;
+      });
+      const declared = Number(req.getHeader('content-length') || '0');
+      if (declared > maxBody) {
+        tooLarge(x);
+        return;
+      }
+      res.onData((chunk, isLast) => {
+        if (x.done) return;
+        const n = chunk.byteLength;
+        x.size += n;
+        if (x.size > maxBody) {
+          tooLarge(x);
+          return;
+        }
+        if (isLast && x.chunks === undefined) {
+          const body = Buffer.allocUnsafe(n);
+          body.set(new Uint8Array(chunk));
+          if (authError !== undefined) fail(x, new XksError('AuthenticationFailedException', 'Request signature is not valid', authError));
+          else complete(x, body);
+          return;
+        }
+        const copy = Buffer.allocUnsafe(n);
+        copy.set(new Uint8Array(chunk));
+        (x.chunks ??= []).push(copy);
+        if (isLast) {
+          const body = Buffer.concat(x.chunks, x.size);
+          x.chunks = undefined;
+          if (authError !== undefined) fail(x, new XksError('AuthenticationFailedException', 'Request signature is not valid', authError));
+          else complete(x, body);
+        }
+      });
+    };
+  }
+
+  function tooLarge(x: Exchange): void {
+    if (x.done) return;
+    x.done = true;
+    const err = new XksError('PayloadTooLargeException', `Request body exceeds ${maxBody} bytes`);
+    if (!x.aborted) {
+      x.res.cork(() => {
+        x.res.writeStatus(STATUS_LINE[413]!).writeHeader('content-type', JSON_TYPE).end(err.toBody(), true);
+      });
+    }
+    log.request({
+      op: x.op,
+      prefix: x.store.prefix,
+      keyId: x.keyId || undefined,
+      kmsRequestId: undefined,
+      outcome: err.errorName,
+      status: 413,
+      micros: Math.round((performance.now() - x.started) * 1000),
+    });
+  }
+
+  const ping = (res: HttpResponse): void => {
+    res.writeHeader('content-type', 'text/plain').end(pong);
+  };
+
+  const notFound = (res: HttpResponse, req: HttpRequest): void => {
+    const err = new XksError('InvalidUriPathException', 'No such URI path');
+    log.debug('no route', { method: req.getMethod(), path: req.getUrl().slice(0, 300) });
+    res.onAborted(() => undefined);
+    res.writeStatus(STATUS_LINE[404]!).writeHeader('content-type', JSON_TYPE).end(err.toBody());
+  };
+
+  const notAllowed = (res: HttpResponse): void => {
+    res
+      .writeStatus('405 Method Not Allowed')
+      .writeHeader('allow', 'POST')
+      .writeHeader('content-type', JSON_TYPE)
+      .end('{"errorName":"ValidationException","errorMessage":"Method not allowed; use POST"}');
+  };
+
+  const app = makeApp();
+  for (const store of opts.keyStores) {
+    const base = `${store.prefix}/kms/xks/v1`;
+    const routes: [string, OpName, boolean][] = [
+      [`${base}/health`, 'GetHealthStatus', false],
+      [`${base}/keys/:keyId/metadata`, 'GetKeyMetadata', true],
+      [`${base}/keys/:keyId/encrypt`, 'Encrypt', true],
+      [`${base}/keys/:keyId/decrypt`, 'Decrypt', true],
+    ];
+    for (const [pattern, op, withKey] of routes) {
+      app.post(pattern, api(op, store, withKey));
+      app.any(pattern, notAllowed);
+    }
+  }
+  app.get('/ping', ping);
+  app.any('/*', notFound);
+
+  const listeners: us_listen_socket[] = [];
+  const listen = (a: TemplatedApp, port: number): Promise<number> =>
+    new Promise((resolve, reject) => {
+      a.listen(opts.host, port, (socket) => {
+        if (!socket) {
+          reject(new Error(`cannot listen on ${opts.host}:${port}`));
+          return;
+        }
+        listeners.push(socket);
+        resolve(uws.us_socket_local_port(socket as unknown as Parameters<Uws['us_socket_local_port']>[0]));
+      });
+    });
+
+  return (async () => {
+    const port = await listen(app, opts.port);
+    let pingPort = port;
+    if (opts.pingPort !== opts.port) {
+      const pingApp = uws.App();
+      pingApp.get('/ping', ping);
+      pingApp.any('/*', notFound);
+      pingPort = await listen(pingApp, opts.pingPort);
+    }
+    return {
+      port,
+      pingPort,
+      close() {
+        for (const s of listeners.splice(0)) uws.us_listen_socket_close(s);
+      },
+    };
+  })();
+}
+
+type Uws = ReturnType<typeof loadUws>;

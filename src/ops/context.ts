@@ -1,0 +1,12 @@
+import type { Hsm } from '../hsm/hsm.js';
+
+/** What the operations need from the running proxy. */
+export interface OpContext {
+  readonly hsm: Hsm;
+  /** Decoded [server].ciphertext_metadata_b64, returned with every ciphertext. */
+  readonly ciphertextMetadata: Buffer | undefined;
+  /** The same, Base64, as configured. */
+  readonly ciphertextMetadataB64: string | undefined;
+  /** Product name and version for GetHealthStatus. */
+  readonly version: string;
+}

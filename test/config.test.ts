@@ -1,0 +1,359 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { inspect } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import {
+  ConfigError,
+  loadConfig,
+  parseConfig,
+  pkcs11LoggerEnv,
+  redactedSummary,
+  resolveSettingsPath,
+  type Config,
+} from '../src/config.js';
+
+const FIX = resolve(import.meta.dirname, 'fixtures/config');
+const fixture = (name: string): string => join(FIX, name);
+const text = (name: string): string => readFileSync(fixture(name), 'utf8');
+const NO_ENV: NodeJS.ProcessEnv = {};
+
+/** parseConfig expected to fail; returns the ConfigError. */
+function failure(src: string, file = 'settings.toml', env: NodeJS.ProcessEnv = NO_ENV): ConfigError {
+  try {
+    parseConfig(src, file, env);
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    const err = e as ConfigError;
+    expect(err.message).not.toMatch(/[\r\n]/);
+    return err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+/** Replaces exactly one occurrence of `from` in `src`. */
+function edit(src: string, from: string | RegExp, to: string): string {
+  const out = src.replace(from, to);
+  if (out === src) throw new Error(`fixture edit did not apply: ${String(from)}`);
+  return out;
+}
+
+const MIN = text('minimal.toml');
+const SOFT = text('settings_softhsmv2.toml');
+const CLOUD = text('settings_cloudhsm.toml');
+
+describe('Rust sample formats', () => {
+  it('softhsmv2: every section, pkcs11_logger, two keystores, secrets empty', () => {
+    const { config, warnings, file } = loadConfig(fixture('settings_softhsmv2.toml'), NO_ENV);
+    expect(file).toBe(fixture('settings_softhsmv2.toml'));
+    expect(config.server).toMatchObject({ ip: '0.0.0.0', port: 80, port_http_ping: 80, region: 'us-east-1', service: 'kms-xks-proxy' });
+    expect(config.server.ciphertext_metadata).toBeUndefined();
+    expect(config.server.ciphertext_metadata_b64).toBeUndefined();
+    expect(config.server.tcp_keepalive).toEqual({ tcp_keepalive_secs: 60, tcp_keepalive_retries: 3, tcp_keepalive_interval_secs: 1 });
+    expect(config.tracing).toEqual({
+      is_stdout_writer_enabled: true,
+      is_file_writer_enabled: true,
+      level: 'DEBUG',
+      directory: '/var/local/xks-proxy/logs',
+      file_prefix: 'xks-proxy.log',
+      rotation_kind: 'HOURLY',
+    });
+    expect(config.security).toEqual({ is_sigv4_auth_enabled: true, is_tls_enabled: false, is_mtls_enabled: false });
+    expect(config.tls?.mtls_client_dns_name).toBe('us-east-1.alpha.cks.kms.aws.internal.amazonaws.com');
+    expect(config.external_key_stores.map((k) => k.uri_path_prefix)).toEqual(['', '/example/uri/path/prefix']);
+    expect([...config.external_key_stores[0]!.xks_key_id_set]).toEqual(['foo', 'cat', 'dog']);
+    expect(config.external_key_stores[1]!.xks_key_id_set.has('bar')).toBe(true);
+    expect(config.external_key_stores[1]!.xks_key_id_set.has('cat')).toBe(false);
+    expect(config.pkcs11).toMatchObject({
+      session_pool_max_size: 30,
+      session_pool_timeout_milli: 0,
+      session_eager_close: false,
+      context_read_timeout_milli: 10,
+      worker_threads: 30,
+      PKCS11_HSM_MODULE: '/local/centos/pkcs11-logger/build/linux/pkcs11-logger-x64.so',
+      module_path: '/local/centos/pkcs11-logger/build/linux/pkcs11-logger-x64.so',
+    });
+    expect(config.pkcs11.user_pin).toBe('1234');
+    expect(config.pkcs11_logger?.PKCS11_LOGGER_LIBRARY_PATH).toBe('/usr/local/lib/softhsm/libsofthsm2.so');
+    expect(config.limits).toEqual({ max_plaintext_in_base64: 8192, max_aad_in_base64: 16384 });
+    expect(config.hsm_capabilities).toEqual({ can_generate_iv: false, is_zero_iv_required: false });
+    // Empty SigV4 credentials (as in the Rust samples) load, with warnings naming the keys.
+    expect(warnings.some((w) => w.includes('external_key_stores[0].sigv4_access_key_id'))).toBe(true);
+    expect(warnings.some((w) => w.includes('external_key_stores[1].sigv4_secret_access_key'))).toBe(true);
+    expect(warnings.every((w) => w.startsWith(`${fixture('settings_softhsmv2.toml')}: `))).toBe(true);
+  });
+
+  it('cloudhsm: TLS, Oso, ciphertext metadata, zero-IV capability', () => {
+    const { config, warnings } = loadConfig(fixture('settings_cloudhsm.toml'), NO_ENV);
+    expect(config.server.port).toBe(443);
+    expect(config.server.region).toBe('us-east-2');
+    expect(config.server.ciphertext_metadata_b64).toBe('djAuMC4x');
+    expect(config.server.ciphertext_metadata?.toString('latin1')).toBe('v0.0.1');
+    expect(config.security.secondary_auth).toBe('Oso');
+    expect(config.security.oso).toEqual({ polar_file_path: 'configuration/oso.polar' });
+    expect(config.tls).toMatchObject({ tls_cert_pem: 'tls/server_cert.pem', tls_key_pem: 'tls/server_key.pem' });
+    expect(config.pkcs11.user_pin).toBe('xks_proxy:1234567');
+    expect(config.hsm_capabilities).toEqual({ can_generate_iv: true, is_zero_iv_required: true });
+    expect(config.external_key_stores[0]!.sigv4_access_key_id).toBe('AKIA4GBY3I6JCE5M2HPX');
+    expect(warnings).toEqual([]);
+  });
+
+  it('luna: HSM-generated IV, PIN with special characters', () => {
+    const { config } = loadConfig(fixture('settings_luna.toml'), NO_ENV);
+    expect(config.security.is_tls_enabled).toBe(true);
+    expect(config.pkcs11.user_pin).toBe('1q@W3e$R');
+    expect(config.hsm_capabilities).toEqual({ can_generate_iv: true, is_zero_iv_required: false });
+    expect(config.pkcs11_logger?.PKCS11_LOGGER_LIBRARY_PATH).toBe('/usr/safenet/lunaclient/lib/libCryptoki2_64.so');
+  });
+
+  it('nshield: no pkcs11_logger, empty [tls] paths accepted while TLS is off', () => {
+    const { config } = loadConfig(fixture('settings_nshield.toml'), NO_ENV);
+    expect(config.pkcs11_logger).toBeUndefined();
+    expect(config.tls).toEqual({ tls_cert_pem: '', tls_key_pem: '', mtls_client_ca_pem: '', mtls_client_dns_name: '' });
+    expect(config.pkcs11.module_path).toBe('/opt/nfast/toolkits/pkcs11/libcknfast.so');
+    expect(pkcs11LoggerEnv(config, NO_ENV)).toEqual({});
+  });
+
+  it('docker: stdout only without directory/prefix/rotation, no [tls]', () => {
+    const { config } = loadConfig(fixture('settings_docker.toml'), NO_ENV);
+    expect(config.tls).toBeUndefined();
+    expect(config.tracing.directory).toBeUndefined();
+    expect(config.tracing.rotation_kind).toBe('HOURLY');
+    expect(config.external_key_stores).toHaveLength(1);
+  });
+});
+
+describe('defaults and our extension', () => {
+  it('optional keys take the Rust defaults', () => {
+    const { config, warnings } = parseConfig(MIN, 'min.toml', NO_ENV);
+    expect(config.server.port_http_ping).toBe(80);
+    expect(config.server.tcp_keepalive).toEqual({});
+    expect(config.server.ciphertext_metadata).toBeUndefined();
+    expect(config.tracing.level).toBe('INFO');
+    expect(config.tracing.rotation_kind).toBe('HOURLY');
+    expect(config.security.secondary_auth).toBeUndefined();
+    expect(config.security.oso).toBeUndefined();
+    expect(config.tls).toBeUndefined();
+    expect(config.pkcs11_logger).toBeUndefined();
+    expect(config.pkcs11.worker_threads).toBe(4);
+    expect(warnings).toEqual([]);
+  });
+
+  it('worker_threads defaults to min(pool, 32) and may be set', () => {
+    const big = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 100');
+    expect(parseConfig(big, 'f', NO_ENV).config.pkcs11.worker_threads).toBe(32);
+    const set = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 2');
+    expect(parseConfig(set, 'f', NO_ENV).config.pkcs11.worker_threads).toBe(2);
+    const bad = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 0');
+    expect(failure(bad).message).toBe('settings.toml: pkcs11.worker_threads: expected an integer in 1..1024, got 0');
+  });
+
+  it('port_http_ping, level and rotation are read (case-insensitive like Rust)', () => {
+    let src = edit(MIN, 'port = 8443', 'port = 8443\nport_http_ping = 8080');
+    src = edit(src, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nlevel = "warn"\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "daily"');
+    const { config } = parseConfig(src, 'f', NO_ENV);
+    expect(config.server.port_http_ping).toBe(8080);
+    expect(config.tracing.level).toBe('WARN');
+    expect(config.tracing.rotation_kind).toBe('DAILY');
+    const numeric = edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "5"');
+    expect(parseConfig(numeric, 'f', NO_ENV).config.tracing.level).toBe('TRACE');
+  });
+
+  it('unknown keys are tolerated and reported with file and dotted key', () => {
+    let src = edit(MIN, '[limits]', '[limits]\nmax_something_else = 3');
+    src = edit(src, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1"]\ncomment = "x"');
+    src += '\n[extra]\na = 1\n';
+    const { warnings } = parseConfig(src, 's.toml', NO_ENV);
+    expect(warnings).toHaveLength(3);
+    expect(warnings).toContain('s.toml: extra: unknown key (ignored)');
+    expect(warnings).toContain('s.toml: external_key_stores[0].comment: unknown key (ignored)');
+    expect(warnings).toContain('s.toml: limits.max_something_else: unknown key (ignored)');
+  });
+});
+
+describe('module path and pkcs11-logger environment', () => {
+  it('env PKCS11_HSM_MODULE overrides the file', () => {
+    const env = { PKCS11_HSM_MODULE: '/opt/other/libp11.so' };
+    const { config } = parseConfig(MIN, 'f', env);
+    expect(config.pkcs11.module_path).toBe('/opt/other/libp11.so');
+    expect(config.pkcs11.PKCS11_HSM_MODULE).toBe('/usr/lib/softhsm/libsofthsm2.so');
+    expect(parseConfig(MIN, 'f', { PKCS11_HSM_MODULE: '' }).config.pkcs11.module_path).toBe('/usr/lib/softhsm/libsofthsm2.so');
+  });
+
+  it('pkcs11LoggerEnv maps [pkcs11_logger] to PKCS11_LOGGER_* with env winning', () => {
+    const { config } = parseConfig(SOFT, 'f', NO_ENV);
+    expect(pkcs11LoggerEnv(config, NO_ENV)).toEqual({
+      PKCS11_LOGGER_LIBRARY_PATH: '/usr/local/lib/softhsm/libsofthsm2.so',
+      PKCS11_LOGGER_LOG_FILE_PATH: '/var/local/xks-proxy/logs/pkcs11-logger-output.log',
+      PKCS11_LOGGER_FLAGS: '0',
+    });
+    expect(pkcs11LoggerEnv(config, { PKCS11_LOGGER_FLAGS: '4' }).PKCS11_LOGGER_FLAGS).toBe('4');
+  });
+});
+
+describe('resolveSettingsPath', () => {
+  const cwd = join(FIX, 'bootstrap');
+
+  it('uses env XKS_PROXY_SETTINGS_TOML first', () => {
+    expect(resolveSettingsPath({ XKS_PROXY_SETTINGS_TOML: '/etc/xks/settings.toml' }, cwd)).toBe('/etc/xks/settings.toml');
+    expect(resolveSettingsPath({ XKS_PROXY_SETTINGS_TOML: 'rel/s.toml' }, '/srv')).toBe('/srv/rel/s.toml');
+  });
+
+  it('else the key of configuration/bootstrap.toml, relative to cwd, and that file loads', () => {
+    const p = resolveSettingsPath(NO_ENV, cwd);
+    expect(p).toBe(join(cwd, 'configuration/settings.toml'));
+    expect(loadConfig(p, NO_ENV).config.external_key_stores[0]!.xks_key_id_set.has('k1')).toBe(true);
+  });
+
+  it('clear errors without env and bootstrap, or with a bad bootstrap', () => {
+    const empty = mkdtempSync(join(tmpdir(), 'xks-cfg-'));
+    try {
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(ConfigError);
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/configuration\/bootstrap\.toml: env XKS_PROXY_SETTINGS_TOML is not set .*ENOENT/);
+      mkdirSync(join(empty, 'configuration'));
+      writeFileSync(join(empty, 'configuration/bootstrap.toml'), 'OTHER = "x"\n');
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/bootstrap\.toml: XKS_PROXY_SETTINGS_TOML: missing key/);
+      writeFileSync(join(empty, 'configuration/bootstrap.toml'), 'XKS_PROXY_SETTINGS_TOML = 3\n');
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/bootstrap\.toml: XKS_PROXY_SETTINGS_TOML: expected a non-empty string, got 3/);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it('unreadable settings file names the file', () => {
+    expect(() => loadConfig('/nonexistent/settings.toml', NO_ENV)).toThrow('/nonexistent/settings.toml: cannot read the settings file (ENOENT)');
+  });
+});
+
+describe('broken files name the key', () => {
+  const cases: Array<[string, string, string]> = [
+    ['missing required key', edit(MIN, /^region = .*$/m, ''), 'settings.toml: server.region: missing key'],
+    ['missing table', edit(MIN, /\[hsm_capabilities\][^[]*$/, ''), 'settings.toml: hsm_capabilities: missing table'],
+    ['wrong type (string for integer)', edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = "abc"'),
+      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got "abc"'],
+    ['zero pool', edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 0'),
+      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got 0'],
+    ['float port', edit(MIN, 'port = 8443', 'port = 8443.5'), 'settings.toml: server.port: expected a port number (1..65535), got 8443.5'],
+    ['port out of range', edit(MIN, 'port = 8443', 'port = 70000'), 'settings.toml: server.port: expected a port number (1..65535), got 70000'],
+    ['bool as string', edit(MIN, 'session_eager_close = false', 'session_eager_close = "false"'),
+      'settings.toml: pkcs11.session_eager_close: expected a boolean (true or false), got "false"'],
+    ['bad ip', edit(MIN, 'ip = "127.0.0.1"', 'ip = "localhost"'), 'settings.toml: server.ip: expected an IPv4 or IPv6 address, got "localhost"'],
+    ['bad level', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "LOUD"'),
+      'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD"'],
+    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nrotation_kind = "WEEKLY"'),
+      'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY"'],
+    ['file writer without directory', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nfile_prefix = "x"'),
+      'settings.toml: tracing.directory: missing key'],
+    ['prefix too short', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/short"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or 9..117 characters long, got 6'],
+    ['prefix too long', edit(MIN, 'uri_path_prefix = ""', `uri_path_prefix = "/${'a'.repeat(117)}"`),
+      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or 9..117 characters long, got 118'],
+    ['prefix bad character', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/example/pre.fix"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: only a-z A-Z 0-9 / - _ are allowed, got "/example/pre.fix"'],
+    ['prefix without leading slash', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "example/prefix"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or start with "/", got "example/prefix"'],
+    ['duplicate prefix', edit(SOFT, 'uri_path_prefix = "/example/uri/path/prefix"', 'uri_path_prefix = ""'),
+      'settings.toml: external_key_stores[1].uri_path_prefix: duplicate prefix "" (also external_key_stores[0])'],
+    ['metadata not base64', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "not base64!"'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)'],
+    ['metadata unpadded', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djAuMC4"'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)'],
+    ['metadata non-canonical', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djB="'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (non-zero trailing bits)'],
+    ['metadata too long', edit(MIN, 'service = "kms-xks-proxy"', `service = "kms-xks-proxy"\nciphertext_metadata_b64 = "${Buffer.alloc(21, 7).toString('base64')}"`),
+      'settings.toml: server.ciphertext_metadata_b64: decodes to 21 bytes, at most 20 allowed'],
+    ['key id bad character', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", "bad/id"]'),
+      'settings.toml: external_key_stores[0].xks_key_id_set[1]: key ids are 1..128 characters of A-Z a-z 0-9 - . _, got "bad/id"'],
+    ['key id too long', edit(MIN, 'xks_key_id_set = ["k1"]', `xks_key_id_set = ["${'k'.repeat(129)}"]`),
+      'settings.toml: external_key_stores[0].xks_key_id_set[0]: key ids are 1..128 characters of A-Z a-z 0-9 - . _, got "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk..."'],
+    ['key id not a string', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", 2]'),
+      'settings.toml: external_key_stores[0].xks_key_id_set[1]: expected a string, got 2'],
+    ['key id set not an array', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = "k1"'),
+      'settings.toml: external_key_stores[0].xks_key_id_set: expected an array of key id strings, got "k1"'],
+    ['no keystores', edit(MIN, /\[\[external_key_stores\]\][^[]*/, ''),
+      'settings.toml: external_key_stores: missing: at least one [[external_key_stores]] table is required'],
+    ['secondary_auth other than Oso', edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "OPA"'),
+      'settings.toml: security.secondary_auth: expected "Oso" (or no key), got "OPA"'],
+    ['Oso without [security.oso]', edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "Oso"'),
+      'settings.toml: security.oso: missing table'],
+    ['TLS without [tls]', edit(MIN, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'settings.toml: tls: missing table'],
+    ['TLS with empty cert path', edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'tls_cert_pem = "tls/server_cert.pem"', 'tls_cert_pem = ""'),
+      'settings.toml: tls.tls_cert_pem: must not be empty'],
+    ['mTLS without DNS name', edit(edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'), /^mtls_client_dns_name = .*$/m, ''),
+      'settings.toml: tls.mtls_client_dns_name: missing key'],
+    ['mTLS without CA', edit(edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'), /^mtls_client_ca_pem = .*$/m, ''),
+      'settings.toml: tls.mtls_client_ca_pem: missing key'],
+    ['pkcs11_logger incomplete', edit(SOFT, /^PKCS11_LOGGER_FLAGS = .*$/m, ''), 'settings.toml: pkcs11_logger.PKCS11_LOGGER_FLAGS: missing key'],
+    ['section of wrong type', 'limits = 5\n' + edit(MIN, /\[limits\][^[]*/, ''), 'settings.toml: limits: expected a table, got 5'],
+    ['external_key_stores as a table', edit(MIN, '[[external_key_stores]]', '[external_key_stores]'),
+      'settings.toml: external_key_stores: expected an array of tables ([[external_key_stores]]), got a table'],
+  ];
+
+  it.each(cases)('%s', (_name, src, message) => {
+    const err = failure(src);
+    expect(err.message).toBe(message);
+    expect(err.file).toBe('settings.toml');
+  });
+
+  it('TOML syntax error: one line with file, line and column, no source excerpt', () => {
+    const src = edit(MIN, 'user_pin = "0000"', 'user_pin = "0000-hunter2\nunterminated');
+    const err = failure(src);
+    expect(err.message).toMatch(/^settings\.toml:\d+:\d+: TOML syntax error: .+$/);
+    expect(err.message).not.toContain('hunter2');
+    const line = src.split('\n').findIndex((l) => l.includes('hunter2')) + 1;
+    expect(err.message.startsWith(`settings.toml:${line}:`)).toBe(true);
+  });
+
+  it('secret values never appear in messages, warnings, inspect, JSON or the summary', () => {
+    const PIN = 'S3cr3t-PIN-value';
+    const SECRET = 'ZZsecretZZ/abcdefghijklmnopqrstuvwxyz0123456789+=';
+    let src = edit(CLOUD, 'user_pin = "xks_proxy:1234567"', `user_pin = "${PIN}"`);
+    src = edit(src, 'sigv4_secret_access_key = "CloudHsmFixtureSecretNotRealButLongEnough0123456789"', `sigv4_secret_access_key = "${SECRET}"`);
+
+    const ok = parseConfig(src, 'settings.toml', NO_ENV);
+    expect(ok.config.pkcs11.user_pin).toBe(PIN);
+    expect(ok.config.external_key_stores[0]!.sigv4_secret_access_key).toBe(SECRET);
+    const views = [
+      JSON.stringify(ok.config),
+      inspect(ok.config, { depth: 10 }),
+      JSON.stringify(redactedSummary(ok.config)),
+      inspect(redactedSummary(ok.config), { depth: 10 }),
+      ok.warnings.join('\n'),
+    ];
+    for (const v of views) {
+      expect(v).not.toContain(PIN);
+      expect(v).not.toContain(SECRET);
+    }
+    expect(JSON.stringify(redactedSummary(ok.config))).toContain('<redacted>');
+
+    // Wrong types for secrets: the error names the key but not the value.
+    const badPin = failure(edit(src, `user_pin = "${PIN}"`, `user_pin = ["${PIN}"]`));
+    expect(badPin.message).toBe('settings.toml: pkcs11.user_pin: expected a string, got an array');
+    const badSecret = failure(edit(src, `sigv4_secret_access_key = "${SECRET}"`, 'sigv4_secret_access_key = 123456789'));
+    expect(badSecret.message).toBe('settings.toml: external_key_stores[0].sigv4_secret_access_key: expected a string, got an integer');
+    // A secret that KMS would not accept: warned about by key, without the value.
+    const weak = parseConfig(edit(src, `sigv4_secret_access_key = "${SECRET}"`, 'sigv4_secret_access_key = "short-secret"'), 'settings.toml', NO_ENV);
+    const w = weak.warnings.find((x) => x.includes('sigv4_secret_access_key'));
+    expect(w).toBeDefined();
+    expect(w).not.toContain('short-secret');
+  });
+
+  it('redactedSummary keeps the useful, non-secret settings', () => {
+    const { config } = parseConfig(CLOUD, 'f', NO_ENV);
+    const s = redactedSummary(config) as { pkcs11: Record<string, unknown>; external_key_stores: Array<Record<string, unknown>> };
+    expect(s.pkcs11['module_path']).toBe(config.pkcs11.module_path);
+    expect(s.pkcs11['user_pin']).toBe('<redacted>');
+    expect(s.external_key_stores[1]).toEqual({
+      uri_path_prefix: '/example/uri/path/prefix',
+      sigv4_access_key_id: 'BETWEEN2TENAND3TENCHARACTERS',
+      sigv4_secret_access_key: '<redacted>',
+      xks_key_id_set: ['bar', 'foo'],
+    });
+  });
+
+  it('the typed config is usable as Config', () => {
+    const c: Config = parseConfig(MIN, 'f', NO_ENV).config;
+    expect(c.external_key_stores[0]!.xks_key_id_set.has('k1')).toBe(true);
+  });
+});
+

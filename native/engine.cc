@@ -3,6 +3,7 @@
 #include "names.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -21,6 +22,26 @@ constexpr const char* kBadOutput = "XKS_BAD_OUTPUT";
 // to several PKCS#11 functions).
 CK_BYTE g_empty[1] = {0};
 
+// Engines with threads, for the process-exit hook. process.exit() calls exit() without
+// tearing the Node environment down, so no cleanup hook runs; the module's static
+// destructors would then race our workers. An atexit handler registered after the
+// module was loaded runs before those destructors and stops every engine first.
+std::mutex g_liveMu;
+std::vector<Core*>& liveCores() {
+  static auto* v = new std::vector<Core*>();  // never destroyed
+  return *v;
+}
+std::once_flag g_exitHookOnce;
+
+void stopAllAtExit() {
+  std::vector<Core*> cores;
+  {
+    std::lock_guard<std::mutex> lk(g_liveMu);
+    cores = liveCores();
+  }
+  for (Core* c : cores) c->abort();  // the jobs are deliberately leaked: the process is exiting
+}
+
 std::string trimmed(const unsigned char* p, size_t n) {
   while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\0')) --n;
   return std::string(reinterpret_cast<const char*>(p), n);
@@ -34,6 +55,11 @@ Core::Core(EngineConfig cfg, const uint8_t* pin, size_t pinLen)
 }
 
 Core::~Core() {
+  {
+    std::lock_guard<std::mutex> lk(g_liveMu);
+    auto& v = liveCores();
+    v.erase(std::remove(v.begin(), v.end(), this), v.end());
+  }
   Job* rest = abort();
   while (rest != nullptr) {
     Job* n = rest->next;
@@ -57,6 +83,11 @@ void Core::complete(Job* j) {
 }
 
 void Core::startOpen(Job* j) {
+  {
+    std::lock_guard<std::mutex> lk(g_liveMu);
+    auto& v = liveCores();
+    if (std::find(v.begin(), v.end(), this) == v.end()) v.push_back(this);
+  }
   openThread_ = std::thread([this, j] {
     try {
       doOpen(j);
@@ -107,29 +138,23 @@ void Core::joinWorkers() {
     if (t.joinable()) t.join();
   }
   workers_.clear();
+  closeJob_ = nullptr;  // completed by the last worker before it exited
 }
 
 Job* Core::abort() {
   if (aborted_) return nullptr;
   aborted_ = true;
+  aborting_.store(true, std::memory_order_release);
   notifyEnabled_.store(false, std::memory_order_release);
   joinOpenThread();
   Job* drained = queue_.stopAndDrain();
   bool hadWorkers = !workers_.empty();
   joinWorkers();
   if (!hadWorkers) shutdown();  // otherwise the last worker did it
-  // Collect everything that will never be settled.
+  // Everything that will never be settled. A pending close job is on the completion
+  // stack: the last worker pushed it before exiting.
   Job* completed = done_.takeAll();
-  if (closeJob_ != nullptr) {
-    // The close job is owned by the addon if it is not on the completion stack.
-    bool found = false;
-    for (Job* c = completed; c != nullptr; c = c->next) found = found || c == closeJob_;
-    if (!found) {
-      closeJob_->next = completed;
-      completed = closeJob_;
-    }
-    closeJob_ = nullptr;
-  }
+  closeJob_ = nullptr;
   if (drained == nullptr) return completed;
   Job* tail = drained;
   while (tail->next != nullptr) tail = tail->next;
@@ -150,6 +175,7 @@ void Core::doOpen(Job* j) {
     j->detail = err.detail;
     return;
   }
+  std::call_once(g_exitHookOnce, [] { std::atexit(stopAllAtExit); });
   mod_ = m;
   f_ = moduleFunctions(m);
   Status st = findSlot();
@@ -228,8 +254,18 @@ void Core::reinitLocked() {
   }
 }
 
+void Core::waitForReinit() {
+  // glibc rwlocks prefer readers: without this gate a steady stream of jobs could keep
+  // a re-initialization waiting forever.
+  while (exclusivePending_.load(std::memory_order_acquire) != 0) {
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
 void Core::maybeReinitialize() {
+  exclusivePending_.fetch_add(1, std::memory_order_acq_rel);
   std::unique_lock<std::shared_mutex> lk(ctxMu_);
+  exclusivePending_.fetch_sub(1, std::memory_order_acq_rel);
   if (mod_ == nullptr || !ready_) return;
   // Exclusive: no job runs, so every open session is idle. Only when none is left
   // (the failing one was closed) is the whole module reset.
@@ -238,7 +274,9 @@ void Core::maybeReinitialize() {
 }
 
 void Core::recover() {
+  exclusivePending_.fetch_add(1, std::memory_order_acq_rel);
   std::unique_lock<std::shared_mutex> lk(ctxMu_);
+  exclusivePending_.fetch_sub(1, std::memory_order_acq_rel);
   if (mod_ == nullptr || ready_) return;
   if (Clock::now() - lastInitAttempt_ < std::chrono::seconds(1)) return;
   reinitLocked();
@@ -267,6 +305,9 @@ void Core::releaseSession(uint32_t idx, bool close) {
   if (close) {
     f_->C_CloseSession(pool_.handle(idx));
     pool_.unreserve(idx);
+    // Closing the application's last session logs the user out, and a module may then
+    // invalidate (and later reuse) the handles of private objects: forget them all.
+    if (pool_.openCount() == 0) clearKeys();
   } else {
     pool_.pushIdle(idx);
   }
@@ -287,6 +328,7 @@ Core::Status Core::acquireSession(const Job* j, uint32_t& idx) {
     if (pool_.reserve(idx)) return openInto(idx);
     const auto now = Clock::now();
     if (now >= deadline) return Status{CKR_OK, nullptr, kPoolExhausted};
+    if (aborting_.load(std::memory_order_relaxed)) return Status{CKR_OK, nullptr, "XKS_CLOSED"};
     if (attempt < 2) {
       std::this_thread::yield();
     } else {
@@ -400,6 +442,7 @@ void Core::execute(Job* j) {
 
 void Core::runTokenInfo(Job* j) {
   bool deviceError = false;
+  waitForReinit();
   {
     std::shared_lock<std::shared_mutex> lk(ctxMu_);
     if (!ready_) {
@@ -441,6 +484,7 @@ void Core::runSessionJob(Job* j) {
     return;
   }
   bool deviceError = false;
+  waitForReinit();
   {
     std::shared_lock<std::shared_mutex> lk(ctxMu_);
     if (!ready_) {

@@ -123,8 +123,9 @@ class Core {
   Job* beginClose(Job* closeJob);
   void joinWorkers();
   Job* takeCompleted() { return done_.takeAll(); }
-  // Environment teardown: stop everything without notifying; returns the jobs that
-  // will never be settled (queued + completed) for the caller to free.
+  // Environment teardown or process exit: stop everything without notifying; returns
+  // the jobs that will never be settled (queued + completed) for the caller to free.
+  // Idempotent; the JS thread (or the exiting thread) only.
   Job* abort();
   void wipePin() { pin_.release(); }
   EngineStats stats() const;
@@ -167,6 +168,7 @@ class Core {
   void reinitLocked();
   void maybeReinitialize();  // after CKR_DEVICE_ERROR
   void recover();            // module not usable: retry re-initialization (rate limited)
+  void waitForReinit();      // before taking the shared lock
 
   const EngineConfig cfg_;
   SecureBuffer pin_;
@@ -196,6 +198,8 @@ class Core {
   std::atomic<uint32_t> liveWorkers_{0};
   Job* closeJob_ = nullptr;
   bool aborted_ = false;
+  std::atomic<bool> aborting_{false};  // waiting jobs give up at once
+  std::atomic<uint32_t> exclusivePending_{0};
 
   alignas(64) std::atomic<uint64_t> reinitializations_{0};
   std::atomic<uint32_t> decryptSlack_{0};  // extra output room the module asked for on decrypt

@@ -390,7 +390,7 @@ class Reader {
 
 const POSITIVE: IntOpts = { min: 1, max: SAFE, what: 'a positive integer' };
 const NON_NEGATIVE: IntOpts = { min: 0, max: SAFE, what: 'a non-negative integer' };
-const PORT: IntOpts = { min: 1, max: U16, what: 'a port number (1..65535)' };
+const PORT: IntOpts = { min: 0, max: U16, what: 'a port number (0..65535; 0 picks a free port)' };
 
 function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
   r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities']);

@@ -22,11 +22,16 @@ export interface EngineOptions {
   userPin: string;
   /** Upper bound of open sessions (session_pool_max_size). */
   poolMaxSize: number;
-  /** A job that cannot get a session within this many ms fails with XKS_POOL_EXHAUSTED (session_pool_timeout_milli). */
+  /**
+   * A job that cannot get a session within this many ms of being submitted fails with
+   * XKS_POOL_EXHAUSTED (session_pool_timeout_milli); so does a job that already waited
+   * longer than this in the queue when a worker picks it up. 0 means: no waiting at all,
+   * one attempt to take or open a session (the Rust proxy's behaviour), and no queue-age check.
+   */
   poolTimeoutMs: number;
   /** Close the session after every job (session_eager_close). */
   eagerClose: boolean;
-  /** Worker threads owned by the addon that run the PKCS#11 calls. */
+  /** Worker threads owned by the addon that run the PKCS#11 calls (1..256). */
   threads: number;
   ivMode: IvMode;
 }
@@ -59,7 +64,7 @@ export interface TokenInfo {
 }
 
 export interface CreateKeyOptions {
-  /** 32 bytes to import (C_CreateObject); absent: C_GenerateKey CKM_AES_KEY_GEN. */
+  /** 16, 24 or 32 bytes to import (C_CreateObject); absent: C_GenerateKey CKM_AES_KEY_GEN, 32 bytes. */
   value?: Buffer;
   encrypt: boolean;
   decrypt: boolean;
@@ -79,9 +84,24 @@ export interface EngineStats {
 }
 
 /**
- * Rejections carry `code`: a PKCS#11 return value by name ("CKR_ENCRYPTED_DATA_INVALID")
- * or one of XKS_POOL_EXHAUSTED, XKS_KEY_NOT_FOUND, XKS_KEY_AMBIGUOUS, XKS_CLOSED,
- * XKS_BAD_ARGUMENT, XKS_LOAD_FAILED; and `fn`: the PKCS#11 function that failed, if any.
+ * Rejections carry `code`: a PKCS#11 return value by name ("CKR_ENCRYPTED_DATA_INVALID";
+ * unknown values "CKR_0x%08lx") or one of
+ *   XKS_POOL_EXHAUSTED  no session within poolTimeoutMs,
+ *   XKS_KEY_NOT_FOUND   no CKO_SECRET_KEY token object with the label (fn "C_FindObjects"),
+ *   XKS_KEY_AMBIGUOUS   two or more such objects (fn "C_FindObjects"),
+ *   XKS_CLOSED          the engine is not open (before open() resolved, after close()), or a
+ *                       queued job was dropped by close(),
+ *   XKS_LOAD_FAILED     dlopen / C_GetFunctionList failed (open() only; message has dlerror()),
+ *   XKS_BAD_OUTPUT      the module returned output of an unexpected length (e.g. 'hsm-appended'
+ *                       against a module that appends no IV; fn "C_Encrypt"),
+ *   XKS_BAD_ARGUMENT    see below;
+ * and `fn`: the PKCS#11 function that failed, if any. Messages are "<fn> failed: <code>" for
+ * PKCS#11 failures and never contain the PIN, key bytes, plaintext or the label.
+ *
+ * Bad arguments (wrong types, empty label, tag not 16 bytes, ...) never reach a worker: the
+ * method (or the constructor) throws a TypeError synchronously, with code XKS_BAD_ARGUMENT.
+ * Limits: label 1..1024 UTF-8 bytes; plaintext, ciphertext and aad <= 1 MiB; iv 1..256 bytes;
+ * random length 0..65536; poolMaxSize 1..4096; userPin <= 1024 bytes.
  */
 export interface NativeError extends Error {
   code: string;
@@ -89,19 +109,32 @@ export interface NativeError extends Error {
 }
 
 export interface NativeEngine {
-  /** dlopen, C_GetFunctionList, C_Initialize (OS locking), first slot, one session logged in. */
+  /**
+   * dlopen, C_GetFunctionList, C_Initialize (OS locking), first slot, one session logged in,
+   * all on an addon thread. Resolves at once when already open; may be retried after a failure.
+   * C_Initialize/C_Finalize are reference counted per module path across the engines of one
+   * process. PKCS#11 login state is per process: while another engine of the same process is
+   * logged in to the token, C_Login answers CKR_USER_ALREADY_LOGGED_IN even for a wrong PIN.
+   */
   open(): Promise<void>;
   /** Resolves ciphertext || tag(16) || iv(12) in one buffer. `aad` is the complete AAD for the HSM. */
   encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
-  /** Resolves the plaintext. */
+  /** Resolves the plaintext. `tag` must be 16 bytes; `iv` 1..256 bytes (XKS uses 12). */
   decrypt(label: string, ciphertext: Buffer, tag: Buffer, iv: Buffer, aad: Buffer): Promise<Buffer>;
   keyInfo(label: string): Promise<KeyInfo>;
   tokenInfo(): Promise<TokenInfo>;
   random(length: number): Promise<Buffer>;
-  /** Dev and test tooling: make a token AES-256 key with this label. */
+  /**
+   * Dev and test tooling: make a token AES key with this label (CKA_TOKEN, CKA_PRIVATE,
+   * CKA_SENSITIVE true; CKA_EXTRACTABLE, CKA_SIGN, CKA_VERIFY false; wrap/unwrap default false).
+   */
   createKey(label: string, options: CreateKeyOptions): Promise<void>;
   stats(): EngineStats;
-  /** Waits for running jobs, fails queued ones with XKS_CLOSED, closes sessions, C_Finalize. */
+  /**
+   * Waits for running jobs, fails queued ones with XKS_CLOSED, closes sessions, C_Finalize
+   * (when no other engine of the process uses the module). Idempotent; an engine cannot be
+   * reopened. An open engine with no job in flight does not keep the process alive.
+   */
   close(): Promise<void>;
 }
 

@@ -1,0 +1,394 @@
+/**
+ * `npm run bench [-- --quick] [-- --compare FILE] [-- --profile]`
+ *
+ * 1. micro-benchmarks (tinybench) of the hot-path pieces, in this process;
+ * 2. ceilings: the addon's raw encrypt rate (no HTTP), an empty uWebSockets.js
+ *    handler under the same load generator, wrk against that handler;
+ * 3. the real proxy (node bin/xks-proxy.js) on a throw-away SoftHSM2 token, driven
+ *    with pre-signed requests: closed-loop maximum throughput and open-loop fixed
+ *    rates (latency from each request's due time).
+ * Prints a table, writes bench/results/latest.json and a timestamped copy.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { compareMetrics, type Comparison, type Metric } from './compare.js';
+import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRuns, QUICK, RATES, type HttpCeilings, type OpKey, type OpResults } from './e2e.js';
+import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
+import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
+import { buildCGenerator, CGenerator, type Generator } from './lib/cgen.js';
+import { describeMachine, type Machine } from './lib/machine.js';
+import { ROOT } from './lib/procs.js';
+import { encryptBodies, signAll } from './lib/requests.js';
+import { makeSigner } from './lib/sign.js';
+import { makeToken, openEngine } from './lib/token.js';
+import { addonRate, runMicro, type MicroRow } from './micro.js';
+import { cv } from './lib/stats.js';
+
+interface Args {
+  quick: boolean;
+  compare: string | undefined;
+  profile: boolean;
+  threads: number;
+  pool: number;
+  level: string;
+  out: string;
+  nodeGen: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results') };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i]!;
+    const v = (): string => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${k} needs a value`);
+      return x;
+    };
+    if (k === '--quick') a.quick = true;
+    else if (k === '--compare') a.compare = v();
+    else if (k === '--profile') a.profile = true;
+    else if (k === '--threads') a.threads = Number(v());
+    else if (k === '--pool') a.pool = Number(v());
+    else if (k === '--log-level') a.level = v();
+    else if (k === '--out') a.out = path.resolve(v());
+    else if (k === '--node-gen') a.nodeGen = true;
+    else if (k === '--help' || k === '-h') {
+      process.stdout.write(
+        'npm run bench -- [--quick] [--compare FILE] [--profile] [--threads N] [--pool N] [--log-level INFO] [--out DIR]\n' +
+          '  --quick       short smoke (< 30 s); fails on any request error\n' +
+          '  --compare F   flag figures slower than in result file F beyond the noise band\n' +
+          '  --profile     run the proxy under node --cpu-prof and print its top self-time functions\n' +
+          '  --node-gen    drive the e2e runs with the Node generator instead of the C one\n' +
+          '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n',
+      );
+      process.exit(0);
+    } else throw new Error(`unknown argument ${k}`);
+  }
+  return a;
+}
+
+export interface BenchResult {
+  schema: 1;
+  startedAt: string;
+  durationS: number;
+  quick: boolean;
+  profiled: boolean;
+  machine: Machine;
+  config: { workerThreads: number; poolMaxSize: number; logLevel: string; closedConnections: number; openConnections: number; requestPool: number };
+  micro: MicroRow[];
+  ceilings: {
+    addonEncrypt32OneThread: number;
+    addonEncrypt32ProxyThreads: number;
+    http: HttpCeilings;
+  };
+  e2e: Record<OpKey, OpResults>;
+  profile?: { file: string; totalMs: number; idlePct: number; top: SelfTime[] };
+  metrics: Metric[];
+}
+
+const log = (s: string): void => {
+  process.stderr.write(`${s}\n`);
+};
+
+const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
+const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
+const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
+const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
+
+function table(rows: string[][], header: string[]): string {
+  const all = [header, ...rows];
+  const w = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
+  return [line(header), w.map((x) => '-'.repeat(x)).join('  '), ...rows.map(line)].join('\n');
+}
+
+function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
+  const m: Metric[] = [];
+  for (const row of r.micro) {
+    m.push({ name: `micro: ${row.name}`, value: row.opsPerSec, unit: 'ops/s', better: 'higher', noise: Math.max(0.1, (3 * row.rme) / 100), absNoise: 0 });
+  }
+  m.push({ name: 'ceiling: addon encrypt 32 B, 1 thread', value: r.ceilings.addonEncrypt32OneThread, unit: 'req/s', better: 'higher', noise: 0.1, absNoise: 0 });
+  m.push({ name: `ceiling: addon encrypt 32 B, ${r.config.workerThreads} threads`, value: r.ceilings.addonEncrypt32ProxyThreads, unit: 'req/s', better: 'higher', noise: 0.1, absNoise: 0 });
+  const loadMetrics = (prefix: string, x: { closed: LoadResult; open: Record<string, LoadResult> }): void => {
+    m.push({ name: `${prefix} closed-loop throughput`, value: x.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(x.closed.perSecond)), absNoise: 0 });
+    m.push({ name: `${prefix} closed-loop errors`, value: x.closed.errors, unit: '', better: 'lower', noise: 0, absNoise: 0 });
+    for (const [rate, o] of Object.entries(x.open)) {
+      m.push({ name: `${prefix} @${rate}/s p50`, value: o.latencyMs.p50, unit: 'ms', better: 'lower', noise: 0.15, absNoise: 0.05 });
+      m.push({ name: `${prefix} @${rate}/s p99`, value: o.latencyMs.p99, unit: 'ms', better: 'lower', noise: 0.25, absNoise: 0.1 });
+      m.push({ name: `${prefix} @${rate}/s p99.9`, value: o.latencyMs.p999, unit: 'ms', better: 'lower', noise: 0.5, absNoise: 0.25 });
+      m.push({ name: `${prefix} @${rate}/s max`, value: o.latencyMs.max, unit: 'ms', better: 'lower', noise: 1, absNoise: 1, informational: true });
+      m.push({ name: `${prefix} @${rate}/s errors`, value: o.errors, unit: '', better: 'lower', noise: 0, absNoise: 0 });
+    }
+  };
+  loadMetrics('empty uWS:', r.ceilings.http);
+  for (const op of OPS) {
+    const x = r.e2e[op.key];
+    if (x) loadMetrics(`proxy ${op.key}:`, x);
+  }
+  return m;
+}
+
+/** Target check of the issue (2-core machine). */
+function targets(e2e: Record<OpKey, OpResults>): string[][] {
+  const rows: string[][] = [];
+  for (const op of OPS) {
+    const x = e2e[op.key];
+    if (!x) continue;
+    const slack = op.key === 'encrypt32' ? 1 : 1.25;
+    const rpsTarget = 20000 / slack;
+    rows.push([op.key, `closed-loop >= ${f0(rpsTarget)} req/s, 0 errors`, `${f0(x.closed.throughput)} req/s, ${x.closed.errors} err`, x.closed.throughput >= rpsTarget && x.closed.errors === 0 ? 'met' : 'MISSED']);
+    for (const [rate, limit] of [
+      [1800, 1],
+      [10000, 5],
+    ] as const) {
+      const o = x.open[rate];
+      if (!o) continue;
+      const l = limit * slack;
+      rows.push([op.key, `p99 <= ${l} ms @ ${rate}/s, 0 errors`, `${ms(o.latencyMs.p99)} ms, ${o.errors} err`, o.latencyMs.p99 <= l && o.errors === 0 ? 'met' : 'MISSED']);
+    }
+  }
+  return rows;
+}
+
+function report(r: BenchResult, comparison: Comparison[] | undefined, compareFile: string | undefined): string {
+  const out: string[] = [];
+  const mc = r.machine;
+  out.push(`xks-proxy bench  ${r.startedAt}  ${r.quick ? '(--quick smoke: short windows, figures are rough)' : ''}${r.profiled ? '(profiled: proxy ran under --cpu-prof, figures are lower)' : ''}`);
+  out.push(`machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}`);
+  out.push(`software: node ${mc.node} (V8 ${mc.v8}), ${mc.softhsm === 'unknown' ? 'SoftHSM2' : `SoftHSM2 ${mc.softhsm}`}, commit ${mc.gitCommit}`);
+  out.push(
+    `proxy: worker_threads=${r.config.workerThreads}, session_pool_max_size=${r.config.poolMaxSize}, log level ${r.config.logLevel} to a file; ` +
+      `load: ${r.config.requestPool} distinct pre-signed requests per op, closed loop ${r.config.closedConnections} keep-alive connections, open loop up to ${r.config.openConnections}`,
+  );
+  out.push('');
+  out.push('Micro-benchmarks (tinybench, one at a time, in the bench process)');
+  out.push(table(r.micro.map((x) => [x.name, f0(x.opsPerSec), f2(x.meanUs), f2(x.p99Us), `±${x.rme.toFixed(1)}%`]), ['', 'ops/s', 'mean µs', 'p99 µs', 'rme']));
+  out.push('');
+  const h = r.ceilings.http;
+  out.push('Ceilings');
+  out.push(
+    table(
+      [
+        ['addon encrypt 32 B, no HTTP, 1 worker thread, 64 in flight', `${f0(r.ceilings.addonEncrypt32OneThread)} req/s`],
+        [`addon encrypt 32 B, no HTTP, ${r.config.workerThreads} worker threads, 64 in flight`, `${f0(r.ceilings.addonEncrypt32ProxyThreads)} req/s`],
+        [`empty uWS handler, ${h.generator} generator, closed loop ${r.config.closedConnections} conns`, `${f0(h.closed.throughput)} req/s (generator CPU ${pct(h.closed.generatorCpu, 1)} of a core)`],
+        ...(h.nodeGenerator
+          ? [
+              [`empty uWS handler, Node generator, closed loop ${r.config.closedConnections} conns`, `${f0(h.nodeGenerator.closed.throughput)} req/s (generator CPU ${pct(h.nodeGenerator.closed.generatorCpu, 1)} of a core)`],
+              ...(h.nodeGenerator.open10k
+                ? [
+                    [
+                      'empty uWS handler, Node generator, open loop 10000/s',
+                      `p50 ${ms(h.nodeGenerator.open10k.latencyMs.p50)} p99 ${ms(h.nodeGenerator.open10k.latencyMs.p99)} p99.9 ${ms(h.nodeGenerator.open10k.latencyMs.p999)} ms, send lag p99 ${ms(h.nodeGenerator.open10k.sendLagMs?.p99 ?? NaN)}, CPU ${pct(h.nodeGenerator.open10k.generatorCpu, 1)}`,
+                    ],
+                  ]
+                : []),
+            ]
+          : []),
+        [`empty uWS handler, wrk -t1 -c${r.config.closedConnections} (cross-check)`, h.wrkRps === undefined ? 'not run' : `${f0(h.wrkRps)} req/s`],
+        ...RATES.map((rate) => {
+          const o = h.open[rate]!;
+          return [
+            `empty uWS handler, open loop ${rate}/s: latency floor`,
+            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}`,
+          ];
+        }),
+      ],
+      ['', ''],
+    ),
+  );
+  const genLimited = h.wrkRps !== undefined && h.wrkRps > h.closed.throughput * 1.15;
+  out.push(
+    `load generator ceiling (${h.generator}): ${f0(h.closed.throughput)} req/s closed loop against an instant server` +
+      (h.wrkRps === undefined
+        ? ''
+        : genLimited
+          ? ` (wrk reaches ${f0(h.wrkRps)}: our generator, not uWS, is the limit of that figure)`
+          : ` (wrk reaches ${f0(h.wrkRps)}: the server side is the limit, the generator keeps up)`),
+  );
+  out.push('');
+  out.push('End to end: the proxy process on SoftHSM2, 127.0.0.1, pre-signed requests; open-loop latency from each due time (ms)');
+  const rows: string[][] = [];
+  for (const op of OPS) {
+    const x = r.e2e[op.key];
+    if (!x) continue;
+    const c = x.closed;
+    rows.push([
+      `${op.label}`,
+      'closed',
+      f0(c.throughput),
+      ms(c.latencyMs.p50),
+      ms(c.latencyMs.p99),
+      ms(c.latencyMs.p999),
+      ms(c.latencyMs.max),
+      String(c.errors),
+      `${pct(c.throughput, r.ceilings.addonEncrypt32OneThread)} of addon 1-thr, ${pct(c.throughput, r.ceilings.addonEncrypt32ProxyThreads)} of addon ${r.config.workerThreads}-thr, ${pct(c.throughput, h.closed.throughput)} of empty uWS`,
+    ]);
+    for (const rate of RATES) {
+      const o = x.open[rate];
+      if (!o) continue;
+      const floor = h.open[rate]!;
+      rows.push([
+        '',
+        `@${rate}/s`,
+        f0(o.throughput),
+        ms(o.latencyMs.p50),
+        ms(o.latencyMs.p99),
+        ms(o.latencyMs.p999),
+        ms(o.latencyMs.max),
+        String(o.errors),
+        `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}`,
+      ]);
+    }
+  }
+  out.push(table(rows, ['', 'mode', 'req/s', 'p50', 'p99', 'p99.9', 'max', 'errors', 'vs ceiling']));
+  out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)');
+  out.push('');
+  out.push('Targets (issue 3)');
+  out.push(table(targets(r.e2e), ['op', 'target', 'measured', '']));
+  if (r.profile) {
+    out.push('');
+    out.push(`Proxy CPU profile (${r.profile.file}), ${f0(r.profile.totalMs)} ms profiled, idle ${r.profile.idlePct.toFixed(1)}%: top self time`);
+    out.push(table(r.profile.top.map((t) => [t.fn, t.where, `${f0(t.selfMs)} ms`, `${t.pct.toFixed(1)}%`]), ['function', 'where', 'self', '%']));
+  }
+  if (comparison) {
+    out.push('');
+    const bad = comparison.filter((c) => c.regressed);
+    const good = comparison.filter((c) => c.improved);
+    out.push(`Compared with ${compareFile}: ${bad.length} slower beyond the noise band, ${good.length} faster, ${comparison.length} compared`);
+    const fmt = (c: Comparison): string[] => [
+      c.name,
+      `${c.unit === 'ms' ? ms(c.base) : f0(c.base)} -> ${c.unit === 'ms' ? ms(c.current) : f0(c.current)} ${c.unit}`,
+      Number.isFinite(c.worse) ? `${c.worse > 0 ? '+' : ''}${(100 * c.worse).toFixed(0)}% worse` : 'new errors',
+      `band ${(100 * c.band).toFixed(0)}%`,
+    ];
+    if (bad.length) out.push(table(bad.map((c) => [...fmt(c), 'SLOWER']), ['figure', 'base -> now', 'change', 'noise', '']));
+    if (good.length) out.push(table(good.map((c) => [...fmt(c), 'faster']), ['figure', 'base -> now', 'change', 'noise', '']));
+  }
+  return out.join('\n');
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const t0 = Date.now();
+  const d = args.quick ? QUICK : FULL;
+  const machine = describeMachine();
+  let baseline: Metric[] | undefined;
+  if (args.compare) baseline = (JSON.parse(readFileSync(args.compare, 'utf8')) as BenchResult).metrics;
+
+  log(`bench: making a SoftHSM2 token`);
+  const token = await makeToken();
+  let nodeGen: LoadGen | undefined;
+  let gen: Generator | undefined;
+  try {
+    const engine1 = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4 });
+    let micro: MicroRow[];
+    let addon1: number;
+    try {
+      log('bench: micro-benchmarks');
+      micro = await runMicro(engine1, args.quick);
+      log('bench: addon ceiling, 1 thread');
+      addon1 = await addonRate(engine1, 64, args.quick ? 500 : 2000);
+    } finally {
+      await engine1.close();
+    }
+    const engineN = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: args.threads, poolMaxSize: args.pool });
+    let addonN: number;
+    try {
+      log(`bench: addon ceiling, ${args.threads} threads`);
+      addonN = await addonRate(engineN, 64, args.quick ? 500 : 2000);
+    } finally {
+      await engineN.close();
+    }
+
+    nodeGen = await LoadGen.start();
+    gen = nodeGen;
+    if (!args.nodeGen) {
+      const c = buildCGenerator();
+      if ('binary' in c) gen = new CGenerator(c.binary);
+      else log(`bench: no C load generator (${c.error}); using the Node one`);
+    }
+    const poolSize = args.quick ? 200 : 1000;
+    log('bench: HTTP ceilings (empty uWebSockets.js handler)');
+    const sample = await signAll(makeSigner({ accessKeyId: 'AKIAEMPTYEMPTYEMPTY0', secretAccessKey: 'x'.repeat(40) }), '127.0.0.1:1', '/bench/kms/xks/v1/keys/k/encrypt', encryptBodies(poolSize, 32, 64));
+    const http = await httpCeilings(gen, nodeGen, sample, d, args.quick, token.dir, log);
+
+    let profileDir: string | undefined;
+    const nodeArgs: string[] = [];
+    if (args.profile) {
+      profileDir = path.join(args.out, 'profile');
+      mkdirSync(profileDir, { recursive: true });
+      nodeArgs.push('--cpu-prof', '--cpu-prof-dir', profileDir, '--cpu-prof-name', `proxy-${Date.now()}.cpuprofile`);
+    }
+    log('bench: the proxy');
+    const before = new Set(profileDir ? readdirSync(profileDir) : []);
+    const run = await proxyRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs }, d, log);
+
+    let profile: BenchResult['profile'];
+    if (profileDir) {
+      const fresh = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f));
+      if (fresh.length) {
+        const file = path.join(profileDir, fresh[0]!);
+        profile = { file: path.relative(ROOT, file), ...topSelfTime(file, 30) };
+      } else log('bench: the proxy wrote no CPU profile');
+    }
+
+    const partial: Omit<BenchResult, 'metrics'> = {
+      schema: 1,
+      startedAt: new Date(t0).toISOString(),
+      durationS: (Date.now() - t0) / 1000,
+      quick: args.quick,
+      profiled: args.profile,
+      machine,
+      config: {
+        workerThreads: args.threads,
+        poolMaxSize: args.pool,
+        logLevel: args.level,
+        closedConnections: CLOSED_CONNECTIONS,
+        openConnections: OPEN_CONNECTIONS,
+        requestPool: poolSize,
+      },
+      micro,
+      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, http },
+      e2e: run.results,
+      ...(profile ? { profile } : {}),
+    };
+    const result: BenchResult = { ...partial, metrics: metricsOf(partial) };
+    const comparison = baseline ? compareMetrics(baseline, result.metrics) : undefined;
+    process.stdout.write(report(result, comparison, args.compare) + '\n');
+
+    mkdirSync(args.out, { recursive: true });
+    const stamp = result.startedAt.replace(/[:.]/g, '-');
+    const kind = args.quick ? 'quick' : args.profile ? 'profile' : 'full';
+    const json = JSON.stringify(result, null, 1);
+    writeFileSync(path.join(args.out, `${stamp}-${kind}.json`), json);
+    if (!args.quick && !args.profile) writeFileSync(path.join(args.out, 'latest.json'), json);
+    else writeFileSync(path.join(args.out, `latest-${kind}.json`), json);
+    log(`bench: ${(Date.now() - t0) / 1000} s; results in ${path.relative(process.cwd(), args.out) || '.'}/${!args.quick && !args.profile ? 'latest.json' : `latest-${kind}.json`}`);
+
+    if (run.exitCode !== 0) {
+      log(`bench: the proxy exited with ${run.exitCode} after SIGTERM`);
+      return 1;
+    }
+    if (args.quick) {
+      const errs = Object.values(run.results).reduce((n, x) => n + x.closed.errors + Object.values(x.open).reduce((a, o) => a + o.errors, 0), 0);
+      if (errs > 0) {
+        log(`bench --quick: ${errs} requests failed`);
+        return 1;
+      }
+    }
+    return 0;
+  } finally {
+    if (gen !== nodeGen) await gen?.close();
+    await nodeGen?.close();
+    if (existsSync(token.dir)) token.remove();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`bench: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,38 @@
+{
+  "variables": {
+    "p11kit_include%": "/usr/include/p11-kit-1"
+  },
+  "targets": [
+    {
+      "target_name": "xks_pkcs11",
+      "sources": [
+        "native/addon.cc",
+        "native/engine.cc",
+        "native/module.cc",
+        "native/names.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "<(p11kit_include)"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "libraries": ["-ldl", "-lpthread"],
+      "configurations": {
+        "Release": {
+          "cflags!": ["-O3"],
+          "cflags_cc!": ["-O3"],
+          "cflags": ["-O2"],
+          "cflags_cc": ["-O2"]
+        }
+      }
+    }
+  ]
+}

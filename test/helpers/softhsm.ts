@@ -1,0 +1,96 @@
+/**
+ * SoftHSM2 test tokens for tests that need a real PKCS#11 module.
+ *
+ * SoftHSM2 reads SOFTHSM2_CONF when C_Initialize runs, so a test process sets
+ * `process.env.SOFTHSM2_CONF = token.confPath` before the first engine.open(), and uses
+ * one token per process (vitest runs every test file in its own forked process).
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { NativeEngine } from '../../src/hsm/addon.js';
+
+export const SOFTHSM_MODULE: string = (() => {
+  const p = '/usr/lib/softhsm/libsofthsm2.so';
+  if (!existsSync(p)) {
+    throw new Error(`SoftHSM2 is not installed: ${p} is missing (apt-get install softhsm2)`);
+  }
+  return p;
+})();
+
+export interface TestToken {
+  /** Temporary directory holding the configuration and the token store. */
+  dir: string;
+  /** softhsm2.conf for SOFTHSM2_CONF. */
+  confPath: string;
+  modulePath: string;
+  /** CKU_USER PIN. */
+  pin: string;
+  /** Token label. */
+  label: string;
+  /** Environment for a child process: { SOFTHSM2_CONF }. */
+  env: Record<string, string>;
+  /** Removes the directory. */
+  cleanup(): void;
+}
+
+const USER_PIN = '1234';
+const SO_PIN = '12345678';
+
+/** A fresh, initialized SoftHSM2 token in its own temporary directory. */
+export function makeToken(label = 'xks-test'): TestToken {
+  const dir = mkdtempSync(path.join(tmpdir(), 'xks-softhsm-'));
+  const tokens = path.join(dir, 'tokens');
+  mkdirSync(tokens, { mode: 0o700 });
+  const confPath = path.join(dir, 'softhsm2.conf');
+  writeFileSync(confPath, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  const env = { SOFTHSM2_CONF: confPath };
+  try {
+    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', USER_PIN, '--so-pin', SO_PIN], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim() ?? '';
+    throw new Error(`softhsm2-util --init-token failed: ${stderr || String(e)}`);
+  }
+  return {
+    dir,
+    confPath,
+    modulePath: SOFTHSM_MODULE,
+    pin: USER_PIN,
+    label,
+    env,
+    cleanup() {
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The "known value" AES-256 key: bytes 0..31. */
+export const KNOWN_KEY: Buffer = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
+
+export const TEST_KEYS = {
+  ordinary: 'xks-key',
+  encryptOnly: 'xks-enc-only',
+  decryptOnly: 'xks-dec-only',
+  impotent: 'xks-impotent',
+  duplicate: 'xks-dup',
+  known: 'xks-known',
+} as const;
+
+/**
+ * Creates the test keys on an open engine: ordinary (encrypt+decrypt), encrypt-only,
+ * decrypt-only, neither, two objects labelled xks-dup, and xks-known holding KNOWN_KEY.
+ */
+export async function createTestKeys(engine: NativeEngine): Promise<void> {
+  await engine.createKey(TEST_KEYS.ordinary, { encrypt: true, decrypt: true });
+  await engine.createKey(TEST_KEYS.encryptOnly, { encrypt: true, decrypt: false });
+  await engine.createKey(TEST_KEYS.decryptOnly, { encrypt: false, decrypt: true });
+  await engine.createKey(TEST_KEYS.impotent, { encrypt: false, decrypt: false });
+  await engine.createKey(TEST_KEYS.duplicate, { encrypt: true, decrypt: true });
+  await engine.createKey(TEST_KEYS.duplicate, { encrypt: true, decrypt: true });
+  await engine.createKey(TEST_KEYS.known, { value: KNOWN_KEY, encrypt: true, decrypt: true });
+}

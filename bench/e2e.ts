@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { LoadResult } from './lib/loadgen-client.js';
 import type { Generator } from './lib/cgen.js';
@@ -203,7 +203,15 @@ export async function proxyRuns(
   } catch (e) {
     await new Promise((r) => setTimeout(r, 100));
     const gone = proxy.exited();
-    if (gone !== undefined) throw new Error(`the proxy process died during the run: ${gone}`);
+    if (gone !== undefined) {
+      let tail = '';
+      try {
+        tail = readFileSync(proxy.logFile, 'utf8').split('\n').slice(-6).join('\n');
+      } catch {
+        // no log
+      }
+      throw new Error(`the proxy process died during the run: ${gone}\nlast log lines:\n${tail}`);
+    }
     throw e;
   } finally {
     exitCode = await proxy.stop();

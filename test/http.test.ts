@@ -321,6 +321,13 @@ describe('errors, each over HTTP with the typed JSON body', () => {
   it('400 InvalidKeyUsageException when the key cannot do the operation', async () => {
     await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.decryptOnly}/encrypt`, encryptBody(Buffer.from('x')), CREDS), 400, 'InvalidKeyUsageException');
     await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.impotent}/encrypt`, encryptBody(Buffer.from('x')), CREDS), 400, 'InvalidKeyUsageException');
+    // The CDIV's verifying decrypt needs a key that can decrypt (as the AWS test client expects).
+    await expectError(
+      call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/encrypt`, encryptBody(Buffer.from('x'), { ciphertextDataIntegrityValueAlgorithm: 'SHA_256' }), CREDS),
+      400,
+      'InvalidKeyUsageException',
+    );
+    expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/encrypt`, encryptBody(Buffer.from('x')), CREDS)).status).toBe(200);
     const s = await sealed();
     const body = decryptBody({ ciphertext: s.ciphertext, ciphertextMetadata: s.ciphertextMetadata, initializationVector: s.initializationVector, authenticationTag: s.authenticationTag });
     await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/decrypt`, body, CREDS), 400, 'InvalidKeyUsageException');

@@ -21,6 +21,10 @@ export async function encrypt(ctx: OpContext, keyId: string, input: EncryptInput
       const check = await ctx.hsm.decrypt(keyId, ciphertext, tag, iv, aad);
       check.fill(0);
     } catch (e) {
+      // A key that cannot decrypt cannot vouch for its ciphertext (the Rust proxy and the
+      // AWS test client expect InvalidKeyUsageException); any other failure means the
+      // fresh ciphertext is not safe to hand out.
+      if (e instanceof XksError && (e.errorName === 'InvalidKeyUsageException' || e.errorName === 'KeyNotFoundException')) throw e;
       const why = e instanceof XksError ? e.detail ?? e.errorName : String(e);
       throw new XksError('InternalException', 'The verifying decrypt of the new ciphertext failed', why);
     }

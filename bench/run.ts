@@ -154,7 +154,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
   const out: string[] = [];
   const mc = r.machine;
   out.push(`xks-proxy bench  ${r.startedAt}  ${r.quick ? '(--quick smoke: short windows, figures are rough)' : ''}${r.profiled ? '(profiled: proxy ran under --cpu-prof, figures are lower)' : ''}`);
-  out.push(`machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}`);
+  out.push(`machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}, load average ${mc.loadAvg1} at start${mc.loadAvg1 > 0.5 ? ' (BUSY: other work was running; figures are pessimistic)' : ''}`);
   out.push(`software: node ${mc.node} (V8 ${mc.v8}), ${mc.softhsm === 'unknown' ? 'SoftHSM2' : `SoftHSM2 ${mc.softhsm}`}, commit ${mc.gitCommit}`);
   out.push(
     `proxy: worker_threads=${r.config.workerThreads}, session_pool_max_size=${r.config.poolMaxSize}, log level ${r.config.logLevel} to a file; ` +

@@ -15,6 +15,8 @@ export interface Machine {
   v8: string;
   softhsm: string;
   gitCommit: string;
+  /** 1-minute load average when the bench started: above ~0.5 the machine was busy with something else. */
+  loadAvg1: number;
 }
 
 function cpuModel(): string {
@@ -46,5 +48,6 @@ export function describeMachine(): Machine {
     v8: process.versions.v8,
     softhsm: run('softhsm2-util', ['--version']),
     gitCommit: run('git', ['rev-parse', '--short', 'HEAD']),
+    loadAvg1: Math.round(os.loadavg()[0]! * 100) / 100,
   };
 }

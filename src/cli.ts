@@ -12,6 +12,9 @@ Usage:
   xks-proxy                      serve; settings from $XKS_PROXY_SETTINGS_TOML,
                                  else from configuration/bootstrap.toml
   xks-proxy check-config [FILE]  validate a settings.toml and print a summary without secrets
+  xks-proxy kms-config --prefix P [--access-key-id ID] [FILE]
+                                 print the KMS console's proxy configuration JSON (XksProxyUriPath,
+                                 AccessKeyId, RawSecretAccessKey) of the key store with prefix P
   xks-proxy init-dev [DIR]       make a SoftHSM2 token with demo keys and a settings.toml in DIR
                                  (default ./dev-hsm); for trials only
   xks-proxy --help | --version
@@ -34,6 +37,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return 0;
     case 'check-config':
       return checkConfig(rest[0]);
+    case 'kms-config':
+      return kmsConfig(rest);
     case 'init-dev':
       return runInitDev(rest[0] ?? 'dev-hsm');
     default:
@@ -47,6 +52,50 @@ function checkConfig(file: string | undefined): number {
     const loaded = loadConfig(file ?? resolveSettingsPath());
     for (const w of loaded.warnings) process.stderr.write(`warning: ${w}\n`);
     process.stdout.write(`${JSON.stringify(redactedSummary(loaded.config), null, 2)}\n`);
+    return 0;
+  } catch (e) {
+    process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}
+
+/** `kms-config --prefix P [--access-key-id ID] [FILE]`: the spec's console configuration file. */
+function kmsConfig(args: string[]): number {
+  let prefix: string | undefined;
+  let accessKeyId: string | undefined;
+  let file: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--prefix') prefix = args[++i];
+    else if (a === '--access-key-id') accessKeyId = args[++i];
+    else if (a.startsWith('--')) {
+      process.stderr.write(`xks-proxy kms-config: unknown option ${a}\n`);
+      return 2;
+    } else file = a;
+  }
+  if (prefix === undefined) {
+    process.stderr.write('xks-proxy kms-config: --prefix is required (use --prefix "" for the empty prefix)\n');
+    return 2;
+  }
+  try {
+    const { config } = loadConfig(file ?? resolveSettingsPath());
+    const norm = (p: string): string => (p === '' || p.startsWith('/') ? p : `/${p}`).replace(/\/+$/, '');
+    const store = config.external_key_stores.find((s) => norm(s.uri_path_prefix) === norm(prefix!));
+    if (!store) {
+      process.stderr.write(`xks-proxy kms-config: no [[external_key_stores]] with uri_path_prefix "${prefix}"\n`);
+      return 1;
+    }
+    const credentials = store.sigv4_credentials;
+    const credential = accessKeyId === undefined ? credentials[0] : credentials.find((c) => c.access_key_id === accessKeyId);
+    if (!credential) {
+      process.stderr.write(`xks-proxy kms-config: the key store "${prefix}" has no ${accessKeyId === undefined ? '' : 'such '}credential\n`);
+      return 1;
+    }
+    const out = {
+      XksProxyUriPath: `${store.uri_path_prefix}/kms/xks/v1`,
+      XksProxyAuthenticationCredential: { AccessKeyId: credential.access_key_id, RawSecretAccessKey: credential.secret_access_key },
+    };
+    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
     return 0;
   } catch (e) {
     process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
@@ -97,5 +146,10 @@ async function serve(): Promise<number | undefined> {
   };
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
+  // SIGHUP: re-read settings.toml and apply keystores, credentials, key ids, quotas and the Oso policy.
+  process.on('SIGHUP', () => {
+    proxy.log.info('reloading the configuration', { signal: 'SIGHUP' });
+    void proxy.reload();
+  });
   return undefined;
 }

@@ -83,11 +83,28 @@ export interface TlsSection {
 export interface KeyStore {
   /** "" or 9..117 characters of [a-zA-Z0-9/_-] starting with "/". */
   uri_path_prefix: string;
+  /** The legacy pair; when the file has only `sigv4_credentials`, the first listed credential. */
   sigv4_access_key_id: string;
   /** Non-enumerable: left out of JSON.stringify / util.inspect of the config. */
   sigv4_secret_access_key: string;
+  /**
+   * Our extension (optional key, for rotation): every credential accepted for this prefix, the legacy
+   * pair first (when present) then `sigv4_credentials = [{ access_key_id, secret_access_key }, ...]`,
+   * without duplicates. An access key id belongs to one keystore only.
+   */
+  sigv4_credentials: readonly Sigv4Credential[];
   /** Key ids (PKCS#11 labels) this keystore may use; duplicates in the file are merged. */
   xks_key_id_set: ReadonlySet<string>;
+  /** Our extension (optional key): request quota of this keystore (token bucket refill rate). */
+  requests_per_second?: number;
+  /** Our extension (optional key): token bucket size; defaults to requests_per_second. */
+  burst?: number;
+}
+
+export interface Sigv4Credential {
+  access_key_id: string;
+  /** Non-enumerable: left out of JSON.stringify / util.inspect of the config. */
+  secret_access_key: string;
 }
 
 export interface Pkcs11Section {
@@ -101,6 +118,11 @@ export interface Pkcs11Section {
   context_read_timeout_milli: number;
   /** Our extension (optional key): threads running PKCS#11 calls; default min(session_pool_max_size, 32). */
   worker_threads: number;
+  /**
+   * Our extension (optional key): deadline of every HSM call in ms; a call that overruns answers 503
+   * DependencyTimeoutException. Default DEFAULT_OPERATION_TIMEOUT_MILLI; 0 = no deadline.
+   */
+  operation_timeout_milli: number;
   /** Effective module path: env PKCS11_HSM_MODULE (when set and non-empty) else PKCS11_HSM_MODULE. */
   module_path: string;
 }
@@ -121,6 +143,16 @@ export interface HsmCapabilities {
   is_zero_iv_required: boolean;
 }
 
+/** Our extension (optional table): the deep health check (docs/hsm-failures.md). */
+export interface HealthCheckSection {
+  /** Label of the AES key the background encrypt + decrypt uses. */
+  key_id: string;
+  /** Seconds between checks (1..60; default 10); GetHealthStatus answers from the last one. */
+  interval_secs: number;
+  /** A check slower than this (ms) reports DEGRADED (default 100). */
+  degraded_latency_milli: number;
+}
+
 export interface Config {
   server: ServerSection;
   tracing: TracingSection;
@@ -131,6 +163,7 @@ export interface Config {
   pkcs11_logger?: Pkcs11LoggerSection;
   limits: LimitsSection;
   hsm_capabilities: HsmCapabilities;
+  health_check?: HealthCheckSection;
 }
 
 export interface LoadedConfig {
@@ -162,6 +195,10 @@ export const CIPHERTEXT_METADATA_MAX_BYTES = 20;
 /** Default port of the `GET /ping` listener (Rust: port_http_ping unwrap_or(80)). */
 export const DEFAULT_PORT_HTTP_PING = 80;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
+/** Default [pkcs11] operation_timeout_milli: well under the 250 ms KMS waits. */
+export const DEFAULT_OPERATION_TIMEOUT_MILLI = 150;
+export const DEFAULT_HEALTH_CHECK_INTERVAL_SECS = 10;
+export const DEFAULT_HEALTH_CHECK_DEGRADED_MILLI = 100;
 /** Spec: plaintext up to 4,300 bytes and AAD up to 8,192 bytes must work. */
 const MIN_PLAINTEXT_B64 = b64Len(4300);
 const MIN_AAD_B64 = b64Len(8192);
@@ -257,7 +294,10 @@ export function redactedSummary(config: Config): object {
       uri_path_prefix: ks.uri_path_prefix,
       sigv4_access_key_id: ks.sigv4_access_key_id,
       sigv4_secret_access_key: ks.sigv4_secret_access_key === '' ? '<empty>' : '<redacted>',
+      sigv4_credentials: ks.sigv4_credentials.map((c) => ({ access_key_id: c.access_key_id, secret_access_key: '<redacted>' })),
       xks_key_id_set: [...ks.xks_key_id_set].sort(),
+      requests_per_second: ks.requests_per_second,
+      burst: ks.burst,
     })),
     pkcs11: {
       session_pool_max_size: config.pkcs11.session_pool_max_size,
@@ -268,10 +308,12 @@ export function redactedSummary(config: Config): object {
       module_path: config.pkcs11.module_path,
       context_read_timeout_milli: config.pkcs11.context_read_timeout_milli,
       worker_threads: config.pkcs11.worker_threads,
+      operation_timeout_milli: config.pkcs11.operation_timeout_milli,
     },
     pkcs11_logger: config.pkcs11_logger ? { ...config.pkcs11_logger } : undefined,
     limits: { ...config.limits },
     hsm_capabilities: { ...config.hsm_capabilities },
+    health_check: config.health_check ? { ...config.health_check } : undefined,
   };
 }
 
@@ -393,7 +435,7 @@ const NON_NEGATIVE: IntOpts = { min: 0, max: SAFE, what: 'a non-negative integer
 const PORT: IntOpts = { min: 0, max: U16, what: 'a port number (0..65535; 0 picks a free port)' };
 
 function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
-  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities']);
+  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities', 'health_check']);
   const security = readSecurity(r, doc);
   const config: Config = {
     server: readServer(r, doc),
@@ -407,6 +449,8 @@ function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
   };
   const logger = readPkcs11Logger(r, doc);
   if (logger !== undefined) config.pkcs11_logger = logger;
+  const health = readHealthCheck(r, doc, config.external_key_stores);
+  if (health !== undefined) config.health_check = health;
   return config;
 }
 
@@ -535,11 +579,13 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
   if (!Array.isArray(arr)) r.fail(P, `expected an array of tables ([[external_key_stores]]), got ${describe(arr)}`);
   if (arr.length === 0) r.fail(P, 'at least one [[external_key_stores]] table is required');
   const seen = new Map<string, number>();
+  /** access key id -> index of the keystore that owns it */
+  const akidOwner = new Map<string, number>();
   const out: KeyStore[] = [];
   arr.forEach((item: unknown, i: number) => {
     const IP = `${P}[${i}]`;
     if (!isTable(item)) r.fail(IP, `expected a table, got ${describe(item)}`);
-    r.unknown(item, IP, ['uri_path_prefix', 'sigv4_access_key_id', 'sigv4_secret_access_key', 'xks_key_id_set']);
+    r.unknown(item, IP, ['uri_path_prefix', 'sigv4_access_key_id', 'sigv4_secret_access_key', 'xks_key_id_set', 'sigv4_credentials', 'requests_per_second', 'burst']);
 
     const prefix = r.str(item, IP, 'uri_path_prefix', true);
     const pk = `${IP}.uri_path_prefix`;
@@ -553,12 +599,40 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     if (prev !== undefined) r.fail(pk, `duplicate prefix ${describe(prefix)} (also external_key_stores[${prev}])`);
     seen.set(prefix, i);
 
-    const akid = r.str(item, IP, 'sigv4_access_key_id', true);
-    const secret = r.str(item, IP, 'sigv4_secret_access_key', true, { secret: true });
-    if (sec.is_sigv4_auth_enabled) {
-      if (!ACCESS_KEY_ID_RE.test(akid)) r.warn(`${IP}.sigv4_access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
-      if (!SECRET_RE.test(secret)) r.warn(`${IP}.sigv4_secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
+    const listed = readCredentialList(r, item, IP, sec);
+    const legacyRequired = listed.length === 0;
+    const legacyId = r.str(item, IP, 'sigv4_access_key_id', legacyRequired);
+    const legacySecret = r.str(item, IP, 'sigv4_secret_access_key', legacyRequired || legacyId !== undefined, { secret: true });
+    if (legacyId === undefined && legacySecret !== undefined) r.fail(`${IP}.sigv4_access_key_id`, 'missing key (sigv4_secret_access_key is set)');
+    const creds: Sigv4Credential[] = [];
+    if (legacyId !== undefined && legacySecret !== undefined) {
+      if (sec.is_sigv4_auth_enabled) {
+        if (!ACCESS_KEY_ID_RE.test(legacyId)) r.warn(`${IP}.sigv4_access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
+        if (!SECRET_RE.test(legacySecret)) r.warn(`${IP}.sigv4_secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
+      }
+      creds.push(withHidden({ access_key_id: legacyId }, 'secret_access_key', legacySecret));
     }
+    listed.forEach((c, j) => {
+      const same = creds.find((o) => o.access_key_id === c.access_key_id);
+      if (same === undefined) creds.push(c);
+      else if (same.secret_access_key !== c.secret_access_key) {
+        r.fail(`${IP}.sigv4_credentials[${j}].access_key_id`, `access key id ${describe(c.access_key_id)} is listed twice with different secrets`);
+      }
+    });
+    for (const c of creds) {
+      if (c.access_key_id === '') continue; // the Rust samples' placeholders; such a credential never verifies
+      const owner = akidOwner.get(c.access_key_id);
+      if (owner !== undefined && owner !== i) {
+        r.fail(`${IP}.sigv4_credentials`, `access key id ${describe(c.access_key_id)} is also used by external_key_stores[${owner}]`);
+      }
+      akidOwner.set(c.access_key_id, i);
+    }
+    const first = creds[0]!;
+    const akid = first.access_key_id;
+    const secret = first.secret_access_key;
+    const rps = r.int(item, IP, 'requests_per_second', false, { min: 1, max: 1_000_000_000, what: 'a positive integer' });
+    const burst = r.int(item, IP, 'burst', false, { min: 1, max: 1_000_000_000, what: 'a positive integer' });
+    if (burst !== undefined && rps === undefined) r.warn(`${IP}.burst`, 'has no effect without requests_per_second');
 
     const ids = item['xks_key_id_set'];
     const ik = `${IP}.xks_key_id_set`;
@@ -573,9 +647,38 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     });
     if (set.size === 0) r.warn(ik, 'empty: every key operation on this keystore will fail with KeyNotFoundException');
 
-    out.push(withHidden({ uri_path_prefix: prefix, sigv4_access_key_id: akid, xks_key_id_set: set }, 'sigv4_secret_access_key', secret));
+    const ks = withHidden(
+      { uri_path_prefix: prefix, sigv4_access_key_id: akid, sigv4_credentials: creds, xks_key_id_set: set } as Omit<KeyStore, 'sigv4_secret_access_key'>,
+      'sigv4_secret_access_key',
+      secret,
+    );
+    if (rps !== undefined) {
+      ks.requests_per_second = rps;
+      ks.burst = burst ?? rps;
+    }
+    out.push(ks);
   });
   return out;
+}
+
+/** `sigv4_credentials = [{ access_key_id = "...", secret_access_key = "..." }, ...]` (our extension; optional). */
+function readCredentialList(r: Reader, item: Table, IP: string, sec: SecuritySection): Sigv4Credential[] {
+  const CK = `${IP}.sigv4_credentials`;
+  const list = item['sigv4_credentials'];
+  if (list === undefined) return [];
+  if (!Array.isArray(list)) r.fail(CK, `expected an array of { access_key_id, secret_access_key } tables, got ${typeName(list)}`);
+  return list.map((c: unknown, j: number) => {
+    const EP = `${CK}[${j}]`;
+    if (!isTable(c)) r.fail(EP, `expected a table { access_key_id = "...", secret_access_key = "..." }, got ${typeName(c)}`);
+    r.unknown(c, EP, ['access_key_id', 'secret_access_key']);
+    const id = r.str(c, EP, 'access_key_id', true, { nonEmpty: true });
+    const secret = r.str(c, EP, 'secret_access_key', true, { secret: true, nonEmpty: true });
+    if (sec.is_sigv4_auth_enabled) {
+      if (!ACCESS_KEY_ID_RE.test(id)) r.warn(`${EP}.access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
+      if (!SECRET_RE.test(secret)) r.warn(`${EP}.secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
+    }
+    return withHidden({ access_key_id: id }, 'secret_access_key', secret);
+  });
 }
 
 function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Section {
@@ -583,7 +686,7 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
   const t = r.table(doc, '', P, true);
   r.unknown(t, P, [
     'session_pool_max_size', 'session_pool_timeout_milli', 'session_eager_close', 'user_pin',
-    PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads',
+    PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads', 'operation_timeout_milli',
   ]);
   const session_pool_max_size = r.int(t, P, 'session_pool_max_size', true, POSITIVE);
   const session_pool_timeout_milli = r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE);
@@ -594,6 +697,13 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
   const worker_threads =
     r.int(t, P, 'worker_threads', false, { min: 1, max: 1024, what: 'an integer in 1..1024' }) ??
     Math.min(session_pool_max_size, MAX_DEFAULT_WORKER_THREADS);
+  const operation_timeout_milli =
+    r.int(t, P, 'operation_timeout_milli', false, { min: 0, max: 60000, what: 'an integer in 0..60000 (0 = no deadline)' }) ??
+    DEFAULT_OPERATION_TIMEOUT_MILLI;
+  if (operation_timeout_milli >= 250) {
+    r.warn(`${P}.operation_timeout_milli`, `${operation_timeout_milli} ms: KMS gives up after 250 ms, so a stuck HSM call is reported late`);
+  }
+  if (operation_timeout_milli === 0) r.warn(`${P}.operation_timeout_milli`, '0: HSM calls have no deadline; a stuck HSM hangs requests');
   const fromEnv = env[PKCS11_HSM_MODULE];
   const module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : hsmModule;
   if (module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');
@@ -604,6 +714,7 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     PKCS11_HSM_MODULE: hsmModule,
     context_read_timeout_milli,
     worker_threads,
+    operation_timeout_milli,
     module_path,
   };
   return withHidden(out, 'user_pin', user_pin);
@@ -637,6 +748,25 @@ function readLimits(r: Reader, doc: Table): LimitsSection {
     r.warn(`${P}.max_aad_in_base64`, `${max_aad_in_base64} is above ${MAX_AAD_B64}: AAD beyond 65,535 bytes cannot be encoded`);
   }
   return { max_plaintext_in_base64, max_aad_in_base64 };
+}
+
+function readHealthCheck(r: Reader, doc: Table, stores: readonly KeyStore[]): HealthCheckSection | undefined {
+  const P = 'health_check';
+  const t = r.table(doc, '', P, false);
+  if (t === undefined) return undefined;
+  r.unknown(t, P, ['key_id', 'interval_secs', 'degraded_latency_milli']);
+  const key_id = r.str(t, P, 'key_id', true);
+  if (!KEY_ID_RE.test(key_id)) r.fail(`${P}.key_id`, `key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(key_id)}`);
+  const interval_secs =
+    r.int(t, P, 'interval_secs', false, { min: 1, max: 60, what: 'an integer in 1..60 (the spec caches health for at most 60 s)' }) ??
+    DEFAULT_HEALTH_CHECK_INTERVAL_SECS;
+  const degraded_latency_milli =
+    r.int(t, P, 'degraded_latency_milli', false, { min: 1, max: 60000, what: 'an integer in 1..60000' }) ?? DEFAULT_HEALTH_CHECK_DEGRADED_MILLI;
+  const users = stores.filter((s) => s.xks_key_id_set.has(key_id)).map((s) => describe(s.uri_path_prefix));
+  if (users.length > 0) {
+    r.warn(`${P}.key_id`, `${describe(key_id)} is also in the xks_key_id_set of ${users.join(', ')}: use a key reserved for health checks`);
+  }
+  return { key_id, interval_secs, degraded_latency_milli };
 }
 
 function readHsmCapabilities(r: Reader, doc: Table): HsmCapabilities {

@@ -3,7 +3,10 @@
  */
 import { pkcs11LoggerEnv, type LoadedConfig } from './config.js';
 import { Hsm } from './hsm/hsm.js';
-import { startServer, type KeyStoreRoute } from './http/server.js';
+import { HealthChecker } from './health/checker.js';
+import { startServer } from './http/server.js';
+import { privateSocketPath, startMtlsTerminator, type MtlsTerminator } from './http/mtls.js';
+import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './reload.js';
 import { createLogger, type Logger } from './log.js';
 import { VERSION } from './version.js';
 
@@ -12,6 +15,8 @@ export interface RunningProxy {
   pingPort: number;
   log: Logger;
   stop(): Promise<void>;
+  /** Re-reads settings.toml and applies keystores, credentials, key ids, quotas and the Oso policy (SIGHUP). */
+  reload(): Promise<ReloadOutcome>;
 }
 
 export interface StartOptions {
@@ -24,14 +29,15 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const log = createLogger(config.tracing, options.stdout ? { stdout: options.stdout } : {});
   for (const w of loaded.warnings) log.warn(w);
 
-  if (config.security.is_mtls_enabled) {
-    throw new Error(`${loaded.file}: security.is_mtls_enabled: mTLS is not supported by this version; refusing to start without it`);
+  const mtls = config.security.is_tls_enabled && config.security.is_mtls_enabled ? config.tls : undefined;
+  // Read the policy before the HSM opens: a bad policy stops start-up with one line.
+  let authorizer;
+  try {
+    authorizer = await loadAuthorizer(config);
+  } catch (e) {
+    throw new Error(`${loaded.file}: security.oso.polar_file_path: ${e instanceof Error ? e.message : String(e)}`);
   }
-  if (config.security.secondary_auth !== undefined) {
-    throw new Error(
-      `${loaded.file}: security.secondary_auth: "${config.security.secondary_auth}" is not supported by this version; refusing to start without it`,
-    );
-  }
+  if (authorizer !== undefined) log.info('secondary authorization: Oso', { policy: authorizer.source });
   if (!config.security.is_sigv4_auth_enabled) {
     log.warn('SIGV4 AUTHENTICATION IS DISABLED (security.is_sigv4_auth_enabled = false): anyone who reaches this port can use every key');
   }
@@ -47,15 +53,22 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     threads: config.pkcs11.worker_threads,
     canGenerateIv: config.hsm_capabilities.can_generate_iv,
     isZeroIvRequired: config.hsm_capabilities.is_zero_iv_required,
+    operationTimeoutMs: config.pkcs11.operation_timeout_milli,
   });
+  if (config.health_check) {
+    // Deep health check (docs/hsm-failures.md); stopped by hsm.close().
+    const hc = config.health_check;
+    const checker = new HealthChecker(hsm, { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli }, log);
+    hsm.setHealthSource(checker);
+    const first = await checker.start();
+    log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
+  }
 
-  const keyStores: KeyStoreRoute[] = config.external_key_stores.map((s) => ({
-    prefix: s.uri_path_prefix,
-    credentials: [{ accessKeyId: s.sigv4_access_key_id, secretAccessKey: s.sigv4_secret_access_key }],
-    keyIds: new Set(s.xks_key_id_set),
-  }));
+  const keyStores = keyStoreRoutes(config);
+  const unix = mtls ? privateSocketPath() : undefined;
 
   let server;
+  let terminator: MtlsTerminator | undefined;
   try {
     server = await startServer(
       {
@@ -69,6 +82,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         keyStores,
         tls: config.security.is_tls_enabled && config.tls ? { certFile: config.tls.tls_cert_pem, keyFile: config.tls.tls_key_pem } : undefined,
         version: VERSION,
+        authorizer,
+        listenUnix: unix?.path,
       },
       {
         hsm,
@@ -78,25 +93,48 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
       },
       log,
     );
+    if (mtls && unix) {
+      terminator = await startMtlsTerminator(
+        {
+          host: config.server.ip,
+          port: config.server.port,
+          certFile: mtls.tls_cert_pem,
+          keyFile: mtls.tls_key_pem,
+          caFile: mtls.mtls_client_ca_pem ?? '',
+          dnsName: mtls.mtls_client_dns_name ?? '',
+          upstreamPath: unix.path,
+        },
+        log,
+      );
+    }
   } catch (e) {
+    server?.close();
+    unix?.remove();
     await hsm.close();
     throw e;
   }
+  const port = terminator?.port ?? server.port;
+  const pingPort = server.pingPort === server.port ? port : server.pingPort;
+  const reloader = new Reloader(loaded.file, loaded, keyStores, server, log);
   const scheme = config.security.is_tls_enabled ? 'https' : 'http';
   log.info(`xks-proxy v${VERSION} listening`, {
-    url: `${scheme}://${config.server.ip}:${server.port}`,
-    ping_port: server.pingPort,
+    url: `${scheme}://${config.server.ip}:${port}`,
+    mtls: mtls !== undefined,
+    ping_port: pingPort,
     key_stores: keyStores.length,
   });
 
   let stopping: Promise<void> | undefined;
   return {
-    port: server.port,
-    pingPort: server.pingPort,
+    port,
+    pingPort,
     log,
+    reload: () => reloader.reload(),
     stop() {
       stopping ??= (async () => {
+        terminator?.close();
         server.close();
+        unix?.remove();
         await hsm.close();
         log.info('xks-proxy stopped');
         await log.close();

@@ -347,6 +347,7 @@ describe('broken files name the key', () => {
       uri_path_prefix: '/example/uri/path/prefix',
       sigv4_access_key_id: 'BETWEEN2TENAND3TENCHARACTERS',
       sigv4_secret_access_key: '<redacted>',
+      sigv4_credentials: [{ access_key_id: 'BETWEEN2TENAND3TENCHARACTERS', secret_access_key: '<redacted>' }],
       xks_key_id_set: ['bar', 'foo'],
     });
   });
@@ -357,3 +358,97 @@ describe('broken files name the key', () => {
   });
 });
 
+
+describe('rotation and quotas (our extensions)', () => {
+  const LEGACY = 'sigv4_secret_access_key = "minimalFixtureSecretValue0123456789abcdefghijk"';
+  const S2 = 'secondFixtureSecretValue0123456789abcdefghijkl';
+  const withList = (list: string): string => edit(MIN, LEGACY, `${LEGACY}\nsigv4_credentials = [${list}]`);
+
+  it('accepts sigv4_credentials besides the legacy pair, secrets hidden', () => {
+    const { config, warnings } = parseConfig(withList(`{ access_key_id = "ABCDEFGHIJKLMNOPQRS2", secret_access_key = "${S2}" }`), 'f', NO_ENV);
+    const ks = config.external_key_stores[0]!;
+    expect(ks.sigv4_credentials.map((c) => c.access_key_id)).toEqual(['ABCDEFGHIJKLMNOPQRST', 'ABCDEFGHIJKLMNOPQRS2']);
+    expect(ks.sigv4_credentials[1]!.secret_access_key).toBe(S2);
+    expect(inspect(config, { depth: 10 })).not.toContain(S2);
+    expect(JSON.stringify(redactedSummary(config))).not.toContain(S2);
+    expect(warnings).toEqual([]);
+  });
+
+  it('the list alone is enough (no legacy pair)', () => {
+    const src = edit(
+      edit(MIN, 'sigv4_access_key_id = "ABCDEFGHIJKLMNOPQRST"\n', ''),
+      LEGACY,
+      `sigv4_credentials = [{ access_key_id = "ABCDEFGHIJKLMNOPQRS2", secret_access_key = "${S2}" }]`,
+    );
+    const ks = parseConfig(src, 'f', NO_ENV).config.external_key_stores[0]!;
+    expect(ks.sigv4_access_key_id).toBe('ABCDEFGHIJKLMNOPQRS2');
+    expect(ks.sigv4_credentials).toHaveLength(1);
+  });
+
+  it('an access key id used by two keystores is an error; ids and secrets outside the spec rules are warned about', () => {
+    const two = `${MIN}\n[[external_key_stores]]\nuri_path_prefix = "/second/prefix"\nsigv4_access_key_id = "ABCDEFGHIJKLMNOPQRST"\nsigv4_secret_access_key = "${S2}"\nxks_key_id_set = []\n`;
+    expect(failure(two).message).toBe(
+      'settings.toml: external_key_stores[1].sigv4_credentials: access key id "ABCDEFGHIJKLMNOPQRST" is also used by external_key_stores[0]',
+    );
+    const weak = parseConfig(withList('{ access_key_id = "lower-case-id", secret_access_key = "short" }'), 'f', NO_ENV);
+    expect(weak.warnings.some((w) => w.includes('sigv4_credentials[0].access_key_id'))).toBe(true);
+    expect(weak.warnings.some((w) => w.includes('sigv4_credentials[0].secret_access_key'))).toBe(true);
+    expect(weak.warnings.join('\n')).not.toContain('short"');
+    expect(failure(withList(`{ access_key_id = "ABCDEFGHIJKLMNOPQRST", secret_access_key = "${S2}" }`)).message).toMatch(
+      /sigv4_credentials\[0\]\.access_key_id: access key id "ABCDEFGHIJKLMNOPQRST" is listed twice with different secrets/,
+    );
+    expect(failure(withList('{ access_key_id = "ABCDEFGHIJKLMNOPQRS2" }')).message).toBe(
+      'settings.toml: external_key_stores[0].sigv4_credentials[0].secret_access_key: missing key',
+    );
+  });
+
+  it('requests_per_second and burst (default = rate)', () => {
+    const q = (extra: string) => parseConfig(edit(MIN, LEGACY, `${LEGACY}\n${extra}`), 'f', NO_ENV).config.external_key_stores[0]!;
+    expect(q('requests_per_second = 1800')).toMatchObject({ requests_per_second: 1800, burst: 1800 });
+    expect(q('requests_per_second = 100\nburst = 300')).toMatchObject({ requests_per_second: 100, burst: 300 });
+    expect(q('').requests_per_second).toBeUndefined();
+    expect(failure(edit(MIN, LEGACY, `${LEGACY}\nrequests_per_second = 0`)).message).toBe(
+      'settings.toml: external_key_stores[0].requests_per_second: expected a positive integer, got 0',
+    );
+  });
+});
+
+describe('deadlines and the deep health check (our extensions)', () => {
+  const withPkcs11 = (line: string): string => edit(MIN, '[pkcs11]\n', `[pkcs11]\n${line}\n`);
+  const withHealth = (body: string): string => `${MIN}\n[health_check]\n${body}\n`;
+
+  it('operation_timeout_milli: default 150, 0 disables (warned), >= 250 warned, range checked', () => {
+    expect(parseConfig(MIN, 'f', NO_ENV).config.pkcs11.operation_timeout_milli).toBe(150);
+    expect(parseConfig(withPkcs11('operation_timeout_milli = 80'), 'f', NO_ENV).config.pkcs11.operation_timeout_milli).toBe(80);
+    const off = parseConfig(withPkcs11('operation_timeout_milli = 0'), 'f', NO_ENV);
+    expect(off.config.pkcs11.operation_timeout_milli).toBe(0);
+    expect(off.warnings.some((w) => w.includes('pkcs11.operation_timeout_milli: 0'))).toBe(true);
+    expect(parseConfig(withPkcs11('operation_timeout_milli = 300'), 'f', NO_ENV).warnings.some((w) => w.includes('250 ms'))).toBe(true);
+    expect(failure(withPkcs11('operation_timeout_milli = -1')).message).toBe(
+      'settings.toml: pkcs11.operation_timeout_milli: expected an integer in 0..60000 (0 = no deadline), got -1',
+    );
+  });
+
+  it('[health_check]: absent by default; key_id required; interval_secs 1..60 (default 10); threshold default 100', () => {
+    expect(parseConfig(MIN, 'f', NO_ENV).config.health_check).toBeUndefined();
+    expect(parseConfig(withHealth('key_id = "hc-key"'), 'f', NO_ENV).config.health_check).toEqual({
+      key_id: 'hc-key',
+      interval_secs: 10,
+      degraded_latency_milli: 100,
+    });
+    expect(parseConfig(withHealth('key_id = "hc"\ninterval_secs = 60\ndegraded_latency_milli = 20'), 'f', NO_ENV).config.health_check).toEqual({
+      key_id: 'hc',
+      interval_secs: 60,
+      degraded_latency_milli: 20,
+    });
+    expect(failure(withHealth('interval_secs = 5')).message).toBe('settings.toml: health_check.key_id: missing key');
+    expect(failure(withHealth('key_id = "hc"\ninterval_secs = 61')).message).toMatch(/^settings\.toml: health_check\.interval_secs: expected an integer in 1\.\.60/);
+    expect(failure(withHealth('key_id = "bad key"')).message).toMatch(/^settings\.toml: health_check\.key_id: key ids are/);
+  });
+
+  it('[health_check] key_id also served to KMS is warned about', () => {
+    const { warnings } = parseConfig(withHealth('key_id = "k1"'), 'f', NO_ENV);
+    expect(warnings.some((w) => w.includes('health_check.key_id') && w.includes('xks_key_id_set'))).toBe(true);
+    expect(parseConfig(withHealth('key_id = "other"'), 'f', NO_ENV).warnings.some((w) => w.includes('health_check'))).toBe(false);
+  });
+});

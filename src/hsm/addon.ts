@@ -34,6 +34,15 @@ export interface EngineOptions {
   /** Worker threads owned by the addon that run the PKCS#11 calls (1..256). */
   threads: number;
   ivMode: IvMode;
+  /**
+   * Deadline of every call, in ms from submission (0 or absent: none). A call still queued,
+   * waiting for a session or inside the HSM at its deadline rejects with XKS_TIMEOUT at once
+   * (within a few ms). A thread stuck inside the HSM is quarantined together with its
+   * session: a replacement thread starts (at most max(threads, 2) stuck threads) and the
+   * stuck session stops counting against poolMaxSize (at most poolMaxSize quarantined). When
+   * the call returns, its session is closed and the thread rejoins (or exits if not needed).
+   */
+  operationTimeoutMs?: number;
 }
 
 export interface KeyInfo {
@@ -73,7 +82,7 @@ export interface CreateKeyOptions {
 }
 
 export interface EngineStats {
-  /** Sessions currently open (idle + in use). */
+  /** Sessions currently open (idle + in use + quarantined). */
   sessionsOpen: number;
   /** Sessions idle in the pool. */
   sessionsIdle: number;
@@ -81,12 +90,23 @@ export interface EngineStats {
   inFlight: number;
   /** Times the module was finalized and re-initialized. */
   reinitializations: number;
+  /** Sessions stuck in an overrunning call, not counted against poolMaxSize. */
+  sessionsQuarantined: number;
+  /** Threads stuck in an overrunning call. */
+  workersStuck: number;
+  /** Calls that failed with XKS_TIMEOUT. */
+  timeouts: number;
+  /** Sessions dropped because the HSM failed them (device- or session-level codes, see docs/hsm-failures.md). */
+  sessionErrors: number;
+  /** False while the module is down and being re-initialized (with backoff). */
+  ready: boolean;
 }
 
 /**
  * Rejections carry `code`: a PKCS#11 return value by name ("CKR_ENCRYPTED_DATA_INVALID";
  * unknown values "CKR_0x%08lx") or one of
  *   XKS_POOL_EXHAUSTED  no session within poolTimeoutMs,
+ *   XKS_TIMEOUT         operationTimeoutMs passed before the call completed,
  *   XKS_KEY_NOT_FOUND   no CKO_SECRET_KEY token object with the label (fn "C_FindObjects"),
  *   XKS_KEY_AMBIGUOUS   two or more such objects (fn "C_FindObjects"),
  *   XKS_CLOSED          the engine is not open (before open() resolved, after close()), or a

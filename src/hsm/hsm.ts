@@ -18,6 +18,24 @@ export interface HsmSettings {
   threads: number;
   canGenerateIv: boolean;
   isZeroIvRequired: boolean;
+  /** Deadline of every HSM call in ms ([pkcs11] operation_timeout_milli); 0 = none. */
+  operationTimeoutMs?: number;
+}
+
+/** A cached health verdict (the deep health check of src/health/); see Hsm.setHealthSource. */
+export type HealthState = 'ACTIVE' | 'DEGRADED' | 'UNAVAILABLE';
+
+export interface HealthVerdict {
+  state: HealthState;
+  /** Token info of the last successful check (undefined before one succeeded). */
+  token: TokenInfo | undefined;
+}
+
+export interface HealthSource {
+  /** The last verdict, at once (no HSM call). */
+  current(): HealthVerdict;
+  /** Stops background checks (called by Hsm.close()). */
+  stop?(): void;
 }
 
 export interface Sealed {
@@ -51,6 +69,8 @@ function common(e: unknown): XksError {
       return new XksError('KeyNotFoundException', 'Key label is not unique in the HSM', detail(e));
     case 'XKS_POOL_EXHAUSTED':
       return new XksError('InternalException', 'Session pool exhaustion', detail(e));
+    case 'XKS_TIMEOUT':
+      return new XksError('DependencyTimeoutException', 'The HSM did not answer in time', detail(e));
     case 'CKR_KEY_FUNCTION_NOT_PERMITTED':
       return new XksError('InvalidKeyUsageException', 'The key does not support this operation', detail(e));
     case 'XKS_CLOSED':
@@ -71,7 +91,19 @@ function decryptError(e: unknown): XksError {
 }
 
 export class Hsm {
+  private health: HealthSource | undefined;
+
   private constructor(private readonly engine: NativeEngine) {}
+
+  /** Installs (or removes) the deep health check whose verdict GetHealthStatus reports. */
+  setHealthSource(source: HealthSource | undefined): void {
+    this.health = source;
+  }
+
+  /** The deep health check, when one runs. */
+  healthSource(): HealthSource | undefined {
+    return this.health;
+  }
 
   /** Loads the PKCS#11 module, initializes it and logs in one session. */
   static async open(settings: HsmSettings): Promise<Hsm> {
@@ -83,6 +115,7 @@ export class Hsm {
       eagerClose: settings.eagerClose,
       threads: settings.threads,
       ivMode: ivMode(settings.canGenerateIv, settings.isZeroIvRequired),
+      operationTimeoutMs: settings.operationTimeoutMs ?? 0,
     };
     const { Engine } = loadAddon();
     const engine = new Engine(options);
@@ -161,6 +194,7 @@ export class Hsm {
   }
 
   close(): Promise<void> {
+    this.health?.stop?.();
     return this.engine.close();
   }
 }

@@ -25,6 +25,8 @@ import {
   type Limits,
   type RequestMetadata,
 } from '../validate.js';
+import type { Authorizer } from '../auth/oso.js';
+import { TLS12_CIPHER_LIST } from './tls.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket } from './uws.js';
 
 export interface KeyStoreRoute {
@@ -32,6 +34,8 @@ export interface KeyStoreRoute {
   prefix: string;
   credentials: readonly Credential[];
   keyIds: ReadonlySet<string>;
+  /** Request quota (429 ThrottlingException when tryTake() is false); none when undefined. */
+  quota?: { tryTake(): boolean } | undefined;
 }
 
 export interface ServerOptions {
@@ -46,12 +50,25 @@ export interface ServerOptions {
   keyStores: readonly KeyStoreRoute[];
   tls?: { certFile: string; keyFile: string } | undefined;
   version: string;
+  /** Secondary authorization (Oso); none when undefined. */
+  authorizer?: Authorizer | undefined;
+  /**
+   * Serve the API on this Unix socket instead of host:port (the mTLS terminator in front of it owns
+   * host:port); `port` is then only used to decide whether `pingPort` needs its own listener.
+   */
+  listenUnix?: string | undefined;
 }
 
 export interface RunningServer {
   port: number;
   pingPort: number;
   close(): void;
+  /**
+   * Atomically swaps the keystores (prefixes, credentials, key ids, quotas) and the secondary
+   * authorization. Requests already past routing finish with what they started with; listeners stay.
+   * Routes of new prefixes are added; removed prefixes answer 404 InvalidUriPathException.
+   */
+  apply(keyStores: readonly KeyStoreRoute[], authorizer: Authorizer | undefined): void;
 }
 
 type OpName = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
@@ -83,8 +100,18 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   const maxBody = opts.limits.max_plaintext_in_base64 + opts.limits.max_aad_in_base64 + BODY_OVERHEAD;
   const pong = `pong from xks-proxy v${opts.version}\n`;
 
+  // uSockets refuses TLS < 1.2 by itself; ssl_ciphers limits TLS 1.2 to the spec's suites (TLS 1.3 suites
+  // are OpenSSL's defaults: see docs/security.md).
   const makeApp = (): TemplatedApp =>
-    opts.tls ? uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile }) : uws.App();
+    opts.tls && opts.listenUnix === undefined
+      ? uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile, ssl_ciphers: TLS12_CIPHER_LIST })
+      : uws.App();
+
+  /** The current routing/auth snapshot; replaced as a whole by apply(). */
+  let routing: { stores: ReadonlyMap<string, KeyStoreRoute>; authorizer: Authorizer | undefined } = {
+    stores: new Map(opts.keyStores.map((k) => [k.prefix, k])),
+    authorizer: opts.authorizer,
+  };
 
   function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string): void {
     if (x.done) return;
@@ -121,6 +148,9 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       const result = verifier.finish(x.pending, body, lookupIn(x.store));
       if (!result.ok) throw new XksError('AuthenticationFailedException', 'Request signature is not valid', result.reason);
     }
+    if (x.store.quota !== undefined && !x.store.quota.tryTake()) {
+      throw new XksError('ThrottlingException', 'Request rate of this key store exceeds its quota');
+    }
     const json = parseJsonObject(body);
     let meta: RequestMetadata;
     switch (x.op) {
@@ -132,17 +162,20 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
         meta = metadataShape(json);
         x.kmsRequestId = meta.kmsRequestId;
         checkKey(x);
+        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'metadata', meta);
         return getKeyMetadata(ctx, x.keyId);
       case 'Encrypt': {
         const shape = encryptShape(json);
         x.kmsRequestId = shape.requestMetadata.kmsRequestId;
         checkKey(x);
+        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'encrypt', shape.requestMetadata);
         return encrypt(ctx, x.keyId, encryptInput(shape, opts.limits));
       }
       case 'Decrypt': {
         const shape = decryptShape(json);
         x.kmsRequestId = shape.requestMetadata.kmsRequestId;
         checkKey(x);
+        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'decrypt', shape.requestMetadata);
         return decrypt(ctx, x.keyId, decryptInput(shape, opts.limits));
       }
     }
@@ -159,8 +192,13 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     );
   }
 
-  function api(op: OpName, store: KeyStoreRoute, withKey: boolean) {
+  function api(op: OpName, prefix: string, withKey: boolean) {
     return (res: HttpResponse, req: HttpRequest): void => {
+      const store = routing.stores.get(prefix);
+      if (store === undefined) {
+        notFound(res, req);
+        return;
+      }
       const started = performance.now();
       const keyId = withKey ? req.getParameter(0) : '';
       let pending: PendingSignature | undefined;
@@ -247,8 +285,11 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   };
 
   const app = makeApp();
-  for (const store of opts.keyStores) {
-    const base = `${store.prefix}/kms/xks/v1`;
+  const registered = new Set<string>();
+  const registerPrefix = (prefix: string): void => {
+    if (registered.has(prefix)) return;
+    registered.add(prefix);
+    const base = `${prefix}/kms/xks/v1`;
     const routes: [string, OpName, boolean][] = [
       [`${base}/health`, 'GetHealthStatus', false],
       [`${base}/keys/:keyId/metadata`, 'GetKeyMetadata', true],
@@ -256,10 +297,11 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       [`${base}/keys/:keyId/decrypt`, 'Decrypt', true],
     ];
     for (const [pattern, op, withKey] of routes) {
-      app.post(pattern, api(op, store, withKey));
+      app.post(pattern, api(op, prefix, withKey));
       app.any(pattern, notAllowed);
     }
-  }
+  };
+  for (const store of opts.keyStores) registerPrefix(store.prefix);
   app.get('/ping', ping);
   app.any('/*', notFound);
 
@@ -276,8 +318,22 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       });
     });
 
+  const listenUnix = (a: TemplatedApp, file: string): Promise<void> =>
+    new Promise((resolve, reject) => {
+      a.listen_unix((socket) => {
+        if (!socket) {
+          reject(new Error(`cannot listen on the Unix socket ${file}`));
+          return;
+        }
+        listeners.push(socket);
+        resolve();
+      }, file);
+    });
+
   return (async () => {
-    const port = await listen(app, opts.port);
+    let port = opts.port;
+    if (opts.listenUnix !== undefined) await listenUnix(app, opts.listenUnix);
+    else port = await listen(app, opts.port);
     let pingPort = port;
     if (opts.pingPort !== opts.port) {
       const pingApp = uws.App();
@@ -290,6 +346,10 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       pingPort,
       close() {
         for (const s of listeners.splice(0)) uws.us_listen_socket_close(s);
+      },
+      apply(keyStores, authorizer) {
+        for (const k of keyStores) registerPrefix(k.prefix);
+        routing = { stores: new Map(keyStores.map((k) => [k.prefix, k])), authorizer };
       },
     };
   })();

@@ -1,39 +1,55 @@
 /**
- * XKS GetHealthStatus: the token of the first slot, reported as the Rust proxy does,
- * with UNAVAILABLE (instead of an error) when the HSM cannot answer.
+ * XKS GetHealthStatus: the token of the first slot, reported as the Rust proxy does.
+ *
+ * With a deep health check ([health_check], src/health/checker.ts) the answer comes from
+ * its cached verdict at once (ACTIVE, DEGRADED or UNAVAILABLE) and the token info of its
+ * last successful check. Without one, the token info is read per request and the status
+ * is ACTIVE, or UNAVAILABLE (instead of an error) when the HSM cannot answer.
  */
 import { XksError } from '../errors.js';
+import type { HealthState, TokenInfo } from '../hsm/hsm.js';
 import type { OpContext } from './context.js';
 
 export const PROXY_VENDOR = 'xks-proxy open source project';
 
-export async function getHealthStatus(ctx: OpContext): Promise<string> {
-  const model = `xks-proxy (TypeScript/C++) v${ctx.version}`;
-  try {
-    const t = await ctx.hsm.tokenInfo();
-    return JSON.stringify({
-      xksProxyFleetSize: 1,
-      xksProxyVendor: PROXY_VENDOR,
-      xksProxyModel: model,
-      ekmVendor: `${t.manufacturerId} (serial number: ${t.serialNumber})`,
-      ekmFleetDetails: [
-        {
-          id: t.label,
-          model:
-            `${t.model} (firmware version: ${t.firmwareVersion.major}.${t.firmwareVersion.minor}, ` +
-            `hardware version: ${t.hardwareVersion.major}.${t.hardwareVersion.minor})`,
-          healthStatus: 'ACTIVE',
-        },
-      ],
-    });
-  } catch (e) {
-    if (!(e instanceof XksError) || e.errorName !== 'InternalException') throw e;
+function body(model: string, t: TokenInfo | undefined, healthStatus: HealthState): string {
+  if (t === undefined) {
     return JSON.stringify({
       xksProxyFleetSize: 1,
       xksProxyVendor: PROXY_VENDOR,
       xksProxyModel: model,
       ekmVendor: 'unknown',
-      ekmFleetDetails: [{ id: 'unknown', model: 'unknown', healthStatus: 'UNAVAILABLE' }],
+      ekmFleetDetails: [{ id: 'unknown', model: 'unknown', healthStatus }],
     });
+  }
+  return JSON.stringify({
+    xksProxyFleetSize: 1,
+    xksProxyVendor: PROXY_VENDOR,
+    xksProxyModel: model,
+    ekmVendor: `${t.manufacturerId} (serial number: ${t.serialNumber})`,
+    ekmFleetDetails: [
+      {
+        id: t.label,
+        model:
+          `${t.model} (firmware version: ${t.firmwareVersion.major}.${t.firmwareVersion.minor}, ` +
+          `hardware version: ${t.hardwareVersion.major}.${t.hardwareVersion.minor})`,
+        healthStatus,
+      },
+    ],
+  });
+}
+
+export async function getHealthStatus(ctx: OpContext): Promise<string> {
+  const model = `xks-proxy (TypeScript/C++) v${ctx.version}`;
+  const deep = ctx.hsm.healthSource();
+  if (deep !== undefined) {
+    const v = deep.current();
+    return body(model, v.token, v.state);
+  }
+  try {
+    return body(model, await ctx.hsm.tokenInfo(), 'ACTIVE');
+  } catch (e) {
+    if (!(e instanceof XksError) || (e.errorName !== 'InternalException' && e.errorName !== 'DependencyTimeoutException')) throw e;
+    return body(model, undefined, 'UNAVAILABLE');
   }
 }

@@ -15,6 +15,10 @@ export interface StoreSpec {
   accessKeyId: string;
   secret: string;
   keys: string[];
+  /** Extra credentials (`sigv4_credentials`). */
+  credentials?: { accessKeyId: string; secret: string }[];
+  requestsPerSecond?: number;
+  burst?: number;
 }
 
 export interface SettingsSpec {
@@ -30,6 +34,10 @@ export interface SettingsSpec {
   sigv4?: boolean;
   level?: string;
   pingPort?: number;
+  /** [tls] files; is_tls_enabled = true when set. */
+  tls?: { certFile: string; keyFile: string; mtls?: { caFile: string; dnsName: string } };
+  /** secondary_auth = "Oso" with this polar file. */
+  osoPolicy?: string;
 }
 
 export const REGION = 'us-east-1';
@@ -43,6 +51,9 @@ uri_path_prefix = "${k.prefix}"
 sigv4_access_key_id = "${k.accessKeyId}"
 sigv4_secret_access_key = "${k.secret}"
 xks_key_id_set = [${k.keys.map((id) => `"${id}"`).join(', ')}]
+${k.credentials ? `sigv4_credentials = [${k.credentials.map((c) => `{ access_key_id = "${c.accessKeyId}", secret_access_key = "${c.secret}" }`).join(', ')}]` : ''}
+${k.requestsPerSecond !== undefined ? `requests_per_second = ${k.requestsPerSecond}` : ''}
+${k.burst !== undefined ? `burst = ${k.burst}` : ''}
 `,
     )
     .join('\n');
@@ -69,8 +80,15 @@ rotation_kind = "HOURLY"
 
 [security]
 is_sigv4_auth_enabled = ${s.sigv4 ?? true}
-is_tls_enabled = false
-is_mtls_enabled = false
+is_tls_enabled = ${s.tls !== undefined}
+is_mtls_enabled = ${s.tls?.mtls !== undefined}
+${s.osoPolicy !== undefined ? `secondary_auth = "Oso"\n\n[security.oso]\npolar_file_path = "${s.osoPolicy}"\n` : ''}
+${
+  s.tls !== undefined
+    ? `[tls]\ntls_cert_pem = "${s.tls.certFile}"\ntls_key_pem = "${s.tls.keyFile}"\n` +
+      (s.tls.mtls ? `mtls_client_ca_pem = "${s.tls.mtls.caFile}"\nmtls_client_dns_name = "${s.tls.mtls.dnsName}"\n` : '')
+    : ''
+}
 
 ${stores}
 [pkcs11]
@@ -108,7 +126,7 @@ export async function startTestProxy(spec: SettingsSpec, name = 'settings.toml')
   out.on('data', (c: Buffer) => (text += c.toString('utf8')));
   const proxy = await startProxy(loadConfig(settingsPath), { stdout: out });
   return Object.assign(proxy, {
-    base: `http://127.0.0.1:${proxy.port}`,
+    base: `${spec.tls ? 'https' : 'http'}://127.0.0.1:${proxy.port}`,
     settingsPath,
     logText: () => text,
   });

@@ -1,0 +1,22 @@
+/** A fresh SoftHSM2 token holding the standard test keys (see softhsm.ts), for one test file. */
+import { loadAddon } from '../../src/hsm/addon.js';
+import { createTestKeys, makeToken, type TestToken } from './softhsm.js';
+
+export async function makeKeyedToken(label: string): Promise<TestToken> {
+  const token = makeToken(label);
+  process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
+  const { Engine } = loadAddon();
+  const engine = new Engine({
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 2,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 1,
+    ivMode: 'random',
+  });
+  await engine.open();
+  await createTestKeys(engine);
+  await engine.close();
+  return token;
+}

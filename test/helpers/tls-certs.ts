@@ -1,0 +1,73 @@
+/**
+ * Real certificates for TLS/mTLS tests, made with the openssl CLI in a temporary directory:
+ * a CA, a server certificate for 127.0.0.1/localhost, and client certificates: good (DNS SAN =
+ * the expected name), wrong name, wildcard, name only in the subject CN, from another CA, expired, self-signed.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+export const CLIENT_DNS_NAME = 'kms-xks-client.example.com';
+
+export interface Pair {
+  cert: string;
+  key: string;
+}
+
+export interface TestPki {
+  dir: string;
+  ca: string;
+  server: Pair;
+  clients: {
+    good: Pair;
+    wrongName: Pair;
+    wildcard: Pair;
+    cnOnly: Pair;
+    otherCa: Pair;
+    expired: Pair;
+    selfSigned: Pair;
+  };
+  cleanup(): void;
+}
+
+function ossl(dir: string, args: string[]): void {
+  execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+export function makePki(): TestPki {
+  const dir = mkdtempSync(path.join(tmpdir(), 'xks-pki-'));
+  const p = (f: string): string => path.join(dir, f);
+  const ca = (name: string): void => {
+    ossl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.pem`,
+      '-days', '30', '-subj', `/CN=${name}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  };
+  ca('ca');
+  ca('other-ca');
+  /** A leaf signed by `issuer` with the given SAN extension (or none) and validity. */
+  const leaf = (name: string, issuer: string, san: string | undefined, cn: string, eku: string, expired = false): Pair => {
+    ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`]);
+    const ext = [`basicConstraints=CA:FALSE`, `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
+    writeFileSync(p(`${name}.ext`), `${ext}\n`);
+    // Expired: `-days -1` puts notAfter one day in the past (OpenSSL 3.0 has no -not_after).
+    ossl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, '-CAcreateserial', '-out', `${name}.pem`,
+      '-days', String(expired ? -1 : 30), '-extfile', `${name}.ext`]);
+    return { cert: p(`${name}.pem`), key: p(`${name}.key`) };
+  };
+  const server = leaf('server', 'ca', 'DNS:localhost,IP:127.0.0.1', 'localhost', 'serverAuth');
+  const good = leaf('good', 'ca', `DNS:${CLIENT_DNS_NAME}`, 'good-client', 'clientAuth');
+  const wrongName = leaf('wrong-name', 'ca', 'DNS:someone-else.example.com', CLIENT_DNS_NAME, 'clientAuth');
+  const wildcard = leaf('wildcard', 'ca', 'DNS:*.example.com', 'wildcard-client', 'clientAuth');
+  const cnOnly = leaf('cn-only', 'ca', undefined, CLIENT_DNS_NAME, 'clientAuth');
+  const otherCa = leaf('other', 'other-ca', `DNS:${CLIENT_DNS_NAME}`, 'other', 'clientAuth');
+  const expired = leaf('expired', 'ca', `DNS:${CLIENT_DNS_NAME}`, 'expired', 'clientAuth', true);
+  ossl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'self.key', '-out', 'self.pem', '-days', '30',
+    '-subj', `/CN=${CLIENT_DNS_NAME}`, '-addext', `subjectAltName=DNS:${CLIENT_DNS_NAME}`, '-addext', 'extendedKeyUsage=clientAuth']);
+  return {
+    dir,
+    ca: p('ca.pem'),
+    server,
+    clients: { good, wrongName, wildcard, cnOnly, otherCa, expired, selfSigned: { cert: p('self.pem'), key: p('self.key') } },
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}

@@ -2,12 +2,13 @@
  * Start-up and shut-down of the proxy: config -> logger -> HSM -> HTTP.
  */
 import { pkcs11LoggerEnv, type LoadedConfig } from './config.js';
-import { Hsm } from './hsm/hsm.js';
+import { Hsm, type EngineStats } from './hsm/hsm.js';
 import { HealthChecker } from './health/checker.js';
 import { startServer } from './http/server.js';
 import { privateSocketPath, startMtlsTerminator, type MtlsTerminator } from './http/mtls.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './reload.js';
 import { createLogger, type Logger } from './log.js';
+import { Metrics } from './metrics.js';
 import { VERSION } from './version.js';
 
 export interface RunningProxy {
@@ -15,6 +16,8 @@ export interface RunningProxy {
   pingPort: number;
   log: Logger;
   stop(): Promise<void>;
+  /** Session pool and failure counters of the HSM engine (soak runs, diagnostics). */
+  hsmStats(): EngineStats;
   /** Re-reads settings.toml and applies keystores, credentials, key ids, quotas and the Oso policy (SIGHUP). */
   reload(): Promise<ReloadOutcome>;
 }
@@ -22,6 +25,8 @@ export interface RunningProxy {
 export interface StartOptions {
   /** Where stdout log lines go (tests capture them). */
   stdout?: NodeJS.WritableStream;
+  /** Longest wait for in-flight requests at stop (ms); default 10 s. */
+  drainTimeoutMs?: number;
 }
 
 export async function startProxy(loaded: LoadedConfig, options: StartOptions = {}): Promise<RunningProxy> {
@@ -64,6 +69,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
   }
 
+  const metrics = new Metrics(VERSION, () => {
+    const st = hsm.stats();
+    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
+  });
   const keyStores = keyStoreRoutes(config);
   const unix = mtls ? privateSocketPath() : undefined;
 
@@ -84,6 +93,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         version: VERSION,
         authorizer,
         listenUnix: unix?.path,
+        metrics,
       },
       {
         hsm,
@@ -130,10 +140,15 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     pingPort,
     log,
     reload: () => reloader.reload(),
+    hsmStats: () => hsm.stats(),
     stop() {
       stopping ??= (async () => {
+        // /ping turns 503, no new connections, in-flight requests finish (bounded), then the HSM closes.
+        server.startDraining();
         terminator?.close();
         server.close();
+        const drainMs = options.drainTimeoutMs ?? 10_000;
+        if (!(await server.drained(drainMs))) log.warn('stopping with requests still in flight', { waited_ms: drainMs });
         unix?.remove();
         await hsm.close();
         log.info('xks-proxy stopped');

@@ -26,6 +26,7 @@ import {
   type RequestMetadata,
 } from '../validate.js';
 import type { Authorizer } from '../auth/oso.js';
+import type { Metrics, RouteMetrics } from '../metrics.js';
 import { TLS12_CIPHER_LIST } from './tls.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket } from './uws.js';
 
@@ -57,12 +58,18 @@ export interface ServerOptions {
    * host:port); `port` is then only used to decide whether `pingPort` needs its own listener.
    */
   listenUnix?: string | undefined;
+  /** Prometheus metrics, served at GET /metrics on the ping listener; none when undefined. */
+  metrics?: Metrics | undefined;
 }
 
 export interface RunningServer {
   port: number;
   pingPort: number;
   close(): void;
+  /** Graceful stop, step 1: GET /ping answers 503 so load balancers stop sending. */
+  startDraining(): void;
+  /** Resolves when no request is in flight, or after `timeoutMs`; true when none was left. */
+  drained(timeoutMs: number): Promise<boolean>;
   /**
    * Atomically swaps the keystores (prefixes, credentials, key ids, quotas) and the secondary
    * authorization. Requests already past routing finish with what they started with; listeners stay.
@@ -81,6 +88,8 @@ const BODY_OVERHEAD = 16 * 1024;
 class Exchange {
   aborted = false;
   done = false;
+  /** The body is complete and the request handed to dispatch(), which always finishes it. */
+  dispatched = false;
   chunks: Buffer[] | undefined;
   size = 0;
   kmsRequestId: string | undefined;
@@ -91,6 +100,7 @@ class Exchange {
     readonly keyId: string,
     readonly started: number,
     readonly pending: PendingSignature | undefined,
+    readonly metrics: RouteMetrics | undefined,
   ) {}
 }
 
@@ -113,24 +123,50 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     authorizer: opts.authorizer,
   };
 
-  function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string): void {
+  let inFlight = 0;
+  let draining = false;
+  let onIdle: (() => void) | undefined;
+
+  /** Per prefix, the metrics of each operation (no string building per request). */
+  const routeMetrics = new Map<string, Record<OpName, RouteMetrics>>();
+  function metricsOf(op: OpName, prefix: string): RouteMetrics | undefined {
+    const m = opts.metrics;
+    if (m === undefined) return undefined;
+    let byOp = routeMetrics.get(prefix);
+    if (byOp === undefined) {
+      byOp = {
+        GetHealthStatus: m.route('GetHealthStatus', prefix),
+        GetKeyMetadata: m.route('GetKeyMetadata', prefix),
+        Encrypt: m.route('Encrypt', prefix),
+        Decrypt: m.route('Decrypt', prefix),
+      };
+      routeMetrics.set(prefix, byOp);
+    }
+    return byOp[op];
+  }
+
+  function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string, closeConnection = false): void {
     if (x.done) return;
     x.done = true;
     if (!x.aborted) {
       x.res.cork(() => {
-        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body);
+        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body, closeConnection);
       });
     }
+    const elapsed = performance.now() - x.started;
+    const result = x.aborted ? 'aborted' : outcome;
+    x.metrics?.record(result, elapsed / 1000);
     log.request({
       op: x.op,
       prefix: x.store.prefix,
       keyId: x.keyId || undefined,
       kmsRequestId: x.kmsRequestId,
-      outcome: x.aborted ? 'aborted' : outcome,
+      outcome: result,
       status,
-      micros: Math.round((performance.now() - x.started) * 1000),
+      micros: Math.round(elapsed * 1000),
       detail,
     });
+    if (--inFlight === 0 && onIdle !== undefined) onIdle();
   }
 
   function fail(x: Exchange, e: unknown): void {
@@ -186,6 +222,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   }
 
   function complete(x: Exchange, body: Buffer): void {
+    x.dispatched = true;
     dispatch(x, body).then(
       (out) => finish(x, 200, out, 'ok'),
       (e: unknown) => fail(x, e),
@@ -208,9 +245,12 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
         if (r.ok) pending = r;
         else authError = r.reason;
       }
-      const x = new Exchange(res, op, store, keyId, started, pending);
+      const x = new Exchange(res, op, store, keyId, started, pending, metricsOf(op, prefix));
+      inFlight++;
       res.onAborted(() => {
         x.aborted = true;
+        // The client left before its body arrived: nothing will finish this request otherwise.
+        if (!x.dispatched) finish(x, 400, '', 'aborted');
       });
       const declared = Number(req.getHeader('content-length') || '0');
       if (declared > maxBody) {
@@ -245,31 +285,23 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     };
   }
 
+  /** Answers 413 and closes the connection: the rest of the body is never read. */
   function tooLarge(x: Exchange): void {
-    if (x.done) return;
-    x.done = true;
     const err = new XksError('PayloadTooLargeException', `Request body exceeds ${maxBody} bytes`);
-    if (!x.aborted) {
-      x.res.cork(() => {
-        x.res.writeStatus(STATUS_LINE[413]!).writeHeader('content-type', JSON_TYPE).end(err.toBody(), true);
-      });
-    }
-    log.request({
-      op: x.op,
-      prefix: x.store.prefix,
-      keyId: x.keyId || undefined,
-      kmsRequestId: undefined,
-      outcome: err.errorName,
-      status: 413,
-      micros: Math.round((performance.now() - x.started) * 1000),
-    });
+    finish(x, 413, err.toBody(), err.errorName, undefined, true);
   }
 
   const ping = (res: HttpResponse): void => {
-    res.writeHeader('content-type', 'text/plain').end(pong);
+    if (draining) res.writeStatus(STATUS_LINE[503]!).writeHeader('content-type', 'text/plain').end('stopping\n');
+    else res.writeHeader('content-type', 'text/plain').end(pong);
+  };
+
+  const metricsRoute = (res: HttpResponse): void => {
+    res.writeHeader('content-type', 'text/plain; version=0.0.4').end(opts.metrics!.render());
   };
 
   const notFound = (res: HttpResponse, req: HttpRequest): void => {
+    if (opts.metrics) opts.metrics.unmatched++;
     const err = new XksError('InvalidUriPathException', 'No such URI path');
     log.debug('no route', { method: req.getMethod(), path: req.getUrl().slice(0, 300) });
     res.onAborted(() => undefined);
@@ -303,6 +335,8 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   };
   for (const store of opts.keyStores) registerPrefix(store.prefix);
   app.get('/ping', ping);
+  const separatePing = opts.pingPort !== opts.port;
+  if (opts.metrics && !separatePing) app.get('/metrics', metricsRoute);
   app.any('/*', notFound);
 
   const listeners: us_listen_socket[] = [];
@@ -335,9 +369,10 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (opts.listenUnix !== undefined) await listenUnix(app, opts.listenUnix);
     else port = await listen(app, opts.port);
     let pingPort = port;
-    if (opts.pingPort !== opts.port) {
+    if (separatePing) {
       const pingApp = uws.App();
       pingApp.get('/ping', ping);
+      if (opts.metrics) pingApp.get('/metrics', metricsRoute);
       pingApp.any('/*', notFound);
       pingPort = await listen(pingApp, opts.pingPort);
     }
@@ -346,6 +381,23 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       pingPort,
       close() {
         for (const s of listeners.splice(0)) uws.us_listen_socket_close(s);
+      },
+      startDraining() {
+        draining = true;
+      },
+      drained(timeoutMs) {
+        if (inFlight === 0) return Promise.resolve(true);
+        return new Promise((resolve) => {
+          const timer = setTimeout(() => {
+            onIdle = undefined;
+            resolve(false);
+          }, timeoutMs);
+          onIdle = () => {
+            clearTimeout(timer);
+            onIdle = undefined;
+            resolve(true);
+          };
+        });
       },
       apply(keyStores, authorizer) {
         for (const k of keyStores) registerPrefix(k.prefix);

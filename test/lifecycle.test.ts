@@ -1,0 +1,190 @@
+/**
+ * Operating the proxy: Prometheus metrics, and graceful stop with requests in flight
+ * (in-process and through SIGTERM to the real CLI).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { loadAddon } from '../src/hsm/addon.js';
+import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
+import { signRequest } from './helpers/sign.js';
+import { createTestKeys, makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+
+const PREFIX = '/lifecycle/test/prefix';
+const API = `${PREFIX}/kms/xks/v1`;
+const CREDS: CallOptions = { accessKeyId: 'AKIDLIFECYCLE00000001', secret: 'bGlmZWN5Y2xlLWxpZmVjeWNsZS1saWZlY3ljbGUtbGlmZQ==' };
+
+let token: TestToken;
+
+beforeAll(async () => {
+  token = makeToken('xks-lifecycle');
+  process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
+  const engine = new (loadAddon().Engine)({
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 2,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 1,
+    ivMode: 'random',
+  });
+  await engine.open();
+  await createTestKeys(engine);
+  await engine.close();
+});
+
+afterAll(() => token?.cleanup());
+
+const encryptBody = (n: number) => ({ requestMetadata: META, plaintext: randomBytes(n).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
+
+/** Signs `n` encrypt requests up front, so that sending them takes no time. */
+async function presign(base: string, n: number): Promise<{ url: string; headers: Record<string, string>; body: string }[]> {
+  const url = `${base}${API}/keys/${TEST_KEYS.ordinary}/encrypt`;
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const body = JSON.stringify(encryptBody(4300));
+    const { headers } = await signRequest({ url, body, accessKeyId: CREDS.accessKeyId, secretAccessKey: CREDS.secret, region: REGION, service: SERVICE });
+    delete headers.host;
+    out.push({ url, headers, body });
+  }
+  return out;
+}
+
+/** Status, or 'refused' when the connection was refused (never opened); any other failure is returned as its code. */
+function send(r: { url: string; headers: Record<string, string>; body: string }): Promise<number | string> {
+  return fetch(r.url, { method: 'POST', headers: r.headers, body: r.body }).then(
+    async (res) => {
+      await res.arrayBuffer();
+      return res.status;
+    },
+    (e: { cause?: { code?: string } }) => (e.cause?.code === 'ECONNREFUSED' ? 'refused' : String(e.cause?.code ?? e)),
+  );
+}
+
+/** A strict reading of the Prometheus text exposition format 0.0.4. */
+function parsePrometheus(text: string): Map<string, number> {
+  const samples = new Map<string, number>();
+  const types = new Map<string, string>();
+  expect(text.endsWith('\n')).toBe(true);
+  for (const line of text.slice(0, -1).split('\n')) {
+    if (line.startsWith('# HELP ')) {
+      expect(line).toMatch(/^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* \S.*$/);
+      continue;
+    }
+    if (line.startsWith('# TYPE ')) {
+      const m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/.exec(line);
+      expect(m, line).not.toBeNull();
+      types.set(m![1]!, m![2]!);
+      continue;
+    }
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+]+|\+Inf|NaN)$/.exec(line);
+    expect(m, line).not.toBeNull();
+    samples.set(`${m![1]}${m![2] ?? ''}`, Number(m![3]));
+  }
+  expect(types.get('xks_requests_total')).toBe('counter');
+  expect(types.get('xks_request_duration_seconds')).toBe('histogram');
+  return samples;
+}
+
+describe('metrics', () => {
+  let proxy: TestProxy;
+  beforeAll(async () => {
+    proxy = await startTestProxy({ token, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
+  });
+  afterAll(async () => proxy?.stop());
+
+  it('GET /metrics is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
+    for (let i = 0; i < 3; i++) expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
+    expect((await call(proxy.base, `${API}/keys/unknown-key/encrypt`, encryptBody(32), CREDS)).status).toBe(404);
+    expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), { ...CREDS, secret: 'wrong' })).status).toBe(401);
+    const res = await fetch(`${proxy.base}/metrics`);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
+    const text = await res.text();
+    const m = parsePrometheus(text);
+    expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="ok"}`)).toBe(3);
+    expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="KeyNotFoundException"}`)).toBe(1);
+    expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="AuthenticationFailedException"}`)).toBe(1);
+    expect(m.get(`xks_request_duration_seconds_count{operation="Encrypt",prefix="${PREFIX}"}`)).toBe(5);
+    expect(m.get(`xks_request_duration_seconds_bucket{operation="Encrypt",prefix="${PREFIX}",le="+Inf"}`)).toBe(5);
+    expect(m.get('xks_hsm_sessions_open')).toBeGreaterThanOrEqual(1);
+    expect(m.has('xks_hsm_sessions_in_use')).toBe(true);
+    expect([...m.keys()].some((k) => k.startsWith('xks_proxy_build_info{'))).toBe(true);
+    for (const secret of [CREDS.secret, token.pin, TEST_KEYS.ordinary]) expect(text.includes(secret), secret).toBe(false);
+  });
+});
+
+describe('graceful stop', () => {
+  it('in-flight requests finish, /ping turns 503 on open connections, then the HSM closes', async () => {
+    const proxy = await startTestProxy({
+      token,
+      poolMaxSize: 1,
+      workerThreads: 1,
+      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+    });
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const ping = (): Promise<number> =>
+      new Promise((resolve, reject) => {
+        http.get(`${proxy.base}/ping`, { agent }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        }).on('error', reject);
+      });
+    expect(await ping()).toBe(200);
+    const requests = await presign(proxy.base, 300);
+    const inFlight = requests.map(send);
+    await Promise.race(inFlight);
+    const stopped = proxy.stop();
+    const pingDuringStop = ping().catch(() => 'refused');
+    const results = await Promise.all(inFlight);
+    await stopped;
+    agent.destroy();
+    // Requests the proxy accepted before the stop all finished with 200; none failed half-way.
+    const statuses = new Set(results);
+    expect([...statuses].every((s) => s === 200 || s === 'refused')).toBe(true);
+    expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
+    expect([503, 'refused']).toContain(await pingDuringStop);
+    expect(proxy.logText()).toMatch(/xks-proxy stopped/);
+  });
+
+  it('SIGTERM to the real CLI with requests in flight: they finish and the exit code is 0', async () => {
+    const settings = path.join(token.dir, 'sigterm.toml');
+    writeFileSync(
+      settings,
+      settingsToml({ token, poolMaxSize: 1, workerThreads: 1, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] }),
+    );
+    const child = spawn(process.execPath, [path.resolve('bin/xks-proxy.js')], {
+      env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    const port = await new Promise<number>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(out)), 15000);
+      child.stdout.on('data', () => {
+        const m = /listening url=http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+        if (m) {
+          clearTimeout(t);
+          resolve(Number(m[1]));
+        }
+      });
+    });
+    const base = `http://127.0.0.1:${port}`;
+    expect((await call(base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const requests = await presign(base, 200);
+    const inFlight = requests.map(send);
+    await Promise.race(inFlight);
+    child.kill('SIGTERM');
+    const results = await Promise.all(inFlight);
+    expect(await exited).toBe(0);
+    expect(results.every((s) => s === 200 || s === 'refused')).toBe(true);
+    expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
+    expect(out).toMatch(/signal=SIGTERM/);
+    expect(out).toMatch(/xks-proxy stopped/);
+  });
+});

@@ -6,7 +6,7 @@
  *   4. Base64 decoding and binary sizes                         -> 400 ValidationException
  * Operations receive decoded, typed values and never look at raw JSON.
  */
-import { base64DecodedLength, isStrictBase64 } from './codec.js';
+import { decodeBase64Strict } from './codec.js';
 import { XksError, validation } from './errors.js';
 
 export interface RequestMetadata {
@@ -145,24 +145,24 @@ function checkLimit(value: string, max: number, label: string): void {
 }
 
 function decode(value: string, field: string): Buffer {
-  if (!isStrictBase64(value)) throw validation(`${field} is not valid Base64`);
-  return Buffer.from(value, 'base64');
+  const b = decodeBase64Strict(value);
+  if (b === undefined) throw validation(`${field} is not valid Base64`);
+  return b;
 }
 
 function decodeSized(value: string, field: string, sizes: readonly number[], what: string): Buffer {
-  if (!isStrictBase64(value)) throw validation(`${field} is not valid Base64`);
-  const n = base64DecodedLength(value);
-  if (!sizes.includes(n)) throw validation(`${field} must be ${what}, got ${n} bytes`);
-  return Buffer.from(value, 'base64');
+  const b = decode(value, field);
+  if (!sizes.includes(b.length)) throw validation(`${field} must be ${what}, got ${b.length} bytes`);
+  return b;
 }
 
 const MAX_AAD_BYTES = 0xffff; // its length travels in two bytes
 
 function decodeAad(value: string | undefined): Buffer | undefined {
   if (value === undefined) return undefined;
-  if (!isStrictBase64(value)) throw validation('additionalAuthenticatedData is not valid Base64');
-  if (base64DecodedLength(value) > MAX_AAD_BYTES) throw new XksError('UnsupportedOperationException', 'additionalAuthenticatedData is longer than 65535 bytes');
-  return Buffer.from(value, 'base64');
+  const b = decode(value, 'additionalAuthenticatedData');
+  if (b.length > MAX_AAD_BYTES) throw new XksError('UnsupportedOperationException', 'additionalAuthenticatedData is longer than 65535 bytes');
+  return b;
 }
 
 export function encryptInput(s: EncryptShape, limits: Limits): EncryptInput {

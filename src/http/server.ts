@@ -111,7 +111,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   const pong = `pong from xks-proxy v${opts.version}\n`;
 
   // uSockets refuses TLS < 1.2 by itself; ssl_ciphers limits TLS 1.2 to the spec's suites (TLS 1.3 suites
-  // are OpenSSL's defaults: see docs/security.md).
+  // are OpenSSL's defaults: see the README, "Security").
   const makeApp = (): TemplatedApp =>
     opts.tls && opts.listenUnix === undefined
       ? uws.SSLApp({ cert_file_name: opts.tls.certFile, key_file_name: opts.tls.keyFile, ssl_ciphers: TLS12_CIPHER_LIST })

@@ -33,6 +33,15 @@
           "cflags_cc": ["-O2"]
         }
       }
+    },
+    {
+      "target_name": "faulty_pkcs11",
+      "type": "loadable_module",
+      "product_extension": "so",
+      "sources": ["native-test/faulty/faulty_pkcs11.c"],
+      "include_dirs": ["<(p11kit_include)"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+      "libraries": ["-ldl", "-lpthread"]
     }
   ]
 }

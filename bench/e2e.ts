@@ -154,7 +154,7 @@ export interface ProxyRun {
 export async function proxyRuns(
   gen: Generator,
   token: BenchToken,
-  opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number; nodeArgs: string[] },
+  opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number; nodeArgs: string[]; workers?: number },
   d: Durations,
   log: (s: string) => void,
 ): Promise<ProxyRun> {
@@ -166,7 +166,7 @@ export async function proxyRuns(
     keys: [KEY_LABEL],
   };
   const proxy = await startProxyProcess(
-    { token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level },
+    { token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers: opts.workers ?? 1 },
     opts.nodeArgs,
   );
   const signer = makeSigner(store);
@@ -217,4 +217,57 @@ export async function proxyRuns(
     exitCode = await proxy.stop();
   }
   return { results, logFile: proxy.logFile, exitCode };
+}
+
+export interface ScalingPoint {
+  /** [server] workers of the proxy process. */
+  workers: number;
+  closed: LoadResult;
+  /** Exit code after SIGTERM. */
+  exitCode: number | null;
+}
+
+/**
+ * Closed-loop encrypt 32 B throughput of the proxy with 1, 2, ... event loops ([server] workers),
+ * same session pool and HSM threads in total: how the proxy scales over cores.
+ */
+export async function scalingRuns(
+  gen: Generator,
+  token: BenchToken,
+  opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number },
+  workersList: readonly number[],
+  d: Durations,
+  log: (s: string) => void,
+): Promise<ScalingPoint[]> {
+  const out: ScalingPoint[] = [];
+  for (const workers of workersList) {
+    const port = await freePort();
+    const store: Store = {
+      prefix: '/bench/prefix',
+      accessKeyId: 'AKIA' + randomBytes(8).toString('hex').toUpperCase(),
+      secretAccessKey: randomBytes(30).toString('base64'),
+      keys: [KEY_LABEL],
+    };
+    const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers });
+    let closed: LoadResult | undefined;
+    let exitCode: number | null = null;
+    try {
+      const pool = await signAll(makeSigner(store), host(port), `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`, encryptBodies(opts.poolSize, 32, 64));
+      await sendAll(`http://${host(port)}`, pool.slice(0, 4), 1);
+      log(`  proxy, workers = ${workers}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
+      closed = await gen.run({
+        kind: 'closed',
+        target: { host: '127.0.0.1', port },
+        requests: pool.map((r) => r.raw),
+        connections: CLOSED_CONNECTIONS,
+        warmupMs: d.warmupMs,
+        durationMs: d.closedMs,
+        expectStatus: 200,
+      });
+    } finally {
+      exitCode = await proxy.stop();
+    }
+    out.push({ workers, closed, exitCode });
+  }
+  return out;
 }

@@ -12,7 +12,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { compareMetrics, type Comparison, type Metric } from './compare.js';
-import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRuns, QUICK, RATES, type HttpCeilings, type OpKey, type OpResults } from './e2e.js';
+import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRuns, QUICK, RATES, scalingRuns, type HttpCeilings, type OpKey, type OpResults, type ScalingPoint } from './e2e.js';
 import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
 import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
 import { buildCGenerator, CGenerator, type Generator } from './lib/cgen.js';
@@ -33,10 +33,11 @@ interface Args {
   level: string;
   out: string;
   nodeGen: boolean;
+  workers: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results') };
+  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results'), workers: 1 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -52,6 +53,7 @@ function parseArgs(argv: string[]): Args {
     else if (k === '--log-level') a.level = v();
     else if (k === '--out') a.out = path.resolve(v());
     else if (k === '--node-gen') a.nodeGen = true;
+    else if (k === '--workers') a.workers = Number(v());
     else if (k === '--help' || k === '-h') {
       process.stdout.write(
         'npm run bench -- [--quick] [--compare FILE] [--profile] [--threads N] [--pool N] [--log-level INFO] [--out DIR]\n' +
@@ -59,7 +61,8 @@ function parseArgs(argv: string[]): Args {
           '  --compare F   flag figures slower than in result file F beyond the noise band\n' +
           '  --profile     run the proxy under node --cpu-prof and print its top self-time functions\n' +
           '  --node-gen    drive the e2e runs with the Node generator instead of the C one\n' +
-          '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n',
+          '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n' +
+          '  --workers N   proxy [server] workers, event loops (default 1); the full run also measures 1 and 2\n',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
@@ -74,7 +77,7 @@ export interface BenchResult {
   quick: boolean;
   profiled: boolean;
   machine: Machine;
-  config: { workerThreads: number; poolMaxSize: number; logLevel: string; closedConnections: number; openConnections: number; requestPool: number };
+  config: { workerThreads: number; poolMaxSize: number; logLevel: string; closedConnections: number; openConnections: number; requestPool: number; workers?: number };
   micro: MicroRow[];
   ceilings: {
     addonEncrypt32OneThread: number;
@@ -82,6 +85,8 @@ export interface BenchResult {
     http: HttpCeilings;
   };
   e2e: Record<OpKey, OpResults>;
+  /** Closed-loop encrypt 32 B by [server] workers (full runs only). */
+  scaling?: ScalingPoint[];
   profile?: { file: string; totalMs: number; idlePct: number; top: SelfTime[] };
   metrics: Metric[];
 }
@@ -125,6 +130,9 @@ function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
     const x = r.e2e[op.key];
     if (x) loadMetrics(`proxy ${op.key}:`, x);
   }
+  for (const p of r.scaling ?? []) {
+    m.push({ name: `scaling: encrypt32 closed-loop, workers = ${p.workers}`, value: p.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(p.closed.perSecond)), absNoise: 0 });
+  }
   return m;
 }
 
@@ -157,7 +165,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
   out.push(`machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}, load average ${mc.loadAvg1} at start${mc.loadAvg1 > 0.5 ? ' (BUSY: other work was running; figures are pessimistic)' : ''}`);
   out.push(`software: node ${mc.node} (V8 ${mc.v8}), ${mc.softhsm === 'unknown' ? 'SoftHSM2' : `SoftHSM2 ${mc.softhsm}`}, commit ${mc.gitCommit}`);
   out.push(
-    `proxy: worker_threads=${r.config.workerThreads}, session_pool_max_size=${r.config.poolMaxSize}, log level ${r.config.logLevel} to a file; ` +
+    `proxy: workers=${r.config.workers ?? 1}, worker_threads=${r.config.workerThreads}, session_pool_max_size=${r.config.poolMaxSize}, log level ${r.config.logLevel} to a file; ` +
       `load: ${r.config.requestPool} distinct pre-signed requests per op, closed loop ${r.config.closedConnections} keep-alive connections, open loop up to ${r.config.openConnections}`,
   );
   out.push('');
@@ -243,6 +251,26 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
   }
   out.push(table(rows, ['', 'mode', 'req/s', 'p50', 'p99', 'p99.9', 'max', 'errors', 'vs ceiling']));
   out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)');
+  if (r.scaling && r.scaling.length > 0) {
+    out.push('');
+    out.push(`Scaling over event loops ([server] workers): closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (docs/workers.md)`);
+    const one = r.scaling.find((p) => p.workers === 1)?.closed.throughput ?? NaN;
+    out.push(
+      table(
+        r.scaling.map((p) => [
+          `workers = ${p.workers}`,
+          f0(p.closed.throughput),
+          ms(p.closed.latencyMs.p50),
+          ms(p.closed.latencyMs.p99),
+          String(p.closed.errors),
+          Number.isFinite(one) && one > 0 ? `x${(p.closed.throughput / one).toFixed(2)}` : '-',
+          `exit ${p.exitCode}`,
+        ]),
+        ['', 'req/s', 'p50', 'p99', 'errors', 'vs 1', 'SIGTERM'],
+      ),
+    );
+    out.push(`(the load generator shares the ${r.machine.availableParallelism} cores with the proxy: "empty uWS handler" above is its ceiling)`);
+  }
   out.push('');
   out.push('Targets (issue 3)');
   out.push(table(targets(r.e2e), ['op', 'target', 'measured', '']));
@@ -322,7 +350,12 @@ async function main(): Promise<number> {
     }
     log('bench: the proxy');
     const before = new Set(profileDir ? readdirSync(profileDir) : []);
-    const run = await proxyRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs }, d, log);
+    const run = await proxyRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs, workers: args.workers }, d, log);
+    let scaling: ScalingPoint[] | undefined;
+    if (!args.quick && !args.profile) {
+      log('bench: scaling over event loops ([server] workers = 1, 2)');
+      scaling = await scalingRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize }, [1, 2], d, log);
+    }
 
     let profile: BenchResult['profile'];
     if (profileDir) {
@@ -347,10 +380,12 @@ async function main(): Promise<number> {
         closedConnections: CLOSED_CONNECTIONS,
         openConnections: OPEN_CONNECTIONS,
         requestPool: poolSize,
+        workers: args.workers,
       },
       micro,
       ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, http },
       e2e: run.results,
+      ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),
     };
     const result: BenchResult = { ...partial, metrics: metricsOf(partial) };
@@ -368,6 +403,11 @@ async function main(): Promise<number> {
 
     if (run.exitCode !== 0) {
       log(`bench: the proxy exited with ${run.exitCode} after SIGTERM`);
+      return 1;
+    }
+    const badScaling = (scaling ?? []).find((p) => p.exitCode !== 0);
+    if (badScaling) {
+      log(`bench: the proxy with workers = ${badScaling.workers} exited with ${badScaling.exitCode} after SIGTERM`);
       return 1;
     }
     if (args.quick) {

@@ -117,6 +117,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.poolTimeoutMs = intOption(env, o, "poolTimeoutMs", 0, 0x7fffffff);
     cfg.eagerClose = boolOption(env, o, "eagerClose", false, false);
     cfg.threads = intOption(env, o, "threads", 1, 256);
+    if (!o.Get("operationTimeoutMs").IsUndefined()) {
+      cfg.opTimeoutMs = intOption(env, o, "operationTimeoutMs", 0, 3600000);
+    }
     std::string mode;
     utf8Arg(env, o.Get("ivMode"), "options.ivMode", 64, mode);
     if (mode == "random") {
@@ -141,6 +144,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     freeJobs(core_->abort());
     freeJobs(free_);
     free_ = nullptr;
+    // A thread still stuck inside the HSM uses the Core when its call returns: leak it.
+    if (core_->threadsAlive() != 0) (void)core_.release();
   }
 
  private:
@@ -159,6 +164,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     j->next = nullptr;
     j->op = op;
     j->deferred = nullptr;
+    j->timedOut = false;
+    j->handoff.store(0, std::memory_order_relaxed);
+    j->deadline = std::chrono::steady_clock::time_point::max();
     j->clearResult();
     return j;
   }
@@ -240,6 +248,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         msg = "cannot load the PKCS#11 module";
         if (j->fn != nullptr) msg += std::string(" (") + j->fn + ")";
         if (!j->detail.empty()) msg += ": " + j->detail;
+      } else if (code == "XKS_TIMEOUT") {
+        msg = "the HSM did not answer within the operation deadline";
       } else if (code == "XKS_BAD_OUTPUT") {
         msg = std::string(j->fn != nullptr ? j->fn : "PKCS#11 call") + " returned output of an unexpected length";
       } else {
@@ -302,6 +312,28 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
   }
 
+  // A running job the watchdog expired: the worker may still use its buffers.
+  void settleTimedOut(Napi::Env env, Job* j) {
+    if (j->handoff.load(std::memory_order_acquire) & Job::kJsSeen) {
+      recycle(j);  // second arrival: the worker is done with it
+      return;
+    }
+    Napi::HandleScope scope(env);
+    auto d = static_cast<napi_deferred>(j->deferred);
+    j->deferred = nullptr;
+    if (d != nullptr) {
+      try {
+        Napi::Error e = Napi::Error::New(env, "the HSM did not answer within the operation deadline");
+        e.Value().Set("code", Napi::String::New(env, "XKS_TIMEOUT"));
+        napi_reject_deferred(env, d, e.Value());
+      } catch (const Napi::Error& e) {
+        napi_reject_deferred(env, d, e.Value());
+      }
+    }
+    inFlightDone(env);
+    if (j->handoff.fetch_or(Job::kJsSeen, std::memory_order_acq_rel) & Job::kWorkerDone) recycle(j);
+  }
+
   void settle(Napi::Env env, Job* j) {
     Napi::HandleScope scope(env);
     auto d = static_cast<napi_deferred>(j->deferred);
@@ -347,7 +379,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
             closeDone(env, j);
             break;
           default:
-            settle(env, j);
+            if (j->timedOut) {
+              settleTimedOut(env, j);
+            } else {
+              settle(env, j);
+            }
             break;
         }
       } catch (...) {
@@ -510,6 +546,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   void closeDone(Napi::Env env, Job* j) {
+    core_->disableNotify();  // threads stuck in the HSM may still finish later
     core_->joinWorkers();
     recycle(j);
     state_ = State::Closed;
@@ -648,6 +685,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("sessionsIdle", Napi::Number::New(env, s.sessionsIdle));
     o.Set("inFlight", Napi::Number::New(env, inFlight_));
     o.Set("reinitializations", Napi::Number::New(env, static_cast<double>(s.reinitializations)));
+    o.Set("sessionsQuarantined", Napi::Number::New(env, s.sessionsQuarantined));
+    o.Set("workersStuck", Napi::Number::New(env, s.workersStuck));
+    o.Set("timeouts", Napi::Number::New(env, static_cast<double>(s.timeouts)));
+    o.Set("sessionErrors", Napi::Number::New(env, static_cast<double>(s.sessionErrors)));
+    o.Set("ready", Napi::Boolean::New(env, s.ready));
     return o;
   }
 

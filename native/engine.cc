@@ -11,8 +11,7 @@ namespace xks {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
+constexpr const char* kTimeout = "XKS_TIMEOUT";
 constexpr const char* kPoolExhausted = "XKS_POOL_EXHAUSTED";
 constexpr const char* kKeyNotFound = "XKS_KEY_NOT_FOUND";
 constexpr const char* kKeyAmbiguous = "XKS_KEY_AMBIGUOUS";
@@ -42,6 +41,25 @@ void stopAllAtExit() {
   for (Core* c : cores) c->abort();  // the jobs are deliberately leaked: the process is exiting
 }
 
+// Codes after which a session (or every session) cannot be trusted.
+bool sessionFatal(CK_RV rv) {
+  return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
+         rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED || rv == CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+// Codes that concern the device rather than one session: the idle sessions are probed.
+bool deviceFatal(CK_RV rv) {
+  return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT ||
+         rv == CKR_CRYPTOKI_NOT_INITIALIZED;
+}
+
+int64_t nanos(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+constexpr std::chrono::milliseconds kBackoffMin{25};
+constexpr std::chrono::milliseconds kBackoffMax{1000};
+
 std::string trimmed(const unsigned char* p, size_t n) {
   while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\0')) --n;
   return std::string(reinterpret_cast<const char*>(p), n);
@@ -50,8 +68,9 @@ std::string trimmed(const unsigned char* p, size_t n) {
 }  // namespace
 
 Core::Core(EngineConfig cfg, const uint8_t* pin, size_t pinLen)
-    : cfg_(std::move(cfg)), pool_(cfg_.poolMaxSize) {
+    : cfg_(std::move(cfg)), pool_(cfg_.poolMaxSize, cfg_.opTimeoutMs != 0 ? cfg_.poolMaxSize : 0) {
   pin_.assign(pin, pinLen);
+  maxStuck_ = cfg_.opTimeoutMs != 0 ? std::max<uint32_t>(cfg_.threads, 2) : 0;
 }
 
 Core::~Core() {
@@ -70,8 +89,15 @@ Core::~Core() {
 }
 
 EngineStats Core::stats() const {
-  return EngineStats{pool_.openCount(), pool_.idleCount(),
-                     reinitializations_.load(std::memory_order_relaxed)};
+  const uint32_t q = pool_.quarantinedCount();
+  return EngineStats{pool_.openCount() + q,
+                     pool_.idleCount(),
+                     q,
+                     stuckCount_.load(std::memory_order_relaxed),
+                     reinitializations_.load(std::memory_order_relaxed),
+                     timeouts_.load(std::memory_order_relaxed),
+                     sessionErrors_.load(std::memory_order_relaxed),
+                     nextRetryNs_.load(std::memory_order_relaxed) == 0};
 }
 
 // ---------------------------------------------------------------- threads
@@ -105,40 +131,200 @@ void Core::joinOpenThread() {
 
 void Core::startWorkers() {
   queue_.restart();
-  liveWorkers_.store(cfg_.threads, std::memory_order_release);
-  workers_.reserve(cfg_.threads);
-  for (uint32_t i = 0; i < cfg_.threads; ++i) workers_.emplace_back([this] { workerMain(); });
+  std::lock_guard<std::mutex> lk(workersMu_);
+  workersStarted_ = true;
+  watchdogStop_ = false;
+  for (uint32_t i = 0; i < cfg_.threads; ++i) spawnWorker();
+  activeWorkers_ = cfg_.threads;
+  watchdog_ = std::thread([this] { watchdogMain(); });
 }
 
-void Core::workerMain() {
-  while (Job* j = queue_.pop()) {
+void Core::spawnWorker() {
+  Worker* w = nullptr;
+  for (auto& slot : workers_) {
+    if (slot->exited) {
+      w = slot.get();
+      break;
+    }
+  }
+  if (w == nullptr) {
+    workers_.push_back(std::make_unique<Worker>());
+    w = workers_.back().get();
+  }
+  w->exited = false;
+  w->job = nullptr;
+  w->session = SessionPool::kNil;
+  w->expired = w->stuck = w->sessionQuarantined = false;
+  threadsAlive_.fetch_add(1, std::memory_order_acq_rel);
+  std::thread([this, w] { workerMain(w); }).detach();
+}
+
+void Core::workerMain(Worker* w) {
+  for (;;) {
+    Job* j = queue_.pop();
+    if (j == nullptr) break;
+    {
+      std::lock_guard<std::mutex> lk(w->mu);
+      w->job = j;
+    }
     try {
-      execute(j);
+      execute(j, w);
     } catch (...) {
       j->clearResult();
       j->rv = CKR_HOST_MEMORY;
     }
+    if (!finishJob(w, j)) {
+      // A stuck thread came back while enough others serve: leave.
+      std::lock_guard<std::mutex> lk(workersMu_);
+      w->exited = true;
+      threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
+      workersCv_.notify_all();
+      return;  // nothing of this Core is touched after the unlock
+    }
+  }
+  std::lock_guard<std::mutex> lk(workersMu_);
+  w->exited = true;
+  if (w->stuck) {
+    w->stuck = false;
+    --stuckThreads_;
+  } else {
+    --activeWorkers_;
+  }
+  threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
+  workersCv_.notify_all();
+}
+
+bool Core::finishJob(Worker* w, Job* j) {
+  bool expired, stuck;
+  {
+    std::lock_guard<std::mutex> lk(w->mu);
+    expired = w->expired;
+    stuck = w->stuck;
+    w->job = nullptr;
+    w->expired = false;
+  }
+  if (!expired) {
     j->input.wipe();  // plaintext / key value: not needed any more
+    if (j->xks == kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    complete(j);
+  } else {
+    // The watchdog settled this job already; dispose of it with the JS thread.
+    j->input.wipe();
+    j->output.wipe();
+    if (j->handoff.fetch_or(Job::kWorkerDone, std::memory_order_acq_rel) & Job::kJsSeen) complete(j);
+  }
+  if (!stuck) return true;
+  std::lock_guard<std::mutex> lk(workersMu_);
+  {
+    std::lock_guard<std::mutex> wl(w->mu);
+    w->stuck = false;
+  }
+  --stuckThreads_;
+  stuckCount_.store(stuckThreads_, std::memory_order_relaxed);
+  if (activeWorkers_ < cfg_.threads && !watchdogStop_) {
+    ++activeWorkers_;  // rejoin
+    return true;
+  }
+  return false;
+}
+
+void Core::expireRunning(Clock::time_point now) {
+  std::vector<Job*> expired;
+  {
+    std::lock_guard<std::mutex> lk(workersMu_);
+    uint32_t newlyStuck = 0;
+    for (auto& slot : workers_) {
+      Worker* w = slot.get();
+      std::lock_guard<std::mutex> wl(w->mu);
+      if (w->exited || w->job == nullptr || w->expired || w->job->deadline > now) continue;
+      Job* j = w->job;
+      w->expired = true;
+      j->timedOut = true;
+      expired.push_back(j);
+      if (w->session != SessionPool::kNil && !w->sessionQuarantined && pool_.quarantine()) {
+        w->sessionQuarantined = true;
+      }
+      if (!w->stuck) {
+        w->stuck = true;
+        ++stuckThreads_;
+        --activeWorkers_;
+        ++newlyStuck;
+      }
+    }
+    // Replacement threads, as long as the stuck ones stay within bounds.
+    for (uint32_t i = 0; i < newlyStuck; ++i) {
+      // At most threads + max(threads, 2) threads in all.
+      if (threadsAlive_.load(std::memory_order_acquire) >= cfg_.threads + maxStuck_ || activeWorkers_ >= cfg_.threads ||
+          watchdogStop_) {
+        break;
+      }
+      spawnWorker();
+      ++activeWorkers_;
+    }
+    stuckCount_.store(stuckThreads_, std::memory_order_relaxed);
+  }
+  for (Job* j : expired) {
+    timeouts_.fetch_add(1, std::memory_order_relaxed);
     complete(j);
   }
-  if (liveWorkers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-    shutdown();
-    // closeJob_ was set before the queue was stopped (ordered by the queue mutex).
-    if (closeJob_ != nullptr) complete(closeJob_);
+}
+
+void Core::watchdogMain() {
+  using namespace std::chrono;
+  const milliseconds tick =
+      cfg_.opTimeoutMs == 0 ? milliseconds(50) : std::clamp(milliseconds(cfg_.opTimeoutMs / 20), milliseconds(1), milliseconds(5));
+  const milliseconds grace = std::max(milliseconds(500), milliseconds(2 * cfg_.opTimeoutMs));
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(workersMu_);
+      workersCv_.wait_for(lk, tick);
+      if (watchdogStop_) {
+        const bool allGone = threadsAlive_.load(std::memory_order_acquire) == 0;
+        const bool onlyStuck = threadsAlive_.load(std::memory_order_acquire) == stuckThreads_;
+        if (allGone || (onlyStuck && (aborting_.load() || Clock::now() - closeBegan_ > grace))) {
+          lk.unlock();
+          if (allGone) shutdown();
+          // else: a PKCS#11 call is still running; the module stays loaded (the process is
+          // most likely exiting) and the Core is leaked by its owner.
+          Job* cj = closeJob_.exchange(nullptr);
+          if (cj != nullptr) complete(cj);
+          return;
+        }
+      }
+    }
+    if (cfg_.opTimeoutMs == 0) continue;
+    const auto now = Clock::now();
+    for (Job* j = queue_.popExpired(now); j != nullptr;) {
+      Job* next = j->next;
+      j->next = nullptr;
+      j->clearResult();
+      j->xks = kTimeout;
+      j->input.wipe();
+      timeouts_.fetch_add(1, std::memory_order_relaxed);
+      complete(j);
+      j = next;
+    }
+    expireRunning(now);
   }
 }
 
 Job* Core::beginClose(Job* closeJob) {
-  closeJob_ = closeJob;
-  return queue_.stopAndDrain();
+  closeJob_.store(closeJob);
+  Job* drained = queue_.stopAndDrain();
+  std::lock_guard<std::mutex> lk(workersMu_);
+  closeBegan_ = Clock::now();
+  watchdogStop_ = true;
+  if (!workersStarted_) {
+    // never opened: nothing to wait for
+    Job* cj = closeJob_.exchange(nullptr);
+    if (cj != nullptr) complete(cj);
+  }
+  workersCv_.notify_all();
+  return drained;
 }
 
 void Core::joinWorkers() {
-  for (auto& t : workers_) {
-    if (t.joinable()) t.join();
-  }
-  workers_.clear();
-  closeJob_ = nullptr;  // completed by the last worker before it exited
+  if (watchdog_.joinable()) watchdog_.join();
 }
 
 Job* Core::abort() {
@@ -148,13 +334,20 @@ Job* Core::abort() {
   notifyEnabled_.store(false, std::memory_order_release);
   joinOpenThread();
   Job* drained = queue_.stopAndDrain();
-  bool hadWorkers = !workers_.empty();
-  joinWorkers();
-  if (!hadWorkers) shutdown();  // otherwise the last worker did it
+  bool hadWorkers;
+  {
+    std::lock_guard<std::mutex> lk(workersMu_);
+    hadWorkers = workersStarted_;
+    if (!watchdogStop_) closeBegan_ = Clock::now();
+    watchdogStop_ = true;
+    workersCv_.notify_all();
+  }
+  joinWorkers();  // the watchdog leaves when the threads are gone (or only stuck ones remain)
+  if (!hadWorkers) shutdown();
   // Everything that will never be settled. A pending close job is on the completion
-  // stack: the last worker pushed it before exiting.
+  // stack: the watchdog pushed it before exiting.
   Job* completed = done_.takeAll();
-  closeJob_ = nullptr;
+  closeJob_.store(nullptr);
   if (drained == nullptr) return completed;
   Job* tail = drained;
   while (tail->next != nullptr) tail = tail->next;
@@ -165,7 +358,7 @@ Job* Core::abort() {
 // ---------------------------------------------------------------- module
 
 void Core::doOpen(Job* j) {
-  std::unique_lock<std::shared_mutex> lk(ctxMu_);
+  std::unique_lock<std::shared_timed_mutex> lk(ctxMu_);
   LoadError err;
   Module* m = acquireModule(cfg_.modulePath, err);
   if (m == nullptr) {
@@ -203,7 +396,7 @@ void Core::doOpen(Job* j) {
 }
 
 void Core::shutdown() {
-  std::unique_lock<std::shared_mutex> lk(ctxMu_);
+  std::unique_lock<std::shared_timed_mutex> lk(ctxMu_);
   if (mod_ == nullptr) return;
   closeAllIdle();
   clearKeys();
@@ -248,9 +441,15 @@ void Core::reinitLocked() {
     }
   }
   ready_ = st.ok();
-  if (!ready_) {
+  if (ready_) {
+    backoff_ = std::chrono::milliseconds(0);
+    nextRetryNs_.store(0, std::memory_order_release);
+  } else {
+    closeAllIdle();
     lastInitRv_ = st.rv != CKR_OK ? st.rv : CKR_GENERAL_ERROR;
     lastInitFn_ = st.fn != nullptr ? st.fn : "C_Initialize";
+    backoff_ = backoff_.count() == 0 ? kBackoffMin : std::min(backoff_ * 2, kBackoffMax);
+    nextRetryNs_.store(nanos(Clock::now() + backoff_), std::memory_order_release);
   }
 }
 
@@ -262,39 +461,76 @@ void Core::waitForReinit() {
   }
 }
 
-void Core::maybeReinitialize() {
+bool Core::lockExclusive(std::unique_lock<std::shared_timed_mutex>& lk) {
   exclusivePending_.fetch_add(1, std::memory_order_acq_rel);
-  std::unique_lock<std::shared_mutex> lk(ctxMu_);
+  bool ok;
+  if (cfg_.opTimeoutMs == 0) {
+    ctxMu_.lock();
+    ok = true;
+  } else {
+    // A call stuck in the HSM holds its shared lock: give up after one deadline.
+    ok = ctxMu_.try_lock_for(std::chrono::milliseconds(cfg_.opTimeoutMs));
+  }
   exclusivePending_.fetch_sub(1, std::memory_order_acq_rel);
+  if (ok) lk = std::unique_lock<std::shared_timed_mutex>(ctxMu_, std::adopt_lock);
+  return ok;
+}
+
+void Core::afterFailure(CK_RV rv) {
+  // A session-level code (handle invalid, session closed) concerns that session only: it
+  // was closed; the next job opens a fresh one (and a failing C_OpenSession comes back here
+  // with a device-level code).
+  if (!deviceFatal(rv)) return;
+  std::unique_lock<std::shared_timed_mutex> lk;
+  if (!lockExclusive(lk)) return;
   if (mod_ == nullptr || !ready_) return;
-  // Exclusive: no job runs, so every open session is idle. Only when none is left
-  // (the failing one was closed) is the whole module reset.
+  // Exclusive: no job runs, so every open (not quarantined) session is idle. Probe them
+  // and close the ones that fail too.
+  {
+    std::vector<uint32_t> keep;
+    uint32_t idx;
+    while (pool_.popIdle(idx)) {
+      CK_SESSION_INFO info;
+      CK_RV r = f_->C_GetSessionInfo(pool_.handle(idx), &info);
+      if (r == CKR_OK) {
+        keep.push_back(idx);
+      } else {
+        f_->C_CloseSession(pool_.handle(idx));
+        pool_.unreserve(idx);
+        sessionErrors_.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    for (uint32_t k : keep) pool_.pushIdle(k);
+  }
+  // Only when no session is left (every one was bad) is the whole module reset.
   if (pool_.openCount() != 0) return;
   reinitLocked();
 }
 
 void Core::recover() {
-  exclusivePending_.fetch_add(1, std::memory_order_acq_rel);
-  std::unique_lock<std::shared_mutex> lk(ctxMu_);
-  exclusivePending_.fetch_sub(1, std::memory_order_acq_rel);
+  const int64_t next = nextRetryNs_.load(std::memory_order_acquire);
+  if (next != 0 && nanos(Clock::now()) < next) return;  // backing off: fail fast
+  std::unique_lock<std::shared_timed_mutex> lk;
+  if (!lockExclusive(lk)) return;
   if (mod_ == nullptr || ready_) return;
-  if (Clock::now() - lastInitAttempt_ < std::chrono::seconds(1)) return;
+  const int64_t again = nextRetryNs_.load(std::memory_order_acquire);
+  if (again != 0 && nanos(Clock::now()) < again) return;
   reinitLocked();
 }
 
 // ---------------------------------------------------------------- sessions
 
-Core::Status Core::openInto(uint32_t idx) {
+Core::Status Core::openInto(uint32_t idx, bool releaseOnFailure) {
   CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
   CK_RV rv = f_->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h);
   if (rv != CKR_OK) {
-    pool_.unreserve(idx);
+    if (releaseOnFailure) pool_.unreserve(idx);
     return Status{rv, "C_OpenSession"};
   }
   rv = f_->C_Login(h, CKU_USER, pin_.empty() ? g_empty : pin_.data(), pin_.size());
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     f_->C_CloseSession(h);
-    pool_.unreserve(idx);
+    if (releaseOnFailure) pool_.unreserve(idx);
     return Status{rv, "C_Login"};
   }
   pool_.setHandle(idx, h);
@@ -303,6 +539,10 @@ Core::Status Core::openInto(uint32_t idx) {
 
 void Core::releaseSession(uint32_t idx, bool close) {
   if (close) {
+    if (f_ == nullptr) {
+      pool_.unreserve(idx);
+      return;
+    }
     f_->C_CloseSession(pool_.handle(idx));
     pool_.unreserve(idx);
     // Closing the application's last session logs the user out, and a module may then
@@ -313,6 +553,35 @@ void Core::releaseSession(uint32_t idx, bool close) {
   }
 }
 
+// Gives back the session a job used: idle again, or closed (after an error, with eager
+// close, or when the job overran its deadline); `opened` false: no session was opened
+// into the reserved slot.
+void Core::endSession(Worker* w, uint32_t idx, bool close, bool opened) {
+  bool quarantined;
+  {
+    std::lock_guard<std::mutex> lk(w->mu);
+    quarantined = w->sessionQuarantined;
+    if (w->expired) close = true;  // late: the session is retired whatever the outcome
+    w->sessionQuarantined = false;
+    w->session = SessionPool::kNil;
+  }
+  if (!opened) {
+    if (quarantined) {
+      pool_.unquarantine(idx);
+    } else {
+      pool_.unreserve(idx);
+    }
+    return;
+  }
+  if (!quarantined) {
+    releaseSession(idx, close);
+    return;
+  }
+  if (f_ != nullptr) f_->C_CloseSession(pool_.handle(idx));
+  pool_.unquarantine(idx);
+  if (pool_.openCount() == 0) clearKeys();
+}
+
 void Core::closeAllIdle() {
   uint32_t idx;
   while (pool_.popIdle(idx)) {
@@ -321,13 +590,27 @@ void Core::closeAllIdle() {
   }
 }
 
-Core::Status Core::acquireSession(const Job* j, uint32_t& idx) {
-  const auto deadline = j->submitted + std::chrono::milliseconds(cfg_.poolTimeoutMs);
+Core::Status Core::acquireSession(const Job* j, Worker* w, uint32_t& idx) {
+  const auto poolDeadline = j->submitted + std::chrono::milliseconds(cfg_.poolTimeoutMs);
+  const bool opFirst = j->deadline < poolDeadline;
+  const auto deadline = opFirst ? j->deadline : poolDeadline;
+  auto own = [&](uint32_t i) {
+    std::lock_guard<std::mutex> lk(w->mu);
+    w->session = i;
+  };
   for (unsigned attempt = 0;; ++attempt) {
-    if (pool_.popIdle(idx)) return Status{};
-    if (pool_.reserve(idx)) return openInto(idx);
+    if (pool_.popIdle(idx)) {
+      own(idx);
+      return Status{};
+    }
+    if (pool_.reserve(idx)) {
+      own(idx);
+      Status st = openInto(idx, false);
+      if (!st.ok()) endSession(w, idx, true, false);
+      return st;
+    }
     const auto now = Clock::now();
-    if (now >= deadline) return Status{CKR_OK, nullptr, kPoolExhausted};
+    if (now >= deadline) return Status{CKR_OK, nullptr, opFirst ? kTimeout : kPoolExhausted};
     if (aborting_.load(std::memory_order_relaxed)) return Status{CKR_OK, nullptr, "XKS_CLOSED"};
     if (attempt < 2) {
       std::this_thread::yield();
@@ -420,18 +703,22 @@ Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, bool& dirty, F&& op) {
 
 // ---------------------------------------------------------------- jobs
 
-void Core::execute(Job* j) {
+void Core::execute(Job* j, Worker* w) {
   j->clearResult();
+  if (Clock::now() >= j->deadline) {
+    j->xks = kTimeout;  // waited in the queue past the operation deadline
+    return;
+  }
   switch (j->op) {
     case Op::TokenInfo:
-      runTokenInfo(j);
+      runTokenInfo(j, w);
       return;
     case Op::Encrypt:
     case Op::Decrypt:
     case Op::KeyInfo:
     case Op::Random:
     case Op::CreateKey:
-      runSessionJob(j);
+      runSessionJob(j, w);
       return;
     case Op::Open:
     case Op::Close:
@@ -440,11 +727,11 @@ void Core::execute(Job* j) {
   j->rv = CKR_FUNCTION_NOT_SUPPORTED;
 }
 
-void Core::runTokenInfo(Job* j) {
-  bool deviceError = false;
+void Core::runTokenInfo(Job* j, Worker* /*w*/) {
+  CK_RV failed = CKR_OK;
   waitForReinit();
   {
-    std::shared_lock<std::shared_mutex> lk(ctxMu_);
+    std::shared_lock<std::shared_timed_mutex> lk(ctxMu_);
     if (!ready_) {
       lk.unlock();
       recover();
@@ -461,7 +748,7 @@ void Core::runTokenInfo(Job* j) {
     if (rv != CKR_OK) {
       j->rv = rv;
       j->fn = "C_GetTokenInfo";
-      deviceError = rv == CKR_DEVICE_ERROR;
+      failed = rv;
     } else {
       auto& r = j->tokenInfo;
       r.label = trimmed(ti.label, sizeof ti.label);
@@ -474,19 +761,19 @@ void Core::runTokenInfo(Job* j) {
       r.fwMinor = ti.firmwareVersion.minor;
     }
   }
-  if (deviceError) maybeReinitialize();
+  if (deviceFatal(failed)) afterFailure(failed);
 }
 
-void Core::runSessionJob(Job* j) {
+void Core::runSessionJob(Job* j, Worker* w) {
   if (cfg_.poolTimeoutMs > 0 &&
       Clock::now() - j->submitted > std::chrono::milliseconds(cfg_.poolTimeoutMs)) {
     j->xks = kPoolExhausted;  // waited in the queue past the pool timeout
     return;
   }
-  bool deviceError = false;
+  CK_RV failed = CKR_OK;
   waitForReinit();
   {
-    std::shared_lock<std::shared_mutex> lk(ctxMu_);
+    std::shared_lock<std::shared_timed_mutex> lk(ctxMu_);
     if (!ready_) {
       lk.unlock();
       recover();
@@ -498,7 +785,7 @@ void Core::runSessionJob(Job* j) {
       }
     }
     uint32_t idx = SessionPool::kNil;
-    Status st = acquireSession(j, idx);
+    Status st = acquireSession(j, w, idx);
     if (st.ok()) {
       const CK_SESSION_HANDLE s = pool_.handle(idx);
       bool dirty = false;  // any PKCS#11 error on this session: never reuse it
@@ -522,14 +809,16 @@ void Core::runSessionJob(Job* j) {
           st = Status{CKR_FUNCTION_NOT_SUPPORTED, nullptr};
           break;
       }
-      releaseSession(idx, dirty || st.rv != CKR_OK || cfg_.eagerClose);
+      const bool bad = dirty || st.rv != CKR_OK;
+      if (sessionFatal(st.rv)) sessionErrors_.fetch_add(1, std::memory_order_relaxed);
+      endSession(w, idx, bad || cfg_.eagerClose);
     }
     j->rv = st.rv;
     j->fn = st.ok() ? nullptr : st.fn;
     j->xks = st.xks;
-    deviceError = st.rv == CKR_DEVICE_ERROR;
+    failed = st.rv;
   }
-  if (deviceError) maybeReinitialize();
+  if (sessionFatal(failed)) afterFailure(failed);
 }
 
 Core::Status Core::encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty) {

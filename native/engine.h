@@ -4,16 +4,29 @@
 // Threads:
 //   JS thread     - submits jobs, takes completed jobs (takeCompleted) and settles them.
 //   open thread   - one per open(): loads/initializes the module, first session, login.
-//   workers       - `threads` of them; pop jobs from the queue and run them.
+//   workers       - `threads` of them (detached); pop jobs from the queue and run them.
+//   watchdog      - one; enforces the operation deadline (opTimeoutMs): expires queued
+//                   jobs, settles running jobs that overran with XKS_TIMEOUT, quarantines
+//                   their thread and session and starts a replacement thread; finishes close.
 // Every job runs under a shared lock of ctxMu_; module (re)initialization and shutdown
-// take it exclusively, so C_Finalize never races a PKCS#11 call of this engine.
+// take it exclusively, so C_Finalize never races a PKCS#11 call of this engine. With a
+// deadline, exclusive acquisition is bounded (a stuck call holds its shared lock).
+//
+// Deadline hand-off of a running job that overran: the watchdog marks the job timedOut
+// and pushes it to the completion stack while the stuck worker still owns its buffers.
+// The JS thread rejects the promise and sets kJsSeen; the worker, when its call returns,
+// sets kWorkerDone. Whichever comes second disposes of the job (the worker by pushing it
+// again, the JS thread by recycling it).
 #pragma once
 
 #include <p11-kit/pkcs11.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -26,6 +39,8 @@
 #include "session_pool.h"
 
 namespace xks {
+
+using Clock = std::chrono::steady_clock;
 
 enum class IvMode : uint8_t { Random, HsmAppended, HsmZeroBuffer };
 
@@ -41,6 +56,8 @@ struct EngineConfig {
   bool eagerClose = false;
   uint32_t threads = 1;
   IvMode ivMode = IvMode::Random;
+  // Deadline of every job, from submission (0: none). Overrunning jobs settle with XKS_TIMEOUT.
+  uint32_t opTimeoutMs = 0;
 };
 
 struct KeyInfoResult {
@@ -62,6 +79,11 @@ struct Job {
   Op op = Op::Open;
   void* deferred = nullptr;  // napi_deferred; JS thread only
   std::chrono::steady_clock::time_point submitted{};
+  std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
+  // Deadline hand-off (see the top of this file).
+  static constexpr uint8_t kJsSeen = 1, kWorkerDone = 2;
+  bool timedOut = false;  // pushed by the watchdog while its worker still runs it
+  std::atomic<uint8_t> handoff{0};
 
   // inputs (copied at submit time)
   std::string label;
@@ -96,8 +118,9 @@ struct Job {
 };
 
 struct EngineStats {
-  uint32_t sessionsOpen, sessionsIdle;
-  uint64_t reinitializations;
+  uint32_t sessionsOpen, sessionsIdle, sessionsQuarantined, workersStuck;
+  uint64_t reinitializations, timeouts, sessionErrors;
+  bool ready;
 };
 
 class Core {
@@ -117,11 +140,19 @@ class Core {
   void startOpen(Job* j);  // runs doOpen on a new thread, then completes j
   void joinOpenThread();
   void startWorkers();
-  void submit(Job* j) { queue_.push(j); }
+  void submit(Job* j) {
+    if (cfg_.opTimeoutMs != 0) j->deadline = j->submitted + std::chrono::milliseconds(cfg_.opTimeoutMs);
+    queue_.push(j);
+  }
   // Stops the workers after their running job; returns the queued jobs (FIFO list).
-  // When the last worker has exited and the module is released, closeJob completes.
+  // When the last worker has exited and the module is released, closeJob completes
+  // (or, with threads stuck in the HSM past a grace period, without releasing the module).
   Job* beginClose(Job* closeJob);
   void joinWorkers();
+  void disableNotify() { notifyEnabled_.store(false, std::memory_order_release); }
+  // Threads still running (stuck in a PKCS#11 call after close/abort); the Core must then
+  // outlive them (the owner leaks it).
+  uint32_t threadsAlive() const { return threadsAlive_.load(std::memory_order_acquire); }
   Job* takeCompleted() { return done_.takeAll(); }
   // Environment teardown or process exit: stop everything without notifying; returns
   // the jobs that will never be settled (queued + completed) for the caller to free.
@@ -138,20 +169,37 @@ class Core {
     bool ok() const { return rv == CKR_OK && xks == nullptr; }
   };
 
-  void workerMain();
+  // One per worker thread; guarded by its mutex (the worker and the watchdog).
+  struct Worker {
+    std::mutex mu;
+    Job* job = nullptr;                 // running job
+    uint32_t session = 0xffffffffu;     // pool slot in use
+    bool expired = false;               // the watchdog settled `job` (timeout)
+    bool stuck = false;                 // counted in stuckThreads_
+    bool sessionQuarantined = false;    // `session` moved to the pool's quarantine
+    bool exited = true;                 // slot free for a new thread
+  };
+
+  void spawnWorker();  // workersMu_ held
+  void workerMain(Worker* w);
+  bool finishJob(Worker* w, Job* j);  // false: the thread must exit (surplus)
+  void watchdogMain();
+  void expireRunning(Clock::time_point now);
   void complete(Job* j);
-  void execute(Job* j);
+  void execute(Job* j, Worker* w);
   void doOpen(Job* j);
-  void runSessionJob(Job* j);
-  void runTokenInfo(Job* j);
+  void runSessionJob(Job* j, Worker* w);
+  void runTokenInfo(Job* j, Worker* w);
   void shutdown();
+  bool lockExclusive(std::unique_lock<std::shared_timed_mutex>& lk);
 
   // all below: caller holds ctxMu_ (shared for jobs, exclusive for (re)init/shutdown)
   Status findSlot();
-  Status openInto(uint32_t idx);
+  Status openInto(uint32_t idx, bool releaseOnFailure = true);
   void releaseSession(uint32_t idx, bool close);
   void closeAllIdle();
-  Status acquireSession(const Job* j, uint32_t& idx);
+  Status acquireSession(const Job* j, Worker* w, uint32_t& idx);
+  void endSession(Worker* w, uint32_t idx, bool close, bool opened = true);
   Status findKey(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& cached,
                  bool& dirty);
   template <class F>
@@ -166,14 +214,14 @@ class Core {
 
   // exclusive lock held
   void reinitLocked();
-  void maybeReinitialize();  // after CKR_DEVICE_ERROR
-  void recover();            // module not usable: retry re-initialization (rate limited)
-  void waitForReinit();      // before taking the shared lock
+  void afterFailure(CK_RV rv);  // session-fatal code: prune bad sessions, reset when none is left
+  void recover();               // module not usable: retry re-initialization (with backoff)
+  void waitForReinit();         // before taking the shared lock
 
   const EngineConfig cfg_;
   SecureBuffer pin_;
 
-  std::shared_mutex ctxMu_;
+  std::shared_timed_mutex ctxMu_;
   Module* mod_ = nullptr;
   CK_FUNCTION_LIST_PTR f_ = nullptr;
   CK_SLOT_ID slot_ = 0;
@@ -181,6 +229,8 @@ class Core {
   CK_RV lastInitRv_ = CKR_CRYPTOKI_NOT_INITIALIZED;
   const char* lastInitFn_ = "C_Initialize";
   std::chrono::steady_clock::time_point lastInitAttempt_{};
+  std::chrono::milliseconds backoff_{0};
+  std::atomic<int64_t> nextRetryNs_{0};  // steady clock; no re-initialization attempt before
 
   SessionPool pool_;
 
@@ -194,14 +244,27 @@ class Core {
   std::atomic<bool> notifyEnabled_{true};
 
   std::thread openThread_;
-  std::vector<std::thread> workers_;
-  std::atomic<uint32_t> liveWorkers_{0};
-  Job* closeJob_ = nullptr;
+  // Worker threads are detached; workersMu_ guards the slots and the counts below.
+  std::mutex workersMu_;
+  std::condition_variable workersCv_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  uint32_t activeWorkers_ = 0;  // not stuck
+  uint32_t stuckThreads_ = 0;
+  uint32_t maxStuck_ = 0;
+  std::atomic<uint32_t> threadsAlive_{0};
+  bool workersStarted_ = false;
+  std::thread watchdog_;
+  bool watchdogStop_ = false;  // workersMu_
+  std::atomic<Job*> closeJob_{nullptr};
+  std::chrono::steady_clock::time_point closeBegan_{};
   bool aborted_ = false;
   std::atomic<bool> aborting_{false};  // waiting jobs give up at once
   std::atomic<uint32_t> exclusivePending_{0};
 
   alignas(64) std::atomic<uint64_t> reinitializations_{0};
+  std::atomic<uint64_t> timeouts_{0};
+  std::atomic<uint64_t> sessionErrors_{0};
+  std::atomic<uint32_t> stuckCount_{0};
   std::atomic<uint32_t> decryptSlack_{0};  // extra output room the module asked for on decrypt
 };
 

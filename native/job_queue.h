@@ -40,6 +40,29 @@ class JobQueue {
     return j;
   }
 
+  // Unlinks the jobs at the head whose deadline is <= now (FIFO: deadlines are ordered
+  // when every job gets the same timeout) and returns them as a list.
+  template <class TimePoint>
+  J* popExpired(TimePoint now) {
+    std::lock_guard<std::mutex> lk(mu_);
+    J* first = nullptr;
+    J** link = &first;
+    while (head_ != nullptr && head_->deadline <= now) {
+      J* j = head_;
+      head_ = j->next;
+      j->next = nullptr;
+      *link = j;
+      link = &j->next;
+    }
+    if (head_ == nullptr) tail_ = nullptr;
+    return first;
+  }
+
+  bool stopping() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return stopping_;
+  }
+
   // Stops the workers (after their current job) and hands back the queued jobs in order.
   J* stopAndDrain() {
     J* all;

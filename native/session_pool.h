@@ -28,13 +28,17 @@ class SessionPool {
  public:
   static constexpr uint32_t kNil = 0xffffffffu;
 
-  explicit SessionPool(uint32_t capacity) : capacity_(capacity), slots_(new Slot[capacity]) {
-    // All slots start on the free stack: 0 -> 1 -> ... -> capacity-1.
-    for (uint32_t i = 0; i < capacity; ++i) {
-      slots_[i].next.store(i + 1 < capacity ? i + 1 : kNil, std::memory_order_relaxed);
+  // `capacity` sessions at most, plus up to `quarantineMax` quarantined ones (sessions
+  // stuck in an overrunning PKCS#11 call, no longer counted against `capacity`).
+  explicit SessionPool(uint32_t capacity, uint32_t quarantineMax = 0)
+      : capacity_(capacity), quarantineMax_(quarantineMax), slots_(new Slot[capacity + quarantineMax]) {
+    const uint32_t n = capacity + quarantineMax;
+    // All slots start on the free stack: 0 -> 1 -> ... -> n-1.
+    for (uint32_t i = 0; i < n; ++i) {
+      slots_[i].next.store(i + 1 < n ? i + 1 : kNil, std::memory_order_relaxed);
       slots_[i].handle = CK_INVALID_HANDLE;
     }
-    free_.word.store(pack(0, capacity ? 0 : kNil), std::memory_order_release);
+    free_.word.store(pack(0, n ? 0 : kNil), std::memory_order_release);
     idle_.word.store(pack(0, kNil), std::memory_order_release);
   }
 
@@ -44,6 +48,7 @@ class SessionPool {
   uint32_t capacity() const { return capacity_; }
   uint32_t openCount() const { return open_.value.load(std::memory_order_acquire); }
   uint32_t idleCount() const { return idleCount_.value.load(std::memory_order_acquire); }
+  uint32_t quarantinedCount() const { return quarantined_.value.load(std::memory_order_acquire); }
 
   CK_SESSION_HANDLE handle(uint32_t idx) const { return slots_[idx].handle; }
   void setHandle(uint32_t idx, CK_SESSION_HANDLE h) { slots_[idx].handle = h; }
@@ -81,6 +86,27 @@ class SessionPool {
     slots_[idx].handle = CK_INVALID_HANDLE;
     push(free_, idx);
     open_.value.fetch_sub(1, std::memory_order_acq_rel);
+  }
+
+  // Moves one in-use session out of the `capacity` count into quarantine (its slot stays
+  // with its owner). False when quarantineMax sessions are quarantined already.
+  bool quarantine() {
+    uint32_t q = quarantined_.value.load(std::memory_order_relaxed);
+    do {
+      if (q >= quarantineMax_) return false;
+    } while (!quarantined_.value.compare_exchange_weak(q, q + 1, std::memory_order_acq_rel,
+                                                       std::memory_order_relaxed));
+    open_.value.fetch_sub(1, std::memory_order_acq_rel);
+    return true;
+  }
+
+  // Gives back the slot of a quarantined session that was closed.
+  // Invariant kept: slots in use = open + quarantined <= capacity + quarantineMax, so
+  // (capacity - open) <= free slots still holds.
+  void unquarantine(uint32_t idx) {
+    slots_[idx].handle = CK_INVALID_HANDLE;
+    push(free_, idx);
+    quarantined_.value.fetch_sub(1, std::memory_order_acq_rel);
   }
 
  private:
@@ -125,11 +151,13 @@ class SessionPool {
   }
 
   const uint32_t capacity_;
+  const uint32_t quarantineMax_;
   std::unique_ptr<Slot[]> slots_;
   Head idle_;
   Head free_;
   Counter open_;
   Counter idleCount_;
+  Counter quarantined_;
 };
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "64-bit CAS must be lock-free");

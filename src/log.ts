@@ -62,6 +62,12 @@ export interface LoggerStats {
 
 export interface BufferedLogger extends Logger {
   stats(): LoggerStats;
+  /**
+   * Appends complete, already formatted lines (each ending in '\n', escaped by formatLine) as they
+   * are, to every sink: the lines of worker threads' loggers (src/workers/), so that one writer
+   * owns the sinks and lines never interleave mid-line. Subject to the buffer limit like any line.
+   */
+  raw(lines: string): void;
   /** Path of the file the next line goes to (undefined without the file writer). */
   currentFile(): string | undefined;
 }
@@ -77,6 +83,8 @@ export interface LoggerOptions {
   flushThresholdBytes?: number;
   /** Drop lines above this many buffered bytes, default 8 MiB. */
   maxBufferBytes?: number;
+  /** Fields appended to every line (e.g. `{ worker: 1 }` with several event loops). */
+  context?: LogFields;
 }
 
 const LEVEL_NUM: Record<Level, number> = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4 };
@@ -251,6 +259,7 @@ export function createNullLogger(): BufferedLogger {
     close: () => Promise.resolve(),
     stats: () => ({ dropped: 0, written: 0, bufferedBytes: 0, writeErrors: 0 }),
     currentFile: () => undefined,
+    raw: noop,
   };
 }
 
@@ -356,10 +365,19 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
     }
   };
 
-  const emit = (level: Level, msg: string, fields?: LogFields): void => {
-    const t = now();
-    append(t, formatLine(t, level, msg, fields));
-  };
+  // The context fields, formatted once: inserted before each line's '\n'.
+  const context = opts.context === undefined ? '' : formatLine(new Date(0), 'INFO', '_', opts.context).slice(31, -1);
+  const emit =
+    context === ''
+      ? (level: Level, msg: string, fields?: LogFields): void => {
+          const t = now();
+          append(t, formatLine(t, level, msg, fields));
+        }
+      : (level: Level, msg: string, fields?: LogFields): void => {
+          const t = now();
+          const line = formatLine(t, level, msg, fields);
+          append(t, `${line.slice(0, -1)}${context}\n`);
+        };
 
   const at = (level: Level): ((msg: string, fields?: LogFields) => void) =>
     LEVEL_NUM[level] >= threshold ? (msg, fields) => emit(level, msg, fields) : noop;
@@ -404,6 +422,16 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
     },
     stats: () => ({ dropped, written, bufferedBytes, writeErrors }),
     currentFile: () => fileFor(now()),
+    raw: (lines: string): void => {
+      if (threshold === OFF || lines === '') return;
+      if (bufferedBytes + lines.length > maxBytes) {
+        let n = 0;
+        for (let i = lines.indexOf('\n'); i !== -1; i = lines.indexOf('\n', i + 1)) n++;
+        dropped += n;
+        return;
+      }
+      append(now(), lines);
+    },
   };
 }
 

@@ -10,10 +10,15 @@ import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 import { VERSION } from './version.js';
+import { WorkerPool } from './workers/pool.js';
+import { baseServerOptions, drainWithGrace, freePort, hsmSettings, opContext } from './workers/serving.js';
+import { planWorkers } from './workers/split.js';
 
 export interface RunningProxy {
   port: number;
   pingPort: number;
+  /** Event loops serving the port ([server] workers; 1 = the main thread only). */
+  workers: number;
   log: Logger;
   stop(): Promise<void>;
   /** Session pool and failure counters of the HSM engine (soak runs, diagnostics). */
@@ -31,8 +36,14 @@ export interface StartOptions {
 
 export async function startProxy(loaded: LoadedConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const { config } = loaded;
-  const log = createLogger(config.tracing, options.stdout ? { stdout: options.stdout } : {});
+  // [server] workers: the main thread is event loop 0; worker threads 1..count-1 (docs/workers.md).
+  const plan = planWorkers(config);
+  const log = createLogger(config.tracing, {
+    ...(options.stdout ? { stdout: options.stdout } : {}),
+    ...(plan.count > 1 ? { context: { worker: 0 } } : {}),
+  });
   for (const w of loaded.warnings) log.warn(w);
+  for (const n of plan.notes) log.warn(n);
 
   const mtls = config.security.is_tls_enabled && config.security.is_mtls_enabled ? config.tls : undefined;
   // Read the policy before the HSM opens: a bad policy stops start-up with one line.
@@ -49,21 +60,12 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   for (const [k, v] of Object.entries(pkcs11LoggerEnv(config))) process.env[k] = v;
 
-  const hsm = await Hsm.open({
-    modulePath: config.pkcs11.module_path,
-    userPin: config.pkcs11.user_pin,
-    poolMaxSize: config.pkcs11.session_pool_max_size,
-    poolTimeoutMs: config.pkcs11.session_pool_timeout_milli,
-    eagerClose: config.pkcs11.session_eager_close,
-    threads: config.pkcs11.worker_threads,
-    canGenerateIv: config.hsm_capabilities.can_generate_iv,
-    isZeroIvRequired: config.hsm_capabilities.is_zero_iv_required,
-    operationTimeoutMs: config.pkcs11.operation_timeout_milli,
-  });
+  const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!));
+  let checker: HealthChecker | undefined;
   if (config.health_check) {
     // Deep health check (docs/hsm-failures.md); stopped by hsm.close().
     const hc = config.health_check;
-    const checker = new HealthChecker(hsm, { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli }, log);
+    checker = new HealthChecker(hsm, { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli }, log);
     hsm.setHealthSource(checker);
     const first = await checker.start();
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
@@ -73,7 +75,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     const st = hsm.stats();
     return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
   });
-  const keyStores = keyStoreRoutes(config);
+  const keyStores = keyStoreRoutes(config, undefined, plan.count);
+  let pool: WorkerPool | undefined;
   const unix = mtls ? privateSocketPath() : undefined;
 
   let server;
@@ -81,28 +84,32 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   try {
     server = await startServer(
       {
-        host: config.server.ip,
-        port: config.server.port,
-        pingPort: config.server.port_http_ping,
-        region: config.server.region,
-        service: config.server.service,
-        sigv4Enabled: config.security.is_sigv4_auth_enabled,
-        limits: config.limits,
+        // Worker threads join the port with SO_REUSEPORT, which uSockets sets only for a given port number.
+        ...baseServerOptions(config, plan.count > 1 && config.server.port === 0 ? await freePort(config.server.ip) : config.server.port),
         keyStores,
-        tls: config.security.is_tls_enabled && config.tls ? { certFile: config.tls.tls_cert_pem, keyFile: config.tls.tls_key_pem } : undefined,
-        version: VERSION,
         authorizer,
         listenUnix: unix?.path,
         metrics,
+        // With worker threads, /metrics answers the sum over all event loops.
+        metricsText: plan.count > 1 ? () => (pool ? pool.metricsText() : Promise.resolve(metrics.render())) : undefined,
       },
-      {
-        hsm,
-        ciphertextMetadata: config.server.ciphertext_metadata,
-        ciphertextMetadataB64: config.server.ciphertext_metadata_b64,
-        version: VERSION,
-      },
+      opContext(config, hsm),
       log,
     );
+    if (plan.count > 1) {
+      // The main thread listens first (port 0 picks the port); the workers join it on that port.
+      const first = checker?.current();
+      pool = await WorkerPool.start({
+        file: loaded.file,
+        count: plan.count,
+        port: server.port,
+        shares: plan.shares,
+        health: first ? { state: first.state, token: first.token } : undefined,
+        log,
+        metrics,
+        version: VERSION,
+      });
+    }
     if (mtls && unix) {
       terminator = await startMtlsTerminator(
         {
@@ -119,27 +126,60 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     }
   } catch (e) {
     server?.close();
+    if (plan.count > 1) server?.closeConnections();
     unix?.remove();
     await hsm.close();
+    await log.flush();
     throw e;
+  }
+  // The deep health check runs in the main thread; worker threads get each new verdict.
+  let healthTimer: NodeJS.Timeout | undefined;
+  if (pool && checker) {
+    const workers = pool;
+    const source = checker;
+    let last = source.current().checkedAt;
+    healthTimer = setInterval(() => {
+      const r = source.current();
+      if (r.checkedAt === last) return;
+      last = r.checkedAt;
+      workers.pushHealth({ state: r.state, token: r.token });
+    }, 200);
+    healthTimer.unref();
   }
   const port = terminator?.port ?? server.port;
   const pingPort = server.pingPort === server.port ? port : server.pingPort;
-  const reloader = new Reloader(loaded.file, loaded, keyStores, server, log);
+  const reloader = new Reloader(loaded.file, loaded, keyStores, server, log, process.env, plan.count);
+  let reloads: Promise<unknown> = Promise.resolve();
+  /** The main thread applies the file; then every worker thread re-reads and applies it. */
+  const reloadAll = async (): Promise<ReloadOutcome> => {
+    const out = await reloader.reload();
+    if (!out.ok || pool === undefined) return out;
+    const r = await pool.reload();
+    if (r.ok) return out;
+    const error = r.errors.join('; ');
+    log.error('configuration reload: worker threads did not apply it', { error });
+    return { ok: false, error, restartNeeded: out.restartNeeded };
+  };
   const scheme = config.security.is_tls_enabled ? 'https' : 'http';
   log.info(`xks-proxy v${VERSION} listening`, {
     url: `${scheme}://${config.server.ip}:${port}`,
     mtls: mtls !== undefined,
     ping_port: pingPort,
     key_stores: keyStores.length,
+    workers: plan.count,
   });
 
   let stopping: Promise<void> | undefined;
   return {
     port,
     pingPort,
+    workers: plan.count,
     log,
-    reload: () => reloader.reload(),
+    reload() {
+      const run = reloads.then(reloadAll);
+      reloads = run.catch(() => undefined);
+      return run;
+    },
     hsmStats: () => hsm.stats(),
     stop() {
       stopping ??= (async () => {
@@ -148,7 +188,16 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         terminator?.close();
         server.close();
         const drainMs = options.drainTimeoutMs ?? 10_000;
-        if (!(await server.drained(drainMs))) log.warn('stopping with requests still in flight', { waited_ms: drainMs });
+        if (healthTimer) clearInterval(healthTimer);
+        const workersStopped = pool?.stop(drainMs);
+        // With worker threads every loop must close its connections before the process exits; the
+        // main thread does too, after the same grace for requests still arriving.
+        const drained = workersStopped ? await drainWithGrace(server, drainMs) : await server.drained(drainMs);
+        if (!drained) log.warn('stopping with requests still in flight', { waited_ms: drainMs });
+        if (workersStopped) {
+          await workersStopped;
+          server.closeConnections();
+        }
         unix?.remove();
         await hsm.close();
         log.info('xks-proxy stopped');

@@ -64,6 +64,47 @@ export function labelValue(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
 
+/** A histogram as plain data (structured-clone safe). */
+export interface HistogramSnapshot {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * Everything one event loop counted, as plain data: worker threads send it to the main
+ * thread, which merges all of them into the one /metrics answer (src/workers/).
+ */
+export interface MetricsSnapshot {
+  routes: { op: string; prefix: string; outcomes: [string, number][]; latency: HistogramSnapshot }[];
+  hsm: [string, HistogramSnapshot][];
+  unmatched: number;
+  gauges: Gauges;
+}
+
+function histogramSnapshot(h: Histogram): HistogramSnapshot {
+  return { counts: Array.from(h.counts), sum: h.sum, count: h.count };
+}
+
+function addHistogram(into: Histogram, from: HistogramSnapshot): void {
+  for (let i = 0; i < into.counts.length && i < from.counts.length; i++) into.counts[i]! += from.counts[i]!;
+  into.sum += from.sum;
+  into.count += from.count;
+}
+
+/** Gauges of several event loops: sessions and jobs add up; health is the worst one reported. */
+export function sumGauges(all: readonly Gauges[]): Gauges {
+  const out: Gauges = { sessionsOpen: 0, sessionsIdle: 0, inFlight: 0, reinitializations: 0 };
+  for (const g of all) {
+    out.sessionsOpen += g.sessionsOpen;
+    out.sessionsIdle += g.sessionsIdle;
+    out.inFlight += g.inFlight;
+    out.reinitializations += g.reinitializations;
+    if (g.health !== undefined) out.health = out.health === undefined ? g.health : Math.min(out.health, g.health);
+  }
+  return out;
+}
+
 export class Metrics {
   private readonly routes: RouteMetrics[] = [];
   private readonly hsmCalls = new Map<string, Histogram>();
@@ -91,6 +132,27 @@ export class Metrics {
       this.hsmCalls.set(call, h);
     }
     return h;
+  }
+
+  /** The counters, histograms and current gauges as plain data. */
+  snapshot(): MetricsSnapshot {
+    return {
+      routes: this.routes.map((r) => ({ op: r.op, prefix: r.prefix, outcomes: [...r.outcomes], latency: histogramSnapshot(r.latency) })),
+      hsm: [...this.hsmCalls].map(([call, h]) => [call, histogramSnapshot(h)]),
+      unmatched: this.unmatched,
+      gauges: this.gauges(),
+    };
+  }
+
+  /** Adds another event loop's counters and histograms to these (gauges come from the constructor's source). */
+  merge(s: MetricsSnapshot): void {
+    for (const r of s.routes) {
+      const into = this.route(r.op, r.prefix);
+      for (const [outcome, n] of r.outcomes) into.outcomes.set(outcome, (into.outcomes.get(outcome) ?? 0) + n);
+      addHistogram(into.latency, r.latency);
+    }
+    for (const [call, h] of s.hsm) addHistogram(this.hsm(call), h);
+    this.unmatched += s.unmatched;
   }
 
   render(): string {

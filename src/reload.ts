@@ -16,14 +16,15 @@ import type { Logger } from './log.js';
 
 /**
  * The routes of a config's keystores. A keystore whose quota did not change keeps its bucket (and so
- * its state) from `previous`.
+ * its state) from `previous`. With `share` event loops (`[server] workers`), each loop's bucket gets
+ * 1/share of the rate and of the burst (at least 1): the sum is the configured quota (docs/workers.md).
  */
-export function keyStoreRoutes(config: Config, previous?: ReadonlyMap<string, KeyStoreRoute>): KeyStoreRoute[] {
+export function keyStoreRoutes(config: Config, previous?: ReadonlyMap<string, KeyStoreRoute>, share = 1): KeyStoreRoute[] {
   return config.external_key_stores.map((s) => {
     let quota: TokenBucket | undefined;
     if (s.requests_per_second !== undefined) {
-      const rate = s.requests_per_second;
-      const burst = s.burst ?? rate;
+      const rate = s.requests_per_second / share;
+      const burst = Math.max(1, (s.burst ?? s.requests_per_second) / share);
       const old = previous?.get(s.uri_path_prefix)?.quota;
       quota = old instanceof TokenBucket && old.sameAs(rate, burst) ? old : new TokenBucket(rate, burst);
     }
@@ -92,6 +93,8 @@ export class Reloader {
     private readonly server: Pick<RunningServer, 'apply'>,
     private readonly log: Logger,
     private readonly env: NodeJS.ProcessEnv = process.env,
+    /** Event loops sharing each quota (see keyStoreRoutes). */
+    private readonly share = 1,
   ) {
     this.config = loaded.config;
     this.routes = new Map(initial.map((k) => [k.prefix, k]));
@@ -117,7 +120,7 @@ export class Reloader {
     }
     for (const w of next.warnings) this.log.warn(w);
     const pending = restartNeeded(this.config, next.config);
-    const routes = keyStoreRoutes(next.config, this.routes);
+    const routes = keyStoreRoutes(next.config, this.routes, this.share);
     this.server.apply(routes, authorizer);
     this.routes = new Map(routes.map((k) => [k.prefix, k]));
     // Keep the settings that were not applied as they run, so the warning repeats until a restart.

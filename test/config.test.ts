@@ -148,6 +148,18 @@ describe('defaults and our extension', () => {
     expect(failure(bad).message).toBe('settings.toml: pkcs11.worker_threads: expected an integer in 1..1024, got 0');
   });
 
+  it('[server] workers: absent by default (all cores at start), 1..1024, named when wrong', () => {
+    expect(parseConfig(MIN, 'f', NO_ENV).config.server.workers).toBeUndefined();
+    const two = parseConfig(edit(MIN, 'port = 8443', 'port = 8443\nworkers = 2'), 'f', NO_ENV);
+    expect(two.config.server.workers).toBe(2);
+    expect(two.warnings).toEqual([]);
+    expect((redactedSummary(two.config) as { server: { workers?: number } }).server.workers).toBe(2);
+    expect(failure(edit(MIN, 'port = 8443', 'port = 8443\nworkers = 0')).message).toBe('settings.toml: server.workers: expected an integer in 1..1024, got 0');
+    expect(failure(edit(MIN, 'port = 8443', 'port = 8443\nworkers = "all"')).message).toBe(
+      'settings.toml: server.workers: expected an integer in 1..1024, got "all"',
+    );
+  });
+
   it('port_http_ping, level and rotation are read (case-insensitive like Rust)', () => {
     let src = edit(MIN, 'port = 8443', 'port = 8443\nport_http_ping = 8080');
     src = edit(src, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nlevel = "warn"\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "daily"');
@@ -417,8 +429,8 @@ describe('deadlines and the deep health check (our extensions)', () => {
   const withPkcs11 = (line: string): string => edit(MIN, '[pkcs11]\n', `[pkcs11]\n${line}\n`);
   const withHealth = (body: string): string => `${MIN}\n[health_check]\n${body}\n`;
 
-  it('operation_timeout_milli: default 150, 0 disables (warned), >= 250 warned, range checked', () => {
-    expect(parseConfig(MIN, 'f', NO_ENV).config.pkcs11.operation_timeout_milli).toBe(150);
+  it('operation_timeout_milli: default 100, 0 disables (warned), >= 250 warned, range checked', () => {
+    expect(parseConfig(MIN, 'f', NO_ENV).config.pkcs11.operation_timeout_milli).toBe(100);
     expect(parseConfig(withPkcs11('operation_timeout_milli = 80'), 'f', NO_ENV).config.pkcs11.operation_timeout_milli).toBe(80);
     const off = parseConfig(withPkcs11('operation_timeout_milli = 0'), 'f', NO_ENV);
     expect(off.config.pkcs11.operation_timeout_milli).toBe(0);

@@ -330,7 +330,7 @@ describe('life cycle and arguments', () => {
     const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(rejected.length).toBeGreaterThan(0);
     expect(rejected.every((r) => (r.reason as NativeError).code === 'XKS_CLOSED')).toBe(true);
-    expect(e.stats()).toEqual({ sessionsOpen: 0, sessionsIdle: 0, inFlight: 0, reinitializations: 0 });
+    expect(e.stats()).toMatchObject({ sessionsOpen: 0, sessionsIdle: 0, inFlight: 0, reinitializations: 0 });
     expect(await rejection(e.encrypt(TEST_KEYS.ordinary, Buffer.from('x'), Buffer.alloc(0)))).toMatchObject({ code: 'XKS_CLOSED' });
     expect(await rejection(e.tokenInfo())).toMatchObject({ code: 'XKS_CLOSED' });
     expect(await rejection(e.open())).toMatchObject({ code: 'XKS_CLOSED' });

@@ -36,6 +36,8 @@ export interface ProxySettings {
   poolMaxSize: number;
   workerThreads: number;
   level: string;
+  /** [server] workers (event loops); default 1. */
+  workers?: number;
 }
 
 /** settings.toml in the Rust proxy's format. */
@@ -46,6 +48,7 @@ port = ${s.port}
 port_http_ping = ${s.port}
 region = "${REGION}"
 service = "${SERVICE}"
+workers = ${s.workers ?? 1}
 
 [server.tcp_keepalive]
 tcp_keepalive_secs = 60

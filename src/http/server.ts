@@ -60,6 +60,16 @@ export interface ServerOptions {
   listenUnix?: string | undefined;
   /** Prometheus metrics, served at GET /metrics on the ping listener; none when undefined. */
   metrics?: Metrics | undefined;
+  /**
+   * The /metrics text when it is not `metrics.render()`: with several event loops, the sum over all
+   * of them (src/workers/). Requests are still counted in `metrics`.
+   */
+  metricsText?: (() => Promise<string>) | undefined;
+  /**
+   * Open the separate ping listener when `pingPort` differs from `port` (default true). Worker
+   * threads pass false: the main thread owns that listener.
+   */
+  pingListener?: boolean | undefined;
 }
 
 export interface RunningServer {
@@ -70,6 +80,11 @@ export interface RunningServer {
   startDraining(): void;
   /** Resolves when no request is in flight, or after `timeoutMs`; true when none was left. */
   drained(timeoutMs: number): Promise<boolean>;
+  /**
+   * Closes every connection now, idle keep-alive ones included (after close() and drained()). A worker
+   * thread must do this before it exits: uWS handles left open abort the process.
+   */
+  closeConnections(): void;
   /**
    * Atomically swaps the keystores (prefixes, credentials, key ids, quotas) and the secondary
    * authorization. Requests already past routing finish with what they started with; listeners stay.
@@ -149,8 +164,10 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (x.done) return;
     x.done = true;
     if (!x.aborted) {
+      // While draining, every answer closes its connection: the client reconnects to a live instance.
+      const close = closeConnection || draining;
       x.res.cork(() => {
-        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body, closeConnection);
+        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body, close);
       });
     }
     const elapsed = performance.now() - x.started;
@@ -296,9 +313,26 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     else res.writeHeader('content-type', 'text/plain').end(pong);
   };
 
-  const metricsRoute = (res: HttpResponse): void => {
-    res.writeHeader('content-type', 'text/plain; version=0.0.4').end(opts.metrics!.render());
-  };
+  const metricsText = opts.metricsText;
+  const metricsRoute =
+    metricsText === undefined
+      ? (res: HttpResponse): void => {
+          res.writeHeader('content-type', 'text/plain; version=0.0.4').end(opts.metrics!.render());
+        }
+      : (res: HttpResponse): void => {
+          let aborted = false;
+          res.onAborted(() => (aborted = true));
+          metricsText().then(
+            (text) => {
+              if (!aborted) res.cork(() => res.writeHeader('content-type', 'text/plain; version=0.0.4').end(text));
+            },
+            (e: unknown) => {
+              log.warn('metrics: cannot collect', { error: e instanceof Error ? e.message : String(e) });
+              if (!aborted) res.cork(() => res.writeStatus(STATUS_LINE[503] ?? '503').writeHeader('content-type', 'text/plain').end('metrics unavailable\n'));
+            },
+          );
+        };
+  const serveMetrics = opts.metrics !== undefined || metricsText !== undefined;
 
   const notFound = (res: HttpResponse, req: HttpRequest): void => {
     if (opts.metrics) opts.metrics.unmatched++;
@@ -336,7 +370,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   for (const store of opts.keyStores) registerPrefix(store.prefix);
   app.get('/ping', ping);
   const separatePing = opts.pingPort !== opts.port;
-  if (opts.metrics && !separatePing) app.get('/metrics', metricsRoute);
+  if (serveMetrics && !separatePing) app.get('/metrics', metricsRoute);
   app.any('/*', notFound);
 
   const listeners: us_listen_socket[] = [];
@@ -369,12 +403,15 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (opts.listenUnix !== undefined) await listenUnix(app, opts.listenUnix);
     else port = await listen(app, opts.port);
     let pingPort = port;
-    if (separatePing) {
-      const pingApp = uws.App();
+    let pingApp: TemplatedApp | undefined;
+    if (separatePing && opts.pingListener !== false) {
+      pingApp = uws.App();
       pingApp.get('/ping', ping);
-      if (opts.metrics) pingApp.get('/metrics', metricsRoute);
+      if (serveMetrics) pingApp.get('/metrics', metricsRoute);
       pingApp.any('/*', notFound);
       pingPort = await listen(pingApp, opts.pingPort);
+    } else if (separatePing) {
+      pingPort = opts.pingPort;
     }
     return {
       port,
@@ -384,6 +421,12 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       },
       startDraining() {
         draining = true;
+      },
+      closeConnections() {
+        // us_listen_socket_close on sockets app.close() closes too would be a double close.
+        listeners.splice(0);
+        closeApp(app);
+        if (pingApp) closeApp(pingApp);
       },
       drained(timeoutMs) {
         if (inFlight === 0) return Promise.resolve(true);
@@ -408,3 +451,8 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
 }
 
 type Uws = ReturnType<typeof loadUws>;
+
+/** TemplatedApp.close() (in the binary, missing from the package's types): closes its listen sockets and every connection. */
+function closeApp(app: TemplatedApp): void {
+  (app as TemplatedApp & { close(): void }).close();
+}

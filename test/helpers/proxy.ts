@@ -38,6 +38,8 @@ export interface SettingsSpec {
   tls?: { certFile: string; keyFile: string; mtls?: { caFile: string; dnsName: string } };
   /** secondary_auth = "Oso" with this polar file. */
   osoPolicy?: string;
+  /** [server] workers; default 1 (the main thread only), not the proxy's default of all cores. */
+  workers?: number;
 }
 
 export const REGION = 'us-east-1';
@@ -63,6 +65,7 @@ port = 0
 port_http_ping = ${s.pingPort ?? 0}
 region = "${REGION}"
 service = "${SERVICE}"
+workers = ${s.workers ?? 1}
 ${s.ciphertextMetadataB64 !== undefined ? `ciphertext_metadata_b64 = "${s.ciphertextMetadataB64}"` : ''}
 
 [server.tcp_keepalive]

@@ -1,0 +1,359 @@
+/**
+ * Soak: the proxy under steady mixed traffic while the fault module (native-test/faulty)
+ * injects HSM failures in cycles, for --seconds (default 300). Samples RSS, the engine's
+ * open sessions and the fault module's own count of sessions open in SoftHSM2, and checks
+ * at the end that both stayed flat, no request hung, and every ciphertext handed out
+ * during the run still decrypts.
+ *
+ *   npm run soak -- [--seconds 300] [--concurrency 8] [--sample 5] [--timeout-ms 150] [--out file.json]
+ *
+ * Needs SoftHSM2 (softhsm2-util) and `npm run build:native` (builds build/Release/faulty_pkcs11.node).
+ * Exit status 0 when every check passes, 1 otherwise.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { parseConfig } from '../src/config.js';
+import { loadAddon } from '../src/hsm/addon.js';
+import { startProxy, type RunningProxy } from '../src/main.js';
+
+const ROOT = (() => {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return dir;
+})();
+const FAULTY = path.join(ROOT, 'build/Release/faulty_pkcs11.node');
+const SOFTHSM = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'].find((p) => existsSync(p));
+const PREFIX = '/soak/test/prefix';
+const API = `${PREFIX}/kms/xks/v1`;
+const KEY = 'soak-key';
+const HEALTH_KEY = 'soak-health';
+const POOL = 4;
+
+const { values: args } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '300' },
+    concurrency: { type: 'string', default: '8' },
+    sample: { type: 'string', default: '5' },
+    'timeout-ms': { type: 'string', default: '150' },
+    out: { type: 'string' },
+  },
+});
+const SECONDS = Number(args.seconds);
+const CONCURRENCY = Number(args.concurrency);
+const SAMPLE_MS = Number(args.sample) * 1000;
+const TIMEOUT_MS = Number(args['timeout-ms']);
+
+/** Fault scenarios, applied in turn for a few seconds each, with quiet time in between. */
+const SCENARIOS: { name: string; rules: string[] }[] = [
+  { name: 'device down', rules: ['fail * CKR_DEVICE_ERROR'] },
+  { name: 'stuck encrypts', rules: ['block C_Encrypt'] },
+  { name: 'slow decrypts', rules: [`delay C_Decrypt ${TIMEOUT_MS * 2} times=20`] },
+  { name: 'sessions invalidated', rules: ['fail C_Encrypt CKR_SESSION_HANDLE_INVALID times=30', 'fail C_Decrypt CKR_SESSION_CLOSED times=30'] },
+  { name: 'slow HSM', rules: ['delay * 15'] },
+  { name: 'device removed', rules: ['fail C_Decrypt CKR_DEVICE_REMOVED times=5', 'fail C_GetSessionInfo CKR_DEVICE_REMOVED times=5'] },
+  { name: 'everything stuck', rules: ['block *'] },
+  { name: 'not initialized', rules: ['fail C_GenerateRandom CKR_CRYPTOKI_NOT_INITIALIZED times=3'] },
+];
+const FAULT_MS = 3000;
+const QUIET_MS = 4000;
+
+interface Sample {
+  t: number;
+  rssMb: number;
+  heapMb: number;
+  sessionsOpen: number;
+  hsmOpenSessions: number;
+  quarantined: number;
+  stuck: number;
+  inFlight: number;
+  requests: number;
+  fault: string;
+}
+
+interface Sealed {
+  pt: string;
+  ciphertext: string;
+  iv: string;
+  tag: string;
+}
+
+class Faults {
+  private n = 0;
+  constructor(
+    readonly control: string,
+    readonly status: string,
+  ) {}
+  set(rules: string[]): void {
+    const tmp = `${this.control}.${++this.n}`;
+    writeFileSync(tmp, `# ${this.n}\n${rules.join('\n')}\n`);
+    renameSync(tmp, this.control);
+  }
+  openSessions(): number {
+    if (!existsSync(this.status)) return 0;
+    const m = /open_sessions (\d+)/.exec(readFileSync(this.status, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  }
+}
+
+function settings(dir: string, pin: string): string {
+  return `[server]
+ip = "127.0.0.1"
+port = 0
+port_http_ping = 0
+region = "us-east-1"
+service = "kms-xks-proxy"
+
+[tracing]
+is_stdout_writer_enabled = false
+is_file_writer_enabled = false
+level = "ERROR"
+
+[security]
+is_sigv4_auth_enabled = false
+is_tls_enabled = false
+is_mtls_enabled = false
+
+[[external_key_stores]]
+uri_path_prefix = "${PREFIX}"
+sigv4_access_key_id = "AKIDSOAKTEST000000001"
+sigv4_secret_access_key = "c29hay1zb2FrLXNvYWstc29hay1zb2FrLXNvYWstc29haw=="
+xks_key_id_set = ["${KEY}"]
+
+[pkcs11]
+session_pool_max_size = ${POOL}
+session_pool_timeout_milli = ${TIMEOUT_MS}
+session_eager_close = false
+user_pin = "${pin}"
+PKCS11_HSM_MODULE = "${FAULTY}"
+context_read_timeout_milli = 100
+operation_timeout_milli = ${TIMEOUT_MS}
+
+[limits]
+max_plaintext_in_base64 = 8192
+max_aad_in_base64 = 16384
+
+[hsm_capabilities]
+can_generate_iv = false
+is_zero_iv_required = false
+
+[health_check]
+key_id = "${HEALTH_KEY}"
+interval_secs = 2
+degraded_latency_milli = 50
+# ${dir}
+`;
+}
+
+const META = {
+  awsPrincipalArn: 'arn:aws:iam::123456789012:user/Soak',
+  kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+  kmsOperation: 'Encrypt',
+  kmsRequestId: '4112f4d6-db54-4af4-ae30-c55a22a8dfae',
+};
+
+async function post(base: string, p: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const res = await fetch(`${base}${p}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const text = await res.text();
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // not JSON
+  }
+  return { status: res.status, json };
+}
+
+const decryptBody = (s: Sealed) => ({
+  requestMetadata: { ...META, kmsOperation: 'Decrypt' },
+  encryptionAlgorithm: 'AES_GCM',
+  ciphertext: s.ciphertext,
+  initializationVector: s.iv,
+  authenticationTag: s.tag,
+});
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? 0 : s[Math.floor(s.length / 2)]!;
+}
+
+async function main(): Promise<void> {
+  if (!SOFTHSM) throw new Error('SoftHSM2 is not installed (apt-get install softhsm2)');
+  if (!existsSync(FAULTY)) throw new Error(`${FAULTY} is missing: run npm run build:native`);
+  const dir = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xks-soak-'));
+  const tokens = path.join(dir, 'tokens');
+  mkdirSync(tokens, { mode: 0o700 });
+  const conf = path.join(dir, 'softhsm2.conf');
+  writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  const pin = randomBytes(6).toString('hex');
+  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'xks-soak', '--pin', pin, '--so-pin', randomBytes(6).toString('hex')], {
+    env: { ...process.env, SOFTHSM2_CONF: conf },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const faults = new Faults(path.join(dir, 'faults.control'), path.join(dir, 'faults.status'));
+  faults.set([]);
+  Object.assign(process.env, {
+    SOFTHSM2_CONF: conf,
+    FAULTY_PKCS11_TARGET: SOFTHSM,
+    FAULTY_PKCS11_CONTROL: faults.control,
+    FAULTY_PKCS11_STATUS: faults.status,
+  });
+  const { Engine } = loadAddon();
+  const setup = new Engine({ modulePath: FAULTY, userPin: pin, poolMaxSize: 1, poolTimeoutMs: 1000, eagerClose: false, threads: 1, ivMode: 'random' });
+  await setup.open();
+  await setup.createKey(KEY, { encrypt: true, decrypt: true });
+  await setup.createKey(HEALTH_KEY, { encrypt: true, decrypt: true });
+  await setup.close();
+
+  const settingsPath = path.join(dir, 'settings.toml');
+  writeFileSync(settingsPath, settings(dir, pin));
+  const proxy: RunningProxy = await startProxy(parseConfig(readFileSync(settingsPath, 'utf8'), settingsPath));
+  const base = `http://127.0.0.1:${proxy.port}`;
+
+  const statuses = new Map<string, number>();
+  const count = (k: string) => statuses.set(k, (statuses.get(k) ?? 0) + 1);
+  const sealed: Sealed[] = []; // every ciphertext handed out (reservoir when large)
+  const MAX_SEALED = 5000;
+  let seen = 0;
+  let requests = 0;
+  let slowest = 0;
+  let fault = 'none';
+  const t0 = Date.now();
+  const end = t0 + SECONDS * 1000;
+  const samples: Sample[] = [];
+
+  const sample = (): void => {
+    const m = process.memoryUsage();
+    const s = proxy.hsmStats();
+    samples.push({
+      t: Math.round((Date.now() - t0) / 1000),
+      rssMb: Math.round((m.rss / 2 ** 20) * 10) / 10,
+      heapMb: Math.round((m.heapUsed / 2 ** 20) * 10) / 10,
+      sessionsOpen: s.sessionsOpen,
+      hsmOpenSessions: faults.openSessions(),
+      quarantined: s.sessionsQuarantined,
+      stuck: s.workersStuck,
+      inFlight: s.inFlight,
+      requests,
+      fault,
+    });
+    const x = samples[samples.length - 1]!;
+    console.log(
+      `t=${String(x.t).padStart(4)}s rss=${x.rssMb}MB heap=${x.heapMb}MB sessions=${x.sessionsOpen} hsm_sessions=${x.hsmOpenSessions} ` +
+        `quarantined=${x.quarantined} stuck=${x.stuck} requests=${x.requests} fault=${x.fault}`,
+    );
+  };
+
+  const worker = async (): Promise<void> => {
+    let i = 0;
+    while (Date.now() < end) {
+      const r = Math.random();
+      const started = performance.now();
+      let op: string;
+      let res: { status: number; json: Record<string, unknown> };
+      if (r < 0.5 || sealed.length === 0) {
+        op = 'encrypt';
+        const pt = `soak-${process.pid}-${++i}-${Math.random()}`;
+        res = await post(base, `${API}/keys/${KEY}/encrypt`, { requestMetadata: META, plaintext: Buffer.from(pt).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
+        if (res.status === 200) {
+          const s = { pt, ciphertext: res.json.ciphertext as string, iv: res.json.initializationVector as string, tag: res.json.authenticationTag as string };
+          ++seen;
+          if (sealed.length < MAX_SEALED) sealed.push(s);
+          else if (Math.random() < MAX_SEALED / seen) sealed[Math.floor(Math.random() * MAX_SEALED)] = s;
+        }
+      } else if (r < 0.8) {
+        op = 'decrypt';
+        const s = sealed[Math.floor(Math.random() * sealed.length)]!;
+        res = await post(base, `${API}/keys/${KEY}/decrypt`, decryptBody(s));
+        if (res.status === 200 && Buffer.from(res.json.plaintext as string, 'base64').toString() !== s.pt) count('decrypt WRONG PLAINTEXT');
+      } else if (r < 0.9) {
+        op = 'metadata';
+        res = await post(base, `${API}/keys/${KEY}/metadata`, { requestMetadata: { ...META, kmsOperation: 'DescribeKey' } });
+      } else {
+        op = 'health';
+        res = await post(base, `${API}/health`, { requestMetadata: { kmsOperation: 'CreateCustomKeyStore', kmsRequestId: 'soak' } });
+      }
+      slowest = Math.max(slowest, performance.now() - started);
+      ++requests;
+      count(`${op} ${res.status}${res.status === 200 ? '' : ` ${String(res.json.errorName)}`}`);
+    }
+  };
+
+  const faultLoop = async (): Promise<void> => {
+    let k = 0;
+    await new Promise((r) => setTimeout(r, QUIET_MS));
+    while (Date.now() + FAULT_MS + 1000 < end) {
+      const sc = SCENARIOS[k++ % SCENARIOS.length]!;
+      fault = sc.name;
+      faults.set(sc.rules);
+      await new Promise((r) => setTimeout(r, FAULT_MS));
+      faults.set([]);
+      fault = 'none';
+      await new Promise((r) => setTimeout(r, Math.min(QUIET_MS, Math.max(0, end - Date.now()))));
+    }
+  };
+
+  sample();
+  const timer = setInterval(sample, SAMPLE_MS);
+  await Promise.all([faultLoop(), ...Array.from({ length: CONCURRENCY }, () => worker())]);
+  clearInterval(timer);
+  faults.set([]);
+  // Let stuck calls come back and the pool settle.
+  const settleBy = Date.now() + 5000;
+  while (Date.now() < settleBy && (proxy.hsmStats().workersStuck > 0 || proxy.hsmStats().sessionsQuarantined > 0)) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  fault = 'final';
+  sample();
+
+  // Every ciphertext handed out during the run decrypts.
+  let undecryptable = 0;
+  for (const s of sealed) {
+    const res = await post(base, `${API}/keys/${KEY}/decrypt`, decryptBody(s));
+    if (res.status !== 200 || Buffer.from(res.json.plaintext as string, 'base64').toString() !== s.pt) ++undecryptable;
+  }
+  const final = samples[samples.length - 1]!;
+  await proxy.stop();
+  rmSync(dir, { recursive: true, force: true });
+
+  // Flatness: after warm-up (first quarter), RSS may not keep growing, sessions stay bounded.
+  const warm = samples.slice(Math.max(1, Math.floor(samples.length / 4)));
+  const firstHalf = warm.slice(0, Math.max(1, Math.floor(warm.length / 2)));
+  const lastHalf = warm.slice(Math.floor(warm.length / 2));
+  const rssEarly = median(firstHalf.map((s) => s.rssMb));
+  const rssLate = median(lastHalf.map((s) => s.rssMb));
+  const rssGrowth = rssLate - rssEarly;
+  const maxSessions = Math.max(...samples.map((s) => s.sessionsOpen));
+  const maxHsmSessions = Math.max(...samples.map((s) => s.hsmOpenSessions));
+  const ok200 = [...statuses.entries()].filter(([k]) => / 200$/.test(k)).reduce((a, [, v]) => a + v, 0);
+  const checks: [string, boolean][] = [
+    [`most requests succeed: ${ok200}/${requests} answered 200 (>= 50%)`, ok200 * 2 >= requests && ok200 > 0],
+    [`ciphertexts handed out: ${seen} (> 0)`, seen > 0],
+    [`RSS flat: late median ${rssLate} MB vs early ${rssEarly} MB (growth ${rssGrowth.toFixed(1)} MB <= max(24 MB, 15%))`, rssGrowth <= Math.max(24, rssEarly * 0.15)],
+    [`engine sessions bounded: max ${maxSessions} <= ${2 * POOL} (pool + quarantine)`, maxSessions <= 2 * POOL],
+    [`HSM sessions bounded: max ${maxHsmSessions} <= ${2 * POOL + 1}`, maxHsmSessions <= 2 * POOL + 1],
+    [`final sessions: engine ${final.sessionsOpen}, HSM ${final.hsmOpenSessions} (equal, <= ${POOL})`, final.sessionsOpen === final.hsmOpenSessions && final.sessionsOpen <= POOL],
+    [`no stuck threads or quarantined sessions at the end (${final.stuck}, ${final.quarantined})`, final.stuck === 0 && final.quarantined === 0],
+    [`no request hung: slowest ${slowest.toFixed(0)} ms < ${TIMEOUT_MS * 2 + 250} ms`, slowest < TIMEOUT_MS * 2 + 250],
+    [`every ciphertext decrypts: ${sealed.length - undecryptable}/${sealed.length} (of ${seen} handed out)`, undecryptable === 0],
+    [`no wrong plaintext`, !statuses.has('decrypt WRONG PLAINTEXT')],
+  ];
+  console.log('\nresponses:');
+  for (const [k, v] of [...statuses.entries()].sort()) console.log(`  ${k.padEnd(48)} ${v}`);
+  console.log(`\n${requests} requests in ${SECONDS} s, concurrency ${CONCURRENCY}, operation_timeout_milli ${TIMEOUT_MS}`);
+  for (const [what, ok] of checks) console.log(`${ok ? 'PASS' : 'FAIL'}  ${what}`);
+  if (args.out) {
+    writeFileSync(args.out, JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, timeoutMs: TIMEOUT_MS, requests, statuses: Object.fromEntries(statuses), samples, checks }, null, 2));
+  }
+  process.exitCode = checks.every(([, ok]) => ok) ? 0 : 1;
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? e.stack ?? e.message : String(e));
+  process.exit(1);
+});

@@ -1,0 +1,437 @@
+/*
+ * faulty_pkcs11: a PKCS#11 module for tests that forwards every call to a real module
+ * (SoftHSM2) and injects faults described in a control file.
+ *
+ * Environment:
+ *   FAULTY_PKCS11_TARGET   real module (default /usr/lib/softhsm/libsofthsm2.so)
+ *   FAULTY_PKCS11_CONTROL  control file (optional; absent or empty file = no faults)
+ *   FAULTY_PKCS11_STATUS   status file written whenever the open-session count changes
+ *
+ * Control file: one rule per line, '#' starts a comment. The file is re-read whenever
+ * its inode, size or mtime changes (write a new file and rename it over the old one).
+ * Re-reading replaces all rules and resets their counters.
+ *
+ *   fail  <FN|*> <CKR_NAME|number> [times=N] [after=N]   return the code instead of calling FN
+ *   delay <FN|*> <ms>             [times=N] [after=N]   sleep, then call FN
+ *   block <FN|*>                  [times=N] [after=N]   wait until the control file changes, then
+ *                                                      decide again (so clearing the rule releases it)
+ *
+ * times=N: the rule applies to N calls, then is spent (default: until the file changes).
+ * after=N: the first N matching calls pass untouched. The first live rule whose FN matches
+ * decides. '*' matches every function except C_Finalize, C_CloseSession, C_CloseAllSessions
+ * and C_GetFunctionList (clean-up always reaches the real module; name those explicitly to
+ * fault them).
+ *
+ * Status file (key value lines): open_sessions, max_open_sessions, injected, calls, initialized.
+ * Sessions are counted as the real module reports them: +1 per successful C_OpenSession,
+ * -1 per successful C_CloseSession, 0 after C_CloseAllSessions / C_Finalize / C_Initialize.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <p11-kit/pkcs11.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+
+enum action { A_FAIL, A_DELAY, A_BLOCK };
+
+struct rule {
+  char fn[40];
+  enum action action;
+  CK_RV rv;
+  long ms;
+  long remaining; /* -1: unlimited */
+  long skip;
+};
+
+#define MAX_RULES 64
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static CK_FUNCTION_LIST g_list;
+static CK_FUNCTION_LIST_PTR g_real = NULL;
+static struct rule g_rules[MAX_RULES];
+static int g_nrules = 0;
+static unsigned long g_generation = 0;
+static ino_t g_ino = 0;
+static off_t g_size = -1;
+static struct timespec g_mtime;
+static long g_open = 0, g_maxOpen = 0, g_injected = 0, g_calls = 0;
+static int g_initialized = 0;
+
+static const struct {
+  const char* name;
+  CK_RV rv;
+} g_codes[] = {
+    {"CKR_OK", CKR_OK},
+    {"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
+    {"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
+    {"CKR_FUNCTION_FAILED", CKR_FUNCTION_FAILED},
+    {"CKR_ARGUMENTS_BAD", CKR_ARGUMENTS_BAD},
+    {"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
+    {"CKR_DEVICE_MEMORY", CKR_DEVICE_MEMORY},
+    {"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},
+    {"CKR_ENCRYPTED_DATA_INVALID", CKR_ENCRYPTED_DATA_INVALID},
+    {"CKR_KEY_HANDLE_INVALID", CKR_KEY_HANDLE_INVALID},
+    {"CKR_OBJECT_HANDLE_INVALID", CKR_OBJECT_HANDLE_INVALID},
+    {"CKR_OPERATION_ACTIVE", CKR_OPERATION_ACTIVE},
+    {"CKR_PIN_INCORRECT", CKR_PIN_INCORRECT},
+    {"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
+    {"CKR_SESSION_COUNT", CKR_SESSION_COUNT},
+    {"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
+    {"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
+    {"CKR_USER_NOT_LOGGED_IN", CKR_USER_NOT_LOGGED_IN},
+    {"CKR_CRYPTOKI_NOT_INITIALIZED", CKR_CRYPTOKI_NOT_INITIALIZED},
+    {"CKR_FUNCTION_NOT_SUPPORTED", CKR_FUNCTION_NOT_SUPPORTED},
+    {"CKR_KEY_FUNCTION_NOT_PERMITTED", CKR_KEY_FUNCTION_NOT_PERMITTED},
+};
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+  }
+}
+
+static int parse_rv(const char* s, CK_RV* out) {
+  for (size_t i = 0; i < sizeof g_codes / sizeof g_codes[0]; ++i) {
+    if (strcmp(s, g_codes[i].name) == 0) {
+      *out = g_codes[i].rv;
+      return 1;
+    }
+  }
+  char* end = NULL;
+  unsigned long v = strtoul(s, &end, 0);
+  if (end == s || *end != '\0') return 0;
+  *out = (CK_RV)v;
+  return 1;
+}
+
+/* g_mu held. */
+static void write_status(void) {
+  const char* path = getenv("FAULTY_PKCS11_STATUS");
+  if (path == NULL || *path == '\0') return;
+  char tmp[4096];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp) return;
+  FILE* f = fopen(tmp, "w");
+  if (f == NULL) return;
+  fprintf(f, "open_sessions %ld\nmax_open_sessions %ld\ninjected %ld\ncalls %ld\ninitialized %d\n", g_open, g_maxOpen,
+          g_injected, g_calls, g_initialized);
+  fclose(f);
+  rename(tmp, path);
+}
+
+/* g_mu held. Re-reads the control file when it changed. */
+static void reload(void) {
+  const char* path = getenv("FAULTY_PKCS11_CONTROL");
+  struct stat st;
+  if (path == NULL || *path == '\0' || stat(path, &st) != 0) {
+    if (g_size != -1 || g_nrules != 0) {
+      g_nrules = 0;
+      g_size = -1;
+      g_ino = 0;
+      ++g_generation;
+    }
+    return;
+  }
+  if (st.st_ino == g_ino && st.st_size == g_size && st.st_mtim.tv_sec == g_mtime.tv_sec &&
+      st.st_mtim.tv_nsec == g_mtime.tv_nsec) {
+    return;
+  }
+  FILE* f = fopen(path, "r");
+  if (f == NULL) return;
+  g_ino = st.st_ino;
+  g_size = st.st_size;
+  g_mtime = st.st_mtim;
+  ++g_generation;
+  g_nrules = 0;
+  char line[512];
+  while (fgets(line, sizeof line, f) != NULL && g_nrules < MAX_RULES) {
+    char* hash = strchr(line, '#');
+    if (hash != NULL) *hash = '\0';
+    char* save = NULL;
+    char* verb = strtok_r(line, " \t\r\n", &save);
+    if (verb == NULL) continue;
+    char* fn = strtok_r(NULL, " \t\r\n", &save);
+    if (fn == NULL || strlen(fn) >= sizeof g_rules[0].fn) continue;
+    struct rule r;
+    memset(&r, 0, sizeof r);
+    strcpy(r.fn, fn);
+    r.remaining = -1;
+    if (strcmp(verb, "fail") == 0) {
+      char* code = strtok_r(NULL, " \t\r\n", &save);
+      if (code == NULL || !parse_rv(code, &r.rv)) continue;
+      r.action = A_FAIL;
+    } else if (strcmp(verb, "delay") == 0) {
+      char* ms = strtok_r(NULL, " \t\r\n", &save);
+      if (ms == NULL) continue;
+      r.ms = strtol(ms, NULL, 10);
+      r.action = A_DELAY;
+    } else if (strcmp(verb, "block") == 0) {
+      r.action = A_BLOCK;
+    } else {
+      continue;
+    }
+    char* opt;
+    while ((opt = strtok_r(NULL, " \t\r\n", &save)) != NULL) {
+      if (strncmp(opt, "times=", 6) == 0) r.remaining = strtol(opt + 6, NULL, 10);
+      if (strncmp(opt, "after=", 6) == 0) r.skip = strtol(opt + 6, NULL, 10);
+    }
+    g_rules[g_nrules++] = r;
+  }
+  fclose(f);
+}
+
+static int star_matches(const char* fn) {
+  return strcmp(fn, "C_Finalize") != 0 && strcmp(fn, "C_CloseSession") != 0 && strcmp(fn, "C_CloseAllSessions") != 0;
+}
+
+/* Returns CKR_OK to go on and call the real function, anything else to return it. */
+static CK_RV inject(const char* fn) {
+  pthread_mutex_lock(&g_mu);
+  ++g_calls;
+  for (;;) {
+    reload();
+    struct rule* hit = NULL;
+    for (int i = 0; i < g_nrules; ++i) {
+      struct rule* r = &g_rules[i];
+      if (r->remaining == 0) continue;
+      if (!(strcmp(r->fn, fn) == 0 || (strcmp(r->fn, "*") == 0 && star_matches(fn)))) continue;
+      if (r->skip > 0) {
+        --r->skip;
+        continue;
+      }
+      hit = r;
+      break;
+    }
+    if (hit == NULL) break;
+    if (hit->remaining > 0) --hit->remaining;
+    ++g_injected;
+    if (hit->action == A_FAIL) {
+      CK_RV rv = hit->rv;
+      pthread_mutex_unlock(&g_mu);
+      return rv;
+    }
+    if (hit->action == A_DELAY) {
+      long ms = hit->ms;
+      pthread_mutex_unlock(&g_mu);
+      sleep_ms(ms);
+      return CKR_OK;
+    }
+    /* block: wait for the control file to change, then decide again */
+    unsigned long gen = g_generation;
+    while (gen == g_generation) {
+      pthread_mutex_unlock(&g_mu);
+      sleep_ms(2);
+      pthread_mutex_lock(&g_mu);
+      reload();
+    }
+  }
+  pthread_mutex_unlock(&g_mu);
+  return CKR_OK;
+}
+
+static void sessions_changed(long delta, int reset) {
+  pthread_mutex_lock(&g_mu);
+  if (reset) {
+    g_open = 0;
+  } else {
+    g_open += delta;
+  }
+  if (g_open > g_maxOpen) g_maxOpen = g_open;
+  write_status();
+  pthread_mutex_unlock(&g_mu);
+}
+
+#define INJECT(name)               \
+  do {                             \
+    CK_RV injected_ = inject(name); \
+    if (injected_ != CKR_OK) return injected_; \
+  } while (0)
+
+static CK_RV w_Initialize(CK_VOID_PTR args) {
+  INJECT("C_Initialize");
+  CK_RV rv = g_real->C_Initialize(args);
+  if (rv == CKR_OK) {
+    pthread_mutex_lock(&g_mu);
+    g_initialized = 1;
+    pthread_mutex_unlock(&g_mu);
+    sessions_changed(0, 1);
+  }
+  return rv;
+}
+
+static CK_RV w_Finalize(CK_VOID_PTR r) {
+  INJECT("C_Finalize");
+  CK_RV rv = g_real->C_Finalize(r);
+  if (rv == CKR_OK) {
+    pthread_mutex_lock(&g_mu);
+    g_initialized = 0;
+    pthread_mutex_unlock(&g_mu);
+    sessions_changed(0, 1);
+  }
+  return rv;
+}
+
+static CK_RV w_GetInfo(CK_INFO_PTR p) {
+  INJECT("C_GetInfo");
+  return g_real->C_GetInfo(p);
+}
+
+static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
+  INJECT("C_GetSlotList");
+  return g_real->C_GetSlotList(present, list, n);
+}
+
+static CK_RV w_GetSlotInfo(CK_SLOT_ID s, CK_SLOT_INFO_PTR p) {
+  INJECT("C_GetSlotInfo");
+  return g_real->C_GetSlotInfo(s, p);
+}
+
+static CK_RV w_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR p) {
+  INJECT("C_GetTokenInfo");
+  return g_real->C_GetTokenInfo(s, p);
+}
+
+static CK_RV w_OpenSession(CK_SLOT_ID s, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR h) {
+  INJECT("C_OpenSession");
+  CK_RV rv = g_real->C_OpenSession(s, fl, app, notify, h);
+  if (rv == CKR_OK) sessions_changed(1, 0);
+  return rv;
+}
+
+static CK_RV w_CloseSession(CK_SESSION_HANDLE h) {
+  INJECT("C_CloseSession");
+  CK_RV rv = g_real->C_CloseSession(h);
+  if (rv == CKR_OK) sessions_changed(-1, 0);
+  return rv;
+}
+
+static CK_RV w_CloseAllSessions(CK_SLOT_ID s) {
+  INJECT("C_CloseAllSessions");
+  CK_RV rv = g_real->C_CloseAllSessions(s);
+  if (rv == CKR_OK) sessions_changed(0, 1);
+  return rv;
+}
+
+static CK_RV w_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR p) {
+  INJECT("C_GetSessionInfo");
+  return g_real->C_GetSessionInfo(h, p);
+}
+
+static CK_RV w_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG n) {
+  INJECT("C_Login");
+  return g_real->C_Login(h, u, pin, n);
+}
+
+static CK_RV w_Logout(CK_SESSION_HANDLE h) {
+  INJECT("C_Logout");
+  return g_real->C_Logout(h);
+}
+
+static CK_RV w_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o) {
+  INJECT("C_CreateObject");
+  return g_real->C_CreateObject(h, t, n, o);
+}
+
+static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
+  INJECT("C_GetAttributeValue");
+  return g_real->C_GetAttributeValue(h, o, t, n);
+}
+
+static CK_RV w_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
+  INJECT("C_FindObjectsInit");
+  return g_real->C_FindObjectsInit(h, t, n);
+}
+
+static CK_RV w_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n) {
+  INJECT("C_FindObjects");
+  return g_real->C_FindObjects(h, o, max, n);
+}
+
+static CK_RV w_FindObjectsFinal(CK_SESSION_HANDLE h) {
+  INJECT("C_FindObjectsFinal");
+  return g_real->C_FindObjectsFinal(h);
+}
+
+static CK_RV w_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
+  INJECT("C_EncryptInit");
+  return g_real->C_EncryptInit(h, m, k);
+}
+
+static CK_RV w_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
+  INJECT("C_Encrypt");
+  return g_real->C_Encrypt(h, in, inLen, out, outLen);
+}
+
+static CK_RV w_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
+  INJECT("C_DecryptInit");
+  return g_real->C_DecryptInit(h, m, k);
+}
+
+static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
+  INJECT("C_Decrypt");
+  return g_real->C_Decrypt(h, in, inLen, out, outLen);
+}
+
+static CK_RV w_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k) {
+  INJECT("C_GenerateKey");
+  return g_real->C_GenerateKey(h, m, t, n, k);
+}
+
+static CK_RV w_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n) {
+  INJECT("C_GenerateRandom");
+  return g_real->C_GenerateRandom(h, p, n);
+}
+
+static CK_RV load_target(void) {
+  if (g_real != NULL) return CKR_OK;
+  const char* path = getenv("FAULTY_PKCS11_TARGET");
+  if (path == NULL || *path == '\0') path = "/usr/lib/softhsm/libsofthsm2.so";
+  void* dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (dl == NULL) return CKR_GENERAL_ERROR;
+  CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList");
+  CK_FUNCTION_LIST_PTR real = NULL;
+  if (get == NULL || get(&real) != CKR_OK || real == NULL) return CKR_GENERAL_ERROR;
+  g_list = *real; /* everything not wrapped below goes straight to the real module */
+  g_list.C_Initialize = w_Initialize;
+  g_list.C_Finalize = w_Finalize;
+  g_list.C_GetInfo = w_GetInfo;
+  g_list.C_GetSlotList = w_GetSlotList;
+  g_list.C_GetSlotInfo = w_GetSlotInfo;
+  g_list.C_GetTokenInfo = w_GetTokenInfo;
+  g_list.C_OpenSession = w_OpenSession;
+  g_list.C_CloseSession = w_CloseSession;
+  g_list.C_CloseAllSessions = w_CloseAllSessions;
+  g_list.C_GetSessionInfo = w_GetSessionInfo;
+  g_list.C_Login = w_Login;
+  g_list.C_Logout = w_Logout;
+  g_list.C_CreateObject = w_CreateObject;
+  g_list.C_GetAttributeValue = w_GetAttributeValue;
+  g_list.C_FindObjectsInit = w_FindObjectsInit;
+  g_list.C_FindObjects = w_FindObjects;
+  g_list.C_FindObjectsFinal = w_FindObjectsFinal;
+  g_list.C_EncryptInit = w_EncryptInit;
+  g_list.C_Encrypt = w_Encrypt;
+  g_list.C_DecryptInit = w_DecryptInit;
+  g_list.C_Decrypt = w_Decrypt;
+  g_list.C_GenerateKey = w_GenerateKey;
+  g_list.C_GenerateRandom = w_GenerateRandom;
+  g_real = real;
+  return CKR_OK;
+}
+
+EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
+  if (out == NULL) return CKR_ARGUMENTS_BAD;
+  pthread_mutex_lock(&g_mu);
+  CK_RV rv = load_target();
+  pthread_mutex_unlock(&g_mu);
+  if (rv != CKR_OK) return rv;
+  *out = &g_list;
+  return CKR_OK;
+}

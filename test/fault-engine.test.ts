@@ -1,0 +1,282 @@
+/**
+ * HSM failures at the engine level, injected by the fault module in front of a real
+ * SoftHSM2 token: error codes and recovery, deadlines with stuck calls, bursts.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
+import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
+import { makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+
+const { Engine } = loadAddon();
+const TIMEOUT = 100;
+const KEY = TEST_KEYS.ordinary;
+const AAD = Buffer.from('fault-aad');
+
+let base: TestToken;
+let token: TestToken;
+let faults: FaultControl;
+const engines: NativeEngine[] = [];
+
+function options(o: Partial<EngineOptions> = {}): EngineOptions {
+  return {
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 2,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 2,
+    ivMode: 'random',
+    operationTimeoutMs: TIMEOUT,
+    ...o,
+  };
+}
+
+async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
+  const e = new Engine(options(o));
+  engines.push(e);
+  await e.open();
+  return e;
+}
+
+async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T; ms: number } | { ok: false; error: NativeError; ms: number }> {
+  const t0 = performance.now();
+  try {
+    const value = await p;
+    return { ok: true, value, ms: performance.now() - t0 };
+  } catch (e) {
+    if (!isNativeError(e)) throw e;
+    return { ok: false, error: e, ms: performance.now() - t0 };
+  }
+}
+
+function split(out: Buffer): { ct: Buffer; tag: Buffer; iv: Buffer } {
+  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
+}
+
+async function roundTrip(e: NativeEngine, text = 'hello'): Promise<void> {
+  const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from(text), AAD));
+  expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(text);
+}
+
+beforeAll(async () => {
+  base = makeToken('xks-fault-engine');
+  ({ token, faults } = useFaultyModule(base));
+  const e = await open({ operationTimeoutMs: 0 });
+  await e.createKey(KEY, { encrypt: true, decrypt: true });
+});
+
+afterAll(async () => {
+  faults?.clear();
+  for (const e of engines) await e.close();
+  base?.cleanup();
+});
+
+describe('the fault module', () => {
+  it('forwards to SoftHSM2 and counts its sessions', async () => {
+    faults.clear();
+    const e = await open();
+    await roundTrip(e);
+    expect(faults.status().open_sessions).toBeGreaterThanOrEqual(1);
+    faults.set('fail C_GenerateRandom CKR_FUNCTION_FAILED times=1');
+    expect((await outcome(e.random(4))).ok).toBe(false);
+    expect((await outcome(e.random(4))).ok).toBe(true);
+    faults.clear();
+  });
+});
+
+describe('session-fatal codes drop the session and the service carries on', () => {
+  const codes = ['CKR_DEVICE_ERROR', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_SESSION_HANDLE_INVALID', 'CKR_SESSION_CLOSED', 'CKR_CRYPTOKI_NOT_INITIALIZED'];
+  for (const code of codes) {
+    it(code, async () => {
+      faults.clear();
+      const e = await open();
+      await roundTrip(e);
+      const before = e.stats();
+      faults.set(`fail C_Encrypt ${code} times=1`);
+      const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
+      expect(r.ok).toBe(false);
+      if (!r.ok) expect(r.error.code).toBe(code);
+      expect(r.ms).toBeLessThan(TIMEOUT);
+      const after = e.stats();
+      expect(after.sessionErrors).toBeGreaterThan(before.sessionErrors);
+      await roundTrip(e); // a fresh or surviving session serves the next call
+      expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
+      await e.close();
+    });
+  }
+});
+
+describe('recovery', () => {
+  it('re-initializes the module when every session is bad', async () => {
+    faults.clear();
+    const e = await open({ poolMaxSize: 3 });
+    await Promise.all([roundTrip(e, 'a'), roundTrip(e, 'b'), roundTrip(e, 'c')]);
+    const before = e.stats();
+    // The failing call's device error; the idle sessions fail their probe too.
+    faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=1', 'fail C_GetSessionInfo CKR_DEVICE_ERROR');
+    const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
+    expect(r.ok).toBe(false);
+    expect(e.stats().reinitializations).toBe(before.reinitializations + 1);
+    faults.clear();
+    await roundTrip(e);
+    expect(e.stats().ready).toBe(true);
+    await e.close();
+  });
+
+  it('keeps the healthy idle sessions when only one session failed', async () => {
+    faults.clear();
+    const e = await open({ poolMaxSize: 3, threads: 3 });
+    faults.set('delay C_Encrypt 5');
+    await Promise.all([roundTrip(e, 'a'), roundTrip(e, 'b'), roundTrip(e, 'c')]);
+    expect(e.stats().sessionsOpen).toBe(3);
+    const before = e.stats();
+    faults.set('fail C_Decrypt CKR_SESSION_HANDLE_INVALID times=1');
+    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('y'), AAD));
+    expect((await outcome(e.decrypt(KEY, ct, tag, iv, AAD))).ok).toBe(false);
+    expect(e.stats().reinitializations).toBe(before.reinitializations);
+    expect(e.stats().sessionsOpen).toBe(before.sessionsOpen - 1);
+    await e.close();
+  });
+
+  it('an HSM that is down fails calls fast, then service resumes by itself', async () => {
+    faults.clear();
+    const e = await open();
+    await roundTrip(e);
+    faults.set('fail * CKR_DEVICE_ERROR');
+    const results = [];
+    for (let i = 0; i < 20; ++i) results.push(await outcome(e.encrypt(KEY, Buffer.from('x'), AAD)));
+    expect(results.every((r) => !r.ok)).toBe(true);
+    expect(Math.max(...results.map((r) => r.ms))).toBeLessThan(TIMEOUT);
+    expect(e.stats().ready).toBe(false);
+    expect((await outcome(e.tokenInfo())).ok).toBe(false);
+    faults.clear();
+    // Backoff is at most 1 s between re-initialization attempts.
+    const back = await waitFor(async () => (await outcome(e.encrypt(KEY, Buffer.from('x'), AAD))).ok, 3000);
+    expect(back).toBe(true);
+    expect(e.stats().ready).toBe(true);
+    await roundTrip(e);
+    expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
+    await e.close();
+  });
+});
+
+describe('deadlines', () => {
+  it('a stuck call settles with XKS_TIMEOUT on time; other work goes on; the session is quarantined, then closed', async () => {
+    faults.clear();
+    const e = await open();
+    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('before'), AAD));
+    faults.set('block C_Encrypt');
+    const stuck = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
+    expect(stuck.ok).toBe(false);
+    if (!stuck.ok) expect(stuck.error.code).toBe('XKS_TIMEOUT');
+    expect(stuck.ms).toBeGreaterThanOrEqual(TIMEOUT - 5);
+    expect(stuck.ms).toBeLessThan(TIMEOUT + 60);
+    let s = e.stats();
+    expect(s.workersStuck).toBe(1);
+    expect(s.sessionsQuarantined).toBe(1);
+    expect(s.timeouts).toBeGreaterThanOrEqual(1);
+    // Calls that do not hit the blocked function keep working, on another session and thread.
+    expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('before');
+    expect((await e.tokenInfo()).label).toBe('xks-fault-engine');
+    faults.clear();
+    expect(await waitFor(() => e.stats().workersStuck === 0 && e.stats().sessionsQuarantined === 0)).toBe(true);
+    s = e.stats();
+    expect(s.sessionsOpen).toBeLessThanOrEqual(2);
+    await roundTrip(e);
+    expect(faults.status().open_sessions).toBe(e.stats().sessionsOpen);
+    await e.close();
+  });
+
+  it('a slow call past the deadline times out and its late result is discarded', async () => {
+    faults.clear();
+    const e = await open();
+    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('slow'), AAD));
+    faults.set(`delay C_Decrypt ${TIMEOUT * 2} times=1`);
+    const r = await outcome(e.decrypt(KEY, ct, tag, iv, AAD));
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.error.code).toBe('XKS_TIMEOUT');
+    expect(r.ms).toBeLessThan(TIMEOUT + 60);
+    expect(await waitFor(() => e.stats().workersStuck === 0)).toBe(true);
+    expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('slow');
+    await e.close();
+  });
+
+  it('with every call blocked, nothing hangs: all calls settle by the deadline, threads stay bounded', async () => {
+    faults.clear();
+    const e = await open();
+    await roundTrip(e);
+    faults.set('block *');
+    const t0 = performance.now();
+    const all = await Promise.all(Array.from({ length: 40 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`n${i}`), AAD))));
+    const took = performance.now() - t0;
+    expect(all.every((r) => !r.ok && r.error.code === 'XKS_TIMEOUT')).toBe(true);
+    expect(took).toBeLessThan(TIMEOUT + 100);
+    const s = e.stats();
+    expect(s.workersStuck).toBeLessThanOrEqual(4); // threads + max(threads, 2)
+    expect(s.sessionsQuarantined).toBeLessThanOrEqual(2); // poolMaxSize
+    // Still nothing hangs while the stuck threads are at their bound.
+    const more = await outcome(e.tokenInfo());
+    expect(more.ok).toBe(false);
+    expect(more.ms).toBeLessThan(TIMEOUT + 60);
+    faults.clear();
+    expect(await waitFor(() => e.stats().workersStuck === 0 && e.stats().sessionsQuarantined === 0)).toBe(true);
+    await roundTrip(e);
+    expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
+    await e.close();
+    expect(faults.status().open_sessions).toBeLessThanOrEqual(engines.filter((x) => x !== e).length * 2);
+  });
+
+  it('close() while a call is stuck resolves after a bounded grace', async () => {
+    faults.clear();
+    const e = await open();
+    await roundTrip(e);
+    faults.set('block C_Encrypt');
+    const stuck = outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
+    expect((await stuck).ok).toBe(false);
+    const t0 = performance.now();
+    await e.close();
+    expect(performance.now() - t0).toBeLessThan(1500);
+    faults.clear();
+  });
+});
+
+describe('bursts', () => {
+  it('more concurrent calls than sessions wait for a session within the deadline', async () => {
+    faults.clear();
+    const e = await open({ operationTimeoutMs: 1000 });
+    faults.set('delay C_Encrypt 1');
+    const all = await Promise.all(Array.from({ length: 60 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`b${i}`), AAD))));
+    expect(all.filter((r) => !r.ok)).toEqual([]);
+    expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
+    faults.clear();
+    // every ciphertext decrypts
+    for (const [i, r] of all.entries()) {
+      if (!r.ok) continue;
+      const { ct, tag, iv } = split(r.value);
+      expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(`b${i}`);
+    }
+    await e.close();
+  });
+
+  it('a burst past what the HSM can do in time gets XKS_TIMEOUT for the rest, never a hang', async () => {
+    faults.clear();
+    const e = await open();
+    faults.set('delay C_Encrypt 20');
+    const t0 = performance.now();
+    const all = await Promise.all(Array.from({ length: 40 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`c${i}`), AAD))));
+    expect(performance.now() - t0).toBeLessThan(TIMEOUT + 150);
+    const ok = all.filter((r) => r.ok);
+    const timedOut = all.filter((r) => !r.ok && r.error.code === 'XKS_TIMEOUT');
+    expect(ok.length + timedOut.length).toBe(all.length);
+    expect(ok.length).toBeGreaterThan(0);
+    expect(timedOut.length).toBeGreaterThan(0);
+    faults.clear();
+    expect(await waitFor(() => e.stats().workersStuck === 0)).toBe(true);
+    for (const [i, r] of all.entries()) {
+      if (!r.ok) continue;
+      const { ct, tag, iv } = split(r.value);
+      expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(`c${i}`);
+    }
+    await e.close();
+  });
+});

@@ -1,0 +1,111 @@
+/**
+ * The fault-injecting PKCS#11 module (native-test/faulty/faulty_pkcs11.c, built by
+ * `npm run build:native` to build/Release/faulty_pkcs11.node) in front of a real SoftHSM2
+ * token. Tests steer it through its control file; see the C file for the rule syntax:
+ *
+ *   fail  <FN|*> <CKR_NAME> [times=N] [after=N]
+ *   delay <FN|*> <ms>       [times=N] [after=N]
+ *   block <FN|*>            [times=N] [after=N]
+ */
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { loadConfig } from '../../src/config.js';
+import { startProxy } from '../../src/main.js';
+import { settingsToml, type SettingsSpec, type TestProxy } from './proxy.js';
+import type { TestToken } from './softhsm.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+export const FAULTY_MODULE: string = path.join(ROOT, 'build/Release/faulty_pkcs11.node');
+
+export interface FaultStatus {
+  /** Sessions open in the real module, as counted by the fault module. */
+  open_sessions: number;
+  max_open_sessions: number;
+  injected: number;
+  calls: number;
+  initialized: number;
+}
+
+export class FaultControl {
+  private seq = 0;
+  constructor(
+    readonly controlPath: string,
+    readonly statusPath: string,
+  ) {}
+
+  /** Replaces every rule (counters restart). */
+  set(...rules: string[]): void {
+    const tmp = `${this.controlPath}.${process.pid}.${++this.seq}`;
+    writeFileSync(tmp, `# ${this.seq}\n${rules.join('\n')}\n`);
+    renameSync(tmp, this.controlPath); // new inode: the module notices at its next call
+  }
+
+  clear(): void {
+    this.set();
+  }
+
+  status(): FaultStatus {
+    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0 };
+    if (!existsSync(this.statusPath)) return out;
+    for (const line of readFileSync(this.statusPath, 'utf8').split('\n')) {
+      const [k, v] = line.split(' ');
+      if (k !== undefined && v !== undefined && k in out) out[k as keyof FaultStatus] = Number(v);
+    }
+    return out;
+  }
+}
+
+/**
+ * Points this process at the fault module in front of `token` (env FAULTY_PKCS11_*,
+ * SOFTHSM2_CONF) and returns a token whose modulePath is the fault module.
+ */
+export function useFaultyModule(token: TestToken): { token: TestToken; faults: FaultControl } {
+  if (!existsSync(FAULTY_MODULE)) throw new Error(`${FAULTY_MODULE} is missing: run npm run build:native`);
+  const faults = new FaultControl(path.join(token.dir, 'faults.control'), path.join(token.dir, 'faults.status'));
+  faults.clear();
+  process.env.SOFTHSM2_CONF = token.confPath;
+  process.env.FAULTY_PKCS11_TARGET = token.modulePath;
+  process.env.FAULTY_PKCS11_CONTROL = faults.controlPath;
+  process.env.FAULTY_PKCS11_STATUS = faults.statusPath;
+  return { token: { ...token, modulePath: FAULTY_MODULE }, faults };
+}
+
+/** Polls `cond` every 10 ms until it holds or `ms` pass; returns whether it held. */
+export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 3000): Promise<boolean> {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+export interface FaultyProxyExtras {
+  /** [pkcs11] operation_timeout_milli */
+  operationTimeoutMs?: number;
+  /** [health_check] */
+  healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number };
+}
+
+/** startTestProxy with our extension keys added to the generated settings.toml. */
+export async function startFaultyProxy(spec: SettingsSpec, extras: FaultyProxyExtras): Promise<TestProxy> {
+  let toml = settingsToml(spec);
+  if (extras.operationTimeoutMs !== undefined) {
+    toml = toml.replace('[pkcs11]\n', `[pkcs11]\noperation_timeout_milli = ${extras.operationTimeoutMs}\n`);
+  }
+  if (extras.healthCheck) {
+    const h = extras.healthCheck;
+    toml += `\n[health_check]\nkey_id = "${h.keyId}"\ninterval_secs = ${h.intervalSecs}\n`;
+    if (h.degradedLatencyMs !== undefined) toml += `degraded_latency_milli = ${h.degradedLatencyMs}\n`;
+  }
+  const settingsPath = path.join(spec.token.dir, 'settings-faulty.toml');
+  writeFileSync(settingsPath, toml);
+  const out = new PassThrough();
+  let text = '';
+  out.on('data', (c: Buffer) => (text += c.toString('utf8')));
+  const proxy = await startProxy(loadConfig(settingsPath), { stdout: out });
+  return Object.assign(proxy, { base: `http://127.0.0.1:${proxy.port}`, settingsPath, logText: () => text });
+}

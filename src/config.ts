@@ -145,7 +145,7 @@ export interface HsmCapabilities {
   is_zero_iv_required: boolean;
 }
 
-/** Our extension (optional table): the deep health check (docs/hsm-failures.md). */
+/** Our extension (optional table): the deep health check (README, "HSM failures"). */
 export interface HealthCheckSection {
   /** Label of the AES key the background encrypt + decrypt uses. */
   key_id: string;

@@ -63,7 +63,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!));
   let checker: HealthChecker | undefined;
   if (config.health_check) {
-    // Deep health check (docs/hsm-failures.md); stopped by hsm.close().
+    // Deep health check (README, "HSM failures"); stopped by hsm.close().
     const hc = config.health_check;
     checker = new HealthChecker(hsm, { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli }, log);
     hsm.setHealthSource(checker);

@@ -96,7 +96,7 @@ export interface EngineStats {
   workersStuck: number;
   /** Calls that failed with XKS_TIMEOUT. */
   timeouts: number;
-  /** Sessions dropped because the HSM failed them (device- or session-level codes, see docs/hsm-failures.md). */
+  /** Sessions dropped because the HSM failed them (device- or session-level codes, see the README, "HSM failures"). */
   sessionErrors: number;
   /** False while the module is down and being re-initialized (with backoff). */
   ready: boolean;

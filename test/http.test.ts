@@ -6,9 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { loadAddon } from '../src/hsm/addon.js';
 import { call, META, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
-import { createTestKeys, KNOWN_KEY, makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { makeKeyedToken } from './helpers/keyed-token.js';
+import { KNOWN_KEY, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const execFileP = promisify(execFile);
 
@@ -24,21 +24,7 @@ let token: TestToken;
 let proxy: TestProxy;
 
 beforeAll(async () => {
-  token = makeToken('xks-http');
-  process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
-  const { Engine } = loadAddon();
-  const engine = new Engine({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
-  });
-  await engine.open();
-  await createTestKeys(engine);
-  await engine.close();
+  token = await makeKeyedToken('xks-http');
   proxy = await startTestProxy({
     token,
     ciphertextMetadataB64: CTM.toString('base64'),

@@ -107,6 +107,31 @@ describe('session-fatal codes drop the session and the service carries on', () =
 });
 
 describe('recovery', () => {
+  it('a stale key handle (CKR_KEY_HANDLE_INVALID / CKR_OBJECT_HANDLE_INVALID) is looked up again and the call retried once', async () => {
+    faults.clear();
+    const e = await open();
+    for (const code of ['CKR_KEY_HANDLE_INVALID', 'CKR_OBJECT_HANDLE_INVALID']) {
+      // A failed call closes its session, and closing the last one forgets cached handles
+      // (README, "How it works"): make sure the next call starts from a cached handle.
+      await roundTrip(e);
+      faults.set(`fail C_EncryptInit ${code} times=1`);
+      const r = await outcome(e.encrypt(KEY, Buffer.from('retry'), AAD));
+      expect(r.ok, code).toBe(true);
+      const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('retried decrypt'), AAD));
+      faults.set(`fail C_DecryptInit ${code} times=1`);
+      expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('retried decrypt');
+    }
+    // Twice in a row is not retried forever: the caller gets the error.
+    await roundTrip(e);
+    faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=2');
+    const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.error.code).toBe('CKR_KEY_HANDLE_INVALID');
+    faults.clear();
+    await roundTrip(e);
+    await e.close();
+  });
+
   it('re-initializes the module when every session is bad', async () => {
     faults.clear();
     const e = await open({ poolMaxSize: 3 });

@@ -27,6 +27,13 @@ export interface RequestLogLine {
   prefix: string;
   keyId?: string;
   kmsRequestId?: string;
+  /** The rest of requestMetadata, which the spec says SHOULD be logged (never secret). */
+  kmsOperation?: string | undefined;
+  awsPrincipalArn?: string | undefined;
+  kmsKeyArn?: string | undefined;
+  kmsViaService?: string | undefined;
+  awsSourceVpc?: string | undefined;
+  awsSourceVpce?: string | undefined;
   /** "ok" or the XKS errorName. */
   outcome: string;
   status: number;
@@ -409,6 +416,12 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
         status: l.status,
         micros: l.micros,
         detail: l.detail,
+        kmsOperation: l.kmsOperation,
+        awsPrincipalArn: l.awsPrincipalArn,
+        kmsKeyArn: l.kmsKeyArn,
+        kmsViaService: l.kmsViaService,
+        awsSourceVpc: l.awsSourceVpc,
+        awsSourceVpce: l.awsSourceVpce,
       });
     },
     flush,

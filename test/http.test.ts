@@ -384,6 +384,8 @@ describe('errors, each over HTTP with the typed JSON body', () => {
       expect(text.includes(needle), needle).toBe(false);
     }
     expect(text).toMatch(/op=Encrypt .*kmsRequestId=4112f4d6-db54-4af4-ae30-c55a22a8dfae/);
+    // The rest of requestMetadata is logged too (the spec's SHOULD), for CloudTrail correlation.
+    expect(text).toMatch(/kmsOperation=Encrypt awsPrincipalArn=arn:aws:iam::123456789012:user\/Alice kmsKeyArn=arn:aws:kms:/);
     expect(text).toMatch(/micros=\d+/);
   });
 });

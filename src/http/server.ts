@@ -107,7 +107,7 @@ class Exchange {
   dispatched = false;
   chunks: Buffer[] | undefined;
   size = 0;
-  kmsRequestId: string | undefined;
+  meta: RequestMetadata | undefined;
   constructor(
     readonly res: HttpResponse,
     readonly op: OpName,
@@ -177,8 +177,14 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       op: x.op,
       prefix: x.store.prefix,
       keyId: x.keyId || undefined,
-      kmsRequestId: x.kmsRequestId,
+      kmsRequestId: x.meta?.kmsRequestId,
       outcome: result,
+      kmsOperation: x.meta?.kmsOperation,
+      awsPrincipalArn: x.meta?.awsPrincipalArn,
+      kmsKeyArn: x.meta?.kmsKeyArn,
+      kmsViaService: x.meta?.kmsViaService,
+      awsSourceVpc: x.meta?.awsSourceVpc,
+      awsSourceVpce: x.meta?.awsSourceVpce,
       status,
       micros: Math.round(elapsed * 1000),
       detail,
@@ -209,24 +215,24 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     switch (x.op) {
       case 'GetHealthStatus':
         meta = healthShape(json);
-        x.kmsRequestId = meta.kmsRequestId;
+        x.meta = meta;
         return getHealthStatus(ctx);
       case 'GetKeyMetadata':
         meta = metadataShape(json);
-        x.kmsRequestId = meta.kmsRequestId;
+        x.meta = meta;
         checkKey(x);
         if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'metadata', meta);
         return getKeyMetadata(ctx, x.keyId);
       case 'Encrypt': {
         const shape = encryptShape(json);
-        x.kmsRequestId = shape.requestMetadata.kmsRequestId;
+        x.meta = shape.requestMetadata;
         checkKey(x);
         if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'encrypt', shape.requestMetadata);
         return encrypt(ctx, x.keyId, encryptInput(shape, opts.limits));
       }
       case 'Decrypt': {
         const shape = decryptShape(json);
-        x.kmsRequestId = shape.requestMetadata.kmsRequestId;
+        x.meta = shape.requestMetadata;
         checkKey(x);
         if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'decrypt', shape.requestMetadata);
         return decrypt(ctx, x.keyId, decryptInput(shape, opts.limits));

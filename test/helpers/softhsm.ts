@@ -35,7 +35,7 @@ export interface TestToken {
   cleanup(): void;
 }
 
-const USER_PIN = '1234';
+const USER_PIN = 'pin-8Qz3Tw-test';
 const SO_PIN = '12345678';
 
 /** A fresh, initialized SoftHSM2 token in its own temporary directory. */

@@ -120,6 +120,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
           caFile: mtls.mtls_client_ca_pem ?? '',
           dnsName: mtls.mtls_client_dns_name ?? '',
           upstreamPath: unix.path,
+          keepAliveSecs: config.server.tcp_keepalive.tcp_keepalive_secs,
         },
         log,
       );

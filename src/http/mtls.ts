@@ -27,6 +27,8 @@ import { NODE_CIPHER_LIST } from './tls.js';
 export interface MtlsOptions {
   host: string;
   port: number;
+  /** [server.tcp_keepalive] tcp_keepalive_secs: TCP keepalive on client connections (Node sets only the idle time). */
+  keepAliveSecs?: number | undefined;
   certFile: string;
   keyFile: string;
   caFile: string;
@@ -93,6 +95,7 @@ export function startMtlsTerminator(o: MtlsOptions, log: Logger): Promise<MtlsTe
       return;
     }
     socket.setNoDelay(true);
+    if (o.keepAliveSecs !== undefined) socket.setKeepAlive(true, o.keepAliveSecs * 1000);
     const up = connect(o.upstreamPath);
     open.add(socket);
     const done = (): void => {

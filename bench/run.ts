@@ -253,7 +253,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
   out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)');
   if (r.scaling && r.scaling.length > 0) {
     out.push('');
-    out.push(`Scaling over event loops ([server] workers): closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (docs/workers.md)`);
+    out.push(`Scaling over event loops ([server] workers): closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`);
     const one = r.scaling.find((p) => p.workers === 1)?.closed.throughput ?? NaN;
     out.push(
       table(

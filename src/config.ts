@@ -42,7 +42,7 @@ export interface ServerSection {
   ciphertext_metadata: Buffer | undefined;
   /** `[server.tcp_keepalive]`; an empty object when the table is absent. */
   tcp_keepalive: TcpKeepaliveSection;
-  /** Event loops (threads) serving the port; absent = os.availableParallelism() (docs/workers.md). */
+  /** Event loops (threads) serving the port; absent = os.availableParallelism() (README, "All cores"). */
   workers?: number;
 }
 

@@ -36,7 +36,7 @@ export interface StartOptions {
 
 export async function startProxy(loaded: LoadedConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const { config } = loaded;
-  // [server] workers: the main thread is event loop 0; worker threads 1..count-1 (docs/workers.md).
+  // [server] workers: the main thread is event loop 0; worker threads 1..count-1 (README, "All cores").
   const plan = planWorkers(config);
   const log = createLogger(config.tracing, {
     ...(options.stdout ? { stdout: options.stdout } : {}),

@@ -246,9 +246,16 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
 
   function complete(x: Exchange, body: Buffer): void {
     x.dispatched = true;
+    // The body holds the Base64 plaintext of an encrypt: wipe it once the request is answered.
     dispatch(x, body).then(
-      (out) => finish(x, 200, out, 'ok'),
-      (e: unknown) => fail(x, e),
+      (out) => {
+        body.fill(0);
+        finish(x, 200, out, 'ok');
+      },
+      (e: unknown) => {
+        body.fill(0);
+        fail(x, e);
+      },
     );
   }
 

@@ -8,10 +8,9 @@ import { startServer } from './http/server.js';
 import { privateSocketPath, startMtlsTerminator, type MtlsTerminator } from './http/mtls.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './reload.js';
 import { createLogger, type Logger } from './log.js';
-import { Metrics } from './metrics.js';
 import { VERSION } from './version.js';
 import { WorkerPool } from './workers/pool.js';
-import { baseServerOptions, drainWithGrace, freePort, hsmSettings, opContext } from './workers/serving.js';
+import { baseServerOptions, drainWithGrace, freePort, hsmSettings, metricsFor, opContext } from './workers/serving.js';
 import { planWorkers } from './workers/split.js';
 
 export interface RunningProxy {
@@ -71,10 +70,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
   }
 
-  const metrics = new Metrics(VERSION, () => {
-    const st = hsm.stats();
-    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
-  });
+  const metrics = metricsFor(hsm);
   const keyStores = keyStoreRoutes(config, undefined, plan.count);
   let pool: WorkerPool | undefined;
   const unix = mtls ? privateSocketPath() : undefined;

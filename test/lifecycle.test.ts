@@ -110,6 +110,9 @@ describe('metrics', () => {
     expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="AuthenticationFailedException"}`)).toBe(1);
     expect(m.get(`xks_request_duration_seconds_count{operation="Encrypt",prefix="${PREFIX}"}`)).toBe(5);
     expect(m.get(`xks_request_duration_seconds_bucket{operation="Encrypt",prefix="${PREFIX}",le="+Inf"}`)).toBe(5);
+    // The HSM part of each request: three encrypts reached the HSM (the 404 and 401 did not).
+    expect(m.get('xks_hsm_call_duration_seconds_count{call="encrypt"}')).toBe(3);
+    expect(m.get('xks_hsm_call_duration_seconds_bucket{call="encrypt",le="+Inf"}')).toBe(3);
     expect(m.get('xks_hsm_sessions_open')).toBeGreaterThanOrEqual(1);
     expect(m.has('xks_hsm_sessions_in_use')).toBe(true);
     expect([...m.keys()].some((k) => k.startsWith('xks_proxy_build_info{'))).toBe(true);

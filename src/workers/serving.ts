@@ -6,8 +6,24 @@ import net from 'node:net';
 import type { Config } from '../config.js';
 import type { Hsm, HsmSettings } from '../hsm/hsm.js';
 import type { RunningServer, ServerOptions } from '../http/server.js';
+import { Metrics } from '../metrics.js';
 import type { OpContext } from '../ops/context.js';
 import { VERSION } from '../version.js';
+
+/** This event loop's metrics: its engine's pool gauges, and the duration of every HSM call. */
+export function metricsFor(hsm: Hsm): Metrics {
+  const metrics = new Metrics(VERSION, () => {
+    const st = hsm.stats();
+    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
+  });
+  hsm.timeCalls({
+    encrypt: metrics.hsm('encrypt'),
+    decrypt: metrics.hsm('decrypt'),
+    keyInfo: metrics.hsm('key_info'),
+    tokenInfo: metrics.hsm('token_info'),
+  });
+  return metrics;
+}
 
 /** The engine settings, with this event loop's share of the session pool and of the addon threads. */
 export function hsmSettings(config: Config, share: { poolMaxSize: number; threads: number }): HsmSettings {

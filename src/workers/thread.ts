@@ -15,11 +15,9 @@ import { loadConfig, type Config } from '../config.js';
 import { Hsm, type HealthSource, type HealthVerdict } from '../hsm/hsm.js';
 import { startServer, type RunningServer } from '../http/server.js';
 import { createLogger, createNullLogger, type BufferedLogger } from '../log.js';
-import { Metrics } from '../metrics.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader } from '../reload.js';
-import { VERSION } from '../version.js';
 import { isWorkerInit, type FromWorker, type ToWorker, type WorkerInit } from './protocol.js';
-import { baseServerOptions, drainWithGrace, hsmSettings, opContext } from './serving.js';
+import { baseServerOptions, drainWithGrace, hsmSettings, metricsFor, opContext } from './serving.js';
 
 class ForwardedHealth implements HealthSource {
   constructor(public verdict: HealthVerdict) {}
@@ -64,10 +62,7 @@ async function run(): Promise<void> {
     const health = init.health === undefined ? undefined : new ForwardedHealth(init.health);
     if (health) hsm.setHealthSource(health);
     const engine = hsm;
-    const metrics = new Metrics(VERSION, () => {
-      const st = engine.stats();
-      return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
-    });
+    const metrics = metricsFor(engine);
     const keyStores = keyStoreRoutes(config, undefined, init.count);
     const base = baseServerOptions(config, init.port);
     // /metrics is reachable here only when the ping port is the API port; the answer covers all loops.

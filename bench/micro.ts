@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { Bench } from 'tinybench';
 import { cdivSha256, decodeBase64Strict, hsmAad } from '../src/codec.js';
+import { Metrics } from '../src/metrics.js';
 import { SigV4Verifier, type Credential } from '../src/sigv4.js';
 import { decryptInput, decryptShape, encryptInput, encryptShape, parseJsonObject } from '../src/validate.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
@@ -73,6 +74,15 @@ export async function runMicro(engine: NativeEngine, quick: boolean): Promise<Mi
   });
   bench.add('cdivSha256 (64 B AAD, 32 B ct)', () => {
     cdivSha256(aad64, undefined, iv, ct, tag);
+  });
+
+  // The per-request cost of /metrics: one request outcome + latency, one HSM call duration.
+  const metrics = new Metrics('bench', () => ({ sessionsOpen: 0, sessionsIdle: 0, inFlight: 0, reinitializations: 0 }));
+  const route = metrics.route('Encrypt', '/bench/prefix');
+  const hsmCall = metrics.hsm('encrypt');
+  bench.add('metrics: record a request and its HSM call', () => {
+    route.record('ok', 0.00042);
+    hsmCall.observe(0.00007);
   });
 
   const b32 = randomBytes(32);

@@ -1,8 +1,11 @@
 /** tinybench micro-benchmarks of the hot-path pieces, in this process. */
 import { randomBytes } from 'node:crypto';
+import { resolve as resolvePath } from 'node:path';
 import { Bench } from 'tinybench';
 import { cdivSha256, decodeBase64Strict, hsmAad } from '../src/codec.js';
 import { Metrics } from '../src/metrics.js';
+import { OsoAuthorizer } from '../src/auth/oso.js';
+import type { RequestMetadata } from '../src/validate.js';
 import { SigV4Verifier, type Credential } from '../src/sigv4.js';
 import { decryptInput, decryptShape, encryptInput, encryptShape, parseJsonObject } from '../src/validate.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
@@ -100,6 +103,25 @@ export async function runMicro(engine: NativeEngine, quick: boolean): Promise<Mi
   });
   bench.add('base64 decode 4300 B (strict: decode + re-encode check)', () => {
     if (decodeBase64Strict(s4300) === undefined) throw new Error('b64');
+  });
+
+  // Secondary authorization (Oso, a policy with the Rust sample's rules): a decision the engine
+  // must evaluate, and one answered from the per-policy decision cache.
+  const policy = resolvePath('test/fixtures/oso/policy.polar');
+  const osoCold = await OsoAuthorizer.fromFile(policy, { cache: false });
+  const osoCached = await OsoAuthorizer.fromFile(policy);
+  const osoMeta: RequestMetadata = {
+    kmsRequestId: '4112f4d6-db54-4af4-ae30-c55a22a8dfae',
+    kmsOperation: 'Encrypt',
+    awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice',
+    kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+    kmsViaService: 'ebs',
+  };
+  bench.add('oso policy decision, evaluated (encrypt allow)', async () => {
+    await osoCold.authorize('/example/uri/path/prefix', 'encrypt', osoMeta);
+  });
+  bench.add('oso policy decision, cached (encrypt allow)', async () => {
+    await osoCached.authorize('/example/uri/path/prefix', 'encrypt', osoMeta);
   });
 
   const pt32 = randomBytes(32);

@@ -107,6 +107,8 @@ port = 0
 port_http_ping = 0
 region = "us-east-1"
 service = "kms-xks-proxy"
+# One event loop: the session checks below compare one engine's count with the HSM's.
+workers = 1
 
 [tracing]
 is_stdout_writer_enabled = false

@@ -32,6 +32,16 @@ std::vector<Core*>& liveCores() {
 }
 std::once_flag g_exitHookOnce;
 
+// The context lock of every engine in the process (see Core::ctxMu_).
+std::shared_timed_mutex& processCtxMu() {
+  static auto* m = new std::shared_timed_mutex();  // never destroyed
+  return *m;
+}
+std::atomic<uint32_t>& processExclusivePending() {
+  static auto* a = new std::atomic<uint32_t>(0);
+  return *a;
+}
+
 void stopAllAtExit() {
   std::vector<Core*> cores;
   {
@@ -68,7 +78,10 @@ std::string trimmed(const unsigned char* p, size_t n) {
 }  // namespace
 
 Core::Core(EngineConfig cfg, const uint8_t* pin, size_t pinLen)
-    : cfg_(std::move(cfg)), pool_(cfg_.poolMaxSize, cfg_.opTimeoutMs != 0 ? cfg_.poolMaxSize : 0) {
+    : cfg_(std::move(cfg)),
+      ctxMu_(processCtxMu()),
+      pool_(cfg_.poolMaxSize, cfg_.opTimeoutMs != 0 ? cfg_.poolMaxSize : 0),
+      exclusivePending_(processExclusivePending()) {
   pin_.assign(pin, pinLen);
   maxStuck_ = cfg_.opTimeoutMs != 0 ? std::max<uint32_t>(cfg_.threads, 2) : 0;
 }
@@ -424,9 +437,23 @@ Core::Status Core::findSlot() {
   return Status{CKR_BUFFER_TOO_SMALL, "C_GetSlotList"};
 }
 
+void Core::forgetForReinit() {
+  closeAllIdle();
+  clearKeys();
+}
+
 void Core::reinitLocked() {
   closeAllIdle();
   clearKeys();
+  // C_Finalize ends the sessions of every engine on this module, and handle numbers are
+  // reused afterwards: the other engines must not keep (and later misuse) theirs. No job of
+  // any engine runs now (exclusive lock), so their sessions are all idle.
+  {
+    std::lock_guard<std::mutex> lk(g_liveMu);
+    for (Core* c : liveCores()) {
+      if (c != this && c->mod_ == mod_) c->forgetForReinit();
+    }
+  }
   reinitializations_.fetch_add(1, std::memory_order_relaxed);
   lastInitAttempt_ = Clock::now();
   const char* fn = nullptr;

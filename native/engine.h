@@ -8,9 +8,12 @@
 //   watchdog      - one; enforces the operation deadline (opTimeoutMs): expires queued
 //                   jobs, settles running jobs that overran with XKS_TIMEOUT, quarantines
 //                   their thread and session and starts a replacement thread; finishes close.
-// Every job runs under a shared lock of ctxMu_; module (re)initialization and shutdown
-// take it exclusively, so C_Finalize never races a PKCS#11 call of this engine. With a
-// deadline, exclusive acquisition is bounded (a stuck call holds its shared lock).
+// Every job runs under a shared lock of ctxMu_, one lock for the whole process; module
+// (re)initialization and shutdown take it exclusively, so C_Finalize never races a PKCS#11
+// call of any engine (several event loops each have an engine on one module). A
+// re-initialization also makes the other engines on the module drop their sessions and key
+// handles, which C_Finalize invalidates. With a deadline, exclusive acquisition is bounded
+// (a stuck call holds its shared lock).
 //
 // Deadline hand-off of a running job that overran: the watchdog marks the job timedOut
 // and pushes it to the completion stack while the stuck worker still owns its buffers.
@@ -217,11 +220,16 @@ class Core {
   void afterFailure(CK_RV rv);  // session-fatal code: prune bad sessions, reset when none is left
   void recover();               // module not usable: retry re-initialization (with backoff)
   void waitForReinit();         // before taking the shared lock
+  // Another engine is about to re-initialize this engine's module (exclusive lock held):
+  // close the idle sessions while their handles are valid and forget the key handles.
+  void forgetForReinit();
 
   const EngineConfig cfg_;
   SecureBuffer pin_;
 
-  std::shared_timed_mutex ctxMu_;
+  // Process-wide, shared by every engine: several engines (one per event loop) may use one
+  // module, and a re-initialization (C_Finalize) must exclude the calls of all of them.
+  std::shared_timed_mutex& ctxMu_;
   Module* mod_ = nullptr;
   CK_FUNCTION_LIST_PTR f_ = nullptr;
   CK_SLOT_ID slot_ = 0;
@@ -259,7 +267,7 @@ class Core {
   std::chrono::steady_clock::time_point closeBegan_{};
   bool aborted_ = false;
   std::atomic<bool> aborting_{false};  // waiting jobs give up at once
-  std::atomic<uint32_t> exclusivePending_{0};
+  std::atomic<uint32_t>& exclusivePending_;  // process-wide, with ctxMu_
 
   alignas(64) std::atomic<uint64_t> reinitializations_{0};
   std::atomic<uint64_t> timeouts_{0};

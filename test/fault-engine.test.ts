@@ -107,6 +107,43 @@ describe('session-fatal codes drop the session and the service carries on', () =
 });
 
 describe('recovery', () => {
+  it('two engines on one module (two event loops): a re-initialization by one never pulls the module from under the other', async () => {
+    faults.clear();
+    const a = await open({ poolMaxSize: 2, threads: 2 });
+    const b = await open({ poolMaxSize: 2, threads: 2 });
+    await Promise.all([roundTrip(a), roundTrip(b)]);
+    const issued: { ct: Buffer; tag: Buffer; iv: Buffer; text: string }[] = [];
+    let stop = false;
+    const traffic = async (e: NativeEngine, tag: string): Promise<void> => {
+      for (let i = 0; !stop; i++) {
+        const text = `${tag}-${i}`;
+        const r = await outcome(e.encrypt(KEY, Buffer.from(text), AAD));
+        if (r.ok) issued.push({ ...split(r.value), text });
+      }
+    };
+    const running = [traffic(a, 'a'), traffic(a, 'a2'), traffic(b, 'b'), traffic(b, 'b2')];
+    for (let round = 0; round < 6; round++) {
+      await new Promise((r) => setTimeout(r, 40));
+      // Every session of both engines fails: each engine re-initializes the shared module.
+      faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=2', 'fail C_GetSessionInfo CKR_DEVICE_ERROR times=4');
+      await new Promise((r) => setTimeout(r, 40));
+      faults.clear();
+    }
+    stop = true;
+    await Promise.all(running);
+    expect(a.stats().reinitializations + b.stats().reinitializations).toBeGreaterThan(0);
+    await waitFor(async () => (await outcome(a.random(1))).ok && (await outcome(b.random(1))).ok, 3000);
+    await Promise.all([roundTrip(a), roundTrip(b)]);
+    // Nothing issued during the turmoil is lost: every ciphertext decrypts, with either engine.
+    expect(issued.length).toBeGreaterThan(50);
+    for (const [i, c] of issued.entries()) {
+      const e = i % 2 === 0 ? a : b;
+      expect((await e.decrypt(KEY, c.ct, c.tag, c.iv, AAD)).toString()).toBe(c.text);
+    }
+    await a.close();
+    await b.close();
+  });
+
   it('a stale key handle (CKR_KEY_HANDLE_INVALID / CKR_OBJECT_HANDLE_INVALID) is looked up again and the call retried once', async () => {
     faults.clear();
     const e = await open();

@@ -185,10 +185,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     ++freeCount_;
   }
 
+  // Frees jobs that will never be settled (abort, free list). A timed-out job the watchdog
+  // pushed while its worker is still inside the HSM is not ours yet: mark it seen, and the
+  // worker, when its call returns, hands it back (to a completion stack nobody drains: leaked).
   static void freeJobs(Job* j) {
     while (j != nullptr) {
       Job* n = j->next;
-      delete j;
+      if (!j->timedOut || (j->handoff.fetch_or(Job::kJsSeen, std::memory_order_acq_rel) & Job::kWorkerDone)) delete j;
       j = n;
     }
   }

@@ -116,9 +116,16 @@ EngineStats Core::stats() const {
 // ---------------------------------------------------------------- threads
 
 void Core::complete(Job* j) {
-  if (done_.push(j) && notifyEnabled_.load(std::memory_order_acquire) && notify_ != nullptr) {
-    notify_(notifyCtx_);
-  }
+  if (!done_.push(j)) return;
+  // Announced before the check, so that disableNotify() waits for a call already past it.
+  notifying_.fetch_add(1, std::memory_order_seq_cst);
+  if (notifyEnabled_.load(std::memory_order_seq_cst) && notify_ != nullptr) notify_(notifyCtx_);
+  notifying_.fetch_sub(1, std::memory_order_release);
+}
+
+void Core::disableNotify() {
+  notifyEnabled_.store(false, std::memory_order_seq_cst);
+  while (notifying_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 void Core::startOpen(Job* j) {
@@ -188,23 +195,29 @@ void Core::workerMain(Worker* w) {
     }
     if (!finishJob(w, j)) {
       // A stuck thread came back while enough others serve: leave.
-      std::lock_guard<std::mutex> lk(workersMu_);
-      w->exited = true;
+      {
+        std::lock_guard<std::mutex> lk(workersMu_);
+        w->exited = true;
+        workersCv_.notify_all();
+      }
+      // Last touch of this Core: once threadsAlive() reads 0 its owner may delete it (the
+      // mutex and condition variable included), so the count drops after the unlock.
       threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
-      workersCv_.notify_all();
-      return;  // nothing of this Core is touched after the unlock
+      return;
     }
   }
-  std::lock_guard<std::mutex> lk(workersMu_);
-  w->exited = true;
-  if (w->stuck) {
-    w->stuck = false;
-    --stuckThreads_;
-  } else {
-    --activeWorkers_;
+  {
+    std::lock_guard<std::mutex> lk(workersMu_);
+    w->exited = true;
+    if (w->stuck) {
+      w->stuck = false;
+      --stuckThreads_;
+    } else {
+      --activeWorkers_;
+    }
+    workersCv_.notify_all();
   }
-  threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
-  workersCv_.notify_all();
+  threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);  // last touch (see above)
 }
 
 bool Core::finishJob(Worker* w, Job* j) {
@@ -344,7 +357,7 @@ Job* Core::abort() {
   if (aborted_) return nullptr;
   aborted_ = true;
   aborting_.store(true, std::memory_order_release);
-  notifyEnabled_.store(false, std::memory_order_release);
+  disableNotify();
   joinOpenThread();
   Job* drained = queue_.stopAndDrain();
   bool hadWorkers;
@@ -371,7 +384,11 @@ Job* Core::abort() {
 // ---------------------------------------------------------------- module
 
 void Core::doOpen(Job* j) {
-  std::unique_lock<std::shared_timed_mutex> lk(ctxMu_);
+  // Shared, not exclusive: acquireModule initializes the module only when no engine holds
+  // it (no other call can be running then), and the exclusive lock would wait for every
+  // call of the other engines, forever for one stuck in the HSM. Shared still excludes
+  // another engine's re-initialization (which reads mod_ and drops our sessions).
+  std::shared_lock<std::shared_timed_mutex> lk(ctxMu_);
   LoadError err;
   Module* m = acquireModule(cfg_.modulePath, err);
   if (m == nullptr) {
@@ -409,7 +426,9 @@ void Core::doOpen(Job* j) {
 }
 
 void Core::shutdown() {
-  std::unique_lock<std::shared_timed_mutex> lk(ctxMu_);
+  // Shared for the reason given in doOpen: releaseModule finalizes only when the last
+  // engine lets go; our own threads are gone.
+  std::shared_lock<std::shared_timed_mutex> lk(ctxMu_);
   if (mod_ == nullptr) return;
   closeAllIdle();
   clearKeys();
@@ -554,6 +573,13 @@ Core::Status Core::openInto(uint32_t idx, bool releaseOnFailure) {
     if (releaseOnFailure) pool_.unreserve(idx);
     return Status{rv, "C_OpenSession"};
   }
+  // Object handles are valid for a login: when the application's last session closed, the
+  // user was logged out and a module may hand the old numbers to other objects after the
+  // next login. A key handle found before this login is therefore never used after it: the
+  // cache is emptied *before* logging in (if another session kept the login alive, the next
+  // lookup merely finds the same handles again). Clearing after the login would leave a
+  // window in which another worker could use a stale handle with the new login.
+  clearKeys();
   rv = f_->C_Login(h, CKU_USER, pin_.empty() ? g_empty : pin_.data(), pin_.size());
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     f_->C_CloseSession(h);

@@ -9,8 +9,11 @@
 //                   jobs, settles running jobs that overran with XKS_TIMEOUT, quarantines
 //                   their thread and session and starts a replacement thread; finishes close.
 // Every job runs under a shared lock of ctxMu_, one lock for the whole process; module
-// (re)initialization and shutdown take it exclusively, so C_Finalize never races a PKCS#11
-// call of any engine (several event loops each have an engine on one module). A
+// re-initialization takes it exclusively, so C_Finalize never races a PKCS#11 call of any
+// engine (several event loops each have an engine on one module). open and close take it
+// shared: their C_Initialize / C_Finalize happen only while no other engine holds the
+// module (reference count 0), and waiting for the other engines' calls could take forever
+// (a call stuck in the HSM). A
 // re-initialization also makes the other engines on the module drop their sessions and key
 // handles, which C_Finalize invalidates. With a deadline, exclusive acquisition is bounded
 // (a stuck call holds its shared lock).
@@ -152,7 +155,8 @@ class Core {
   // (or, with threads stuck in the HSM past a grace period, without releasing the module).
   Job* beginClose(Job* closeJob);
   void joinWorkers();
-  void disableNotify() { notifyEnabled_.store(false, std::memory_order_release); }
+  // Once it returns, no engine thread is calling notify (the thread-safe function may go).
+  void disableNotify();
   // Threads still running (stuck in a PKCS#11 call after close/abort); the Core must then
   // outlive them (the owner leaks it).
   uint32_t threadsAlive() const { return threadsAlive_.load(std::memory_order_acquire); }
@@ -196,7 +200,7 @@ class Core {
   void shutdown();
   bool lockExclusive(std::unique_lock<std::shared_timed_mutex>& lk);
 
-  // all below: caller holds ctxMu_ (shared for jobs, exclusive for (re)init/shutdown)
+  // all below: caller holds ctxMu_ (shared for jobs, open and shutdown, exclusive for re-init)
   Status findSlot();
   Status openInto(uint32_t idx, bool releaseOnFailure = true);
   void releaseSession(uint32_t idx, bool close);
@@ -250,6 +254,7 @@ class Core {
   Notify notify_ = nullptr;
   void* notifyCtx_ = nullptr;
   std::atomic<bool> notifyEnabled_{true};
+  std::atomic<uint32_t> notifying_{0};  // threads between the check of notifyEnabled_ and notify_
 
   std::thread openThread_;
   // Worker threads are detached; workersMu_ guards the slots and the counts below.

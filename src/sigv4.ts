@@ -367,7 +367,8 @@ export class SigV4Verifier {
     lookup: (accessKeyId: string) => Credential | undefined,
   ): SigV4Success | SigV4Failure {
     const credential = lookup(pending.accessKeyId);
-    if (credential === undefined) return F_UNKNOWN_KEY;
+    // An empty secret (a settings.toml placeholder left as "") is known to everyone: it never verifies.
+    if (credential === undefined || credential.secretAccessKey === '') return F_UNKNOWN_KEY;
 
     const payloadHash = createHash('sha256').update(body).digest('hex');
     if (pending.contentSha256 !== undefined && pending.contentSha256 !== payloadHash) return F_CONTENT_SHA;

@@ -3,6 +3,9 @@
  * SoftHSM2 token: error codes and recovery, deadlines with stuck calls, bursts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
 import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
 import { makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
@@ -299,6 +302,106 @@ describe('deadlines', () => {
     await e.close();
     expect(performance.now() - t0).toBeLessThan(1500);
     faults.clear();
+  });
+});
+
+describe('several engines on one module (event loops)', () => {
+  /** Resolves to 'settled' or, after `ms`, 'pending'. */
+  async function within(p: Promise<unknown>, ms: number): Promise<'settled' | 'pending'> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'pending'>((r) => (timer = setTimeout(() => r('pending'), ms)));
+    const r = await Promise.race([p.then(() => 'settled' as const, () => 'settled' as const), late]);
+    clearTimeout(timer);
+    return r;
+  }
+
+  it("a call stuck in one engine never hangs another engine's close() or open()", async () => {
+    faults.clear();
+    const a = await open();
+    const b = await open();
+    await Promise.all([roundTrip(a), roundTrip(b)]);
+    faults.set('block C_Encrypt');
+    const stuck = await outcome(b.encrypt(KEY, Buffer.from('x'), AAD));
+    expect(stuck.ok).toBe(false);
+    expect(b.stats().workersStuck).toBe(1);
+    // b's call is still inside the module. Neither closing a nor opening c needs it to return.
+    const t0 = performance.now();
+    const closing = a.close();
+    const opening = new Engine(options());
+    engines.push(opening);
+    const opened = opening.open();
+    const closed = await within(closing, 1500);
+    const openedState = await within(opened, 1500);
+    faults.clear(); // releases b's call (and, before the fix, a's close and c's open behind it)
+    expect(closed).toBe('settled');
+    expect(openedState).toBe('settled');
+    expect(performance.now() - t0).toBeLessThan(1600);
+    await opened;
+    await closing;
+    expect(await waitFor(() => b.stats().workersStuck === 0)).toBe(true);
+    await Promise.all([roundTrip(b), roundTrip(opening)]);
+    await b.close();
+    await opening.close();
+  });
+});
+
+describe('event loop teardown', () => {
+  /**
+   * A child process: a worker thread opens an engine, starts a call that blocks in the HSM and exits
+   * before the deadline; the call is released afterwards and finishes. Freed memory is poisoned
+   * (MALLOC_PERTURB_, no tcache), so memory freed too early crashes the child. Resolves the child's
+   * exit status, signal and output.
+   */
+  function teardownChild(mainLoads: boolean): { status: number | null; signal: string | null; stdout: string } {
+    const script = path.join(base.dir, 'teardown-child.cjs');
+    writeFileSync(
+      script,
+      `const { Worker } = require('node:worker_threads');
+const fs = require('node:fs');
+const d = JSON.parse(process.argv[2]);
+if (d.mainLoads) require(d.addon);
+const rules = (text, n) => { fs.writeFileSync(d.control + '.child' + n, text); fs.renameSync(d.control + '.child' + n, d.control); };
+rules('# child\\nblock C_Encrypt\\n', 1);
+const w = new Worker(\`
+  const { workerData: d } = require('node:worker_threads');
+  const { Engine } = require(d.addon);
+  (async () => {
+    const e = new Engine(d.options);
+    await e.open();
+    e.encrypt(d.key, Buffer.from('stuck'), Buffer.from('aad')).catch(() => undefined);
+    setTimeout(() => process.exit(0), 50);
+  })();\`, { eval: true, workerData: d });
+w.on('exit', () => {
+  rules('# released\\n', 2);
+  setTimeout(() => {
+    const keep = [];
+    for (let i = 0; i < 10000; i++) keep.push(Buffer.alloc(64 + (i % 200)));
+    console.log('survived ' + keep.length);
+  }, 300);
+});
+`,
+    );
+    const data = { control: faults.controlPath, addon: path.resolve('build/Release/xks_pkcs11.node'), key: KEY, options: options({ threads: 1, poolMaxSize: 1, operationTimeoutMs: 300 }), mainLoads };
+    const r = spawnSync(process.execPath, [script, JSON.stringify(data)], {
+      env: { ...process.env, MALLOC_PERTURB_: '165', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    faults.clear();
+    return { status: r.status, signal: r.signal, stdout: r.stdout.trim() };
+  }
+
+  it('a worker thread ending while its call is stuck frees nothing the stuck call still uses', () => {
+    // The main thread loads the addon too, as the proxy's does. The teardown waits for the deadline,
+    // the watchdog settles the call into the completion stack, and the teardown frees what it finds
+    // there: not the job whose call is still inside the HSM.
+    expect(teardownChild(true)).toEqual({ status: 0, signal: null, stdout: 'survived 10000' });
+  });
+
+  it('a worker thread ending while its call is stuck does not unload the code the call returns to', () => {
+    // Only the worker thread loaded the addon: Node unloads (dlclose) a worker's addons when the
+    // worker ends, while the call still has to return into them.
+    expect(teardownChild(false)).toEqual({ status: 0, signal: null, stdout: 'survived 10000' });
   });
 });
 

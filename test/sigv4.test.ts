@@ -272,6 +272,12 @@ describe('SigV4Verifier: every tampered part fails', () => {
     expectFail(verify({ headers: h, lookup: (id) => (id === AKID2 ? CREDS.get(AKID2) : undefined) }), /unknown access key id/, h);
   });
 
+  it('a credential whose secret is empty never verifies, even signed with that empty secret', async () => {
+    const signedEmpty = await sign({ secretAccessKey: '' });
+    const emptyLookup = (id: string): Credential | undefined => (id === AKID ? { accessKeyId: AKID, secretAccessKey: '' } : undefined);
+    expectFail(verify({ headers: signedEmpty, lookup: emptyLookup }), /unknown access key id/, signedEmpty);
+  });
+
   it('secret', () => {
     const wrong = (id: string): Credential | undefined => (id === AKID ? { accessKeyId: AKID, secretAccessKey: SECRET + 'x' } : undefined);
     expectFail(verify({ headers: h, lookup: wrong }), /signature does not match/, h);

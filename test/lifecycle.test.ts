@@ -8,10 +8,10 @@ import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { loadAddon } from '../src/hsm/addon.js';
 import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
 import { signRequest } from './helpers/sign.js';
-import { createTestKeys, makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { makeKeyedToken } from './helpers/keyed-token.js';
+import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const PREFIX = '/lifecycle/test/prefix';
 const API = `${PREFIX}/kms/xks/v1`;
@@ -20,20 +20,7 @@ const CREDS: CallOptions = { accessKeyId: 'AKIDLIFECYCLE00000001', secret: 'bGlm
 let token: TestToken;
 
 beforeAll(async () => {
-  token = makeToken('xks-lifecycle');
-  process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
-  const engine = new (loadAddon().Engine)({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
-  });
-  await engine.open();
-  await createTestKeys(engine);
-  await engine.close();
+  token = await makeKeyedToken('xks-lifecycle');
 });
 
 afterAll(() => token?.cleanup());

@@ -106,6 +106,16 @@ function wrk(port: number, body: string, seconds: number, dir: string): Promise<
 }
 
 /** The HTTP ceiling: the same generator (and wrk) against an empty uWebSockets.js handler. */
+/** A key store with fresh credentials for one proxy process of the bench. */
+function benchStore(): Store {
+  return {
+    prefix: '/bench/prefix',
+    accessKeyId: 'AKIA' + randomBytes(8).toString('hex').toUpperCase(),
+    secretAccessKey: randomBytes(30).toString('base64'),
+    keys: [KEY_LABEL],
+  };
+}
+
 export async function httpCeilings(
   gen: Generator,
   nodeGen: Generator | undefined,
@@ -159,12 +169,7 @@ export async function proxyRuns(
   log: (s: string) => void,
 ): Promise<ProxyRun> {
   const port = await freePort();
-  const store: Store = {
-    prefix: '/bench/prefix',
-    accessKeyId: 'AKIA' + randomBytes(8).toString('hex').toUpperCase(),
-    secretAccessKey: randomBytes(30).toString('base64'),
-    keys: [KEY_LABEL],
-  };
+  const store = benchStore();
   const proxy = await startProxyProcess(
     { token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers: opts.workers ?? 1 },
     opts.nodeArgs,
@@ -242,12 +247,7 @@ export async function scalingRuns(
   const out: ScalingPoint[] = [];
   for (const workers of workersList) {
     const port = await freePort();
-    const store: Store = {
-      prefix: '/bench/prefix',
-      accessKeyId: 'AKIA' + randomBytes(8).toString('hex').toUpperCase(),
-      secretAccessKey: randomBytes(30).toString('base64'),
-      keys: [KEY_LABEL],
-    };
+    const store = benchStore();
     const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers });
     let closed: LoadResult | undefined;
     let exitCode: number | null = null;

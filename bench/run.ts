@@ -98,6 +98,8 @@ const log = (s: string): void => {
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
 const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
+/** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
+const loadCells = (r: LoadResult): string[] => [f0(r.throughput), ms(r.latencyMs.p50), ms(r.latencyMs.p99), ms(r.latencyMs.p999), ms(r.latencyMs.max), String(r.errors)];
 const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
 
 function table(rows: string[][], header: string[]): string {
@@ -224,12 +226,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
     rows.push([
       `${op.label}`,
       'closed',
-      f0(c.throughput),
-      ms(c.latencyMs.p50),
-      ms(c.latencyMs.p99),
-      ms(c.latencyMs.p999),
-      ms(c.latencyMs.max),
-      String(c.errors),
+      ...loadCells(c),
       `${pct(c.throughput, r.ceilings.addonEncrypt32OneThread)} of addon 1-thr, ${pct(c.throughput, r.ceilings.addonEncrypt32ProxyThreads)} of addon ${r.config.workerThreads}-thr, ${pct(c.throughput, h.closed.throughput)} of empty uWS`,
     ]);
     for (const rate of RATES) {
@@ -239,12 +236,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
       rows.push([
         '',
         `@${rate}/s`,
-        f0(o.throughput),
-        ms(o.latencyMs.p50),
-        ms(o.latencyMs.p99),
-        ms(o.latencyMs.p999),
-        ms(o.latencyMs.max),
-        String(o.errors),
+        ...loadCells(o),
         `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}`,
       ]);
     }

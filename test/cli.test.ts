@@ -3,15 +3,15 @@
  * init-dev (a real SoftHSM2 token), serving from it, and failures with the key named.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { VERSION } from '../src/version.js';
+import { BIN, spawnProxyCli } from './helpers/cli.js';
 
 const execFileP = promisify(execFile);
-const BIN = path.resolve('bin/xks-proxy.js');
 
 interface Run {
   code: number;
@@ -92,19 +92,14 @@ describe('xks-proxy CLI', () => {
     // Serve from it on a free port, answer /ping, stop cleanly on SIGTERM.
     const served = path.join(dev, 'served.toml');
     writeFileSync(served, text.replace(/^port = \d+$/m, 'port = 0').replace(/^port_http_ping = \d+$/m, 'port_http_ping = 0'));
-    const child = spawn(process.execPath, [BIN], {
-      env: { ...process.env, XKS_PROXY_SETTINGS_TOML: served, SOFTHSM2_CONF: path.join(dev, 'softhsm2.conf') },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const proxy = await spawnProxyCli({ XKS_PROXY_SETTINGS_TOML: served, SOFTHSM2_CONF: path.join(dev, 'softhsm2.conf') });
     try {
-      const port = await listeningPort(child);
-      const pong = await fetch(`http://127.0.0.1:${port}/ping`);
+      const pong = await fetch(`http://127.0.0.1:${proxy.port}/ping`);
       expect(await pong.text()).toBe(`pong from xks-proxy v${VERSION}\n`);
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      child.kill('SIGTERM');
-      expect(await exited).toBe(0);
+      proxy.child.kill('SIGTERM');
+      expect(await proxy.exited).toBe(0);
     } finally {
-      child.kill('SIGKILL');
+      proxy.child.kill('SIGKILL');
     }
   });
 
@@ -124,20 +119,3 @@ describe('xks-proxy CLI', () => {
     expect(check.stderr).toMatch(/pkcs11\.session_pool_max_size/);
   });
 });
-
-function listeningPort(child: ChildProcess): Promise<number> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`proxy did not start: ${out}`)), 15000);
-    child.stdout!.on('data', (c: Buffer) => {
-      out += c.toString();
-      const m = /listening url=http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(Number(m[1]));
-      }
-    });
-    child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
-    child.once('exit', (code) => reject(new Error(`proxy exited ${code}: ${out}`)));
-  });
-}

@@ -3,12 +3,12 @@
  * (in-process and through SIGTERM to the real CLI).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
+import { spawnProxyCli } from './helpers/cli.js';
 import { signRequest } from './helpers/sign.js';
 import { makeKeyedToken } from './helpers/keyed-token.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
@@ -146,26 +146,10 @@ describe('graceful stop', () => {
       settings,
       settingsToml({ token, poolMaxSize: 1, workerThreads: 1, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] }),
     );
-    const child = spawn(process.execPath, [path.resolve('bin/xks-proxy.js')], {
-      env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
-    const port = await new Promise<number>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(out)), 15000);
-      child.stdout.on('data', () => {
-        const m = /listening url=http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
-        if (m) {
-          clearTimeout(t);
-          resolve(Number(m[1]));
-        }
-      });
-    });
+    const proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings });
+    const { child, port, exited } = proxy;
     const base = `http://127.0.0.1:${port}`;
     expect((await call(base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
     const requests = await presign(base, 200);
     const inFlight = requests.map(send);
     await Promise.race(inFlight);
@@ -174,7 +158,7 @@ describe('graceful stop', () => {
     expect(await exited).toBe(0);
     expect(results.every((s) => s === 200 || s === 'refused')).toBe(true);
     expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
-    expect(out).toMatch(/signal=SIGTERM/);
-    expect(out).toMatch(/xks-proxy stopped/);
+    expect(proxy.output()).toMatch(/signal=SIGTERM/);
+    expect(proxy.output()).toMatch(/xks-proxy stopped/);
   });
 });

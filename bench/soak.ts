@@ -10,14 +10,15 @@
  * Needs SoftHSM2 (softhsm2-util) and `npm run build:native` (builds build/Release/faulty_pkcs11.node).
  * Exit status 0 when every check passes, 1 otherwise.
  */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/config.js';
+import { settingsToml } from '../src/dev/settings-toml.js';
+import { initSoftHsmToken } from '../src/dev/softhsm.js';
 import { loadAddon } from '../src/hsm/addon.js';
 import { startProxy, type RunningProxy } from '../src/main.js';
 
@@ -27,7 +28,6 @@ const ROOT = (() => {
   return dir;
 })();
 const FAULTY = path.join(ROOT, 'build/Release/faulty_pkcs11.node');
-const SOFTHSM = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'].find((p) => existsSync(p));
 const PREFIX = '/soak/test/prefix';
 const API = `${PREFIX}/kms/xks/v1`;
 const KEY = 'soak-key';
@@ -101,54 +101,18 @@ class Faults {
 }
 
 function settings(dir: string, pin: string): string {
-  return `[server]
-ip = "127.0.0.1"
-port = 0
-port_http_ping = 0
-region = "us-east-1"
-service = "kms-xks-proxy"
-# One event loop: the session checks below compare one engine's count with the HSM's.
-workers = 1
-
-[tracing]
-is_stdout_writer_enabled = false
-is_file_writer_enabled = false
-level = "ERROR"
-
-[security]
-is_sigv4_auth_enabled = false
-is_tls_enabled = false
-is_mtls_enabled = false
-
-[[external_key_stores]]
-uri_path_prefix = "${PREFIX}"
-sigv4_access_key_id = "AKIDSOAKTEST000000001"
-sigv4_secret_access_key = "c29hay1zb2FrLXNvYWstc29hay1zb2FrLXNvYWstc29haw=="
-xks_key_id_set = ["${KEY}"]
-
-[pkcs11]
-session_pool_max_size = ${POOL}
-session_pool_timeout_milli = ${TIMEOUT_MS}
-session_eager_close = false
-user_pin = "${pin}"
-PKCS11_HSM_MODULE = "${FAULTY}"
-context_read_timeout_milli = 100
-operation_timeout_milli = ${TIMEOUT_MS}
-
-[limits]
-max_plaintext_in_base64 = 8192
-max_aad_in_base64 = 16384
-
-[hsm_capabilities]
-can_generate_iv = false
-is_zero_iv_required = false
-
-[health_check]
-key_id = "${HEALTH_KEY}"
-interval_secs = 2
-degraded_latency_milli = 50
-# ${dir}
-`;
+  return settingsToml({
+    port: 0,
+    // One event loop: the session checks below compare one engine's count with the HSM's.
+    workers: 1,
+    region: 'us-east-1',
+    service: 'kms-xks-proxy',
+    tracing: { stdout: false, level: 'ERROR', directory: path.join(dir, 'logs'), rotation: 'NEVER' },
+    sigv4: false,
+    stores: [{ prefix: PREFIX, accessKeyId: 'AKIDSOAKTEST000000001', secretAccessKey: 'c29hay1zb2FrLXNvYWstc29hay1zb2FrLXNvYWstc29haw==', keys: [KEY] }],
+    pkcs11: { pin, modulePath: FAULTY, poolMaxSize: POOL, poolTimeoutMs: TIMEOUT_MS, operationTimeoutMs: TIMEOUT_MS },
+    healthCheck: { keyId: HEALTH_KEY, intervalSecs: 2, degradedLatencyMs: 50 },
+  });
 }
 
 const META = {
@@ -184,23 +148,15 @@ function median(xs: number[]): number {
 }
 
 async function main(): Promise<void> {
-  if (!SOFTHSM) throw new Error('SoftHSM2 is not installed (apt-get install softhsm2)');
   if (!existsSync(FAULTY)) throw new Error(`${FAULTY} is missing: run npm run build:native`);
   const dir = mkdtempSync(path.join(existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'xks-soak-'));
-  const tokens = path.join(dir, 'tokens');
-  mkdirSync(tokens, { mode: 0o700 });
-  const conf = path.join(dir, 'softhsm2.conf');
-  writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
   const pin = randomBytes(6).toString('hex');
-  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'xks-soak', '--pin', pin, '--so-pin', randomBytes(6).toString('hex')], {
-    env: { ...process.env, SOFTHSM2_CONF: conf },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const { confPath: conf, modulePath: softhsm } = initSoftHsmToken(dir, 'xks-soak', pin, randomBytes(6).toString('hex'));
   const faults = new Faults(path.join(dir, 'faults.control'), path.join(dir, 'faults.status'));
   faults.set([]);
   Object.assign(process.env, {
     SOFTHSM2_CONF: conf,
-    FAULTY_PKCS11_TARGET: SOFTHSM,
+    FAULTY_PKCS11_TARGET: softhsm,
     FAULTY_PKCS11_CONTROL: faults.control,
     FAULTY_PKCS11_STATUS: faults.status,
   });

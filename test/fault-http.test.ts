@@ -6,8 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAddon } from '../src/hsm/addon.js';
-import { startFaultyProxy, useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
-import { call, META, type CallOptions, type TestProxy } from './helpers/proxy.js';
+import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
+import { call, META, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
 import { makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const PREFIX = '/fault/test/prefix';
@@ -72,9 +72,17 @@ beforeAll(async () => {
   await e.createKey(KEY, { encrypt: true, decrypt: true });
   await e.createKey(HEALTH_KEY, { encrypt: true, decrypt: true });
   await e.close();
-  proxy = await startFaultyProxy(
-    { token, poolMaxSize: 2, workerThreads: 2, level: 'WARN', stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }] },
-    { operationTimeoutMs: TIMEOUT, healthCheck: { keyId: HEALTH_KEY, intervalSecs: 1, degradedLatencyMs: 40 } },
+  proxy = await startTestProxy(
+    {
+      token,
+      poolMaxSize: 2,
+      workerThreads: 2,
+      level: 'WARN',
+      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }],
+      operationTimeoutMs: TIMEOUT,
+      healthCheck: { keyId: HEALTH_KEY, intervalSecs: 1, degradedLatencyMs: 40 },
+    },
+    'settings-faulty.toml',
   );
 });
 

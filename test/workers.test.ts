@@ -4,7 +4,6 @@
  * sockets, real worker threads; the SIGTERM case runs the real CLI.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
@@ -15,6 +14,8 @@ import { createLogger } from '../src/log.js';
 import { Metrics, sumGauges } from '../src/metrics.js';
 import { restartNeeded } from '../src/reload.js';
 import { planWorkers, splitEvenly } from '../src/workers/split.js';
+import { settingsToml as renderSettings } from '../src/dev/settings-toml.js';
+import { spawnProxyCli } from './helpers/cli.js';
 import { META, REGION, SERVICE, settingsToml, startTestProxy, type SettingsSpec, type StoreSpec, type TestProxy } from './helpers/proxy.js';
 import { makeKeyedToken } from './helpers/keyed-token.js';
 import { signRequest } from './helpers/sign.js';
@@ -94,41 +95,21 @@ describe('planning (pure)', () => {
   });
 
   it('planWorkers: [server] workers, default availableParallelism, pool and threads split, mTLS forces one loop', () => {
-    const base = (extra: string, pool = 8, threads = 4): string => `[server]
-ip = "127.0.0.1"
-port = 8443
-region = "us-east-1"
-service = "kms-xks-proxy"
-${extra}
-[tracing]
-is_stdout_writer_enabled = true
-is_file_writer_enabled = false
-[security]
-is_sigv4_auth_enabled = true
-is_tls_enabled = false
-is_mtls_enabled = false
-[[external_key_stores]]
-uri_path_prefix = ""
-sigv4_access_key_id = "AKIA4GBY3I6JCE5M2HPM"
-sigv4_secret_access_key = "1234567890123456789012345678901234567890123="
-xks_key_id_set = ["k1"]
-[pkcs11]
-session_pool_max_size = ${pool}
-session_pool_timeout_milli = 0
-session_eager_close = false
-user_pin = "1234"
-PKCS11_HSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-context_read_timeout_milli = 100
-worker_threads = ${threads}
-[limits]
-max_plaintext_in_base64 = 8192
-max_aad_in_base64 = 16384
-[hsm_capabilities]
-can_generate_iv = false
-is_zero_iv_required = false
-`;
-    const cfg = (extra: string, pool?: number, threads?: number) => parseConfig(base(extra, pool, threads), 'f', {}).config;
-    expect(planWorkers(cfg(''), 3)).toEqual({
+    const cfg = (workers: number | undefined, pool = 8, threads = 4) =>
+      parseConfig(
+        renderSettings({
+          port: 8443,
+          workers,
+          region: 'us-east-1',
+          service: 'kms-xks-proxy',
+          tracing: { stdout: true, level: 'INFO', directory: 'logs', rotation: 'NEVER' },
+          stores: [{ prefix: '', accessKeyId: 'AKIA4GBY3I6JCE5M2HPM', secretAccessKey: '1234567890123456789012345678901234567890123=', keys: ['k1'] }],
+          pkcs11: { pin: '1234', modulePath: '/usr/lib/softhsm/libsofthsm2.so', poolMaxSize: pool, poolTimeoutMs: 0, workerThreads: threads },
+        }),
+        'f',
+        {},
+      ).config;
+    expect(planWorkers(cfg(undefined), 3)).toEqual({
       count: 3,
       shares: [
         { poolMaxSize: 3, threads: 2 },
@@ -137,12 +118,12 @@ is_zero_iv_required = false
       ],
       notes: [],
     });
-    expect(planWorkers(cfg('workers = 1'), 16).count).toBe(1);
-    const tight = planWorkers(cfg('workers = 4', 2, 2), 2);
+    expect(planWorkers(cfg(1), 16).count).toBe(1);
+    const tight = planWorkers(cfg(4, 2, 2), 2);
     expect(tight.shares.map((s) => s.poolMaxSize)).toEqual([1, 1, 1, 1]);
     expect(tight.notes.join('\n')).toMatch(/session_pool_max_size = 2: each event loop gets 1 session, 4 in total/);
     // workers is a restart setting.
-    expect(restartNeeded(cfg('workers = 1'), cfg('workers = 2'))).toEqual(['server.workers']);
+    expect(restartNeeded(cfg(1), cfg(2))).toEqual(['server.workers']);
   });
 });
 
@@ -321,24 +302,8 @@ describe('SIGTERM with two event loops', () => {
   it('requests in flight on both threads finish; the exit code is 0', async () => {
     const settings = path.join(token.dir, 'workers-sigterm.toml');
     writeFileSync(settings, settingsToml({ token, workers: 2, poolMaxSize: 2, workerThreads: 2, stores: [{ prefix: PREFIX, accessKeyId: A.accessKeyId, secret: A.secret, keys: [TEST_KEYS.ordinary] }] }));
-    const child = spawn(process.execPath, [path.resolve('bin/xks-proxy.js')], {
-      env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
-    const port = await new Promise<number>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(out)), 15000);
-      child.stdout.on('data', () => {
-        const m = /listening url=http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
-        if (m) {
-          clearTimeout(t);
-          resolve(Number(m[1]));
-        }
-      });
-    });
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings });
+    const { child, port, exited } = proxy;
     // Idle keep-alive connections too: the stop must close them on the worker thread.
     const idle = Array.from({ length: 6 }, () => new Agent({ keepAlive: true, maxSockets: 1 }));
     for (const agent of idle) expect((await post(port, `${API}/health`, health, A, agent)).status).toBe(200);
@@ -355,6 +320,7 @@ describe('SIGTERM with two event loops', () => {
     for (const a of idle) a.destroy();
     expect(results.every((s) => s === 200 || s === 'refused'), JSON.stringify(results)).toBe(true);
     expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
+    const out = proxy.output();
     expect(out).toMatch(/workers=2/);
     expect(out).toMatch(/ INFO request .* worker=1\n/);
     expect(out).toMatch(/signal=SIGTERM/);

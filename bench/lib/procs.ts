@@ -4,6 +4,7 @@ import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { settingsToml as renderSettings } from '../../src/dev/settings-toml.js';
 import type { BenchToken } from './token.js';
 import { REGION, SERVICE } from './sign.js';
 
@@ -42,55 +43,15 @@ export interface ProxySettings {
 
 /** settings.toml in the Rust proxy's format. */
 export function settingsToml(s: ProxySettings): string {
-  return `[server]
-ip = "127.0.0.1"
-port = ${s.port}
-port_http_ping = ${s.port}
-region = "${REGION}"
-service = "${SERVICE}"
-workers = ${s.workers ?? 1}
-
-[server.tcp_keepalive]
-tcp_keepalive_secs = 60
-tcp_keepalive_retries = 3
-tcp_keepalive_interval_secs = 1
-
-[tracing]
-is_stdout_writer_enabled = true
-is_file_writer_enabled = false
-level = "${s.level}"
-directory = "${s.token.dir}/logs"
-file_prefix = "xks-proxy.log"
-rotation_kind = "NEVER"
-
-[security]
-is_sigv4_auth_enabled = true
-is_tls_enabled = false
-is_mtls_enabled = false
-
-[[external_key_stores]]
-uri_path_prefix = "${s.store.prefix}"
-sigv4_access_key_id = "${s.store.accessKeyId}"
-sigv4_secret_access_key = "${s.store.secretAccessKey}"
-xks_key_id_set = [${s.store.keys.map((k) => `"${k}"`).join(', ')}]
-
-[pkcs11]
-session_pool_max_size = ${s.poolMaxSize}
-session_pool_timeout_milli = 1000
-session_eager_close = false
-user_pin = "${s.token.pin}"
-PKCS11_HSM_MODULE = "${s.token.modulePath}"
-context_read_timeout_milli = 100
-worker_threads = ${s.workerThreads}
-
-[limits]
-max_plaintext_in_base64 = 8192
-max_aad_in_base64 = 16384
-
-[hsm_capabilities]
-can_generate_iv = false
-is_zero_iv_required = false
-`;
+  return renderSettings({
+    port: s.port,
+    workers: s.workers ?? 1,
+    region: REGION,
+    service: SERVICE,
+    tracing: { stdout: true, level: s.level, directory: `${s.token.dir}/logs`, rotation: 'NEVER' },
+    stores: [s.store],
+    pkcs11: { pin: s.token.pin, modulePath: s.token.modulePath, poolMaxSize: s.poolMaxSize, poolTimeoutMs: 1000, workerThreads: s.workerThreads },
+  });
 }
 
 export interface Child {

@@ -1,14 +1,12 @@
 /** A throw-away SoftHSM2 token with one AES-256 key, for the bench. */
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { initSoftHsmToken } from '../../src/dev/softhsm.js';
 import { loadAddon, type EngineOptions, type NativeEngine } from '../../src/hsm/addon.js';
 
 export const KEY_LABEL = 'xks-key';
-
-const MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so', '/usr/local/lib/softhsm/libsofthsm2.so'];
 
 export interface BenchToken {
   dir: string;
@@ -20,19 +18,10 @@ export interface BenchToken {
 }
 
 export async function makeToken(): Promise<BenchToken> {
-  const modulePath = MODULES.find((p) => existsSync(p));
-  if (!modulePath) throw new Error('SoftHSM2 is not installed (apt-get install softhsm2)');
   const base = existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
   const dir = mkdtempSync(path.join(base, 'xks-bench-'));
-  const tokens = path.join(dir, 'tokens');
-  mkdirSync(tokens, { mode: 0o700 });
-  const conf = path.join(dir, 'softhsm2.conf');
-  writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
   const pin = randomBytes(6).toString('hex');
-  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'xks-bench', '--pin', pin, '--so-pin', randomBytes(6).toString('hex')], {
-    env: { ...process.env, SOFTHSM2_CONF: conf },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const { confPath: conf, modulePath } = initSoftHsmToken(dir, 'xks-bench', pin, randomBytes(6).toString('hex'));
   process.env.SOFTHSM2_CONF = conf;
   const engine = await openEngine({ modulePath, pin, threads: 1, poolMaxSize: 2 });
   try {

@@ -9,11 +9,7 @@
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { PassThrough } from 'node:stream';
 import { fileURLToPath } from 'node:url';
-import { loadConfig } from '../../src/config.js';
-import { startProxy } from '../../src/main.js';
-import { settingsToml, type SettingsSpec, type TestProxy } from './proxy.js';
 import type { TestToken } from './softhsm.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -83,29 +79,3 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 3000)
   }
 }
 
-export interface FaultyProxyExtras {
-  /** [pkcs11] operation_timeout_milli */
-  operationTimeoutMs?: number;
-  /** [health_check] */
-  healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number };
-}
-
-/** startTestProxy with our extension keys added to the generated settings.toml. */
-export async function startFaultyProxy(spec: SettingsSpec, extras: FaultyProxyExtras): Promise<TestProxy> {
-  let toml = settingsToml(spec);
-  if (extras.operationTimeoutMs !== undefined) {
-    toml = toml.replace('[pkcs11]\n', `[pkcs11]\noperation_timeout_milli = ${extras.operationTimeoutMs}\n`);
-  }
-  if (extras.healthCheck) {
-    const h = extras.healthCheck;
-    toml += `\n[health_check]\nkey_id = "${h.keyId}"\ninterval_secs = ${h.intervalSecs}\n`;
-    if (h.degradedLatencyMs !== undefined) toml += `degraded_latency_milli = ${h.degradedLatencyMs}\n`;
-  }
-  const settingsPath = path.join(spec.token.dir, 'settings-faulty.toml');
-  writeFileSync(settingsPath, toml);
-  const out = new PassThrough();
-  let text = '';
-  out.on('data', (c: Buffer) => (text += c.toString('utf8')));
-  const proxy = await startProxy(loadConfig(settingsPath), { stdout: out });
-  return Object.assign(proxy, { base: `http://127.0.0.1:${proxy.port}`, settingsPath, logText: () => text });
-}

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { loadConfig } from '../../src/config.js';
 import { startProxy, type RunningProxy } from '../../src/main.js';
+import { settingsToml as renderSettings } from '../../src/dev/settings-toml.js';
 import { signRequest } from './sign.js';
 import type { TestToken } from './softhsm.js';
 
@@ -40,77 +41,49 @@ export interface SettingsSpec {
   osoPolicy?: string;
   /** [server] workers; default 1 (the main thread only), not the proxy's default of all cores. */
   workers?: number;
+  /** [pkcs11] operation_timeout_milli; the proxy's default when absent. */
+  operationTimeoutMs?: number;
+  /** [health_check] */
+  healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number };
 }
 
 export const REGION = 'us-east-1';
 export const SERVICE = 'kms-xks-proxy';
 
 export function settingsToml(s: SettingsSpec): string {
-  const stores = s.stores
-    .map(
-      (k) => `[[external_key_stores]]
-uri_path_prefix = "${k.prefix}"
-sigv4_access_key_id = "${k.accessKeyId}"
-sigv4_secret_access_key = "${k.secret}"
-xks_key_id_set = [${k.keys.map((id) => `"${id}"`).join(', ')}]
-${k.credentials ? `sigv4_credentials = [${k.credentials.map((c) => `{ access_key_id = "${c.accessKeyId}", secret_access_key = "${c.secret}" }`).join(', ')}]` : ''}
-${k.requestsPerSecond !== undefined ? `requests_per_second = ${k.requestsPerSecond}` : ''}
-${k.burst !== undefined ? `burst = ${k.burst}` : ''}
-`,
-    )
-    .join('\n');
-  return `[server]
-ip = "127.0.0.1"
-port = 0
-port_http_ping = ${s.pingPort ?? 0}
-region = "${REGION}"
-service = "${SERVICE}"
-workers = ${s.workers ?? 1}
-${s.ciphertextMetadataB64 !== undefined ? `ciphertext_metadata_b64 = "${s.ciphertextMetadataB64}"` : ''}
-
-[server.tcp_keepalive]
-tcp_keepalive_secs = 60
-tcp_keepalive_retries = 3
-tcp_keepalive_interval_secs = 1
-
-[tracing]
-is_stdout_writer_enabled = true
-is_file_writer_enabled = false
-level = "${s.level ?? 'DEBUG'}"
-directory = "/var/local/xks-proxy/logs"
-file_prefix = "xks-proxy.log"
-rotation_kind = "HOURLY"
-
-[security]
-is_sigv4_auth_enabled = ${s.sigv4 ?? true}
-is_tls_enabled = ${s.tls !== undefined}
-is_mtls_enabled = ${s.tls?.mtls !== undefined}
-${s.osoPolicy !== undefined ? `secondary_auth = "Oso"\n\n[security.oso]\npolar_file_path = "${s.osoPolicy}"\n` : ''}
-${
-  s.tls !== undefined
-    ? `[tls]\ntls_cert_pem = "${s.tls.certFile}"\ntls_key_pem = "${s.tls.keyFile}"\n` +
-      (s.tls.mtls ? `mtls_client_ca_pem = "${s.tls.mtls.caFile}"\nmtls_client_dns_name = "${s.tls.mtls.dnsName}"\n` : '')
-    : ''
-}
-
-${stores}
-[pkcs11]
-session_pool_max_size = ${s.poolMaxSize ?? 4}
-session_pool_timeout_milli = ${s.poolTimeoutMs ?? 1000}
-session_eager_close = ${s.eagerClose ?? false}
-user_pin = "${s.token.pin}"
-PKCS11_HSM_MODULE = "${s.token.modulePath}"
-context_read_timeout_milli = 100
-${s.workerThreads !== undefined ? `worker_threads = ${s.workerThreads}` : ''}
-
-[limits]
-max_plaintext_in_base64 = ${s.maxPlaintextB64 ?? 8192}
-max_aad_in_base64 = ${s.maxAadB64 ?? 16384}
-
-[hsm_capabilities]
-can_generate_iv = false
-is_zero_iv_required = false
-`;
+  return renderSettings({
+    port: 0,
+    pingPort: s.pingPort ?? 0,
+    workers: s.workers ?? 1,
+    region: REGION,
+    service: SERVICE,
+    ciphertextMetadataB64: s.ciphertextMetadataB64,
+    tracing: { stdout: true, level: s.level ?? 'DEBUG', directory: '/var/local/xks-proxy/logs', rotation: 'HOURLY' },
+    sigv4: s.sigv4,
+    tls: s.tls,
+    osoPolicy: s.osoPolicy,
+    stores: s.stores.map((k) => ({
+      prefix: k.prefix,
+      accessKeyId: k.accessKeyId,
+      secretAccessKey: k.secret,
+      keys: k.keys,
+      credentials: k.credentials?.map((c) => ({ accessKeyId: c.accessKeyId, secretAccessKey: c.secret })),
+      requestsPerSecond: k.requestsPerSecond,
+      burst: k.burst,
+    })),
+    pkcs11: {
+      pin: s.token.pin,
+      modulePath: s.token.modulePath,
+      poolMaxSize: s.poolMaxSize ?? 4,
+      poolTimeoutMs: s.poolTimeoutMs ?? 1000,
+      eagerClose: s.eagerClose,
+      workerThreads: s.workerThreads,
+      operationTimeoutMs: s.operationTimeoutMs,
+    },
+    maxPlaintextB64: s.maxPlaintextB64,
+    maxAadB64: s.maxAadB64,
+    healthCheck: s.healthCheck,
+  });
 }
 
 export interface TestProxy extends RunningProxy {

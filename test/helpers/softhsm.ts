@@ -5,19 +5,11 @@
  * `process.env.SOFTHSM2_CONF = token.confPath` before the first engine.open(), and uses
  * one token per process (vitest runs every test file in its own forked process).
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { initSoftHsmToken } from '../../src/dev/softhsm.js';
 import type { NativeEngine } from '../../src/hsm/addon.js';
-
-export const SOFTHSM_MODULE: string = (() => {
-  const p = '/usr/lib/softhsm/libsofthsm2.so';
-  if (!existsSync(p)) {
-    throw new Error(`SoftHSM2 is not installed: ${p} is missing (apt-get install softhsm2)`);
-  }
-  return p;
-})();
 
 export interface TestToken {
   /** Temporary directory holding the configuration and the token store. */
@@ -41,25 +33,19 @@ const SO_PIN = '12345678';
 /** A fresh, initialized SoftHSM2 token in its own temporary directory. */
 export function makeToken(label = 'xks-test'): TestToken {
   const dir = mkdtempSync(path.join(tmpdir(), 'xks-softhsm-'));
-  const tokens = path.join(dir, 'tokens');
-  mkdirSync(tokens, { mode: 0o700 });
-  const confPath = path.join(dir, 'softhsm2.conf');
-  writeFileSync(confPath, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  const env = { SOFTHSM2_CONF: confPath };
+  let token;
   try {
-    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', USER_PIN, '--so-pin', SO_PIN], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    token = initSoftHsmToken(dir, label, USER_PIN, SO_PIN);
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
-    const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim() ?? '';
-    throw new Error(`softhsm2-util --init-token failed: ${stderr || String(e)}`);
+    throw e;
   }
+  const confPath = token.confPath;
+  const env = { SOFTHSM2_CONF: confPath };
   return {
     dir,
     confPath,
-    modulePath: SOFTHSM_MODULE,
+    modulePath: token.modulePath,
     pin: USER_PIN,
     label,
     env,

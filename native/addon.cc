@@ -120,6 +120,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (!o.Get("operationTimeoutMs").IsUndefined()) {
       cfg.opTimeoutMs = intOption(env, o, "operationTimeoutMs", 0, 3600000);
     }
+    cfg.keyCopies = boolOption(env, o, "keyCopies", true, false);
+    if (!o.Get("keyCheckMs").IsUndefined()) cfg.keyCheckMs = intOption(env, o, "keyCheckMs", 1, 3600000);
     std::string mode;
     utf8Arg(env, o.Get("ivMode"), "options.ivMode", 64, mode);
     if (mode == "random") {
@@ -693,6 +695,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("timeouts", Napi::Number::New(env, static_cast<double>(s.timeouts)));
     o.Set("sessionErrors", Napi::Number::New(env, static_cast<double>(s.sessionErrors)));
     o.Set("ready", Napi::Boolean::New(env, s.ready));
+    o.Set("keyCopies", Napi::Number::New(env, s.keyCopies));
+    o.Set("keySessionOpen", Napi::Boolean::New(env, s.keySessionOpen));
     return o;
   }
 

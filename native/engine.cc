@@ -110,7 +110,16 @@ EngineStats Core::stats() const {
                      reinitializations_.load(std::memory_order_relaxed),
                      timeouts_.load(std::memory_order_relaxed),
                      sessionErrors_.load(std::memory_order_relaxed),
-                     nextRetryNs_.load(std::memory_order_relaxed) == 0};
+                     nextRetryNs_.load(std::memory_order_relaxed) == 0,
+                     keyCopies(),
+                     keySessionOpen_.load(std::memory_order_relaxed)};
+}
+
+uint32_t Core::keyCopies() const {
+  std::shared_lock<std::shared_mutex> lk(keyMu_);
+  uint32_t n = 0;
+  for (const auto& kv : keys_) n += kv.second.copied() ? 1 : 0;
+  return n;
 }
 
 // ---------------------------------------------------------------- threads
@@ -578,8 +587,9 @@ Core::Status Core::openInto(uint32_t idx, bool releaseOnFailure) {
   // next login. A key handle found before this login is therefore never used after it: the
   // cache is emptied *before* logging in (if another session kept the login alive, the next
   // lookup merely finds the same handles again). Clearing after the login would leave a
-  // window in which another worker could use a stale handle with the new login.
-  clearKeys();
+  // window in which another worker could use a stale handle with the new login. While the
+  // key session is open the user never was logged out, and the handles stand.
+  if (!keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
   rv = f_->C_Login(h, CKU_USER, pin_.empty() ? g_empty : pin_.data(), pin_.size());
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     f_->C_CloseSession(h);
@@ -599,8 +609,9 @@ void Core::releaseSession(uint32_t idx, bool close) {
     f_->C_CloseSession(pool_.handle(idx));
     pool_.unreserve(idx);
     // Closing the application's last session logs the user out, and a module may then
-    // invalidate (and later reuse) the handles of private objects: forget them all.
-    if (pool_.openCount() == 0) clearKeys();
+    // invalidate (and later reuse) the handles of private objects: forget them all (unless
+    // the key session keeps the login).
+    if (pool_.openCount() == 0 && !keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
   } else {
     pool_.pushIdle(idx);
   }
@@ -632,7 +643,7 @@ void Core::endSession(Worker* w, uint32_t idx, bool close, bool opened) {
   }
   if (f_ != nullptr) f_->C_CloseSession(pool_.handle(idx));
   pool_.unquarantine(idx);
-  if (pool_.openCount() == 0) clearKeys();
+  if (pool_.openCount() == 0 && !keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
 }
 
 void Core::closeAllIdle() {
@@ -677,35 +688,68 @@ Core::Status Core::acquireSession(const Job* j, Worker* w, uint32_t& idx) {
 }
 
 // ---------------------------------------------------------------- key cache
+//
+// A label resolves to exactly one token secret key (none or several: not found). Its handle
+// is cached until a call reports it invalid, or until the user may have been logged out.
+//
+// With keyCopies, encrypt and decrypt use a session-object copy of that key, made inside the
+// HSM by C_CopyObject into keySession_ (the copy keeps every attribute of the token key but
+// CKA_TOKEN, so it is as sensitive and unextractable as the original; no key material leaves
+// the HSM). Some modules check a token object against their store on every use (SoftHSM2
+// opens and reads the object's file twice per encrypt); a session object skips that. A
+// module that refuses the copy (CKA_COPYABLE false, no C_CopyObject) is used through the
+// token key as before. Because a copy outlives the deletion or change of its token key, the
+// token key is looked up again at most keyCheckMs after the last check, by the next call
+// that uses it: the copy is kept only when the label still names that same object with the
+// same CKA_ENCRYPT / CKA_DECRYPT; otherwise it is destroyed and the label resolved afresh.
+
+void Core::closeKeySession() {
+  // Bumped first: a copy made in the closing session is never cached afterwards.
+  keySessionGen_.fetch_add(1, std::memory_order_acq_rel);
+  if (keySession_ != CK_INVALID_HANDLE && f_ != nullptr) f_->C_CloseSession(keySession_);
+  keySession_ = CK_INVALID_HANDLE;
+  keySessionOpen_.store(false, std::memory_order_release);
+}
 
 void Core::dropKey(const std::string& label) {
-  std::unique_lock<std::shared_mutex> lk(keyMu_);
-  keys_.erase(label);
+  CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+  uint64_t generation = 0;
+  {
+    std::unique_lock<std::shared_mutex> lk(keyMu_);
+    auto it = keys_.find(label);
+    if (it == keys_.end()) return;
+    if (it->second.copied()) {
+      copy = it->second.crypt;
+      generation = it->second.generation;
+    }
+    keys_.erase(it);
+  }
+  if (copy == CK_INVALID_HANDLE) return;
+  // A call in flight on another thread may still use it; it then fails with a handle error
+  // and retries through a fresh lookup.
+  std::lock_guard<std::mutex> lk(keySessionMu_);
+  if (generation == keySessionGen_.load(std::memory_order_acquire) && keySession_ != CK_INVALID_HANDLE) {
+    f_->C_DestroyObject(keySession_, copy);
+  }
 }
 
 void Core::clearKeys() {
+  {
+    std::lock_guard<std::mutex> lk(keySessionMu_);
+    closeKeySession();
+  }
   std::unique_lock<std::shared_mutex> lk(keyMu_);
   keys_.clear();
 }
 
-Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key,
-                           bool& cached, bool& dirty) {
-  {
-    std::shared_lock<std::shared_mutex> lk(keyMu_);
-    auto it = keys_.find(label);
-    if (it != keys_.end()) {
-      key = it->second;
-      cached = true;
-      return Status{};
-    }
-  }
-  cached = false;
+Core::Status Core::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key,
+                               bool& dirty) {
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
   CK_BBOOL token = CK_TRUE;
   CK_ATTRIBUTE tmpl[] = {
       {CKA_CLASS, &cls, sizeof cls},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_TOKEN, &token, sizeof token},
+      {CKA_TOKEN, &token, sizeof token},  // never our own session copies
   };
   CK_RV rv = f_->C_FindObjectsInit(s, tmpl, 3);
   if (rv != CKR_OK) {
@@ -732,22 +776,144 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, CK_OBJ
   if (count == 0) return Status{CKR_OK, "C_FindObjects", kKeyNotFound};
   if (count > 1) return Status{CKR_OK, "C_FindObjects", kKeyAmbiguous};
   key = found[0];
-  std::unique_lock<std::shared_mutex> lk(keyMu_);
-  keys_[label] = key;
+  return Status{};
+}
+
+Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty) {
+  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &e.encrypt, 1}, {CKA_DECRYPT, &e.decrypt, 1}};
+  CK_RV rv = f_->C_GetAttributeValue(s, token, flags, 2);
+  if (rv != CKR_OK) {
+    dirty = true;
+    return Status{rv, "C_GetAttributeValue"};
+  }
+  CK_BBOOL no = CK_FALSE;
+  CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, 1}};
+  std::lock_guard<std::mutex> lk(keySessionMu_);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (keySession_ == CK_INVALID_HANDLE) {
+      // The user is logged in (the caller holds a logged-in pool session), and a login
+      // belongs to the application, so this session needs no C_Login of its own.
+      rv = f_->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &keySession_);
+      if (rv != CKR_OK) {
+        keySession_ = CK_INVALID_HANDLE;
+        return Status{};  // no copy: the token key serves
+      }
+      keySessionOpen_.store(true, std::memory_order_release);
+    }
+    CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
+    rv = f_->C_CopyObject(keySession_, token, tmpl, 1, &copy);
+    if (rv == CKR_OK) {
+      e.crypt = copy;
+      e.generation = keySessionGen_.load(std::memory_order_acquire);
+      return Status{};
+    }
+    if (rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED) break;
+    closeKeySession();  // that session is gone: one more try in a new one
+  }
+  return Status{};  // refused (not copyable, not supported): the token key serves
+}
+
+Core::Status Core::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token,
+                                CK_BBOOL enc, CK_BBOOL dec, bool& same, bool& dirty) {
+  same = false;
+  CK_OBJECT_HANDLE now = CK_INVALID_HANDLE;
+  Status st = lookupLabel(s, label, now, dirty);
+  if (!st.ok()) return dirty ? st : Status{};
+  if (now != token) return Status{};
+  CK_BBOOL e = CK_FALSE, d = CK_FALSE;
+  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &e, 1}, {CKA_DECRYPT, &d, 1}};
+  CK_RV rv = f_->C_GetAttributeValue(s, token, flags, 2);
+  if (rv != CKR_OK) {
+    dirty = true;
+    return Status{rv, "C_GetAttributeValue"};
+  }
+  same = e == enc && d == dec;
+  return Status{};
+}
+
+Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, CK_OBJECT_HANDLE& key,
+                           bool& dirty) {
+  bool check = false;
+  CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
+  CK_BBOOL enc = CK_FALSE, dec = CK_FALSE;
+  {
+    std::shared_lock<std::shared_mutex> lk(keyMu_);
+    auto it = keys_.find(label);
+    if (it != keys_.end()) {
+      KeyEntry& e = it->second;
+      key = use == KeyUse::Token ? e.token : e.crypt;
+      if (use == KeyUse::Crypt && e.copied()) {
+        const int64_t now = nanos(Clock::now());
+        int64_t last = e.checkedNs.load(std::memory_order_relaxed);
+        // One caller per period does the check; the others go on with the copy meanwhile.
+        if (now - last >= int64_t{cfg_.keyCheckMs} * 1000000 &&
+            e.checkedNs.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+          check = true;
+          token = e.token;
+          enc = e.encrypt;
+          dec = e.decrypt;
+        }
+      }
+      if (!check) return Status{};
+    }
+  }
+  if (check) {
+    bool same = false;
+    Status st = keyUnchanged(s, label, token, enc, dec, same, dirty);
+    if (!st.ok()) return st;
+    if (same) return Status{};
+    dropKey(label);  // deleted, replaced or changed: destroy the copy, resolve afresh
+  }
+  KeyEntry fresh;
+  Status st = lookupLabel(s, label, fresh.token, dirty);
+  if (!st.ok()) return st;
+  fresh.crypt = fresh.token;
+  if (cfg_.keyCopies) {
+    st = copyKey(s, fresh.token, fresh, dirty);
+    if (!st.ok()) return st;
+  }
+  bool stale = false;  // the copy's session closed meanwhile: use the token key, cache nothing
+  {
+    std::unique_lock<std::shared_mutex> lk(keyMu_);
+    if (fresh.copied() && fresh.generation != keySessionGen_.load(std::memory_order_acquire)) {
+      stale = true;
+    } else {
+      auto [it, inserted] = keys_.try_emplace(label);
+      KeyEntry& e = it->second;
+      if (inserted) {
+        e.token = fresh.token;
+        e.crypt = fresh.crypt;
+        e.generation = fresh.generation;
+        e.encrypt = fresh.encrypt;
+        e.decrypt = fresh.decrypt;
+        e.checkedNs.store(nanos(Clock::now()), std::memory_order_relaxed);
+        key = use == KeyUse::Token ? e.token : e.crypt;
+        return Status{};
+      }
+      // Another thread resolved it first: use its entry, discard our copy.
+      key = use == KeyUse::Token ? e.token : e.crypt;
+    }
+  }
+  if (stale) key = fresh.token;
+  if (fresh.copied()) {
+    std::lock_guard<std::mutex> lk(keySessionMu_);
+    if (fresh.generation == keySessionGen_.load(std::memory_order_acquire) && keySession_ != CK_INVALID_HANDLE) {
+      f_->C_DestroyObject(keySession_, fresh.crypt);
+    }
+  }
   return Status{};
 }
 
 template <class F>
-Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, bool& dirty, F&& op) {
+Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty, F&& op) {
   CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
-  bool cached = false;
-  Status st = findKey(s, j->label, key, cached, dirty);
+  Status st = findKey(s, j->label, use, key, dirty);
   if (!st.ok()) return st;
   st = op(key);
-  if (cached && (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID)) {
-    // The object went away or was re-created: look it up again, retry once.
+  if (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID) {
+    // The object (or its copy) went away or was re-created: look it up again, retry once.
     dropKey(j->label);
-    st = findKey(s, j->label, key, cached, dirty);
+    st = findKey(s, j->label, use, key, dirty);
     if (!st.ok()) return st;
     st = op(key);
   }
@@ -844,13 +1010,13 @@ void Core::runSessionJob(Job* j, Worker* w) {
       bool dirty = false;  // any PKCS#11 error on this session: never reuse it
       switch (j->op) {
         case Op::Encrypt:
-          st = withKey(j, s, dirty, [&](CK_OBJECT_HANDLE k) { return encrypt(j, s, k, dirty); });
+          st = withKey(j, s, KeyUse::Crypt, dirty, [&](CK_OBJECT_HANDLE k) { return encrypt(j, s, k, dirty); });
           break;
         case Op::Decrypt:
-          st = withKey(j, s, dirty, [&](CK_OBJECT_HANDLE k) { return decrypt(j, s, k, dirty); });
+          st = withKey(j, s, KeyUse::Crypt, dirty, [&](CK_OBJECT_HANDLE k) { return decrypt(j, s, k, dirty); });
           break;
         case Op::KeyInfo:
-          st = withKey(j, s, dirty, [&](CK_OBJECT_HANDLE k) { return keyInfo(j, s, k, dirty); });
+          st = withKey(j, s, KeyUse::Token, dirty, [&](CK_OBJECT_HANDLE k) { return keyInfo(j, s, k, dirty); });
           break;
         case Op::Random:
           st = random(j, s, dirty);

@@ -64,6 +64,11 @@ struct EngineConfig {
   IvMode ivMode = IvMode::Random;
   // Deadline of every job, from submission (0: none). Overrunning jobs settle with XKS_TIMEOUT.
   uint32_t opTimeoutMs = 0;
+  // Encrypt and decrypt with a session-object copy of each token key, made inside the HSM by
+  // C_CopyObject (see "key cache" in engine.cc); the token key is looked up again every
+  // keyCheckMs and the copy dropped when it is gone or changed.
+  bool keyCopies = false;
+  uint32_t keyCheckMs = 1000;
 };
 
 struct KeyInfoResult {
@@ -127,6 +132,8 @@ struct EngineStats {
   uint32_t sessionsOpen, sessionsIdle, sessionsQuarantined, workersStuck;
   uint64_t reinitializations, timeouts, sessionErrors;
   bool ready;
+  uint32_t keyCopies;   // cached keys that use a session copy
+  bool keySessionOpen;  // the session that holds the copies
 };
 
 class Core {
@@ -207,10 +214,27 @@ class Core {
   void closeAllIdle();
   Status acquireSession(const Job* j, Worker* w, uint32_t& idx);
   void endSession(Worker* w, uint32_t idx, bool close, bool opened = true);
-  Status findKey(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& cached,
+  // Crypt: the handle encrypt/decrypt use (the copy, when there is one); Token: the token
+  // object itself (its attributes are the truth for key metadata).
+  enum class KeyUse : uint8_t { Crypt, Token };
+  struct KeyEntry {
+    CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;  // == token, or a copy in keySession_
+    uint64_t generation = 0;                     // keySessionGen_ the copy was made in
+    CK_BBOOL encrypt = CK_FALSE, decrypt = CK_FALSE;  // the token key's, when copied
+    std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
+    bool copied() const { return crypt != token; }
+  };
+  Status findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, CK_OBJECT_HANDLE& key,
                  bool& dirty);
+  uint32_t keyCopies() const;
+  Status lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty);
+  Status copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty);
+  Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
+                      CK_BBOOL dec, bool& same, bool& dirty);
+  void closeKeySession();  // keySessionMu_ held
   template <class F>
-  Status withKey(Job* j, CK_SESSION_HANDLE s, bool& dirty, F&& op);
+  Status withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty, F&& op);
   Status encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty);
   Status decrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty);
   Status keyInfo(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty);
@@ -246,8 +270,14 @@ class Core {
 
   SessionPool pool_;
 
-  std::shared_mutex keyMu_;
-  std::unordered_map<std::string, CK_OBJECT_HANDLE> keys_;
+  mutable std::shared_mutex keyMu_;
+  std::unordered_map<std::string, KeyEntry> keys_;
+  // The session that owns the key copies (closing it destroys them). Never in the pool;
+  // while it is open the user stays logged in, so cached handles stay valid.
+  std::mutex keySessionMu_;
+  CK_SESSION_HANDLE keySession_ = CK_INVALID_HANDLE;
+  std::atomic<uint64_t> keySessionGen_{1};  // bumped whenever keySession_ closes
+  std::atomic<bool> keySessionOpen_{false};
 
   JobQueue<Job> queue_;
   CompletionStack<Job> done_;

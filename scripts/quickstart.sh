@@ -10,6 +10,7 @@ command -v softhsm2-util >/dev/null || need+=(softhsm2)
 [[ -e /usr/include/p11-kit-1/p11-kit/pkcs11.h ]] || need+=(libp11-kit-dev)
 command -v g++ >/dev/null || need+=(g++ make python3)
 command -v curl >/dev/null || need+=(curl)
+command -v pkcs11-tool >/dev/null || need+=(opensc) # pkcs11-tool: the tests delete keys with it, as an HSM admin would
 if ((${#need[@]})); then
   sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo)

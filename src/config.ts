@@ -125,6 +125,18 @@ export interface Pkcs11Section {
    * DependencyTimeoutException. Default DEFAULT_OPERATION_TIMEOUT_MILLI; 0 = no deadline.
    */
   operation_timeout_milli: number;
+  /**
+   * Our extension (optional key, default true): encrypt and decrypt with a session-object copy of
+   * each key made inside the HSM (C_CopyObject with CKA_TOKEN false; never extracted). Modules that
+   * refuse the copy are used through the token key.
+   */
+  session_key_copies: boolean;
+  /**
+   * Our extension (optional key): at most this many ms after the last check, the next call re-checks
+   * that the label still names the same token key with the same CKA_ENCRYPT/CKA_DECRYPT, and drops a
+   * copy that does not. Default DEFAULT_SESSION_KEY_CHECK_MILLI.
+   */
+  session_key_check_milli: number;
   /** Effective module path: env PKCS11_HSM_MODULE (when set and non-empty) else PKCS11_HSM_MODULE. */
   module_path: string;
 }
@@ -199,6 +211,8 @@ export const DEFAULT_PORT_HTTP_PING = 80;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
 /** Default [pkcs11] operation_timeout_milli: an Encrypt with CDIV makes two HSM calls, and both must fit in KMS's 250 ms. */
 export const DEFAULT_OPERATION_TIMEOUT_MILLI = 100;
+/** Default [pkcs11] session_key_check_milli: a key deleted or disabled in the HSM stops working within this time. */
+export const DEFAULT_SESSION_KEY_CHECK_MILLI = 1000;
 export const DEFAULT_HEALTH_CHECK_INTERVAL_SECS = 10;
 export const DEFAULT_HEALTH_CHECK_DEGRADED_MILLI = 100;
 /** Spec: plaintext up to 4,300 bytes and AAD up to 8,192 bytes must work. */
@@ -312,6 +326,8 @@ export function redactedSummary(config: Config): object {
       context_read_timeout_milli: config.pkcs11.context_read_timeout_milli,
       worker_threads: config.pkcs11.worker_threads,
       operation_timeout_milli: config.pkcs11.operation_timeout_milli,
+      session_key_copies: config.pkcs11.session_key_copies,
+      session_key_check_milli: config.pkcs11.session_key_check_milli,
     },
     pkcs11_logger: config.pkcs11_logger ? { ...config.pkcs11_logger } : undefined,
     limits: { ...config.limits },
@@ -692,6 +708,7 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
   r.unknown(t, P, [
     'session_pool_max_size', 'session_pool_timeout_milli', 'session_eager_close', 'user_pin',
     PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads', 'operation_timeout_milli',
+    'session_key_copies', 'session_key_check_milli',
   ]);
   const session_pool_max_size = r.int(t, P, 'session_pool_max_size', true, POSITIVE);
   const session_pool_timeout_milli = r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE);
@@ -709,6 +726,10 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     r.warn(`${P}.operation_timeout_milli`, `${operation_timeout_milli} ms: KMS gives up after 250 ms, so a stuck HSM call is reported late`);
   }
   if (operation_timeout_milli === 0) r.warn(`${P}.operation_timeout_milli`, '0: HSM calls have no deadline; a stuck HSM hangs requests');
+  const session_key_copies = r.bool(t, P, 'session_key_copies', false) ?? true;
+  const session_key_check_milli =
+    r.int(t, P, 'session_key_check_milli', false, { min: 1, max: 3600000, what: 'an integer in 1..3600000' }) ??
+    DEFAULT_SESSION_KEY_CHECK_MILLI;
   const fromEnv = env[PKCS11_HSM_MODULE];
   const module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : hsmModule;
   if (module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');
@@ -720,6 +741,8 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     context_read_timeout_milli,
     worker_threads,
     operation_timeout_milli,
+    session_key_copies,
+    session_key_check_milli,
     module_path,
   };
   return withHidden(out, 'user_pin', user_pin);

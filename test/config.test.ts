@@ -441,6 +441,20 @@ describe('deadlines and the deep health check (our extensions)', () => {
     );
   });
 
+  it('session_key_copies: default true; session_key_check_milli: default 1000, 1..3600000', () => {
+    const d = parseConfig(MIN, 'f', NO_ENV).config.pkcs11;
+    expect(d.session_key_copies).toBe(true);
+    expect(d.session_key_check_milli).toBe(1000);
+    expect(parseConfig(withPkcs11('session_key_copies = false'), 'f', NO_ENV).config.pkcs11.session_key_copies).toBe(false);
+    expect(parseConfig(withPkcs11('session_key_check_milli = 250'), 'f', NO_ENV).config.pkcs11.session_key_check_milli).toBe(250);
+    expect(failure(withPkcs11('session_key_copies = "yes"')).message).toBe(
+      'settings.toml: pkcs11.session_key_copies: expected a boolean (true or false), got "yes"',
+    );
+    expect(failure(withPkcs11('session_key_check_milli = 0')).message).toBe(
+      'settings.toml: pkcs11.session_key_check_milli: expected an integer in 1..3600000, got 0',
+    );
+  });
+
   it('[health_check]: absent by default; key_id required; interval_secs 1..60 (default 10); threshold default 100', () => {
     expect(parseConfig(MIN, 'f', NO_ENV).config.health_check).toBeUndefined();
     expect(parseConfig(withHealth('key_id = "hc-key"'), 'f', NO_ENV).config.health_check).toEqual({

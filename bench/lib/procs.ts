@@ -39,6 +39,8 @@ export interface ProxySettings {
   level: string;
   /** [server] workers (event loops); default 1. */
   workers?: number;
+  /** [pkcs11] session_key_copies; default: the proxy's default (true). */
+  keyCopies?: boolean;
 }
 
 /** settings.toml in the Rust proxy's format. */
@@ -50,7 +52,7 @@ export function settingsToml(s: ProxySettings): string {
     service: SERVICE,
     tracing: { stdout: true, level: s.level, directory: `${s.token.dir}/logs`, rotation: 'NEVER' },
     stores: [s.store],
-    pkcs11: { pin: s.token.pin, modulePath: s.token.modulePath, poolMaxSize: s.poolMaxSize, poolTimeoutMs: 1000, workerThreads: s.workerThreads },
+    pkcs11: { pin: s.token.pin, modulePath: s.token.modulePath, poolMaxSize: s.poolMaxSize, poolTimeoutMs: 1000, workerThreads: s.workerThreads, keyCopies: s.keyCopies },
   });
 }
 

@@ -90,6 +90,7 @@ static const struct {
     {"CKR_CRYPTOKI_NOT_INITIALIZED", CKR_CRYPTOKI_NOT_INITIALIZED},
     {"CKR_FUNCTION_NOT_SUPPORTED", CKR_FUNCTION_NOT_SUPPORTED},
     {"CKR_KEY_FUNCTION_NOT_PERMITTED", CKR_KEY_FUNCTION_NOT_PERMITTED},
+    {"CKR_ACTION_PROHIBITED", CKR_ACTION_PROHIBITED},
 };
 
 static void sleep_ms(long ms) {
@@ -339,6 +340,16 @@ static CK_RV w_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n,
   return g_real->C_CreateObject(h, t, n, o);
 }
 
+static CK_RV w_CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR c) {
+  INJECT("C_CopyObject");
+  return g_real->C_CopyObject(h, o, t, n, c);
+}
+
+static CK_RV w_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o) {
+  INJECT("C_DestroyObject");
+  return g_real->C_DestroyObject(h, o);
+}
+
 static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
   INJECT("C_GetAttributeValue");
   return g_real->C_GetAttributeValue(h, o, t, n);
@@ -412,6 +423,8 @@ static CK_RV load_target(void) {
   g_list.C_Login = w_Login;
   g_list.C_Logout = w_Logout;
   g_list.C_CreateObject = w_CreateObject;
+  g_list.C_CopyObject = w_CopyObject;
+  g_list.C_DestroyObject = w_DestroyObject;
   g_list.C_GetAttributeValue = w_GetAttributeValue;
   g_list.C_FindObjectsInit = w_FindObjectsInit;
   g_list.C_FindObjects = w_FindObjects;

@@ -37,6 +37,8 @@ export interface SettingsSpec {
     eagerClose?: boolean | undefined;
     workerThreads?: number | undefined;
     operationTimeoutMs?: number | undefined;
+    keyCopies?: boolean | undefined;
+    keyCheckMs?: number | undefined;
   };
   maxPlaintextB64?: number | undefined;
   maxAadB64?: number | undefined;
@@ -106,7 +108,7 @@ ${line('session_pool_max_size', s.pkcs11.poolMaxSize)}${line('session_pool_timeo
     'session_eager_close',
     s.pkcs11.eagerClose ?? false,
   )}${line('user_pin', s.pkcs11.pin)}${line('PKCS11_HSM_MODULE', s.pkcs11.modulePath)}context_read_timeout_milli = 100
-${line('worker_threads', s.pkcs11.workerThreads)}${line('operation_timeout_milli', s.pkcs11.operationTimeoutMs)}
+${line('worker_threads', s.pkcs11.workerThreads)}${line('operation_timeout_milli', s.pkcs11.operationTimeoutMs)}${line('session_key_copies', s.pkcs11.keyCopies)}${line('session_key_check_milli', s.pkcs11.keyCheckMs)}
 [limits]
 ${line('max_plaintext_in_base64', s.maxPlaintextB64 ?? 8192)}${line('max_aad_in_base64', s.maxAadB64 ?? 16384)}
 [hsm_capabilities]

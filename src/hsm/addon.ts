@@ -43,6 +43,14 @@ export interface EngineOptions {
    * the call returns, its session is closed and the thread rejoins (or exits if not needed).
    */
   operationTimeoutMs?: number;
+  /**
+   * Encrypt and decrypt with a session-object copy of each key, made inside the HSM with
+   * C_CopyObject (CKA_TOKEN false) into one extra session that the engine keeps open (default
+   * false). A module that refuses the copy is used through the token key.
+   */
+  keyCopies?: boolean;
+  /** Re-check a copied key's token object at most this many ms after the last check (1..3600000, default 1000). */
+  keyCheckMs?: number;
 }
 
 export interface KeyInfo {
@@ -94,6 +102,10 @@ export interface EngineStats {
   sessionsQuarantined: number;
   /** Threads stuck in an overrunning call. */
   workersStuck: number;
+  /** Cached keys used through a session copy (keyCopies). */
+  keyCopies: number;
+  /** The session that holds the key copies is open (one more than sessionsOpen at the module). */
+  keySessionOpen: boolean;
   /** Calls that failed with XKS_TIMEOUT. */
   timeouts: number;
   /** Sessions dropped because the HSM failed them (device- or session-level codes, see the README, "HSM failures"). */

@@ -20,6 +20,9 @@ export interface HsmSettings {
   isZeroIvRequired: boolean;
   /** Deadline of every HSM call in ms ([pkcs11] operation_timeout_milli); 0 = none. */
   operationTimeoutMs?: number;
+  /** [pkcs11] session_key_copies / session_key_check_milli. */
+  keyCopies?: boolean;
+  keyCheckMs?: number;
 }
 
 /** A cached health verdict (the deep health check of src/health/); see Hsm.setHealthSource. */
@@ -131,6 +134,8 @@ export class Hsm {
       threads: settings.threads,
       ivMode: ivMode(settings.canGenerateIv, settings.isZeroIvRequired),
       operationTimeoutMs: settings.operationTimeoutMs ?? 0,
+      keyCopies: settings.keyCopies ?? false,
+      ...(settings.keyCheckMs !== undefined ? { keyCheckMs: settings.keyCheckMs } : {}),
     };
     const { Engine } = loadAddon();
     const engine = new Engine(options);

@@ -37,6 +37,8 @@ export function hsmSettings(config: Config, share: { poolMaxSize: number; thread
     canGenerateIv: config.hsm_capabilities.can_generate_iv,
     isZeroIvRequired: config.hsm_capabilities.is_zero_iv_required,
     operationTimeoutMs: config.pkcs11.operation_timeout_milli,
+    keyCopies: config.pkcs11.session_key_copies,
+    keyCheckMs: config.pkcs11.session_key_check_milli,
   };
 }
 

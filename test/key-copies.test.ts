@@ -1,0 +1,193 @@
+/**
+ * Session copies of the keys ([pkcs11] session_key_copies): encrypt and decrypt use a
+ * session-object copy made inside the HSM by C_CopyObject, against a real SoftHSM2 token
+ * behind the fault module. Keys are deleted by another process (OpenSC's pkcs11-tool), as an
+ * HSM administrator would.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
+import { useFaultyModule, type FaultControl } from './helpers/faulty.js';
+import { makeToken, type TestToken } from './helpers/softhsm.js';
+
+const { Engine } = loadAddon();
+const AAD = Buffer.from('copy-aad');
+const CHECK_MS = 150;
+
+let base: TestToken;
+let token: TestToken;
+let faults: FaultControl;
+const engines: NativeEngine[] = [];
+
+async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
+  const e = new Engine({
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 2,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 2,
+    ivMode: 'random',
+    operationTimeoutMs: 1000,
+    keyCopies: true,
+    keyCheckMs: CHECK_MS,
+    ...o,
+  });
+  engines.push(e);
+  await e.open();
+  return e;
+}
+
+interface Sealed {
+  ct: Buffer;
+  tag: Buffer;
+  iv: Buffer;
+}
+
+async function seal(e: NativeEngine, key: string, text: string): Promise<Sealed> {
+  const out = await e.encrypt(key, Buffer.from(text), AAD);
+  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
+}
+
+async function open_(e: NativeEngine, key: string, s: Sealed): Promise<string> {
+  return (await e.decrypt(key, s.ct, s.tag, s.iv, AAD)).toString();
+}
+
+async function failure(p: Promise<unknown>): Promise<NativeError> {
+  try {
+    await p;
+  } catch (e) {
+    if (isNativeError(e)) return e;
+    throw e;
+  }
+  throw new Error('expected the call to fail');
+}
+
+/** Deletes the token key `label` from another process, as an HSM administrator would. */
+function deleteKey(label: string): void {
+  execFileSync(
+    'pkcs11-tool',
+    ['--module', base.modulePath, '--token-label', base.label, '--login', '--pin', base.pin, '--delete-object', '--type', 'secrkey', '--label', label],
+    { env: { ...process.env, ...base.env }, stdio: 'pipe' },
+  );
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  base = makeToken('xks-key-copies');
+  ({ token, faults } = useFaultyModule(base));
+  const e = await open({ keyCopies: false });
+  for (const k of ['copy-a', 'copy-b', 'copy-c', 'copy-d', 'copy-e']) await e.createKey(k, { encrypt: true, decrypt: true });
+  await e.close();
+});
+
+afterAll(async () => {
+  faults?.clear();
+  for (const e of engines) await e.close();
+  base?.cleanup();
+});
+
+describe('session key copies', () => {
+  it('encrypt and decrypt run on a copy in one extra session; ciphertexts are the same key’s either way', async () => {
+    faults.clear();
+    const copies = await open();
+    const plain = await open({ keyCopies: false });
+    const a = await seal(copies, 'copy-a', 'made with the copy');
+    const b = await seal(plain, 'copy-a', 'made with the token key');
+    expect(await open_(plain, 'copy-a', a)).toBe('made with the copy');
+    expect(await open_(copies, 'copy-a', b)).toBe('made with the token key');
+    const s = copies.stats();
+    expect(s.keyCopies).toBe(1);
+    expect(s.keySessionOpen).toBe(true);
+    expect(plain.stats().keyCopies).toBe(0);
+    expect(plain.stats().keySessionOpen).toBe(false);
+    // The module sees the pool sessions of both engines plus the one holding the copy.
+    expect(faults.status().open_sessions).toBe(copies.stats().sessionsOpen + plain.stats().sessionsOpen + 1);
+    // Key metadata comes from the token object itself.
+    expect(await copies.keyInfo('copy-a')).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: true });
+    await copies.close();
+    await plain.close();
+    expect(faults.status().open_sessions).toBe(0);
+  });
+
+  it('a key deleted in the HSM stops working within keyCheckMs (at once without copies)', async () => {
+    faults.clear();
+    const copies = await open();
+    const plain = await open({ keyCopies: false });
+    const sealed = await seal(copies, 'copy-b', 'before');
+    expect(await open_(plain, 'copy-b', sealed)).toBe('before');
+    expect(copies.stats().keyCopies).toBe(1);
+    deleteKey('copy-b');
+    // Without a copy the next call notices: the token object is gone.
+    expect((await failure(plain.encrypt('copy-b', Buffer.from('x'), AAD))).code).toBe('XKS_KEY_NOT_FOUND');
+    await sleep(CHECK_MS + 50);
+    expect((await failure(copies.encrypt('copy-b', Buffer.from('x'), AAD))).code).toBe('XKS_KEY_NOT_FOUND');
+    expect((await failure(copies.decrypt('copy-b', sealed.ct, sealed.tag, sealed.iv, AAD))).code).toBe('XKS_KEY_NOT_FOUND');
+    expect(copies.stats().keyCopies).toBe(0);
+    // A new key under the same label is a different key: it is copied afresh, and the old
+    // ciphertext does not open with it.
+    await copies.createKey('copy-b', { encrypt: true, decrypt: true });
+    const fresh = await seal(copies, 'copy-b', 'after');
+    expect(await open_(plain, 'copy-b', fresh)).toBe('after');
+    const wrongKey = await failure(copies.decrypt('copy-b', sealed.ct, sealed.tag, sealed.iv, AAD));
+    expect(wrongKey.code).toMatch(/^CKR_/);
+    expect(wrongKey.fn).toBe('C_Decrypt');
+    expect(copies.stats().keyCopies).toBe(1);
+    await copies.close();
+    await plain.close();
+  });
+
+  it('a key deleted and re-created under its label between checks is replaced at the next check', async () => {
+    faults.clear();
+    const copies = await open();
+    const plain = await open({ keyCopies: false });
+    await seal(copies, 'copy-c', 'warm');
+    deleteKey('copy-c');
+    await plain.createKey('copy-c', { encrypt: true, decrypt: true });
+    await sleep(CHECK_MS + 50);
+    // The check finds another object under the label: the old copy goes, the new key serves.
+    const s = await seal(copies, 'copy-c', 'new key');
+    expect(await open_(plain, 'copy-c', s)).toBe('new key');
+    await copies.close();
+    await plain.close();
+  });
+
+  it('a module that refuses C_CopyObject is used through the token key', async () => {
+    faults.set('fail C_CopyObject CKR_ACTION_PROHIBITED');
+    const e = await open();
+    const s = await seal(e, 'copy-d', 'no copy');
+    expect(await open_(e, 'copy-d', s)).toBe('no copy');
+    expect(e.stats().keyCopies).toBe(0);
+    faults.clear();
+    await e.close();
+  });
+
+  it('a copy that turns invalid is made again and the call retried', async () => {
+    faults.clear();
+    const e = await open();
+    const s = await seal(e, 'copy-e', 'first');
+    faults.set('fail C_DecryptInit CKR_KEY_HANDLE_INVALID times=1');
+    expect(await open_(e, 'copy-e', s)).toBe('first');
+    // The copy's session itself fails: a new one is opened for the next copy.
+    faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=1', 'fail C_CopyObject CKR_SESSION_HANDLE_INVALID times=1');
+    const t = await seal(e, 'copy-e', 'second');
+    expect(await open_(e, 'copy-e', t)).toBe('second');
+    expect(e.stats().keyCopies).toBe(1);
+    faults.clear();
+    await e.close();
+    expect(faults.status().open_sessions).toBe(0);
+  });
+
+  it('many concurrent calls on copies: every ciphertext decrypts with the token key', async () => {
+    faults.clear();
+    const copies = await open({ threads: 4, poolMaxSize: 4 });
+    const plain = await open({ keyCopies: false });
+    const texts = Array.from({ length: 400 }, (_, i) => `m${i}`);
+    const sealed = await Promise.all(texts.map((t) => seal(copies, 'copy-a', t)));
+    for (const [i, s] of sealed.entries()) expect(await open_(plain, 'copy-a', s)).toBe(texts[i]);
+    expect(copies.stats().keyCopies).toBe(1);
+    await copies.close();
+    await plain.close();
+  });
+});

@@ -171,7 +171,7 @@ export async function proxyRuns(
   const port = await freePort();
   const store = benchStore();
   const proxy = await startProxyProcess(
-    { token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers: opts.workers ?? 1 },
+    { token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers: opts.workers },
     opts.nodeArgs,
   );
   const signer = makeSigner(store);
@@ -227,6 +227,8 @@ export async function proxyRuns(
 export interface ScalingPoint {
   /** [server] workers of the proxy process. */
   workers: number;
+  /** [pkcs11] session_key_copies (absent in older results: true). */
+  keyCopies?: boolean;
   closed: LoadResult;
   /** Exit code after SIGTERM. */
   exitCode: number | null;
@@ -234,27 +236,28 @@ export interface ScalingPoint {
 
 /**
  * Closed-loop encrypt 32 B throughput of the proxy with 1, 2, ... event loops ([server] workers),
- * same session pool and HSM threads in total: how the proxy scales over cores.
+ * same session pool and HSM threads in total: how the proxy scales over cores; and with
+ * session_key_copies off: what the copies bring.
  */
 export async function scalingRuns(
   gen: Generator,
   token: BenchToken,
   opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number },
-  workersList: readonly number[],
+  points: readonly { workers: number; keyCopies: boolean }[],
   d: Durations,
   log: (s: string) => void,
 ): Promise<ScalingPoint[]> {
   const out: ScalingPoint[] = [];
-  for (const workers of workersList) {
+  for (const { workers, keyCopies } of points) {
     const port = await freePort();
     const store = benchStore();
-    const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers });
+    const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers, keyCopies });
     let closed: LoadResult | undefined;
     let exitCode: number | null = null;
     try {
       const pool = await signAll(makeSigner(store), host(port), `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`, encryptBodies(opts.poolSize, 32, 64));
       await sendAll(`http://${host(port)}`, pool.slice(0, 4), 1);
-      log(`  proxy, workers = ${workers}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
+      log(`  proxy, workers = ${workers}, session_key_copies = ${keyCopies}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
       closed = await gen.run({
         kind: 'closed',
         target: { host: '127.0.0.1', port },
@@ -267,7 +270,7 @@ export async function scalingRuns(
     } finally {
       exitCode = await proxy.stop();
     }
-    out.push({ workers, closed, exitCode });
+    out.push({ workers, keyCopies, closed, exitCode });
   }
   return out;
 }

@@ -9,6 +9,7 @@
  *    rates (latency from each request's due time).
  * Prints a table, writes bench/results/latest.json and a timestamped copy.
  */
+import os from 'node:os';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { compareMetrics, type Comparison, type Metric } from './compare.js';
@@ -37,7 +38,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results'), workers: 1 };
+  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results'), workers: os.availableParallelism() };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]!;
     const v = (): string => {
@@ -62,7 +63,7 @@ function parseArgs(argv: string[]): Args {
           '  --profile     run the proxy under node --cpu-prof and print its top self-time functions\n' +
           '  --node-gen    drive the e2e runs with the Node generator instead of the C one\n' +
           '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n' +
-          '  --workers N   proxy [server] workers, event loops (default 1); the full run also measures 1 and 2\n',
+          '  --workers N   proxy [server] workers, event loops (default: all cores, as the proxy); the full run also measures 1 and 2\n',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${k}`);
@@ -80,12 +81,15 @@ export interface BenchResult {
   config: { workerThreads: number; poolMaxSize: number; logLevel: string; closedConnections: number; openConnections: number; requestPool: number; workers?: number };
   micro: MicroRow[];
   ceilings: {
+    /** With session key copies, as the proxy runs by default. */
     addonEncrypt32OneThread: number;
     addonEncrypt32ProxyThreads: number;
+    /** One thread on the token key itself (session_key_copies = false). */
+    addonEncrypt32OneThreadTokenKey?: number;
     http: HttpCeilings;
   };
   e2e: Record<OpKey, OpResults>;
-  /** Closed-loop encrypt 32 B by [server] workers (full runs only). */
+  /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
   scaling?: ScalingPoint[];
   profile?: { file: string; totalMs: number; idlePct: number; top: SelfTime[] };
   metrics: Metric[];
@@ -133,7 +137,7 @@ function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
     if (x) loadMetrics(`proxy ${op.key}:`, x);
   }
   for (const p of r.scaling ?? []) {
-    m.push({ name: `scaling: encrypt32 closed-loop, workers = ${p.workers}`, value: p.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(p.closed.perSecond)), absNoise: 0 });
+    m.push({ name: `scaling: encrypt32 closed-loop, workers = ${p.workers}${p.keyCopies === false ? ', no key copies' : ''}`, value: p.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(p.closed.perSecond)), absNoise: 0 });
   }
   return m;
 }
@@ -180,6 +184,9 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
     table(
       [
         ['addon encrypt 32 B, no HTTP, 1 worker thread, 64 in flight', `${f0(r.ceilings.addonEncrypt32OneThread)} req/s`],
+        ...(r.ceilings.addonEncrypt32OneThreadTokenKey !== undefined
+          ? [['  the same on the token key (session_key_copies = false)', `${f0(r.ceilings.addonEncrypt32OneThreadTokenKey)} req/s`]]
+          : []),
         [`addon encrypt 32 B, no HTTP, ${r.config.workerThreads} worker threads, 64 in flight`, `${f0(r.ceilings.addonEncrypt32ProxyThreads)} req/s`],
         [`empty uWS handler, ${h.generator} generator, closed loop ${r.config.closedConnections} conns`, `${f0(h.closed.throughput)} req/s (generator CPU ${pct(h.closed.generatorCpu, 1)} of a core)`],
         ...(h.nodeGenerator
@@ -245,12 +252,12 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
   out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)');
   if (r.scaling && r.scaling.length > 0) {
     out.push('');
-    out.push(`Scaling over event loops ([server] workers): closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`);
-    const one = r.scaling.find((p) => p.workers === 1)?.closed.throughput ?? NaN;
+    out.push(`Scaling over event loops ([server] workers) and key copies: closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`);
+    const one = r.scaling.find((p) => p.workers === 1 && p.keyCopies !== false)?.closed.throughput ?? NaN;
     out.push(
       table(
         r.scaling.map((p) => [
-          `workers = ${p.workers}`,
+          `workers = ${p.workers}${p.keyCopies === false ? ', session_key_copies = false' : ''}`,
           f0(p.closed.throughput),
           ms(p.closed.latencyMs.p50),
           ms(p.closed.latencyMs.p99),
@@ -301,7 +308,7 @@ async function main(): Promise<number> {
   let nodeGen: LoadGen | undefined;
   let gen: Generator | undefined;
   try {
-    const engine1 = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4 });
+    const engine1 = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4, keyCopies: true });
     let micro: MicroRow[];
     let addon1: number;
     try {
@@ -312,7 +319,17 @@ async function main(): Promise<number> {
     } finally {
       await engine1.close();
     }
-    const engineN = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: args.threads, poolMaxSize: args.pool });
+    let addon1Token: number | undefined;
+    if (!args.quick) {
+      const engineT = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4, keyCopies: false });
+      try {
+        log('bench: addon ceiling, 1 thread, token key');
+        addon1Token = await addonRate(engineT, 64, 2000);
+      } finally {
+        await engineT.close();
+      }
+    }
+    const engineN = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: args.threads, poolMaxSize: args.pool, keyCopies: true });
     let addonN: number;
     try {
       log(`bench: addon ceiling, ${args.threads} threads`);
@@ -345,8 +362,13 @@ async function main(): Promise<number> {
     const run = await proxyRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs, workers: args.workers }, d, log);
     let scaling: ScalingPoint[] | undefined;
     if (!args.quick && !args.profile) {
-      log('bench: scaling over event loops ([server] workers = 1, 2)');
-      scaling = await scalingRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize }, [1, 2], d, log);
+      log('bench: scaling over event loops ([server] workers = 1, 2) and without key copies');
+      const points = [
+        { workers: 1, keyCopies: true },
+        { workers: 2, keyCopies: true },
+        { workers: args.workers, keyCopies: false },
+      ];
+      scaling = await scalingRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize }, points, d, log);
     }
 
     let profile: BenchResult['profile'];
@@ -375,7 +397,7 @@ async function main(): Promise<number> {
         workers: args.workers,
       },
       micro,
-      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, http },
+      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}), http },
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),

@@ -2,7 +2,7 @@
  * Byte-level formats of the XKS API: strict Base64, the AAD handed to the HSM
  * (byte-compatible with the Rust xks-proxy) and the ciphertext data integrity value.
  */
-import { createHash } from 'node:crypto';
+import { createHash, hash } from 'node:crypto';
 
 /**
  * Decodes canonical standard Base64 with padding (RFC 4648 section 4), the only form the
@@ -30,7 +30,7 @@ export function hsmAad(aad: Buffer | undefined, ctm: Buffer | undefined): Buffer
   const out = Buffer.allocUnsafe(2 + (aad ? 32 : 0) + 1 + ctmLen);
   let off = out.writeUInt16BE(aad ? aad.length : 0, 0);
   if (aad) {
-    off += createHash('sha256').update(aad).digest().copy(out, off);
+    off += hash('sha256', aad, 'buffer').copy(out, off);
   }
   out[off++] = ctmLen;
   if (ctm) ctm.copy(out, off);

@@ -167,6 +167,36 @@ function formatKey(k: string): string {
   return s === '' ? '_' : s.slice(0, 64);
 }
 
+/** ` key=value` for a request line field (the key is a constant identifier: no escaping). */
+function field(key: string, v: string | number | undefined): string {
+  return v === undefined ? '' : ` ${key}=${formatValue(v)}`;
+}
+
+/**
+ * The per-request line: the same text formatLine gives for these fields in this order, without
+ * building a fields object or escaping the constant keys (this runs once per request).
+ */
+export function formatRequestLine(time: Date, level: Level, l: RequestLogLine): string {
+  return (
+    `${time.toISOString()} ${level} request` +
+    field('op', l.op) +
+    field('prefix', l.prefix) +
+    field('keyId', l.keyId) +
+    field('kmsRequestId', l.kmsRequestId) +
+    field('outcome', l.outcome) +
+    field('status', l.status) +
+    field('micros', l.micros) +
+    field('detail', l.detail) +
+    field('kmsOperation', l.kmsOperation) +
+    field('awsPrincipalArn', l.awsPrincipalArn) +
+    field('kmsKeyArn', l.kmsKeyArn) +
+    field('kmsViaService', l.kmsViaService) +
+    field('awsSourceVpc', l.awsSourceVpc) +
+    field('awsSourceVpce', l.awsSourceVpce) +
+    '\n'
+  );
+}
+
 /** One complete line (with '\n'). */
 export function formatLine(time: Date, level: Level, msg: string, fields?: LogFields): string {
   let line = `${time.toISOString()} ${level} ${formatMessage(msg)}`;
@@ -407,22 +437,9 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
     request: (l: RequestLogLine): void => {
       const level: Level = l.status >= 500 ? 'ERROR' : 'INFO';
       if (LEVEL_NUM[level] < threshold) return;
-      emit(level, 'request', {
-        op: l.op,
-        prefix: l.prefix,
-        keyId: l.keyId,
-        kmsRequestId: l.kmsRequestId,
-        outcome: l.outcome,
-        status: l.status,
-        micros: l.micros,
-        detail: l.detail,
-        kmsOperation: l.kmsOperation,
-        awsPrincipalArn: l.awsPrincipalArn,
-        kmsKeyArn: l.kmsKeyArn,
-        kmsViaService: l.kmsViaService,
-        awsSourceVpc: l.awsSourceVpc,
-        awsSourceVpce: l.awsSourceVpce,
-      });
+      const t = now();
+      const line = formatRequestLine(t, level, l);
+      append(t, context === '' ? line : `${line.slice(0, -1)}${context}\n`);
     },
     flush,
     close: async (): Promise<void> => {

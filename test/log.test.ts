@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { TracingSection } from '../src/config.js';
-import { createLogger, formatLine, rollingFileName, type BufferedLogger } from '../src/log.js';
+import { createLogger, formatLine, formatRequestLine, rollingFileName, type BufferedLogger, type RequestLogLine } from '../src/log.js';
 
 /** A real Writable that records what reached it. */
 class Capture extends Writable {
@@ -113,6 +113,23 @@ describe('level filter', () => {
 });
 
 describe('request lines', () => {
+  it('formatRequestLine is formatLine of the same fields in the same order, hostile values included', () => {
+    const t = new Date('2026-11-30T05:00:00.123Z');
+    const lines: RequestLogLine[] = [
+      { op: 'Encrypt', prefix: '/p', keyId: 'k1', kmsRequestId: 'r-1', outcome: 'ok', status: 200, micros: 321, kmsOperation: 'GenerateDataKey', awsPrincipalArn: 'arn:aws:iam::1:role/x' },
+      { op: 'Decrypt', prefix: '', outcome: 'ValidationException', status: 400, micros: 0, detail: 'bad "x"\nINFO forged=1' },
+      { op: 'Encrypt', prefix: '/p', keyId: 'k\u2028', kmsRequestId: 'a b', outcome: 'InternalException', status: 500, micros: 7, kmsKeyArn: '\u0000', kmsViaService: 'x'.repeat(2000), awsSourceVpc: 'vpc', awsSourceVpce: '\ud800' },
+    ];
+    for (const l of lines) {
+      const level = l.status >= 500 ? 'ERROR' : 'INFO';
+      const fields = {
+        op: l.op, prefix: l.prefix, keyId: l.keyId, kmsRequestId: l.kmsRequestId, outcome: l.outcome, status: l.status, micros: l.micros, detail: l.detail,
+        kmsOperation: l.kmsOperation, awsPrincipalArn: l.awsPrincipalArn, kmsKeyArn: l.kmsKeyArn, kmsViaService: l.kmsViaService, awsSourceVpc: l.awsSourceVpc, awsSourceVpce: l.awsSourceVpce,
+      };
+      expect(formatRequestLine(t, level, l)).toBe(formatLine(t, level, 'request', fields));
+    }
+  });
+
   it('INFO for success and 4xx, ERROR for 5xx, one line each', async () => {
     const out = new Capture();
     const log = make(stdoutOnly('INFO'), { stdout: out, now: () => T0 });

@@ -37,7 +37,7 @@ export interface ProxySettings {
   poolMaxSize: number;
   workerThreads: number;
   level: string;
-  /** [server] workers (event loops); default 1. */
+  /** [server] workers (event loops); default: the proxy's (all cores). */
   workers?: number;
   /** [pkcs11] session_key_copies; default: the proxy's default (true). */
   keyCopies?: boolean;
@@ -47,7 +47,7 @@ export interface ProxySettings {
 export function settingsToml(s: ProxySettings): string {
   return renderSettings({
     port: s.port,
-    workers: s.workers ?? 1,
+    workers: s.workers,
     region: REGION,
     service: SERVICE,
     tracing: { stdout: true, level: s.level, directory: `${s.token.dir}/logs`, rotation: 'NEVER' },

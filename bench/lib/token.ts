@@ -23,7 +23,7 @@ export async function makeToken(): Promise<BenchToken> {
   const pin = randomBytes(6).toString('hex');
   const { confPath: conf, modulePath } = initSoftHsmToken(dir, 'xks-bench', pin, randomBytes(6).toString('hex'));
   process.env.SOFTHSM2_CONF = conf;
-  const engine = await openEngine({ modulePath, pin, threads: 1, poolMaxSize: 2 });
+  const engine = await openEngine({ modulePath, pin, threads: 1, poolMaxSize: 2, keyCopies: false });
   try {
     await engine.createKey(KEY_LABEL, { encrypt: true, decrypt: true });
   } finally {
@@ -33,7 +33,7 @@ export async function makeToken(): Promise<BenchToken> {
 }
 
 /** Opens an addon engine on the bench token (SOFTHSM2_CONF must be set). */
-export async function openEngine(o: { modulePath: string; pin: string; threads: number; poolMaxSize: number }): Promise<NativeEngine> {
+export async function openEngine(o: { modulePath: string; pin: string; threads: number; poolMaxSize: number; keyCopies: boolean }): Promise<NativeEngine> {
   const { Engine } = loadAddon();
   const options: EngineOptions = {
     modulePath: o.modulePath,
@@ -43,6 +43,7 @@ export async function openEngine(o: { modulePath: string; pin: string; threads: 
     eagerClose: false,
     threads: o.threads,
     ivMode: 'random',
+    keyCopies: o.keyCopies,
   };
   const engine = new Engine(options);
   await engine.open();

@@ -711,13 +711,15 @@ void Core::closeKeySession() {
   keySessionOpen_.store(false, std::memory_order_release);
 }
 
-void Core::dropKey(const std::string& label) {
+void Core::dropKey(const std::string& label, CK_OBJECT_HANDLE handle) {
   CK_OBJECT_HANDLE copy = CK_INVALID_HANDLE;
   uint64_t generation = 0;
   {
     std::unique_lock<std::shared_mutex> lk(keyMu_);
     auto it = keys_.find(label);
     if (it == keys_.end()) return;
+    // Only the entry the caller saw: another thread may have replaced it with a good one.
+    if (handle != CK_INVALID_HANDLE && it->second.crypt != handle && it->second.token != handle) return;
     if (it->second.copied()) {
       copy = it->second.crypt;
       generation = it->second.generation;
@@ -862,7 +864,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
     Status st = keyUnchanged(s, label, token, enc, dec, same, dirty);
     if (!st.ok()) return st;
     if (same) return Status{};
-    dropKey(label);  // deleted, replaced or changed: destroy the copy, resolve afresh
+    dropKey(label, token);  // deleted, replaced or changed: destroy the copy, resolve afresh
   }
   KeyEntry fresh;
   Status st = lookupLabel(s, label, fresh.token, dirty);
@@ -912,7 +914,7 @@ Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty,
   st = op(key);
   if (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID) {
     // The object (or its copy) went away or was re-created: look it up again, retry once.
-    dropKey(j->label);
+    dropKey(j->label, key);
     st = findKey(s, j->label, use, key, dirty);
     if (!st.ok()) return st;
     st = op(key);

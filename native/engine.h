@@ -240,7 +240,9 @@ class Core {
   Status keyInfo(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty);
   Status random(Job* j, CK_SESSION_HANDLE s, bool& dirty);
   Status createKey(Job* j, CK_SESSION_HANDLE s, bool& dirty);
-  void dropKey(const std::string& label);
+  // Forgets the label's entry (and destroys its copy); with `handle`, only if the entry still
+  // uses that handle (as its copy or token key).
+  void dropKey(const std::string& label, CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE);
   void clearKeys();
 
   // exclusive lock held

@@ -179,6 +179,18 @@ describe('session key copies', () => {
     expect(faults.status().open_sessions).toBe(0);
   });
 
+  it('re-checks racing with calls on 4 threads never fail a call', async () => {
+    faults.clear();
+    const e = await open({ threads: 4, poolMaxSize: 4, keyCheckMs: 1 });
+    for (let round = 0; round < 5; round++) {
+      const sealed = await Promise.all(Array.from({ length: 200 }, (_, i) => seal(e, 'copy-a', `r${round}-${i}`)));
+      const opened = await Promise.all(sealed.map((s) => open_(e, 'copy-a', s)));
+      expect(opened).toEqual(Array.from({ length: 200 }, (_, i) => `r${round}-${i}`));
+    }
+    expect(e.stats().keyCopies).toBe(1);
+    await e.close();
+  });
+
   it('many concurrent calls on copies: every ciphertext decrypts with the token key', async () => {
     faults.clear();
     const copies = await open({ threads: 4, poolMaxSize: 4 });

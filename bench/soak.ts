@@ -67,6 +67,8 @@ interface Sample {
   rssMb: number;
   heapMb: number;
   sessionsOpen: number;
+  /** The session holding the key copies (session_key_copies) is open: one more at the module. */
+  keySession: boolean;
   hsmOpenSessions: number;
   quarantined: number;
   stuck: number;
@@ -192,6 +194,7 @@ async function main(): Promise<void> {
       rssMb: Math.round((m.rss / 2 ** 20) * 10) / 10,
       heapMb: Math.round((m.heapUsed / 2 ** 20) * 10) / 10,
       sessionsOpen: s.sessionsOpen,
+      keySession: s.keySessionOpen,
       hsmOpenSessions: faults.openSessions(),
       quarantined: s.sessionsQuarantined,
       stuck: s.workersStuck,
@@ -201,7 +204,7 @@ async function main(): Promise<void> {
     });
     const x = samples[samples.length - 1]!;
     console.log(
-      `t=${String(x.t).padStart(4)}s rss=${x.rssMb}MB heap=${x.heapMb}MB sessions=${x.sessionsOpen} hsm_sessions=${x.hsmOpenSessions} ` +
+      `t=${String(x.t).padStart(4)}s rss=${x.rssMb}MB heap=${x.heapMb}MB sessions=${x.sessionsOpen}${x.keySession ? "+1" : ""} hsm_sessions=${x.hsmOpenSessions} ` +
         `quarantined=${x.quarantined} stuck=${x.stuck} requests=${x.requests} fault=${x.fault}`,
     );
   };
@@ -294,8 +297,11 @@ async function main(): Promise<void> {
     [`ciphertexts handed out: ${seen} (> 0)`, seen > 0],
     [`RSS flat: late median ${rssLate} MB vs early ${rssEarly} MB (growth ${rssGrowth.toFixed(1)} MB <= max(24 MB, 15%))`, rssGrowth <= Math.max(24, rssEarly * 0.15)],
     [`engine sessions bounded: max ${maxSessions} <= ${2 * POOL} (pool + quarantine)`, maxSessions <= 2 * POOL],
-    [`HSM sessions bounded: max ${maxHsmSessions} <= ${2 * POOL + 1}`, maxHsmSessions <= 2 * POOL + 1],
-    [`final sessions: engine ${final.sessionsOpen}, HSM ${final.hsmOpenSessions} (equal, <= ${POOL})`, final.sessionsOpen === final.hsmOpenSessions && final.sessionsOpen <= POOL],
+    [`HSM sessions bounded: max ${maxHsmSessions} <= ${2 * POOL + 2} (pool + quarantine + key copies + 1 in passing)`, maxHsmSessions <= 2 * POOL + 2],
+    [
+      `final sessions: engine ${final.sessionsOpen}${final.keySession ? ' + 1 holding the key copies' : ''}, HSM ${final.hsmOpenSessions} (equal, pool <= ${POOL})`,
+      final.sessionsOpen + (final.keySession ? 1 : 0) === final.hsmOpenSessions && final.sessionsOpen <= POOL,
+    ],
     [`no stuck threads or quarantined sessions at the end (${final.stuck}, ${final.quarantined})`, final.stuck === 0 && final.quarantined === 0],
     [`no request hung: slowest ${slowest.toFixed(0)} ms < ${TIMEOUT_MS * 2 + 250} ms`, slowest < TIMEOUT_MS * 2 + 250],
     [`every ciphertext decrypts: ${sealed.length - undecryptable}/${sealed.length} (of ${seen} handed out)`, undecryptable === 0],

@@ -55,6 +55,8 @@ export interface Gauges {
   sessionsIdle: number;
   inFlight: number;
   reinitializations: number;
+  /** Keys used through a session copy made inside the HSM ([pkcs11] session_key_copies); absent: 0. */
+  keyCopies?: number | undefined;
   /** 1 ACTIVE, 0.5 DEGRADED, 0 UNAVAILABLE; undefined when unknown. */
   health?: number | undefined;
 }
@@ -100,6 +102,7 @@ export function sumGauges(all: readonly Gauges[]): Gauges {
     out.sessionsIdle += g.sessionsIdle;
     out.inFlight += g.inFlight;
     out.reinitializations += g.reinitializations;
+    if (g.keyCopies !== undefined) out.keyCopies = (out.keyCopies ?? 0) + g.keyCopies;
     if (g.health !== undefined) out.health = out.health === undefined ? g.health : Math.min(out.health, g.health);
   }
   return out;
@@ -189,6 +192,8 @@ export class Metrics {
     out.push('# HELP xks_hsm_reinitializations_total Times the PKCS#11 module was finalized and re-initialized.');
     out.push('# TYPE xks_hsm_reinitializations_total counter');
     out.push(`xks_hsm_reinitializations_total ${g.reinitializations}`);
+    out.push('# HELP xks_hsm_key_copies Keys used through a session copy made inside the HSM (session_key_copies).', '# TYPE xks_hsm_key_copies gauge');
+    out.push(`xks_hsm_key_copies ${g.keyCopies ?? 0}`);
     if (g.health !== undefined) {
       out.push('# HELP xks_health_status HSM health: 1 ACTIVE, 0.5 DEGRADED, 0 UNAVAILABLE.', '# TYPE xks_health_status gauge');
       out.push(`xks_health_status ${g.health}`);

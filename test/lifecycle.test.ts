@@ -102,6 +102,7 @@ describe('metrics', () => {
     expect(m.get('xks_hsm_call_duration_seconds_bucket{call="encrypt",le="+Inf"}')).toBe(3);
     expect(m.get('xks_hsm_sessions_open')).toBeGreaterThanOrEqual(1);
     expect(m.has('xks_hsm_sessions_in_use')).toBe(true);
+    expect(m.get('xks_hsm_key_copies')).toBe(1); // the one key encrypted with, copied inside the HSM (the default)
     expect([...m.keys()].some((k) => k.startsWith('xks_proxy_build_info{'))).toBe(true);
     for (const secret of [CREDS.secret, token.pin, TEST_KEYS.ordinary]) expect(text.includes(secret), secret).toBe(false);
   });

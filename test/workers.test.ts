@@ -148,7 +148,7 @@ describe('one writer for all threads, one /metrics for all loops (pure)', () => 
   });
 
   it('Metrics snapshot/merge add counters and histograms; gauges sum, health is the worst', () => {
-    const g = { sessionsOpen: 2, sessionsIdle: 1, inFlight: 0, reinitializations: 0 };
+    const g = { sessionsOpen: 2, sessionsIdle: 1, inFlight: 0, reinitializations: 0, keyCopies: 3 };
     const a = new Metrics('v', () => ({ ...g, health: 1 }));
     const b = new Metrics('v', () => ({ ...g, health: 0.5 }));
     a.route('Encrypt', '/p').record('ok', 0.0002);
@@ -169,6 +169,7 @@ describe('one writer for all threads, one /metrics for all loops (pure)', () => 
     expect(m.get('xks_hsm_sessions_open')).toBe(4);
     expect(m.get('xks_hsm_sessions_in_use')).toBe(2);
     expect(m.get('xks_health_status')).toBe(0.5);
+    expect(m.get('xks_hsm_key_copies')).toBe(6);
   });
 });
 

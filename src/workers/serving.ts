@@ -14,7 +14,7 @@ import { VERSION } from '../version.js';
 export function metricsFor(hsm: Hsm): Metrics {
   const metrics = new Metrics(VERSION, () => {
     const st = hsm.stats();
-    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations };
+    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations, keyCopies: st.keyCopies };
   });
   hsm.timeCalls({
     encrypt: metrics.hsm('encrypt'),

@@ -708,7 +708,16 @@ void Core::closeKeySession() {
   keySessionGen_.fetch_add(1, std::memory_order_acq_rel);
   if (keySession_ != CK_INVALID_HANDLE && f_ != nullptr) f_->C_CloseSession(keySession_);
   keySession_ = CK_INVALID_HANDLE;
+  keySessionCopies_ = 0;
   keySessionOpen_.store(false, std::memory_order_release);
+}
+
+void Core::destroyCopy(CK_OBJECT_HANDLE copy, uint64_t generation) {
+  std::lock_guard<std::mutex> lk(keySessionMu_);
+  // From an earlier key session: closing that session destroyed it already.
+  if (generation != keySessionGen_.load(std::memory_order_acquire) || keySession_ == CK_INVALID_HANDLE) return;
+  f_->C_DestroyObject(keySession_, copy);
+  if (keySessionCopies_ > 0) --keySessionCopies_;
 }
 
 void Core::dropKey(const std::string& label, CK_OBJECT_HANDLE handle) {
@@ -726,13 +735,9 @@ void Core::dropKey(const std::string& label, CK_OBJECT_HANDLE handle) {
     }
     keys_.erase(it);
   }
-  if (copy == CK_INVALID_HANDLE) return;
   // A call in flight on another thread may still use it; it then fails with a handle error
   // and retries through a fresh lookup.
-  std::lock_guard<std::mutex> lk(keySessionMu_);
-  if (generation == keySessionGen_.load(std::memory_order_acquire) && keySession_ != CK_INVALID_HANDLE) {
-    f_->C_DestroyObject(keySession_, copy);
-  }
+  if (copy != CK_INVALID_HANDLE) destroyCopy(copy, generation);
 }
 
 void Core::clearKeys() {
@@ -807,12 +812,16 @@ Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry
     if (rv == CKR_OK) {
       e.crypt = copy;
       e.generation = keySessionGen_.load(std::memory_order_acquire);
+      ++keySessionCopies_;
       return Status{};
     }
     if (rv != CKR_SESSION_HANDLE_INVALID && rv != CKR_SESSION_CLOSED) break;
     closeKeySession();  // that session is gone: one more try in a new one
   }
-  return Status{};  // refused (not copyable, not supported): the token key serves
+  // Refused (not copyable, not supported): the token key serves, and a key session holding
+  // nothing is not kept open for it.
+  if (keySessionCopies_ == 0) closeKeySession();
+  return Status{};
 }
 
 Core::Status Core::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token,
@@ -897,12 +906,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
     }
   }
   if (stale) key = fresh.token;
-  if (fresh.copied()) {
-    std::lock_guard<std::mutex> lk(keySessionMu_);
-    if (fresh.generation == keySessionGen_.load(std::memory_order_acquire) && keySession_ != CK_INVALID_HANDLE) {
-      f_->C_DestroyObject(keySession_, fresh.crypt);
-    }
-  }
+  if (fresh.copied()) destroyCopy(fresh.crypt, fresh.generation);
   return Status{};
 }
 

@@ -233,6 +233,7 @@ class Core {
   Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
                       CK_BBOOL dec, bool& same, bool& dirty);
   void closeKeySession();  // keySessionMu_ held
+  void destroyCopy(CK_OBJECT_HANDLE copy, uint64_t generation);  // takes keySessionMu_
   template <class F>
   Status withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty, F&& op);
   Status encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool& dirty);
@@ -278,6 +279,7 @@ class Core {
   // while it is open the user stays logged in, so cached handles stay valid.
   std::mutex keySessionMu_;
   CK_SESSION_HANDLE keySession_ = CK_INVALID_HANDLE;
+  uint32_t keySessionCopies_ = 0;  // live copies in keySession_ (keySessionMu_)
   std::atomic<uint64_t> keySessionGen_{1};  // bumped whenever keySession_ closes
   std::atomic<bool> keySessionOpen_{false};
 

@@ -159,6 +159,9 @@ describe('session key copies', () => {
     const s = await seal(e, 'copy-d', 'no copy');
     expect(await open_(e, 'copy-d', s)).toBe('no copy');
     expect(e.stats().keyCopies).toBe(0);
+    // No session is kept open for copies that were refused.
+    expect(e.stats().keySessionOpen).toBe(false);
+    expect(faults.status().open_sessions).toBe(e.stats().sessionsOpen);
     faults.clear();
     await e.close();
   });

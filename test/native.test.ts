@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
-import { createTestKeys, KNOWN_KEY, makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { createTestKeys, KNOWN_KEY, makeToken, rejection, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 
@@ -32,16 +32,6 @@ async function openEngine(overrides: Partial<EngineOptions> = {}): Promise<Nativ
   extra.push(e);
   await e.open();
   return e;
-}
-
-async function rejection(p: Promise<unknown>): Promise<NativeError> {
-  try {
-    await p;
-  } catch (e) {
-    if (isNativeError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a rejection');
 }
 
 function split(out: Buffer): { ct: Buffer; tag: Buffer; iv: Buffer } {

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { initSoftHsmToken } from '../../src/dev/softhsm.js';
-import type { NativeEngine } from '../../src/hsm/addon.js';
+import { isNativeError, type NativeEngine, type NativeError } from '../../src/hsm/addon.js';
 
 export interface TestToken {
   /** Temporary directory holding the configuration and the token store. */
@@ -79,4 +79,15 @@ export async function createTestKeys(engine: NativeEngine): Promise<void> {
   await engine.createKey(TEST_KEYS.duplicate, { encrypt: true, decrypt: true });
   await engine.createKey(TEST_KEYS.duplicate, { encrypt: true, decrypt: true });
   await engine.createKey(TEST_KEYS.known, { value: KNOWN_KEY, encrypt: true, decrypt: true });
+}
+
+/** The NativeError a call rejects with (fails the test when it resolves or throws something else). */
+export async function rejection(p: Promise<unknown>): Promise<NativeError> {
+  try {
+    await p;
+  } catch (e) {
+    if (isNativeError(e)) return e;
+    throw e;
+  }
+  throw new Error('expected a rejection');
 }

@@ -45,6 +45,14 @@
       "include_dirs": ["<(p11kit_include)"],
       "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
       "libraries": ["-ldl", "-lpthread"]
+    },
+    {
+      "target_name": "p11attr",
+      "type": "executable",
+      "sources": ["native-test/p11attr/p11attr.c"],
+      "include_dirs": ["<(p11kit_include)"],
+      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+      "libraries": ["-ldl"]
     }
   ]
 }

@@ -1,16 +1,19 @@
 /**
  * Session copies of the keys ([pkcs11] session_key_copies): encrypt and decrypt use a
  * session-object copy made inside the HSM by C_CopyObject, against a real SoftHSM2 token
- * behind the fault module. Keys are deleted by another process (OpenSC's pkcs11-tool), as an
- * HSM administrator would.
+ * behind the fault module. Keys are deleted (OpenSC's pkcs11-tool) and disabled
+ * (native-test/p11attr) by another process, as an HSM administrator would.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
 import { useFaultyModule, type FaultControl } from './helpers/faulty.js';
 import { makeToken, rejection, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
+const P11ATTR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/Release/p11attr');
 const AAD = Buffer.from('copy-aad');
 const CHECK_MS = 150;
 
@@ -62,13 +65,21 @@ function deleteKey(label: string): void {
   );
 }
 
+/** Sets CKA_ENCRYPT / CKA_DECRYPT of the token key from another process (native-test/p11attr). */
+function setUsage(label: string, encrypt: boolean, decrypt: boolean): void {
+  execFileSync(P11ATTR, [base.modulePath, base.pin, label, encrypt ? '1' : '0', decrypt ? '1' : '0'], {
+    env: { ...process.env, ...base.env },
+    stdio: 'pipe',
+  });
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 beforeAll(async () => {
   base = makeToken('xks-key-copies');
   ({ token, faults } = useFaultyModule(base));
   const e = await open({ keyCopies: false });
-  for (const k of ['copy-a', 'copy-b', 'copy-c', 'copy-d', 'copy-e']) await e.createKey(k, { encrypt: true, decrypt: true });
+  for (const k of ['copy-a', 'copy-b', 'copy-c', 'copy-d', 'copy-e', 'copy-f']) await e.createKey(k, { encrypt: true, decrypt: true });
   await e.close();
 });
 
@@ -139,6 +150,25 @@ describe('session key copies', () => {
     // The check finds another object under the label: the old copy goes, the new key serves.
     const s = await seal(copies, 'copy-c', 'new key');
     expect(await open_(plain, 'copy-c', s)).toBe('new key');
+    await copies.close();
+    await plain.close();
+  });
+
+  it('a key disabled in the HSM (CKA_ENCRYPT / CKA_DECRYPT false) stops working within keyCheckMs, and works again once re-enabled', async () => {
+    faults.clear();
+    const copies = await open();
+    const plain = await open({ keyCopies: false });
+    const sealed = await seal(copies, 'copy-f', 'before');
+    expect(copies.stats().keyCopies).toBe(1);
+    setUsage('copy-f', false, false);
+    expect((await rejection(plain.encrypt('copy-f', Buffer.from('x'), AAD))).code).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
+    await sleep(CHECK_MS + 50);
+    expect((await rejection(copies.encrypt('copy-f', Buffer.from('x'), AAD))).code).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
+    expect((await rejection(copies.decrypt('copy-f', sealed.ct, sealed.tag, sealed.iv, AAD))).code).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
+    setUsage('copy-f', true, true);
+    await sleep(CHECK_MS + 50);
+    expect(await open_(copies, 'copy-f', sealed)).toBe('before');
+    expect(await open_(plain, 'copy-f', await seal(copies, 'copy-f', 'after'))).toBe('after');
     await copies.close();
     await plain.close();
   });

@@ -589,7 +589,7 @@ Core::Status Core::openInto(uint32_t idx, bool releaseOnFailure) {
   // lookup merely finds the same handles again). Clearing after the login would leave a
   // window in which another worker could use a stale handle with the new login. While the
   // key session is open the user never was logged out, and the handles stand.
-  if (!keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
+  forgetKeysUnlessHeld();
   rv = f_->C_Login(h, CKU_USER, pin_.empty() ? g_empty : pin_.data(), pin_.size());
   if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
     f_->C_CloseSession(h);
@@ -611,7 +611,7 @@ void Core::releaseSession(uint32_t idx, bool close) {
     // Closing the application's last session logs the user out, and a module may then
     // invalidate (and later reuse) the handles of private objects: forget them all (unless
     // the key session keeps the login).
-    if (pool_.openCount() == 0 && !keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
+    if (pool_.openCount() == 0) forgetKeysUnlessHeld();
   } else {
     pool_.pushIdle(idx);
   }
@@ -643,7 +643,7 @@ void Core::endSession(Worker* w, uint32_t idx, bool close, bool opened) {
   }
   if (f_ != nullptr) f_->C_CloseSession(pool_.handle(idx));
   pool_.unquarantine(idx);
-  if (pool_.openCount() == 0 && !keySessionOpen_.load(std::memory_order_acquire)) clearKeys();
+  if (pool_.openCount() == 0) forgetKeysUnlessHeld();
 }
 
 void Core::closeAllIdle() {
@@ -749,6 +749,15 @@ void Core::clearKeys() {
   keys_.clear();
 }
 
+void Core::forgetKeysUnlessHeld() {
+  // Decided under keySessionMu_: a key session another thread opens meanwhile (with copies in
+  // use) is never closed by this; one that is open keeps the login, so the handles stand.
+  std::lock_guard<std::mutex> held(keySessionMu_);
+  if (keySession_ != CK_INVALID_HANDLE) return;
+  std::unique_lock<std::shared_mutex> lk(keyMu_);
+  keys_.clear();
+}
+
 Core::Status Core::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key,
                                bool& dirty) {
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -842,8 +851,9 @@ Core::Status Core::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, C
   return Status{};
 }
 
-Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, CK_OBJECT_HANDLE& key,
+Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, KeyRef& key,
                            bool& dirty) {
+  key = KeyRef{};
   bool check = false;
   CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
   CK_BBOOL enc = CK_FALSE, dec = CK_FALSE;
@@ -852,7 +862,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
     auto it = keys_.find(label);
     if (it != keys_.end()) {
       KeyEntry& e = it->second;
-      key = use == KeyUse::Token ? e.token : e.crypt;
+      key = refTo(e, use);
       if (use == KeyUse::Crypt && e.copied()) {
         const int64_t now = nanos(Clock::now());
         int64_t last = e.checkedNs.load(std::memory_order_relaxed);
@@ -898,32 +908,44 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
         e.encrypt = fresh.encrypt;
         e.decrypt = fresh.decrypt;
         e.checkedNs.store(nanos(Clock::now()), std::memory_order_relaxed);
-        key = use == KeyUse::Token ? e.token : e.crypt;
+        key = refTo(e, use);
         return Status{};
       }
       // Another thread resolved it first: use its entry, discard our copy.
-      key = use == KeyUse::Token ? e.token : e.crypt;
+      key = refTo(e, use);
     }
   }
-  if (stale) key = fresh.token;
+  if (stale) key = KeyRef{fresh.token, false, 0};
   if (fresh.copied()) destroyCopy(fresh.crypt, fresh.generation);
   return Status{};
 }
 
+bool Core::copyGone(const std::string& label, const KeyRef& used) {
+  if (!used.copy) return false;
+  if (used.generation != keySessionGen_.load(std::memory_order_acquire)) return true;
+  std::shared_lock<std::shared_mutex> lk(keyMu_);
+  auto it = keys_.find(label);
+  return it == keys_.end() || it->second.crypt != used.handle;
+}
+
 template <class F>
 Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty, F&& op) {
-  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  KeyRef key;
   Status st = findKey(s, j->label, use, key, dirty);
   if (!st.ok()) return st;
-  st = op(key);
+  st = op(key.handle);
   if (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID) {
     // The object (or its copy) went away or was re-created: look it up again, retry once.
-    dropKey(j->label, key);
-    st = findKey(s, j->label, use, key, dirty);
-    if (!st.ok()) return st;
-    st = op(key);
+    dropKey(j->label, key.handle);
+  } else if (st.rv == CKR_OK || !copyGone(j->label, key)) {
+    return st;
   }
-  return st;
+  // Also when the copy used was destroyed meanwhile by another thread (a check found the
+  // key changed, or the key session closed): a module may then fail the call with any code
+  // (SoftHSM2: CKR_KEY_TYPE_INCONSISTENT), which says nothing about the key itself.
+  st = findKey(s, j->label, use, key, dirty);
+  if (!st.ok()) return st;
+  return op(key.handle);
 }
 
 // ---------------------------------------------------------------- jobs

@@ -225,8 +225,19 @@ class Core {
     std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
     bool copied() const { return crypt != token; }
   };
-  Status findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, CK_OBJECT_HANDLE& key,
-                 bool& dirty);
+  // The handle a call uses, and whether it is a copy (made in key session `generation`).
+  struct KeyRef {
+    CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
+    bool copy = false;
+    uint64_t generation = 0;
+  };
+  static KeyRef refTo(const KeyEntry& e, KeyUse use) {
+    return use == KeyUse::Token ? KeyRef{e.token, false, 0} : KeyRef{e.crypt, e.copied(), e.generation};
+  }
+  Status findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, KeyRef& key, bool& dirty);
+  // The copy `used` is no longer the label's (destroyed or replaced since the call took it).
+  bool copyGone(const std::string& label, const KeyRef& used);
+  void forgetKeysUnlessHeld();  // empties the cache unless the key session holds the login
   uint32_t keyCopies() const;
   Status lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty);
   Status copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty);

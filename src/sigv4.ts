@@ -90,11 +90,25 @@ export function hmacPads(key: Buffer): HmacPads {
   return { inner, outer };
 }
 
-/** HMAC-SHA256(key, utf8(message)) = H(outer || H(inner || message)), with one-shot hashes. */
+/**
+ * HMAC-SHA256(key, utf8(message)) = H(outer || H(inner || message)), with one-shot hashes. The
+ * key-derived blocks are copied into buffers of our own (Buffer.alloc: never the shared pool that
+ * Buffer.allocUnsafe hands out again) and wiped once hashed.
+ */
 export function hmacSha256(pads: HmacPads, message: string): Buffer {
-  const innerHash = hash('sha256', Buffer.concat([pads.inner, Buffer.from(message, 'utf8')]), 'buffer');
-  return hash('sha256', Buffer.concat([pads.outer, innerHash]), 'buffer');
+  const inner = Buffer.alloc(64 + Buffer.byteLength(message, 'utf8'));
+  pads.inner.copy(inner, 0);
+  inner.write(message, 64, 'utf8');
+  const innerHash = hash('sha256', inner, 'buffer');
+  inner.fill(0, 0, 64);
+  const outer = Buffer.alloc(96);
+  pads.outer.copy(outer, 0);
+  innerHash.copy(outer, 64);
+  const mac = hash('sha256', outer, 'buffer');
+  outer.fill(0, 0, 64);
+  return mac;
 }
+
 const MAX_SIGNED_HEADERS = 64;
 
 const fail = (reason: string): SigV4Failure => Object.freeze({ ok: false, reason }) as SigV4Failure;

@@ -811,8 +811,10 @@ Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry
       // belongs to the application, so this session needs no C_Login of its own.
       rv = f_->C_OpenSession(slot_, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &keySession_);
       if (rv != CKR_OK) {
+        // E.g. CKR_SESSION_COUNT: the token key serves; the copy is tried again at the next check.
         keySession_ = CK_INVALID_HANDLE;
-        return Status{};  // no copy: the token key serves
+        e.retryCopy = true;
+        return Status{};
       }
       keySessionOpen_.store(true, std::memory_order_release);
     }
@@ -854,22 +856,28 @@ Core::Status Core::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, C
 Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, KeyRef& key,
                            bool& dirty) {
   key = KeyRef{};
-  bool check = false;
-  CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
+  bool check = false, retry = false;
+  CK_OBJECT_HANDLE token = CK_INVALID_HANDLE, deadToken = CK_INVALID_HANDLE;
   CK_BBOOL enc = CK_FALSE, dec = CK_FALSE;
   {
     std::shared_lock<std::shared_mutex> lk(keyMu_);
     auto it = keys_.find(label);
-    if (it != keys_.end()) {
+    // A copy from a key session that has closed since is gone (and its handle number may be
+    // given to another object): never used, resolved afresh below.
+    const bool dead = it != keys_.end() && it->second.copied() &&
+                      it->second.generation != keySessionGen_.load(std::memory_order_acquire);
+    if (dead) deadToken = it->second.token;
+    if (it != keys_.end() && !dead) {
       KeyEntry& e = it->second;
       key = refTo(e, use);
-      if (use == KeyUse::Crypt && e.copied()) {
+      if (use == KeyUse::Crypt && (e.copied() || e.retryCopy)) {
         const int64_t now = nanos(Clock::now());
         int64_t last = e.checkedNs.load(std::memory_order_relaxed);
         // One caller per period does the check; the others go on with the copy meanwhile.
         if (now - last >= int64_t{cfg_.keyCheckMs} * 1000000 &&
             e.checkedNs.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
           check = true;
+          retry = e.retryCopy;
           token = e.token;
           enc = e.encrypt;
           dec = e.decrypt;
@@ -878,12 +886,16 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
       if (!check) return Status{};
     }
   }
+  if (deadToken != CK_INVALID_HANDLE) dropKey(label, deadToken);
   if (check) {
-    bool same = false;
-    Status st = keyUnchanged(s, label, token, enc, dec, same, dirty);
-    if (!st.ok()) return st;
-    if (same) return Status{};
-    dropKey(label, token);  // deleted, replaced or changed: destroy the copy, resolve afresh
+    if (!retry) {
+      bool same = false;
+      Status st = keyUnchanged(s, label, token, enc, dec, same, dirty);
+      if (!st.ok()) return st;
+      if (same) return Status{};
+    }
+    // Deleted, replaced or changed (the copy is destroyed), or no copy yet: resolve afresh.
+    dropKey(label, token);
   }
   KeyEntry fresh;
   Status st = lookupLabel(s, label, fresh.token, dirty);
@@ -907,6 +919,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
         e.generation = fresh.generation;
         e.encrypt = fresh.encrypt;
         e.decrypt = fresh.decrypt;
+        e.retryCopy = fresh.retryCopy;
         e.checkedNs.store(nanos(Clock::now()), std::memory_order_relaxed);
         key = refTo(e, use);
         return Status{};

@@ -222,6 +222,7 @@ class Core {
     CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;  // == token, or a copy in keySession_
     uint64_t generation = 0;                     // keySessionGen_ the copy was made in
     CK_BBOOL encrypt = CK_FALSE, decrypt = CK_FALSE;  // the token key's, when copied
+    bool retryCopy = false;  // the key session could not be opened: try again at the next check
     std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
     bool copied() const { return crypt != token; }
   };

@@ -173,6 +173,22 @@ describe('session key copies', () => {
     await plain.close();
   });
 
+  it('when the copies\' session cannot be opened (CKR_SESSION_COUNT) the token key serves, and the copy comes at a later check', async () => {
+    faults.clear();
+    const e = await open({ poolMaxSize: 2, threads: 1 });
+    // The engine's first session is open already: the only C_OpenSession left is the copies' session.
+    faults.set('fail C_OpenSession CKR_SESSION_COUNT times=1');
+    const s = await seal(e, 'copy-a', 'token key');
+    expect(e.stats().keyCopies).toBe(0);
+    expect(e.stats().keySessionOpen).toBe(false);
+    await sleep(CHECK_MS + 50);
+    expect(await open_(e, 'copy-a', s)).toBe('token key');
+    expect(e.stats().keyCopies).toBe(1);
+    expect(e.stats().keySessionOpen).toBe(true);
+    faults.clear();
+    await e.close();
+  });
+
   it('a module that refuses C_CopyObject is used through the token key', async () => {
     faults.set('fail C_CopyObject CKR_ACTION_PROHIBITED');
     const e = await open();

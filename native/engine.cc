@@ -795,13 +795,21 @@ Core::Status Core::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK
   return Status{};
 }
 
-Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty) {
-  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &e.encrypt, 1}, {CKA_DECRYPT, &e.decrypt, 1}};
+Core::Status Core::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec,
+                             bool& dirty) {
+  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &enc, 1}, {CKA_DECRYPT, &dec, 1}};
   CK_RV rv = f_->C_GetAttributeValue(s, token, flags, 2);
   if (rv != CKR_OK) {
     dirty = true;
     return Status{rv, "C_GetAttributeValue"};
   }
+  return Status{};
+}
+
+Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty) {
+  Status st = readUsage(s, token, e.encrypt, e.decrypt, dirty);
+  if (!st.ok()) return st;
+  CK_RV rv;
   CK_BBOOL no = CK_FALSE;
   CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, 1}};
   std::lock_guard<std::mutex> lk(keySessionMu_);
@@ -843,12 +851,8 @@ Core::Status Core::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, C
   if (!st.ok()) return dirty ? st : Status{};
   if (now != token) return Status{};
   CK_BBOOL e = CK_FALSE, d = CK_FALSE;
-  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &e, 1}, {CKA_DECRYPT, &d, 1}};
-  CK_RV rv = f_->C_GetAttributeValue(s, token, flags, 2);
-  if (rv != CKR_OK) {
-    dirty = true;
-    return Status{rv, "C_GetAttributeValue"};
-  }
+  st = readUsage(s, token, e, d, dirty);
+  if (!st.ok()) return st;
   same = e == enc && d == dec;
   return Status{};
 }

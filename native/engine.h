@@ -241,6 +241,8 @@ class Core {
   void forgetKeysUnlessHeld();  // empties the cache unless the key session holds the login
   uint32_t keyCopies() const;
   Status lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty);
+  // CKA_ENCRYPT and CKA_DECRYPT of a key.
+  Status readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty);
   Status copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty);
   Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
                       CK_BBOOL dec, bool& same, bool& dirty);

@@ -23,6 +23,7 @@ import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
 import { makeToken, openEngine } from './lib/token.js';
 import { addonRate, runMicro, type MicroRow } from './micro.js';
+import type { NativeEngine } from '../src/hsm/addon.js';
 import { cv } from './lib/stats.js';
 
 interface Args {
@@ -308,35 +309,31 @@ async function main(): Promise<number> {
   let nodeGen: LoadGen | undefined;
   let gen: Generator | undefined;
   try {
-    const engine1 = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4, keyCopies: true });
-    let micro: MicroRow[];
-    let addon1: number;
-    try {
-      log('bench: micro-benchmarks');
-      micro = await runMicro(engine1, args.quick);
-      log('bench: addon ceiling, 1 thread');
-      addon1 = await addonRate(engine1, 64, args.quick ? 500 : 2000);
-    } finally {
-      await engine1.close();
-    }
-    let addon1Token: number | undefined;
-    if (!args.quick) {
-      const engineT = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 4, keyCopies: false });
+    // One engine per measurement on the bench token, closed whatever happens.
+    const withEngine = async <T>(o: { threads: number; poolMaxSize: number; keyCopies: boolean }, fn: (e: NativeEngine) => Promise<T>): Promise<T> => {
+      const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, ...o });
       try {
-        log('bench: addon ceiling, 1 thread, token key');
-        addon1Token = await addonRate(engineT, 64, 2000);
+        return await fn(engine);
       } finally {
-        await engineT.close();
+        await engine.close();
       }
-    }
-    const engineN = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: args.threads, poolMaxSize: args.pool, keyCopies: true });
-    let addonN: number;
-    try {
+    };
+    const { micro, addon1 } = await withEngine({ threads: 1, poolMaxSize: 4, keyCopies: true }, async (e) => {
+      log('bench: micro-benchmarks');
+      const rows = await runMicro(e, args.quick);
+      log('bench: addon ceiling, 1 thread');
+      return { micro: rows, addon1: await addonRate(e, 64, args.quick ? 500 : 2000) };
+    });
+    const addon1Token = args.quick
+      ? undefined
+      : await withEngine({ threads: 1, poolMaxSize: 4, keyCopies: false }, (e) => {
+          log('bench: addon ceiling, 1 thread, token key');
+          return addonRate(e, 64, 2000);
+        });
+    const addonN = await withEngine({ threads: args.threads, poolMaxSize: args.pool, keyCopies: true }, (e) => {
       log(`bench: addon ceiling, ${args.threads} threads`);
-      addonN = await addonRate(engineN, 64, args.quick ? 500 : 2000);
-    } finally {
-      await engineN.close();
-    }
+      return addonRate(e, 64, args.quick ? 500 : 2000);
+    });
 
     nodeGen = await LoadGen.start();
     gen = nodeGen;

@@ -21,6 +21,7 @@
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { summarize, type LatencySummary } from './lib/stats.js';
+import type { KernelDaemons } from './lib/machine.js';
 
 export interface Target {
   host: string;
@@ -81,6 +82,8 @@ export interface LoadResult {
   sendLagMs?: LatencySummary;
   /** CPU the generator process used during the run, as a fraction of one core. */
   generatorCpu: number;
+  /** The kernel's memory daemons during the run (bench/lib/machine.ts); absent in older results. */
+  kernelDaemons?: KernelDaemons;
 }
 
 const CRLFCRLF = Buffer.from('\r\n\r\n');

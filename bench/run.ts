@@ -16,7 +16,7 @@ import { compareMetrics, type Comparison, type Metric } from './compare.js';
 import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRuns, QUICK, RATES, scalingRuns, type HttpCeilings, type OpKey, type OpResults, type ScalingPoint } from './e2e.js';
 import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
 import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
-import { buildCGenerator, CGenerator, type Generator } from './lib/cgen.js';
+import { buildCGenerator, CGenerator, watchingKernelDaemons, type Generator } from './lib/cgen.js';
 import { describeMachine, type Machine } from './lib/machine.js';
 import { ROOT } from './lib/procs.js';
 import { encryptBodies, signAll } from './lib/requests.js';
@@ -104,6 +104,12 @@ const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleSt
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
 const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
 /** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
+/** What the kernel's memory daemons took during a run, e.g. "; kdamond.0 13 ms/s"; '' when none ran. */
+const daemons = (r: LoadResult): string => {
+  const k = r.kernelDaemons;
+  if (k === undefined || k.cpuMs <= 0 || k.overMs <= 0) return '';
+  return `; ${k.names.join('+')} ${(k.cpuMs / (k.overMs / 1000)).toFixed(1)} ms/s`;
+};
 const loadCells = (r: LoadResult): string[] => [f0(r.throughput), ms(r.latencyMs.p50), ms(r.latencyMs.p99), ms(r.latencyMs.p999), ms(r.latencyMs.max), String(r.errors)];
 const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
 
@@ -208,7 +214,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
           const o = h.open[rate]!;
           return [
             `empty uWS handler, open loop ${rate}/s: latency floor`,
-            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}`,
+            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}${daemons(o)}`,
           ];
         }),
       ],
@@ -245,12 +251,13 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
         '',
         `@${rate}/s`,
         ...loadCells(o),
-        `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}`,
+        `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}${daemons(o)}`,
       ]);
     }
   }
   out.push(table(rows, ['', 'mode', 'req/s', 'p50', 'p99', 'p99.9', 'max', 'errors', 'vs ceiling']));
-  out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)');
+  out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness;');
+  out.push(' "kdamond ... ms/s" = CPU the kernel\'s memory daemons took meanwhile, in slices that delay whatever wakes on their vCPU: README, "Where the tail comes from")');
   if (r.scaling && r.scaling.length > 0) {
     out.push('');
     out.push(`Scaling over event loops ([server] workers) and key copies: closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`);
@@ -307,7 +314,7 @@ async function main(): Promise<number> {
   log(`bench: making a SoftHSM2 token`);
   const token = await makeToken();
   let nodeGen: LoadGen | undefined;
-  let gen: Generator | undefined;
+  let cGen: Generator | undefined;
   try {
     // One engine per measurement on the bench token, closed whatever happens.
     const withEngine = async <T>(o: { threads: number; poolMaxSize: number; keyCopies: boolean }, fn: (e: NativeEngine) => Promise<T>): Promise<T> => {
@@ -336,12 +343,14 @@ async function main(): Promise<number> {
     });
 
     nodeGen = await LoadGen.start();
-    gen = nodeGen;
+    let chosen: Generator = nodeGen;
     if (!args.nodeGen) {
       const c = buildCGenerator();
-      if ('binary' in c) gen = new CGenerator(c.binary);
+      if ('binary' in c) chosen = new CGenerator(c.binary);
       else log(`bench: no C load generator (${c.error}); using the Node one`);
     }
+    if (chosen !== nodeGen) cGen = chosen;
+    const gen = watchingKernelDaemons(chosen);
     const poolSize = args.quick ? 200 : 1000;
     log('bench: HTTP ceilings (empty uWebSockets.js handler)');
     const sample = await signAll(makeSigner({ accessKeyId: 'AKIAEMPTYEMPTYEMPTY0', secretAccessKey: 'x'.repeat(40) }), '127.0.0.1:1', '/bench/kms/xks/v1/keys/k/encrypt', encryptBodies(poolSize, 32, 64));
@@ -435,7 +444,7 @@ async function main(): Promise<number> {
     }
     return 0;
   } finally {
-    if (gen !== nodeGen) await gen?.close();
+    await cGen?.close();
     await nodeGen?.close();
     if (existsSync(token.dir)) token.remove();
   }

@@ -9,12 +9,26 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Job, LoadResult } from '../loadgen.js';
 import { summarize } from './stats.js';
+import { watchKernelDaemons } from './machine.js';
 import { ROOT } from './procs.js';
 
 export interface Generator {
   readonly name: string;
   run(job: Job): Promise<LoadResult>;
   close(): Promise<void>;
+}
+
+/** The same generator; each result also says what the kernel's memory daemons took meanwhile. */
+export function watchingKernelDaemons(gen: Generator): Generator {
+  return {
+    name: gen.name,
+    async run(job: Job): Promise<LoadResult> {
+      const took = watchKernelDaemons();
+      const r = await gen.run(job);
+      return { ...r, kernelDaemons: took() };
+    },
+    close: () => gen.close(),
+  };
 }
 
 /** Compiles bench/loadgen.c unless the binary is newer; undefined (with the reason) when no compiler works. */

@@ -17,6 +17,7 @@ import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRun
 import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
 import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
 import { buildCGenerator, CGenerator, watchingKernelDaemons, type Generator } from './lib/cgen.js';
+import { wakeupLatencies, type WakeupLatency, type WakeupMode } from './lib/wakeup.js';
 import { describeMachine, type Machine } from './lib/machine.js';
 import { ROOT } from './lib/procs.js';
 import { encryptBodies, signAll } from './lib/requests.js';
@@ -88,6 +89,8 @@ export interface BenchResult {
     /** One thread on the token key itself (session_key_copies = false). */
     addonEncrypt32OneThreadTokenKey?: number;
     http: HttpCeilings;
+    /** The machine's thread wake-up latency at the 1,800/s spacing (absent in older results). */
+    wakeup?: { gapUs: number; modes: WakeupLatency[] };
   };
   e2e: Record<OpKey, OpResults>;
   /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
@@ -110,6 +113,7 @@ const daemons = (r: LoadResult): string => {
   if (k === undefined || k.cpuMs <= 0 || k.overMs <= 0) return '';
   return `; ${k.names.join('+')} ${(k.cpuMs / (k.overMs / 1000)).toFixed(1)} ms/s`;
 };
+const WAKE_PLACES: Record<WakeupMode, string> = { any: 'threads where the scheduler puts them', cross: 'across two vCPUs', same: 'both on one vCPU' };
 const loadCells = (r: LoadResult): string[] => [f0(r.throughput), ms(r.latencyMs.p50), ms(r.latencyMs.p99), ms(r.latencyMs.p999), ms(r.latencyMs.max), String(r.errors)];
 const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
 
@@ -210,6 +214,10 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
             ]
           : []),
         [`empty uWS handler, wrk -t1 -c${r.config.closedConnections} (cross-check)`, h.wrkRps === undefined ? 'not run' : `${f0(h.wrkRps)} req/s`],
+        ...(r.ceilings.wakeup?.modes ?? []).map((w) => [
+          `thread wake-up, one every ${r.ceilings.wakeup!.gapUs} µs, ${WAKE_PLACES[w.mode]}`,
+          `p50 ${w.p50.toFixed(0)} p99 ${w.p99.toFixed(0)} p99.9 ${w.p999.toFixed(0)} max ${w.max.toFixed(0)} µs`,
+        ]),
         ...RATES.map((rate) => {
           const o = h.open[rate]!;
           return [
@@ -355,6 +363,10 @@ async function main(): Promise<number> {
     log('bench: HTTP ceilings (empty uWebSockets.js handler)');
     const sample = await signAll(makeSigner({ accessKeyId: 'AKIAEMPTYEMPTYEMPTY0', secretAccessKey: 'x'.repeat(40) }), '127.0.0.1:1', '/bench/kms/xks/v1/keys/k/encrypt', encryptBodies(poolSize, 32, 64));
     const http = await httpCeilings(gen, nodeGen, sample, d, args.quick, token.dir, log);
+    log('bench: thread wake-up latency (eventfd, one every 555 µs)');
+    const wake = await wakeupLatencies(args.quick ? 500 : 3000, 555);
+    if ('error' in wake) log(`bench: no wake-up measurement (${wake.error})`);
+    const wakeup = 'error' in wake ? undefined : wake;
 
     let profileDir: string | undefined;
     const nodeArgs: string[] = [];
@@ -403,7 +415,7 @@ async function main(): Promise<number> {
         workers: args.workers,
       },
       micro,
-      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}), http },
+      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}), http, ...(wakeup ? { wakeup } : {}) },
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),

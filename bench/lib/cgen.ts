@@ -31,17 +31,22 @@ export function watchingKernelDaemons(gen: Generator): Generator {
   };
 }
 
-/** Compiles bench/loadgen.c unless the binary is newer; undefined (with the reason) when no compiler works. */
-export function buildCGenerator(): { binary: string } | { error: string } {
-  const src = path.join(ROOT, 'bench', 'loadgen.c');
-  const binary = path.join(ROOT, 'dist', 'bench', 'loadgen-c');
+/** Compiles bench/NAME.c into dist/bench/NAME-c unless the binary is newer; the reason when no compiler works. */
+export function compileBenchC(name: string): { binary: string } | { error: string } {
+  const src = path.join(ROOT, 'bench', `${name}.c`);
+  const binary = path.join(ROOT, 'dist', 'bench', `${name}-c`);
   try {
     if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(src).mtimeMs) return { binary };
-    execFileSync(process.env.CC ?? 'cc', ['-O2', '-o', binary, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync(process.env.CC ?? 'cc', ['-O2', '-pthread', '-o', binary, src], { stdio: ['ignore', 'ignore', 'pipe'] });
     return { binary };
   } catch (e) {
     return { error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
   }
+}
+
+/** The C load generator (bench/loadgen.c). */
+export function buildCGenerator(): { binary: string } | { error: string } {
+  return compileBenchC('loadgen');
 }
 
 export class CGenerator implements Generator {

@@ -20,11 +20,13 @@ constexpr const char* kKeyAmbiguous = "XKS_KEY_AMBIGUOUS";
 constexpr const char* kBadOutput = "XKS_BAD_OUTPUT";
 
 // The name `top -H`, perf and /proc/PID/task/TID/comm show for an engine thread (Linux: at
-// most 15 characters; elsewhere a no-op).
-void nameThisThread(const char* name) {
+// most 15 characters; elsewhere a no-op). Set by the creating thread, so the name is there
+// before anything the creator does next (open() resolving, for one).
+void nameThread(std::thread& t, const char* name) {
 #ifdef __linux__
-  pthread_setname_np(pthread_self(), name);
+  pthread_setname_np(t.native_handle(), name);
 #else
+  (void)t;
   (void)name;
 #endif
 }
@@ -156,7 +158,6 @@ void Core::startOpen(Job* j) {
     if (std::find(v.begin(), v.end(), this) == v.end()) v.push_back(this);
   }
   openThread_ = std::thread([this, j] {
-    nameThisThread("xks-hsm-open");
     try {
       doOpen(j);
     } catch (...) {
@@ -165,6 +166,7 @@ void Core::startOpen(Job* j) {
     }
     complete(j);
   });
+  nameThread(openThread_, "xks-hsm-open");
 }
 
 void Core::joinOpenThread() {
@@ -179,6 +181,7 @@ void Core::startWorkers() {
   for (uint32_t i = 0; i < cfg_.threads; ++i) spawnWorker();
   activeWorkers_ = cfg_.threads;
   watchdog_ = std::thread([this] { watchdogMain(); });
+  nameThread(watchdog_, "xks-hsm-watch");
 }
 
 void Core::spawnWorker() {
@@ -198,11 +201,12 @@ void Core::spawnWorker() {
   w->session = SessionPool::kNil;
   w->expired = w->stuck = w->sessionQuarantined = false;
   threadsAlive_.fetch_add(1, std::memory_order_acq_rel);
-  std::thread([this, w] { workerMain(w); }).detach();
+  std::thread t([this, w] { workerMain(w); });
+  nameThread(t, "xks-hsm");
+  t.detach();
 }
 
 void Core::workerMain(Worker* w) {
-  nameThisThread("xks-hsm");
   for (;;) {
     Job* j = queue_.pop();
     if (j == nullptr) break;
@@ -319,7 +323,6 @@ void Core::expireRunning(Clock::time_point now) {
 }
 
 void Core::watchdogMain() {
-  nameThisThread("xks-hsm-watch");
   using namespace std::chrono;
   const milliseconds tick =
       cfg_.opTimeoutMs == 0 ? milliseconds(50) : std::clamp(milliseconds(cfg_.opTimeoutMs / 20), milliseconds(1), milliseconds(5));

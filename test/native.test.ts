@@ -327,6 +327,28 @@ describe('life cycle and arguments', () => {
     await e.close();
   });
 
+  it('names its threads: 3 xks-hsm workers and 1 xks-hsm-watch per engine, gone after close (fresh process)', () => {
+    const r = runChild(`
+      const fs = require('node:fs');
+      const names = () => fs.readdirSync('/proc/self/task').map((t) => { try { return fs.readFileSync('/proc/self/task/' + t + '/comm', 'utf8').trim(); } catch { return ''; } });
+      const count = (n) => names().filter((x) => x === n).length;
+      const e = new Engine(${JSON.stringify(options({ threads: 3 }))});
+      const before = { hsm: count('xks-hsm'), watch: count('xks-hsm-watch') };
+      e.open().then(async () => {
+        const open = { hsm: count('xks-hsm'), watch: count('xks-hsm-watch') };
+        await e.close();
+        let after = { hsm: count('xks-hsm'), watch: count('xks-hsm-watch') };
+        for (let i = 0; i < 100 && after.hsm + after.watch > 0; i++) {
+          await new Promise((res) => setTimeout(res, 10));
+          after = { hsm: count('xks-hsm'), watch: count('xks-hsm-watch') };
+        }
+        console.log(JSON.stringify({ before, open, after }));
+      });
+    `);
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ before: { hsm: 0, watch: 0 }, open: { hsm: 3, watch: 1 }, after: { hsm: 0, watch: 0 } });
+  });
+
   it('an idle open engine does not keep the process alive', () => {
     const r = runChild(`
       const e = new Engine(${JSON.stringify(options())});

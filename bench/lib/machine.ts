@@ -78,11 +78,12 @@ interface DaemonSample {
   slices: number;
 }
 
-function sampleDaemons(pids?: readonly DaemonSample[]): DaemonSample[] {
+/** The daemons' counters now: those found in /proc, or again those of an earlier sample. */
+function sampleDaemons(known?: readonly DaemonSample[]): DaemonSample[] {
   const out: DaemonSample[] = [];
   let candidates: readonly { pid: string; name: string }[];
-  if (pids !== undefined) {
-    candidates = pids;
+  if (known !== undefined) {
+    candidates = known;
   } else {
     const found: { pid: string; name: string }[] = [];
     let entries: string[] = [];

@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
 import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
-import { makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 const TIMEOUT = 100;
@@ -52,12 +52,8 @@ async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T; ms: numb
   }
 }
 
-function split(out: Buffer): { ct: Buffer; tag: Buffer; iv: Buffer } {
-  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
-}
-
 async function roundTrip(e: NativeEngine, text = 'hello'): Promise<void> {
-  const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from(text), AAD));
+  const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from(text), AAD));
   expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(text);
 }
 
@@ -121,7 +117,7 @@ describe('recovery', () => {
       for (let i = 0; !stop; i++) {
         const text = `${tag}-${i}`;
         const r = await outcome(e.encrypt(KEY, Buffer.from(text), AAD));
-        if (r.ok) issued.push({ ...split(r.value), text });
+        if (r.ok) issued.push({ ...splitSealed(r.value), text });
       }
     };
     const running = [traffic(a, 'a'), traffic(a, 'a2'), traffic(b, 'b'), traffic(b, 'b2')];
@@ -157,7 +153,7 @@ describe('recovery', () => {
       faults.set(`fail C_EncryptInit ${code} times=1`);
       const r = await outcome(e.encrypt(KEY, Buffer.from('retry'), AAD));
       expect(r.ok, code).toBe(true);
-      const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('retried decrypt'), AAD));
+      const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('retried decrypt'), AAD));
       faults.set(`fail C_DecryptInit ${code} times=1`);
       expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('retried decrypt');
     }
@@ -196,7 +192,7 @@ describe('recovery', () => {
     expect(e.stats().sessionsOpen).toBe(3);
     const before = e.stats();
     faults.set('fail C_Decrypt CKR_SESSION_HANDLE_INVALID times=1');
-    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('y'), AAD));
+    const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('y'), AAD));
     expect((await outcome(e.decrypt(KEY, ct, tag, iv, AAD))).ok).toBe(false);
     expect(e.stats().reinitializations).toBe(before.reinitializations);
     expect(e.stats().sessionsOpen).toBe(before.sessionsOpen - 1);
@@ -229,7 +225,7 @@ describe('deadlines', () => {
   it('a stuck call settles with XKS_TIMEOUT on time; other work goes on; the session is quarantined, then closed', async () => {
     faults.clear();
     const e = await open();
-    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('before'), AAD));
+    const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('before'), AAD));
     faults.set('block C_Encrypt');
     const stuck = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect(stuck.ok).toBe(false);
@@ -255,7 +251,7 @@ describe('deadlines', () => {
   it('a slow call past the deadline times out and its late result is discarded', async () => {
     faults.clear();
     const e = await open();
-    const { ct, tag, iv } = split(await e.encrypt(KEY, Buffer.from('slow'), AAD));
+    const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('slow'), AAD));
     faults.set(`delay C_Decrypt ${TIMEOUT * 2} times=1`);
     const r = await outcome(e.decrypt(KEY, ct, tag, iv, AAD));
     expect(r.ok).toBe(false);
@@ -417,7 +413,7 @@ describe('bursts', () => {
     // every ciphertext decrypts
     for (const [i, r] of all.entries()) {
       if (!r.ok) continue;
-      const { ct, tag, iv } = split(r.value);
+      const { ct, tag, iv } = splitSealed(r.value);
       expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(`b${i}`);
     }
     await e.close();
@@ -439,7 +435,7 @@ describe('bursts', () => {
     expect(await waitFor(() => e.stats().workersStuck === 0)).toBe(true);
     for (const [i, r] of all.entries()) {
       if (!r.ok) continue;
-      const { ct, tag, iv } = split(r.value);
+      const { ct, tag, iv } = splitSealed(r.value);
       expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(`c${i}`);
     }
     await e.close();

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
 import { useFaultyModule, type FaultControl } from './helpers/faulty.js';
-import { makeToken, rejection, type TestToken } from './helpers/softhsm.js';
+import { makeToken, rejection, splitSealed, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 const P11ATTR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/Release/p11attr');
@@ -48,8 +48,7 @@ interface Sealed {
 }
 
 async function seal(e: NativeEngine, key: string, text: string): Promise<Sealed> {
-  const out = await e.encrypt(key, Buffer.from(text), AAD);
-  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
+  return splitSealed(await e.encrypt(key, Buffer.from(text), AAD));
 }
 
 async function open_(e: NativeEngine, key: string, s: Sealed): Promise<string> {

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
-import { createTestKeys, KNOWN_KEY, makeToken, rejection, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { createTestKeys, KNOWN_KEY, makeToken, rejection, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 
@@ -32,10 +32,6 @@ async function openEngine(overrides: Partial<EngineOptions> = {}): Promise<Nativ
   extra.push(e);
   await e.open();
   return e;
-}
-
-function split(out: Buffer): { ct: Buffer; tag: Buffer; iv: Buffer } {
-  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
 }
 
 beforeAll(async () => {
@@ -98,9 +94,9 @@ describe('AES-GCM', () => {
     const a = await engine.encrypt(TEST_KEYS.ordinary, plaintext, aad);
     const b = await engine.encrypt(TEST_KEYS.ordinary, plaintext, aad);
     expect(a.length).toBe(plaintext.length + 28);
-    expect(split(a).iv.equals(split(b).iv)).toBe(false);
-    expect(split(a).ct.equals(plaintext)).toBe(false);
-    const { ct, tag, iv } = split(a);
+    expect(splitSealed(a).iv.equals(splitSealed(b).iv)).toBe(false);
+    expect(splitSealed(a).ct.equals(plaintext)).toBe(false);
+    const { ct, tag, iv } = splitSealed(a);
     expect((await engine.decrypt(TEST_KEYS.ordinary, ct, tag, iv, aad)).equals(plaintext)).toBe(true);
   });
 
@@ -115,7 +111,7 @@ describe('AES-GCM', () => {
     const tag = c.getAuthTag();
     expect((await engine.decrypt(TEST_KEYS.known, ct, tag, iv, aad)).toString()).toBe('attack at dawn');
     // engine -> node
-    const out = split(await engine.encrypt(TEST_KEYS.known, plaintext, aad));
+    const out = splitSealed(await engine.encrypt(TEST_KEYS.known, plaintext, aad));
     const d = crypto.createDecipheriv('aes-256-gcm', KNOWN_KEY, out.iv);
     d.setAAD(aad);
     d.setAuthTag(out.tag);
@@ -125,7 +121,7 @@ describe('AES-GCM', () => {
   it('rejects a wrong tag, AAD or IV with a CKR code and no data in the message', async () => {
     const plaintext = Buffer.from('secret plaintext value');
     const aad = Buffer.from('aad');
-    const { ct, tag, iv } = split(await engine.encrypt(TEST_KEYS.ordinary, plaintext, aad));
+    const { ct, tag, iv } = splitSealed(await engine.encrypt(TEST_KEYS.ordinary, plaintext, aad));
     const badTag = Buffer.from(tag);
     badTag[0] = badTag[0]! ^ 1;
     const attempts = [
@@ -145,7 +141,7 @@ describe('AES-GCM', () => {
   });
 
   it('honours key usage', async () => {
-    const out = split(await engine.encrypt(TEST_KEYS.encryptOnly, Buffer.from('abc'), Buffer.alloc(0)));
+    const out = splitSealed(await engine.encrypt(TEST_KEYS.encryptOnly, Buffer.from('abc'), Buffer.alloc(0)));
     const e = await rejection(engine.decrypt(TEST_KEYS.encryptOnly, out.ct, out.tag, out.iv, Buffer.alloc(0)));
     expect(e.code).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
     expect(e.fn).toBe('C_DecryptInit');
@@ -159,7 +155,7 @@ describe('AES-GCM', () => {
     const e = await openEngine({ ivMode: 'hsm-zero-buffer' });
     const out = await e.encrypt(TEST_KEYS.known, Buffer.from('zero'), Buffer.alloc(0));
     expect(out.length).toBe(4 + 28);
-    const { ct, tag, iv } = split(out);
+    const { ct, tag, iv } = splitSealed(out);
     // SoftHSM2 does not fill the buffer, so the IV is the zero buffer we passed.
     const d = crypto.createDecipheriv('aes-256-gcm', KNOWN_KEY, iv);
     d.setAuthTag(tag);
@@ -176,7 +172,7 @@ describe('AES-GCM', () => {
 
   it('an empty plaintext (or a failed decrypt) does not poison the only session', async () => {
     const e = await openEngine({ poolMaxSize: 1, threads: 1 });
-    const good = split(await e.encrypt(TEST_KEYS.ordinary, Buffer.from('p'), Buffer.alloc(0)));
+    const good = splitSealed(await e.encrypt(TEST_KEYS.ordinary, Buffer.from('p'), Buffer.alloc(0)));
     expect((await rejection(e.decrypt(TEST_KEYS.ordinary, good.ct, good.tag, good.iv, Buffer.from('wrong')))).code).toMatch(/^CKR_/);
     expect(e.stats().sessionsOpen).toBe(0); // the session that saw the error was closed
     let emptyOut: Buffer | undefined;
@@ -187,12 +183,12 @@ describe('AES-GCM', () => {
     }
     if (emptyOut) {
       expect(emptyOut.length).toBe(28);
-      const { ct, tag, iv } = split(emptyOut);
+      const { ct, tag, iv } = splitSealed(emptyOut);
       expect((await e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.alloc(0))).length).toBe(0);
     }
     const plaintext = Buffer.from('after the empty one');
     for (let i = 0; i < 200; i++) {
-      const { ct, tag, iv } = split(await e.encrypt(TEST_KEYS.ordinary, plaintext, Buffer.alloc(0)));
+      const { ct, tag, iv } = splitSealed(await e.encrypt(TEST_KEYS.ordinary, plaintext, Buffer.alloc(0)));
       expect((await e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.alloc(0))).equals(plaintext)).toBe(true);
     }
     expect(e.stats().sessionsOpen).toBe(1);
@@ -206,7 +202,7 @@ describe('pool and concurrency', () => {
     const pending = plaintexts.map((p) => e.encrypt(TEST_KEYS.ordinary, p, Buffer.from('aad')));
     expect(e.stats().inFlight).toBe(2000);
     const outs = await Promise.all(pending);
-    const back = await Promise.all(outs.map((o) => split(o)).map(({ ct, tag, iv }) => e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.from('aad'))));
+    const back = await Promise.all(outs.map((o) => splitSealed(o)).map(({ ct, tag, iv }) => e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.from('aad'))));
     back.forEach((b, i) => expect(b.equals(plaintexts[i]!)).toBe(true));
     const s = e.stats();
     expect(s.inFlight).toBe(0);

@@ -91,3 +91,8 @@ export async function rejection(p: Promise<unknown>): Promise<NativeError> {
   }
   throw new Error('expected a rejection');
 }
+
+/** The addon's encrypt output (ciphertext, 16-byte tag, 12-byte IV) in its three parts. */
+export function splitSealed(out: Buffer): { ct: Buffer; tag: Buffer; iv: Buffer } {
+  return { ct: out.subarray(0, out.length - 28), tag: out.subarray(out.length - 28, out.length - 12), iv: out.subarray(out.length - 12) };
+}

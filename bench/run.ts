@@ -106,7 +106,6 @@ const log = (s: string): void => {
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
 const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
-/** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
 /** What the kernel's memory daemons took during a run, e.g. "; kdamond.0 13 ms/s"; '' when none ran. */
 const daemons = (r: LoadResult): string => {
   const k = r.kernelDaemons;
@@ -114,6 +113,7 @@ const daemons = (r: LoadResult): string => {
   return `; ${k.names.join('+')} ${(k.cpuMs / (k.overMs / 1000)).toFixed(1)} ms/s`;
 };
 const WAKE_PLACES: Record<WakeupMode, string> = { any: 'threads where the scheduler puts them', cross: 'across two vCPUs', same: 'both on one vCPU' };
+/** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
 const loadCells = (r: LoadResult): string[] => [f0(r.throughput), ms(r.latencyMs.p50), ms(r.latencyMs.p99), ms(r.latencyMs.p999), ms(r.latencyMs.max), String(r.errors)];
 const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
 

@@ -20,7 +20,7 @@ export interface WakeupLatency {
   max: number;
 }
 
-export const WAKEUP_MODES: readonly WakeupMode[] = ['any', 'cross', 'same'];
+const WAKEUP_MODES: readonly WakeupMode[] = ['any', 'cross', 'same'];
 
 /** One measurement per mode; a mode the machine cannot set up (one CPU) is left out. */
 export async function wakeupLatencies(count: number, gapUs: number): Promise<{ gapUs: number; modes: WakeupLatency[] } | { error: string }> {

@@ -554,3 +554,73 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
     expect(parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "600"'), 'settings.toml', NO_ENV).config.tracing.file_mode).toBe(0o600);
   });
 });
+
+/**
+ * Every key of the Rust proxy's settings.rs (xks-axum/src/settings.rs), on the guide's file: what
+ * removing it does there (serde: a non-Option field is required; main.rs `expect`s some Options)
+ * and here. Keys whose rows differ are the README's chosen differences.
+ */
+describe("every key of the Rust settings.rs, on the guide's file", () => {
+  const GUIDE_TEXT = text('settings_vault_guide.toml');
+  const without = (key: string): string => {
+    const re = new RegExp(`^${key} = .*\\n`, 'm');
+    return edit(GUIDE_TEXT, re, '');
+  };
+  const loads = (src: string): Config => parseConfig(src, 'settings.toml', NO_ENV).config;
+
+  it('the guide file loads with no warning, as the Rust proxy took it', () => {
+    const { config, warnings } = parseConfig(GUIDE_TEXT, 'settings.toml', NO_ENV);
+    expect(warnings).toEqual([]);
+    expect(config.external_key_stores.map((s) => [s.uri_path_prefix, [...s.xks_key_id_set]])).toEqual([['/xyz', ['abc123']]]);
+    expect(config.server.port_http_ping).toBe(80);
+    expect(config.pkcs11).toMatchObject({ session_pool_max_size: 30, session_pool_timeout_milli: 0, context_read_timeout_milli: 100 });
+    expect(config.pkcs11.user_pin).toBe('');
+  });
+
+  // Required in Rust (a non-Option field): required here.
+  const required = [
+    ['ip', 'server.ip'], ['port', 'server.port'], ['region', 'server.region'], ['service', 'server.service'],
+    ['is_stdout_writer_enabled', 'tracing.is_stdout_writer_enabled'], ['is_file_writer_enabled', 'tracing.is_file_writer_enabled'],
+    ['is_sigv4_auth_enabled', 'security.is_sigv4_auth_enabled'], ['is_tls_enabled', 'security.is_tls_enabled'],
+    ['is_mtls_enabled', 'security.is_mtls_enabled'], ['tls_cert_pem', 'tls.tls_cert_pem'], ['tls_key_pem', 'tls.tls_key_pem'],
+    ['uri_path_prefix', 'external_key_stores[0].uri_path_prefix'], ['sigv4_access_key_id', 'external_key_stores[0].sigv4_access_key_id'],
+    ['sigv4_secret_access_key', 'external_key_stores[0].sigv4_secret_access_key'], ['xks_key_id_set', 'external_key_stores[0].xks_key_id_set'],
+    ['session_pool_max_size', 'pkcs11.session_pool_max_size'], ['session_pool_timeout_milli', 'pkcs11.session_pool_timeout_milli'],
+    ['user_pin', 'pkcs11.user_pin'], ['session_eager_close', 'pkcs11.session_eager_close'], ['PKCS11_HSM_MODULE', 'pkcs11.PKCS11_HSM_MODULE'],
+    ['context_read_timeout_milli', 'pkcs11.context_read_timeout_milli'], ['max_plaintext_in_base64', 'limits.max_plaintext_in_base64'],
+    ['max_aad_in_base64', 'limits.max_aad_in_base64'], ['can_generate_iv', 'hsm_capabilities.can_generate_iv'],
+    ['is_zero_iv_required', 'hsm_capabilities.is_zero_iv_required'],
+  ] as const;
+  it.each(required)('%s is required in both', (key, dotted) => {
+    expect(failure(without(key)).message).toBe(`settings.toml: ${dotted}: missing key`);
+  });
+
+  it('Option fields in Rust are optional here, with the same defaults', () => {
+    expect(loads(without('mtls_client_ca_pem')).tls?.mtls_client_ca_pem).toBeUndefined();
+    expect(loads(without('mtls_client_dns_name')).tls?.mtls_client_dns_name).toBeUndefined();
+    const noKa = loads(edit(GUIDE_TEXT, /^tcp_keepalive_\w+ = .*\n/gm, ''));
+    expect(noKa.server.tcp_keepalive).toEqual({});
+    const noTls = loads(edit(GUIDE_TEXT, /\[tls\][\s\S]*?(?=\[\[external_key_stores\]\])/, ''));
+    expect(noTls.tls).toBeUndefined();
+    expect(loads(GUIDE_TEXT).server.ciphertext_metadata).toBeUndefined();
+    expect(loads(GUIDE_TEXT).pkcs11_logger).toBeUndefined();
+    expect(loads(GUIDE_TEXT).security.secondary_auth).toBeUndefined();
+  });
+
+  it('what main.rs expects of an Option (level, rotation_kind; the [server.tcp_keepalive] table) has a default here', () => {
+    // Rust: expect("Missing tracing level configuration") / expect("Missing log file rotation kind"): panics.
+    expect(loads(without('level')).tracing.level).toBe('INFO');
+    expect(loads(without('rotation_kind')).tracing.rotation_kind).toBe('HOURLY');
+    // Rust: `tcp_keepalive: TcpKeepaliveConfig` is not an Option, so the table is required there.
+    expect(loads(edit(GUIDE_TEXT, /\[server\.tcp_keepalive\]\n(tcp_keepalive_\w+ = .*\n)+/, '')).server.tcp_keepalive).toEqual({});
+    // Required only while the file writer is on, as there.
+    expect(failure(without('directory')).message).toBe('settings.toml: tracing.directory: missing key');
+    expect(failure(without('file_prefix')).message).toBe('settings.toml: tracing.file_prefix: missing key');
+  });
+
+  it('environment: PKCS11_HSM_MODULE replaces the file value; empty counts as unset (Rust would use "")', () => {
+    expect(parseConfig(GUIDE_TEXT, 'f', { PKCS11_HSM_MODULE: '/opt/hsm.so' }).config.pkcs11.module_path).toBe('/opt/hsm.so');
+    expect(parseConfig(GUIDE_TEXT, 'f', { PKCS11_HSM_MODULE: '' }).config.pkcs11.module_path).toBe('/usr/local/lib/libvault-pkcs11.so');
+    expect(resolveSettingsPath({ XKS_PROXY_SETTINGS_TOML: 'a/b.toml' }, '/srv')).toBe('/srv/a/b.toml');
+  });
+});

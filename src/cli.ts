@@ -23,7 +23,8 @@ quotas and the Oso policy.
   'check-config': `Usage: xks-proxy check-config [FILE]
 
 Validate a settings.toml and print a summary without secrets; warnings go to stderr.
-Exit 0 when it loads, 1 naming the failing key. The file: FILE, else ${FILE_FROM}.
+Exit 0 when it loads, 1 naming the failing key.
+The file: FILE, else ${FILE_FROM}.
 `,
   'kms-config': `Usage: xks-proxy kms-config --prefix P [options] [FILE]
 

@@ -30,7 +30,8 @@ The file: FILE, else ${FILE_FROM}.
 
 Print what AWS KMS needs for the key store with uri_path_prefix P (use --prefix "" for the
 empty prefix): the console's proxy configuration file (JSON) and the
-"aws kms create-custom-key-store" command. The file: FILE, else ${FILE_FROM}.
+"aws kms create-custom-key-store" command.
+The file: FILE, else ${FILE_FROM}.
 
 Options:
   --prefix P                  the key store (required)

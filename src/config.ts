@@ -716,13 +716,15 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
  * `uri_path_prefix`: the Rust proxy only requires prefixes to be unique, so only what cannot be
  * routed is refused: a non-empty prefix not starting with "/" (the Rust router panics on it), a
  * segment starting with ":" or "*" (uWebSockets.js reads it as a parameter or a wildcard: "/:t"
- * would take every one-segment prefix and hand that segment over as the key id) and "?" (the
- * query starts there, so no request path contains it). What KMS cannot send is only a warning.
+ * would take every one-segment prefix and hand that segment over as the key id), "?" (the
+ * query starts there) and white space or control characters (no request line carries them).
+ * What KMS cannot send is only a warning.
  */
 function checkPrefix(r: Reader, key: string, prefix: string): void {
   if (prefix === '') return;
   if (!prefix.startsWith('/')) r.fail(key, `must be empty or start with "/", got ${describe(prefix)}`);
   if (prefix.includes('?')) r.fail(key, `cannot be routed: "?" starts the query string, got ${describe(prefix)}`);
+  if (/[\s\x00-\x1f\x7f]/.test(prefix)) r.fail(key, `cannot be routed: no request path contains white space or control characters, got ${describe(prefix)}`);
   if (prefix.split('/').some((seg) => seg.startsWith(':') || seg.startsWith('*'))) {
     r.fail(key, `cannot be routed: a path segment starting with ":" or "*" is a route pattern, got ${describe(prefix)}`);
   }

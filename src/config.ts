@@ -216,6 +216,10 @@ export const DEFAULT_PORT_HTTP_PING = 80;
 /** Default [tracing] file_mode: owner read/write, group read (a log shipper in the proxy's group). */
 export const DEFAULT_LOG_FILE_MODE = 0o640;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
+/** Most sessions one engine holds (native/addon.cc poolMaxSize). */
+export const MAX_SESSION_POOL = 4096;
+/** Longest session wait the engine takes (native/addon.cc poolTimeoutMs: a signed 32-bit ms count, 24.8 days). */
+export const MAX_POOL_TIMEOUT_MILLI = 0x7fffffff;
 /** Default [pkcs11] operation_timeout_milli: an Encrypt with CDIV makes two HSM calls, and both must fit in KMS's 250 ms. */
 export const DEFAULT_OPERATION_TIMEOUT_MILLI = 100;
 /** Default [pkcs11] session_key_check_milli: a key deleted or disabled in the HSM stops working within this time. */
@@ -764,8 +768,15 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads', 'operation_timeout_milli',
     'session_key_copies', 'session_key_check_milli',
   ]);
-  const session_pool_max_size = r.int(t, P, 'session_pool_max_size', true, POSITIVE);
-  const session_pool_timeout_milli = r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE);
+  // The Rust proxy takes any usize / u64 here; the engine holds at most MAX_SESSION_POOL sessions
+  // and waits at most MAX_POOL_TIMEOUT_MILLI: larger values are used as those, with a warning.
+  const session_pool_max_size = atMost(r, `${P}.session_pool_max_size`, r.int(t, P, 'session_pool_max_size', true, POSITIVE), MAX_SESSION_POOL);
+  const session_pool_timeout_milli = atMost(
+    r,
+    `${P}.session_pool_timeout_milli`,
+    r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE),
+    MAX_POOL_TIMEOUT_MILLI,
+  );
   const session_eager_close = r.bool(t, P, 'session_eager_close', true);
   const user_pin = r.str(t, P, 'user_pin', true, { secret: true });
   const hsmModule = r.str(t, P, PKCS11_HSM_MODULE, true);
@@ -800,6 +811,13 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     module_path,
   };
   return withHidden(out, 'user_pin', user_pin);
+}
+
+/** `value`, or `max` with a warning when it is above. */
+function atMost(r: Reader, key: string, value: number, max: number): number {
+  if (value <= max) return value;
+  r.warn(key, `${value} is above ${max}, the most this proxy supports: ${max} is used`);
+  return max;
 }
 
 function readPkcs11Logger(r: Reader, doc: Table): Pkcs11LoggerSection | undefined {

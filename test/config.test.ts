@@ -541,6 +541,17 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
     expect(zero.warnings).toEqual(['settings.toml: limits.max_aad_in_base64: 0 is below 10924 (8,192 bytes of AAD, which KMS may send)']);
   });
 
+  it('a session pool or pool wait beyond what the engine holds is capped with a warning (Rust takes any usize/u64)', () => {
+    const big = edit(edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 50000'), 'session_pool_timeout_milli = 0', 'session_pool_timeout_milli = 3000000000');
+    const { config, warnings } = parseConfig(big, 'settings.toml', NO_ENV);
+    expect(config.pkcs11.session_pool_max_size).toBe(4096);
+    expect(config.pkcs11.session_pool_timeout_milli).toBe(2147483647);
+    expect(warnings).toEqual([
+      'settings.toml: pkcs11.session_pool_max_size: 50000 is above 4096, the most this proxy supports: 4096 is used',
+      'settings.toml: pkcs11.session_pool_timeout_milli: 3000000000 is above 2147483647, the most this proxy supports: 2147483647 is used',
+    ]);
+  });
+
   it('a bad level with no writer enabled is ignored (the Rust proxy never reads it then)', () => {
     const off = edit(MIN, 'is_stdout_writer_enabled = true', 'is_stdout_writer_enabled = false\nlevel = "LOUD"');
     expect(warningsOf(off)).toEqual([

@@ -561,8 +561,11 @@ function readTracing(r: Reader, doc: Table): TracingSection {
   if (rotRaw !== undefined) {
     const up = rotRaw.toUpperCase();
     const found = ROTATIONS.find((k) => k === up);
-    if (found === undefined) r.fail(`${P}.rotation_kind`, `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`);
-    rotation_kind = found;
+    const problem = `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`;
+    // The Rust proxy parses it only when the file writer is enabled.
+    if (found === undefined && is_file_writer_enabled) r.fail(`${P}.rotation_kind`, problem);
+    if (found === undefined) r.warn(`${P}.rotation_kind`, `${problem} (ignored: the file writer is disabled)`);
+    else rotation_kind = found;
   }
   if (!is_stdout_writer_enabled && !is_file_writer_enabled) r.warn(P, 'both the stdout and the file writer are disabled: nothing will be logged');
   const out: TracingSection = { is_stdout_writer_enabled, is_file_writer_enabled, level, rotation_kind, file_mode };

@@ -253,7 +253,7 @@ describe('broken files name the key', () => {
     ['bad ip', edit(MIN, 'ip = "127.0.0.1"', 'ip = "localhost"'), 'settings.toml: server.ip: expected an IPv4 or IPv6 address, got "localhost"'],
     ['bad level', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "LOUD"'),
       'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD"'],
-    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nrotation_kind = "WEEKLY"'),
+    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "WEEKLY"'),
       'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY"'],
     ['file writer without directory', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nfile_prefix = "x"'),
       'settings.toml: tracing.directory: missing key'],
@@ -549,6 +549,12 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
     expect(warnings).toEqual([
       'settings.toml: pkcs11.session_pool_max_size: 50000 is above 4096, the most this proxy supports: 4096 is used',
       'settings.toml: pkcs11.session_pool_timeout_milli: 3000000000 is above 2147483647, the most this proxy supports: 2147483647 is used',
+    ]);
+  });
+
+  it('a bad rotation_kind with the file writer off is ignored (the Rust proxy never parses it then)', () => {
+    expect(warningsOf(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nrotation_kind = "WEEKLY"'))).toEqual([
+      'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY" (ignored: the file writer is disabled)',
     ]);
   });
 

@@ -255,6 +255,9 @@ async function serve(): Promise<number | undefined> {
     }
     throw e;
   }
+  const t = loaded.config.tracing;
+  // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
+  if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled) for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
   const proxy = await startProxy(loaded);
   logStartFacts(proxy.log, loaded.config, proxy.pingPort);
   const stop = (signal: string): void => {

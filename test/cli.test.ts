@@ -68,6 +68,22 @@ describe('xks-proxy CLI', () => {
     expect(wrong.stderr).toMatch(/^xks-proxy init-dev: unexpected argument "b"\n\nUsage: xks-proxy init-dev/);
   });
 
+  it('serve with both writers off says so on stderr (nothing else would show it)', async () => {
+    const quiet = path.join(dir, 'quiet.toml');
+    writeFileSync(
+      quiet,
+      readFileSync(GUIDE, 'utf8')
+        .replace('port = 8000', 'port = 0\nport_http_ping = 0')
+        .replace('is_stdout_writer_enabled = true', 'is_stdout_writer_enabled = false')
+        .replace('is_file_writer_enabled = true', 'is_file_writer_enabled = false'),
+    );
+    // The module does not exist here: start-up stops after the warnings, with one line.
+    const r = await cli([], { XKS_PROXY_SETTINGS_TOML: quiet, PKCS11_HSM_MODULE: '/nonexistent/libpkcs11.so' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`xks-proxy: warning: ${quiet}: tracing: both the stdout and the file writer are disabled: nothing will be logged\n`);
+    expect(r.stdout).toBe('');
+  });
+
   it('kms-config prints the guide\'s aws kms create-custom-key-store command; the secret only with --show-secret', async () => {
     const r = await cli(['kms-config', '--prefix', '/xyz', '--endpoint', 'https://xks.example.com', '--name', 'my xks', GUIDE]);
     expect(r.code, r.stderr).toBe(0);

@@ -1,50 +1,118 @@
 /**
- * The `xks-proxy` command: serve (default), check-config, init-dev, --help, --version.
+ * The `xks-proxy` command: serve (default), check-config, kms-config, init-dev, help, --version.
+ * Every command answers `--help` / `-h` with its own usage (exit 0).
  */
-import { ConfigError, loadConfig, redactedSummary, resolveSettingsPath } from './config.js';
+import { ConfigError, DEFAULT_LOG_FILE_MODE, loadConfig, redactedSummary, resolveSettingsPath, type Config } from './config.js';
 import { initDev } from './dev/init-dev.js';
+import { createCustomKeyStoreCommand, endpointProblem, proxyConfigurationFile, type KmsConfigOptions } from './kms-config.js';
+import type { Logger } from './log.js';
 import { startProxy } from './main.js';
 import { VERSION } from './version.js';
+
+const SETTINGS_FROM = 'settings from $XKS_PROXY_SETTINGS_TOML, else from configuration/bootstrap.toml';
+const FILE_FROM = '$XKS_PROXY_SETTINGS_TOML, else the one configuration/bootstrap.toml names';
+
+const USAGE = {
+  serve: `Usage: xks-proxy [serve]
+
+Serve the XKS API; ${SETTINGS_FROM}.
+$PKCS11_HSM_MODULE, when set and not empty, replaces [pkcs11] PKCS11_HSM_MODULE.
+SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the key stores, credentials, key ids,
+quotas and the Oso policy.
+`,
+  'check-config': `Usage: xks-proxy check-config [FILE]
+
+Validate a settings.toml and print a summary without secrets; warnings go to stderr.
+Exit 0 when it loads, 1 naming the failing key.
+The file: FILE, else ${FILE_FROM}.
+`,
+  'kms-config': `Usage: xks-proxy kms-config --prefix P [options] [FILE]
+
+Print what AWS KMS needs for the key store with uri_path_prefix P (use --prefix "" for the
+empty prefix): the console's proxy configuration file (JSON) and the
+"aws kms create-custom-key-store" command.
+The file: FILE, else ${FILE_FROM}.
+
+Options:
+  --prefix P                  the key store (required)
+  --access-key-id ID          which of its credentials (default: the first)
+  --endpoint URL              --xks-proxy-uri-endpoint, e.g. https://xks.example.com
+                              (default: a placeholder)
+  --name NAME                 --custom-key-store-name (default: a placeholder)
+  --vpc-endpoint-service NAME connect through this VPC endpoint service (VPC_ENDPOINT_SERVICE)
+                              instead of PUBLIC_ENDPOINT
+  --show-secret               print the secret access key (default: a placeholder)
+  --json                      print the JSON file only
+`,
+  'init-dev': `Usage: xks-proxy init-dev [DIR]
+
+Make a SoftHSM2 token with demo keys (foo, encrypt_only_key, decrypt_only_key, impotent_key)
+and a matching settings.toml in DIR (default ./dev-hsm). For trials only.
+`,
+} as const;
+
+type Command = keyof typeof USAGE;
 
 const HELP = `xks-proxy v${VERSION}: AWS KMS External Key Store proxy (drop-in for the Rust xks-proxy)
 
 Usage:
-  xks-proxy                      serve; settings from $XKS_PROXY_SETTINGS_TOML,
+  xks-proxy [serve]              serve; settings from $XKS_PROXY_SETTINGS_TOML,
                                  else from configuration/bootstrap.toml
   xks-proxy check-config [FILE]  validate a settings.toml and print a summary without secrets
-  xks-proxy kms-config --prefix P [--access-key-id ID] [FILE]
-                                 print the KMS console's proxy configuration JSON (XksProxyUriPath,
-                                 AccessKeyId, RawSecretAccessKey) of the key store with prefix P
+  xks-proxy kms-config --prefix P [--endpoint URL] [--show-secret] [...] [FILE]
+                                 print the KMS console's proxy configuration JSON and the
+                                 "aws kms create-custom-key-store" command of the key store P
   xks-proxy init-dev [DIR]       make a SoftHSM2 token with demo keys and a settings.toml in DIR
                                  (default ./dev-hsm); for trials only
-  xks-proxy --help | --version
+  xks-proxy help [COMMAND] | --help | --version
+  xks-proxy COMMAND --help       the usage of COMMAND
 `;
+
+const isHelp = (a: string): boolean => a === '--help' || a === '-h';
 
 export async function main(argv: string[]): Promise<number | undefined> {
   const [command, ...rest] = argv;
+  if (command !== undefined && command in USAGE && rest.some(isHelp)) {
+    process.stdout.write(USAGE[command as Command]);
+    return 0;
+  }
   switch (command) {
     case undefined:
     case 'serve':
+      if (command === 'serve' && rest.length > 0) return usageError('serve', `unexpected argument "${rest[0]}"`);
       return serve();
     case '--help':
     case '-h':
-    case 'help':
-      process.stdout.write(HELP);
+    case 'help': {
+      const topic = rest[0];
+      if (topic !== undefined && topic in USAGE) process.stdout.write(USAGE[topic as Command]);
+      else if (topic !== undefined && !isHelp(topic)) return usageError(undefined, `unknown command "${topic}"`);
+      else process.stdout.write(HELP);
       return 0;
+    }
     case '--version':
     case '-V':
       process.stdout.write(`${VERSION}\n`);
       return 0;
     case 'check-config':
+      if (rest.length > 1 || rest[0]?.startsWith('-')) return usageError('check-config', `unexpected argument "${rest[rest.length - 1]}"`);
       return checkConfig(rest[0]);
     case 'kms-config':
       return kmsConfig(rest);
     case 'init-dev':
+      if (rest.length > 1 || rest[0]?.startsWith('-')) return usageError('init-dev', `unexpected argument "${rest[rest.length - 1]}"`);
       return runInitDev(rest[0] ?? 'dev-hsm');
     default:
       process.stderr.write(`xks-proxy: unknown command "${command}"\n\n${HELP}`);
       return 2;
   }
+}
+
+/** Exit 2 with the problem and the usage (of the command, or the general one). */
+function usageError(command: Command | undefined, problem: string): number {
+  const name = command === undefined ? 'xks-proxy' : `xks-proxy ${command}`;
+  process.stderr.write(`${name}: ${problem}\n\n${command === undefined ? HELP : USAGE[command]}`);
+  return 2;
 }
 
 function checkConfig(file: string | undefined): number {
@@ -59,23 +127,34 @@ function checkConfig(file: string | undefined): number {
   }
 }
 
-/** `kms-config --prefix P [--access-key-id ID] [FILE]`: the spec's console configuration file. */
+/** `kms-config --prefix P [options] [FILE]`: the console's configuration file and the AWS CLI command. */
 function kmsConfig(args: string[]): number {
   let prefix: string | undefined;
   let accessKeyId: string | undefined;
   let file: string | undefined;
+  let json = false;
+  const o: KmsConfigOptions = { showSecret: false };
+  const valued = new Set(['--prefix', '--access-key-id', '--endpoint', '--name', '--vpc-endpoint-service']);
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    if (a === '--prefix') prefix = args[++i];
-    else if (a === '--access-key-id') accessKeyId = args[++i];
-    else if (a.startsWith('--')) {
-      process.stderr.write(`xks-proxy kms-config: unknown option ${a}\n`);
-      return 2;
-    } else file = a;
+    if (valued.has(a)) {
+      const v = args[++i];
+      if (v === undefined) return usageError('kms-config', `${a} needs a value`);
+      if (a === '--prefix') prefix = v;
+      else if (a === '--access-key-id') accessKeyId = v;
+      else if (a === '--endpoint') o.endpoint = v;
+      else if (a === '--name') o.name = v;
+      else o.vpcEndpointService = v;
+    } else if (a === '--show-secret') o.showSecret = true;
+    else if (a === '--json') json = true;
+    else if (a.startsWith('-')) return usageError('kms-config', `unknown option ${a}`);
+    else if (file !== undefined) return usageError('kms-config', `unexpected argument "${a}"`);
+    else file = a;
   }
-  if (prefix === undefined) {
-    process.stderr.write('xks-proxy kms-config: --prefix is required (use --prefix "" for the empty prefix)\n');
-    return 2;
+  if (prefix === undefined) return usageError('kms-config', '--prefix is required (use --prefix "" for the empty prefix)');
+  if (o.endpoint !== undefined) {
+    const problem = endpointProblem(o.endpoint);
+    if (problem !== undefined) return usageError('kms-config', problem);
   }
   try {
     const { config } = loadConfig(file ?? resolveSettingsPath());
@@ -91,11 +170,15 @@ function kmsConfig(args: string[]): number {
       process.stderr.write(`xks-proxy kms-config: the key store "${prefix}" has no ${accessKeyId === undefined ? '' : 'such '}credential\n`);
       return 1;
     }
-    const out = {
-      XksProxyUriPath: `${store.uri_path_prefix}/kms/xks/v1`,
-      XksProxyAuthenticationCredential: { AccessKeyId: credential.access_key_id, RawSecretAccessKey: credential.secret_access_key },
-    };
-    process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    const file_ = `${JSON.stringify(proxyConfigurationFile(store, credential, o.showSecret), null, 2)}\n`;
+    if (json) {
+      process.stdout.write(file_);
+      return 0;
+    }
+    process.stdout.write(
+      `# Proxy configuration file (KMS console: "Upload proxy configuration file"):\n${file_}\n` +
+        `# Or with the AWS CLI:\n${createCustomKeyStoreCommand(store, credential, o)}`,
+    );
     return 0;
   } catch (e) {
     process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
@@ -125,6 +208,42 @@ Try it:
   return 0;
 }
 
+/**
+ * The start-up facts the Rust proxy logs ("Tracing level=...", "Starting service=... region=...",
+ * "is_sigv4_enabled=...", "Ciphertext Metadata ...", "TCP Keepalive ...", ".../ping available for
+ * health check"), as logfmt lines of ours: operators' parsers find the same facts.
+ */
+function logStartFacts(log: Logger, config: Config, pingPort: number): void {
+  const t = config.tracing;
+  log.info('tracing', {
+    level: t.level,
+    is_stdout_writer_enabled: t.is_stdout_writer_enabled,
+    is_file_writer_enabled: t.is_file_writer_enabled,
+    rotation_kind: t.is_file_writer_enabled ? t.rotation_kind : undefined,
+    file_mode: t.is_file_writer_enabled ? `0${(t.file_mode ?? DEFAULT_LOG_FILE_MODE).toString(8)}` : undefined,
+  });
+  const s = config.server;
+  const sec = config.security;
+  const ka = s.tcp_keepalive;
+  log.info('settings', {
+    service: s.service,
+    region: s.region,
+    is_sigv4_enabled: sec.is_sigv4_auth_enabled,
+    is_tls_enabled: sec.is_tls_enabled,
+    is_mtls_enabled: sec.is_mtls_enabled,
+    secondary_auth: sec.secondary_auth ?? 'none',
+    ciphertext_metadata: s.ciphertext_metadata === undefined ? 'not configured' : `${s.ciphertext_metadata.length} bytes`,
+    tcp_keepalive_secs: ka.tcp_keepalive_secs ?? 'off',
+    tcp_keepalive_interval_secs: ka.tcp_keepalive_interval_secs,
+    tcp_keepalive_retries: ka.tcp_keepalive_retries,
+  });
+  if (pingPort !== s.port) log.info('health check available', { url: `http://${hostPort(s.ip, pingPort)}/ping` });
+}
+
+function hostPort(ip: string, port: number): string {
+  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
 async function serve(): Promise<number | undefined> {
   let loaded;
   try {
@@ -136,7 +255,11 @@ async function serve(): Promise<number | undefined> {
     }
     throw e;
   }
+  const t = loaded.config.tracing;
+  // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
+  if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled) for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
   const proxy = await startProxy(loaded);
+  logStartFacts(proxy.log, loaded.config, proxy.pingPort);
   const stop = (signal: string): void => {
     proxy.log.info('stopping', { signal });
     proxy.stop().then(

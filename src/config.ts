@@ -57,6 +57,11 @@ export interface TracingSection {
   file_prefix?: string;
   /** Upper-cased; default HOURLY when absent. */
   rotation_kind: RotationKind;
+  /**
+   * Our extension (optional key `file_mode`, an octal string): permissions of the log files.
+   * loadConfig always sets it (default DEFAULT_LOG_FILE_MODE); absent means that default.
+   */
+  file_mode?: number;
 }
 
 export interface OsoSection {
@@ -83,7 +88,7 @@ export interface TlsSection {
 }
 
 export interface KeyStore {
-  /** "" or 9..117 characters of [a-zA-Z0-9/_-] starting with "/". */
+  /** "" or starting with "/" (checkPrefix: what KMS cannot send is a warning). */
   uri_path_prefix: string;
   /** The legacy pair; when the file has only `sigv4_credentials`, the first listed credential. */
   sigv4_access_key_id: string;
@@ -208,7 +213,13 @@ export const DEFAULT_BOOTSTRAP_TOML = 'configuration/bootstrap.toml';
 export const CIPHERTEXT_METADATA_MAX_BYTES = 20;
 /** Default port of the `GET /ping` listener (Rust: port_http_ping unwrap_or(80)). */
 export const DEFAULT_PORT_HTTP_PING = 80;
+/** Default [tracing] file_mode: owner read/write, group read (a log shipper in the proxy's group). */
+export const DEFAULT_LOG_FILE_MODE = 0o640;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
+/** Most sessions one engine holds (native/addon.cc poolMaxSize). */
+export const MAX_SESSION_POOL = 4096;
+/** Longest session wait the engine takes (native/addon.cc poolTimeoutMs: a signed 32-bit ms count, 24.8 days). */
+export const MAX_POOL_TIMEOUT_MILLI = 0x7fffffff;
 /** Default [pkcs11] operation_timeout_milli: an Encrypt with CDIV makes two HSM calls, and both must fit in KMS's 250 ms. */
 export const DEFAULT_OPERATION_TIMEOUT_MILLI = 100;
 /** Default [pkcs11] session_key_check_milli: a key deleted or disabled in the HSM stops working within this time. */
@@ -221,8 +232,10 @@ const MIN_AAD_B64 = b64Len(8192);
 /** The AAD length travels as a u16. */
 const MAX_AAD_B64 = b64Len(65535);
 
-const PREFIX_RE = /^\/[A-Za-z0-9/_-]{8,116}$/;
+/** The characters KMS allows in XksProxyUriPath. */
 const PREFIX_CHARS_RE = /^[A-Za-z0-9/_-]*$/;
+/** KMS's limit on XksProxyUriPath (`{prefix}/kms/xks/v1`). */
+const MAX_URI_PATH = 128;
 const KEY_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
 const SECRET_RE = /^[A-Za-z0-9/+=]{43,64}$/;
@@ -304,7 +317,7 @@ export function redactedSummary(config: Config): object {
       tcp_keepalive: { ...s.tcp_keepalive },
       workers: s.workers,
     },
-    tracing: { ...config.tracing },
+    tracing: { ...config.tracing, file_mode: `0${(config.tracing.file_mode ?? DEFAULT_LOG_FILE_MODE).toString(8)}` },
     security: { ...config.security, oso: config.security.oso ? { ...config.security.oso } : undefined },
     tls: config.tls ? { ...config.tls } : undefined,
     external_key_stores: config.external_key_stores.map((ks) => ({
@@ -481,8 +494,9 @@ function readServer(r: Reader, doc: Table): ServerSection {
   if (isIP(ip) === 0) r.fail(`${P}.ip`, `expected an IPv4 or IPv6 address, got ${describe(ip)}`);
   const port = r.int(t, P, 'port', true, PORT);
   const port_http_ping = r.int(t, P, 'port_http_ping', false, PORT) ?? DEFAULT_PORT_HTTP_PING;
-  const region = r.str(t, P, 'region', true, { nonEmpty: true });
-  const service = r.str(t, P, 'service', true, { nonEmpty: true });
+  const region = r.str(t, P, 'region', true);
+  if (region === '') r.warn(`${P}.region`, 'empty: no signed request can verify (KMS signs with its AWS region)');
+  const service = r.str(t, P, 'service', true);
   if (service !== 'kms-xks-proxy') r.warn(`${P}.service`, `is ${describe(service)}; AWS KMS signs with service "kms-xks-proxy"`);
   const ciphertext_metadata_b64 = r.str(t, P, 'ciphertext_metadata_b64', false);
   let ciphertext_metadata: Buffer | undefined;
@@ -522,32 +536,60 @@ const ROTATIONS: readonly RotationKind[] = ['MINUTELY', 'HOURLY', 'DAILY', 'NEVE
 function readTracing(r: Reader, doc: Table): TracingSection {
   const P = 'tracing';
   const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['is_stdout_writer_enabled', 'is_file_writer_enabled', 'level', 'directory', 'file_prefix', 'rotation_kind']);
+  r.unknown(t, P, ['is_stdout_writer_enabled', 'is_file_writer_enabled', 'level', 'directory', 'file_prefix', 'rotation_kind', 'file_mode']);
   const is_stdout_writer_enabled = r.bool(t, P, 'is_stdout_writer_enabled', true);
   const is_file_writer_enabled = r.bool(t, P, 'is_file_writer_enabled', true);
+  const anyWriter = is_stdout_writer_enabled || is_file_writer_enabled;
   const levelRaw = r.str(t, P, 'level', false);
   let level: Level = 'INFO';
   if (levelRaw !== undefined) {
     const up = levelRaw.toUpperCase();
     const found = LEVEL_BY_NUMBER[levelRaw] ?? LEVELS.find((l) => l === up);
-    if (found === undefined) r.fail(`${P}.level`, `expected one of TRACE, DEBUG, INFO, WARN, ERROR, got ${describe(levelRaw)}`);
-    level = found;
+    const problem = `expected one of TRACE, DEBUG, INFO, WARN, ERROR, got ${describe(levelRaw)}`;
+    // The Rust proxy reads the level only when a writer is enabled.
+    if (found === undefined && anyWriter) r.fail(`${P}.level`, problem);
+    if (found === undefined) r.warn(`${P}.level`, `${problem} (ignored: no writer is enabled)`);
+    else level = found;
   }
-  const directory = r.str(t, P, 'directory', is_file_writer_enabled, { nonEmpty: is_file_writer_enabled });
-  const file_prefix = r.str(t, P, 'file_prefix', is_file_writer_enabled, { nonEmpty: is_file_writer_enabled });
+  const directory = r.str(t, P, 'directory', is_file_writer_enabled);
+  if (is_file_writer_enabled && directory === '') r.warn(`${P}.directory`, 'empty: log files are written to the working directory');
+  const file_prefix = r.str(t, P, 'file_prefix', is_file_writer_enabled);
+  if (is_file_writer_enabled && file_prefix === '') r.warn(`${P}.file_prefix`, 'empty: log file names are only the date (e.g. ".2026-01-31-23")');
+  const file_mode = readFileMode(r, t, P);
   const rotRaw = r.str(t, P, 'rotation_kind', false);
   let rotation_kind: RotationKind = 'HOURLY';
   if (rotRaw !== undefined) {
     const up = rotRaw.toUpperCase();
     const found = ROTATIONS.find((k) => k === up);
-    if (found === undefined) r.fail(`${P}.rotation_kind`, `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`);
-    rotation_kind = found;
+    const problem = `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`;
+    // The Rust proxy parses it only when the file writer is enabled.
+    if (found === undefined && is_file_writer_enabled) r.fail(`${P}.rotation_kind`, problem);
+    if (found === undefined) r.warn(`${P}.rotation_kind`, `${problem} (ignored: the file writer is disabled)`);
+    else rotation_kind = found;
   }
   if (!is_stdout_writer_enabled && !is_file_writer_enabled) r.warn(P, 'both the stdout and the file writer are disabled: nothing will be logged');
-  const out: TracingSection = { is_stdout_writer_enabled, is_file_writer_enabled, level, rotation_kind };
+  const out: TracingSection = { is_stdout_writer_enabled, is_file_writer_enabled, level, rotation_kind, file_mode };
   if (directory !== undefined) out.directory = directory;
   if (file_prefix !== undefined) out.file_prefix = file_prefix;
   return out;
+}
+
+/**
+ * `[tracing] file_mode` (our extension): permissions of the log files, an octal string such as
+ * "0640" (the default) or "0644" (a log shipper running as another user, not in the group).
+ * Applied to every file the logger opens, whatever the umask. Refused: bits beyond 0777, write
+ * for group or others (anyone could forge lines), no read and write for the owner.
+ */
+function readFileMode(r: Reader, t: Table, P: string): number {
+  const raw = r.str(t, P, 'file_mode', false);
+  if (raw === undefined) return DEFAULT_LOG_FILE_MODE;
+  const key = `${P}.file_mode`;
+  if (!/^0?[0-7]{3}$/.test(raw)) r.fail(key, `expected an octal mode such as "0640" or "0644", got ${describe(raw)}`);
+  const mode = parseInt(raw, 8);
+  if ((mode & 0o022) !== 0) r.fail(key, `${describe(raw)} lets group or others write the log: anyone could forge lines (use "0640" or "0644")`);
+  if ((mode & 0o600) !== 0o600) r.fail(key, `${describe(raw)}: the owner (the proxy) must be able to read and write its log files`);
+  if ((mode & 0o111) !== 0) r.warn(key, `${describe(raw)} makes log files executable`);
+  return mode;
 }
 
 function readSecurity(r: Reader, doc: Table): SecuritySection {
@@ -598,7 +640,7 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
   const arr = doc[P];
   if (arr === undefined) r.fail(P, 'missing: at least one [[external_key_stores]] table is required');
   if (!Array.isArray(arr)) r.fail(P, `expected an array of tables ([[external_key_stores]]), got ${describe(arr)}`);
-  if (arr.length === 0) r.fail(P, 'at least one [[external_key_stores]] table is required');
+  if (arr.length === 0) r.warn(P, 'empty: no key store, every XKS request is answered 404 (the Rust proxy starts with it too)');
   const seen = new Map<string, number>();
   /** access key id -> index of the keystore that owns it */
   const akidOwner = new Map<string, number>();
@@ -609,13 +651,8 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     r.unknown(item, IP, ['uri_path_prefix', 'sigv4_access_key_id', 'sigv4_secret_access_key', 'xks_key_id_set', 'sigv4_credentials', 'requests_per_second', 'burst']);
 
     const prefix = r.str(item, IP, 'uri_path_prefix', true);
+    checkPrefix(r, `${IP}.uri_path_prefix`, prefix);
     const pk = `${IP}.uri_path_prefix`;
-    if (prefix !== '') {
-      if (!PREFIX_CHARS_RE.test(prefix)) r.fail(pk, `only a-z A-Z 0-9 / - _ are allowed, got ${describe(prefix)}`);
-      if (!prefix.startsWith('/')) r.fail(pk, `must be empty or start with "/", got ${describe(prefix)}`);
-      if (!PREFIX_RE.test(prefix)) r.fail(pk, `must be empty or 9..117 characters long, got ${prefix.length}`);
-      if (prefix.endsWith('/') || prefix.includes('//')) r.warn(pk, `${describe(prefix)} makes URIs with "//"`);
-    }
     const prev = seen.get(prefix);
     if (prev !== undefined) r.fail(pk, `duplicate prefix ${describe(prefix)} (also external_key_stores[${prev}])`);
     seen.set(prefix, i);
@@ -662,7 +699,7 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     const set = new Set<string>();
     ids.forEach((id: unknown, j: number) => {
       if (typeof id !== 'string') r.fail(`${ik}[${j}]`, `expected a string, got ${describe(id)}`);
-      if (!KEY_ID_RE.test(id)) r.fail(`${ik}[${j}]`, `key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(id)}`);
+      if (!KEY_ID_RE.test(id)) r.warn(`${ik}[${j}]`, `key id ${describe(id)} can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _`);
       if (set.has(id)) r.warn(`${ik}[${j}]`, `duplicate key id ${describe(id)}`);
       set.add(id);
     });
@@ -680,6 +717,30 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     out.push(ks);
   });
   return out;
+}
+
+/**
+ * `uri_path_prefix`: the Rust proxy only requires prefixes to be unique, so only what cannot be
+ * routed is refused: a non-empty prefix not starting with "/" (the Rust router panics on it), a
+ * segment starting with ":" or "*" (uWebSockets.js reads it as a parameter or a wildcard: "/:t"
+ * would take every one-segment prefix and hand that segment over as the key id), "?" (the
+ * query starts there) and white space or control characters (no request line carries them).
+ * What KMS cannot send is only a warning.
+ */
+function checkPrefix(r: Reader, key: string, prefix: string): void {
+  if (prefix === '') return;
+  if (!prefix.startsWith('/')) r.fail(key, `must be empty or start with "/", got ${describe(prefix)}`);
+  if (prefix.includes('?')) r.fail(key, `cannot be routed: "?" starts the query string, got ${describe(prefix)}`);
+  if (/[\s\x00-\x1f\x7f]/.test(prefix)) r.fail(key, `cannot be routed: no request path contains white space or control characters, got ${describe(prefix)}`);
+  if (prefix.split('/').some((seg) => seg.startsWith(':') || seg.startsWith('*'))) {
+    r.fail(key, `cannot be routed: a path segment starting with ":" or "*" is a route pattern, got ${describe(prefix)}`);
+  }
+  if (!PREFIX_CHARS_RE.test(prefix)) r.warn(key, `${describe(prefix)} has characters KMS does not allow in a URI path (only a-z A-Z 0-9 / - _)`);
+  const uriPath = `${prefix}/kms/xks/v1`;
+  if (uriPath.length > MAX_URI_PATH) {
+    r.warn(key, `KMS allows at most ${MAX_URI_PATH} characters in the URI path ${describe(uriPath)}, this one has ${uriPath.length}`);
+  }
+  if (prefix.endsWith('/') || prefix.includes('//')) r.warn(key, `${describe(prefix)} makes URIs with "//"`);
 }
 
 /** `sigv4_credentials = [{ access_key_id = "...", secret_access_key = "..." }, ...]` (our extension; optional). */
@@ -710,8 +771,15 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
     PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads', 'operation_timeout_milli',
     'session_key_copies', 'session_key_check_milli',
   ]);
-  const session_pool_max_size = r.int(t, P, 'session_pool_max_size', true, POSITIVE);
-  const session_pool_timeout_milli = r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE);
+  // The Rust proxy takes any usize / u64 here; the engine holds at most MAX_SESSION_POOL sessions
+  // and waits at most MAX_POOL_TIMEOUT_MILLI: larger values are used as those, with a warning.
+  const session_pool_max_size = atMost(r, `${P}.session_pool_max_size`, r.int(t, P, 'session_pool_max_size', true, POSITIVE), MAX_SESSION_POOL);
+  const session_pool_timeout_milli = atMost(
+    r,
+    `${P}.session_pool_timeout_milli`,
+    r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE),
+    MAX_POOL_TIMEOUT_MILLI,
+  );
   const session_eager_close = r.bool(t, P, 'session_eager_close', true);
   const user_pin = r.str(t, P, 'user_pin', true, { secret: true });
   const hsmModule = r.str(t, P, PKCS11_HSM_MODULE, true);
@@ -748,6 +816,13 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
   return withHidden(out, 'user_pin', user_pin);
 }
 
+/** `value`, or `max` with a warning when it is above. */
+function atMost(r: Reader, key: string, value: number, max: number): number {
+  if (value <= max) return value;
+  r.warn(key, `${value} is above ${max}, the most this proxy supports: ${max} is used`);
+  return max;
+}
+
 function readPkcs11Logger(r: Reader, doc: Table): Pkcs11LoggerSection | undefined {
   const P = 'pkcs11_logger';
   const t = r.table(doc, '', P, false);
@@ -764,8 +839,8 @@ function readLimits(r: Reader, doc: Table): LimitsSection {
   const P = 'limits';
   const t = r.table(doc, '', P, true);
   r.unknown(t, P, ['max_plaintext_in_base64', 'max_aad_in_base64']);
-  const max_plaintext_in_base64 = r.int(t, P, 'max_plaintext_in_base64', true, POSITIVE);
-  const max_aad_in_base64 = r.int(t, P, 'max_aad_in_base64', true, POSITIVE);
+  const max_plaintext_in_base64 = r.int(t, P, 'max_plaintext_in_base64', true, NON_NEGATIVE);
+  const max_aad_in_base64 = r.int(t, P, 'max_aad_in_base64', true, NON_NEGATIVE);
   if (max_plaintext_in_base64 < MIN_PLAINTEXT_B64) {
     r.warn(`${P}.max_plaintext_in_base64`, `${max_plaintext_in_base64} is below ${MIN_PLAINTEXT_B64} (4,300 bytes of plaintext, which KMS may send)`);
   }

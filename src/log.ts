@@ -16,7 +16,7 @@
  */
 import * as fs from 'node:fs';
 import { join as joinPath } from 'node:path';
-import type { Level, RotationKind, TracingSection } from './config.js';
+import { DEFAULT_LOG_FILE_MODE, type Level, type RotationKind, type TracingSection } from './config.js';
 
 export type { Level, RotationKind, TracingSection } from './config.js';
 
@@ -48,7 +48,10 @@ export interface Logger {
   warn(msg: string, fields?: LogFields): void;
   error(msg: string, fields?: LogFields): void;
   enabled(level: Level): boolean;
-  /** One line per request: INFO for status < 500, ERROR for 5xx. */
+  /**
+   * One line per request: ERROR for 5xx, WARN for a refused signature (AuthenticationFailedException,
+   * as the Rust proxy's "SigV4 failure" WARN line), INFO otherwise.
+   */
   request(line: RequestLogLine): void;
   /** Resolves once everything logged so far has been handed to the sinks. */
   flush(): Promise<void>;
@@ -94,6 +97,8 @@ export interface LoggerOptions {
   context?: LogFields;
 }
 
+/** The request outcome of a refused signature (src/errors.ts). */
+const AUTH_FAILED = 'AuthenticationFailedException';
 const LEVEL_NUM: Record<Level, number> = { TRACE: 0, DEBUG: 1, INFO: 2, WARN: 3, ERROR: 4 };
 const OFF = 5;
 const MAX_VALUE_CHARS = 1024;
@@ -232,14 +237,30 @@ class StreamSink implements Sink {
   async close(): Promise<void> {}
 }
 
+/**
+ * Appends to the rolling files. Each file gets `mode` ([tracing] file_mode) whatever the umask,
+ * also a file that already existed (a changed file_mode applies from the next start).
+ */
 class FileSink implements Sink {
   private fd: number | undefined;
   private path: string | undefined;
 
   /** Opens the first file synchronously (start-up), so a bad directory fails createLogger at once. */
-  constructor(first: string) {
+  constructor(
+    first: string,
+    private readonly mode: number,
+  ) {
     fs.mkdirSync(joinPath(first, '..'), { recursive: true });
-    this.fd = fs.openSync(first, 'a', 0o640);
+    const fd = fs.openSync(first, 'a', mode);
+    try {
+      fs.fchmodSync(fd, mode);
+    } catch (e) {
+      if (!notOwner(e)) {
+        fs.closeSync(fd);
+        throw e;
+      }
+    }
+    this.fd = fd;
     this.path = first;
   }
 
@@ -263,9 +284,16 @@ class FileSink implements Sink {
     this.path = file;
     if (old !== undefined) await closeFd(old);
     await fs.promises.mkdir(joinPath(file, '..'), { recursive: true });
-    this.fd = await new Promise<number>((resolve, reject) =>
-      fs.open(file, 'a', 0o640, (err, fd) => (err ? reject(err) : resolve(fd))),
+    const fd = await new Promise<number>((resolve, reject) =>
+      fs.open(file, 'a', this.mode, (err, fd) => (err ? reject(err) : resolve(fd))),
     );
+    try {
+      await new Promise<void>((resolve, reject) => fs.fchmod(fd, this.mode, (err) => (err && !notOwner(err) ? reject(err) : resolve())));
+    } catch (e) {
+      await closeFd(fd);
+      throw e;
+    }
+    this.fd = fd;
   }
 
   async close(): Promise<void> {
@@ -274,6 +302,11 @@ class FileSink implements Sink {
     this.path = undefined;
     if (fd !== undefined) await closeFd(fd);
   }
+}
+
+/** EPERM from fchmod: the file belongs to another user; it keeps its mode and is still written. */
+function notOwner(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && 'code' in e && e.code === 'EPERM';
 }
 
 function closeFd(fd: number): Promise<void> {
@@ -329,7 +362,7 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
   };
   if (tracing.is_file_writer_enabled) {
     const first = fileFor(now());
-    if (first !== undefined) sinks.push(new FileSink(first));
+    if (first !== undefined) sinks.push(new FileSink(first, tracing.file_mode ?? DEFAULT_LOG_FILE_MODE));
   }
 
   let segments: Segment[] = [];
@@ -435,7 +468,7 @@ export function createLogger(tracing: TracingSection, opts: LoggerOptions = {}):
     error: at('ERROR'),
     enabled: (level: Level) => LEVEL_NUM[level] >= threshold,
     request: (l: RequestLogLine): void => {
-      const level: Level = l.status >= 500 ? 'ERROR' : 'INFO';
+      const level: Level = l.status >= 500 ? 'ERROR' : l.outcome === AUTH_FAILED ? 'WARN' : 'INFO';
       if (LEVEL_NUM[level] < threshold) return;
       const t = now();
       const line = formatRequestLine(t, level, l);

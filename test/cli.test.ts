@@ -39,7 +39,96 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+const GUIDE = path.resolve(import.meta.dirname, 'fixtures/config/settings_vault_guide.toml');
+const GUIDE_SECRET = '1234567890123456789012345678901234567890123=';
+
 describe('xks-proxy CLI', () => {
+  it('every command answers --help and -h with its own usage, exit 0', async () => {
+    const own: Record<string, RegExp> = {
+      serve: /^Usage: xks-proxy \[serve\]\n/,
+      'check-config': /^Usage: xks-proxy check-config \[FILE\]\n/,
+      'kms-config': /^Usage: xks-proxy kms-config --prefix P \[options\] \[FILE\]\n[\s\S]*--endpoint URL[\s\S]*--show-secret/,
+      'init-dev': /^Usage: xks-proxy init-dev \[DIR\]\n/,
+    };
+    for (const [command, usage] of Object.entries(own)) {
+      for (const flag of ['--help', '-h']) {
+        const r = await cli([command, flag]);
+        expect(r.code, `${command} ${flag}: ${r.stderr}`).toBe(0);
+        expect(r.stdout, `${command} ${flag}`).toMatch(usage);
+        expect(r.stderr).toBe('');
+      }
+      const viaHelp = await cli(['help', command]);
+      expect(viaHelp.code).toBe(0);
+      expect(viaHelp.stdout).toMatch(usage);
+    }
+    // The help of a command with other arguments still only prints the usage (serves nothing, reads no file).
+    expect((await cli(['kms-config', '--prefix', '/xyz', '/nonexistent.toml', '--help'])).stdout).toMatch(own['kms-config']!);
+    const wrong = await cli(['init-dev', 'a', 'b']);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toMatch(/^xks-proxy init-dev: unexpected argument "b"\n\nUsage: xks-proxy init-dev/);
+  });
+
+  it('serve with both writers off says so on stderr (nothing else would show it)', async () => {
+    const quiet = path.join(dir, 'quiet.toml');
+    writeFileSync(
+      quiet,
+      readFileSync(GUIDE, 'utf8')
+        .replace('port = 8000', 'port = 0\nport_http_ping = 0')
+        .replace('is_stdout_writer_enabled = true', 'is_stdout_writer_enabled = false')
+        .replace('is_file_writer_enabled = true', 'is_file_writer_enabled = false'),
+    );
+    // The module does not exist here: start-up stops after the warnings, with one line.
+    const r = await cli([], { XKS_PROXY_SETTINGS_TOML: quiet, PKCS11_HSM_MODULE: '/nonexistent/libpkcs11.so' });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`xks-proxy: warning: ${quiet}: tracing: both the stdout and the file writer are disabled: nothing will be logged\n`);
+    expect(r.stdout).toBe('');
+  });
+
+  it('kms-config prints the guide\'s aws kms create-custom-key-store command; the secret only with --show-secret', async () => {
+    const r = await cli(['kms-config', '--prefix', '/xyz', '--endpoint', 'https://xks.example.com', '--name', 'my xks', GUIDE]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).not.toContain(GUIDE_SECRET);
+    const command = r.stdout.slice(r.stdout.indexOf('aws kms create-custom-key-store'));
+    expect(command).toBe(
+      [
+        'aws kms create-custom-key-store',
+        "  --custom-key-store-name 'my xks'",
+        '  --custom-key-store-type EXTERNAL_KEY_STORE',
+        '  --xks-proxy-connectivity PUBLIC_ENDPOINT',
+        '  --xks-proxy-uri-endpoint https://xks.example.com',
+        '  --xks-proxy-uri-path /xyz/kms/xks/v1',
+        "  --xks-proxy-authentication-credential 'AccessKeyId=AKIA4GBY3I6JCE5M2HPM,RawSecretAccessKey=<secret access key: add --show-secret>'",
+      ].join(' \\\n') + '\n',
+    );
+    const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'), r.stdout.indexOf('}\n}') + 3)) as Record<string, unknown>;
+    expect(json).toEqual({
+      XksProxyUriPath: '/xyz/kms/xks/v1',
+      XksProxyAuthenticationCredential: { AccessKeyId: 'AKIA4GBY3I6JCE5M2HPM', RawSecretAccessKey: '<secret access key: add --show-secret>' },
+    });
+
+    const shown = await cli(['kms-config', '--prefix', '/xyz', '--show-secret', '--vpc-endpoint-service', 'com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc', GUIDE]);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toContain(`  --xks-proxy-authentication-credential AccessKeyId=AKIA4GBY3I6JCE5M2HPM,RawSecretAccessKey=${GUIDE_SECRET}\n`);
+    expect(shown.stdout).toContain(`"RawSecretAccessKey": "${GUIDE_SECRET}"`);
+    expect(shown.stdout).toContain(' \\\n  --xks-proxy-connectivity VPC_ENDPOINT_SERVICE \\\n  --xks-proxy-vpc-endpoint-service-name com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc \\\n');
+    // Without --endpoint, a placeholder the shell does not take for a redirection.
+    expect(shown.stdout).toContain("  --xks-proxy-uri-endpoint 'https://<host name of the proxy or its load balancer>' \\\n");
+
+    const onlyJson = await cli(['kms-config', '--prefix', '/xyz', '--json', GUIDE]);
+    expect(JSON.parse(onlyJson.stdout)).toEqual(json);
+
+    for (const [endpoint, problem] of [
+      ['http://xks.example.com', /--endpoint must start with https:\/\//],
+      ['https://xks.example.com/xyz', /--endpoint is scheme and host only/],
+      ['xks.example.com', /is not a URL/],
+    ] as const) {
+      const bad = await cli(['kms-config', '--prefix', '/xyz', '--endpoint', endpoint, GUIDE]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toMatch(problem);
+    }
+    expect((await cli(['kms-config', '--prefix', '/xyz', '--endpoint'])).stderr).toMatch(/--endpoint needs a value/);
+  });
+
   it('--help and --version', async () => {
     const help = await cli(['--help']);
     expect(help.code).toBe(0);
@@ -78,7 +167,7 @@ describe('xks-proxy CLI', () => {
     expect(check.stdout).not.toContain(secret!);
     expect(check.stdout).not.toContain(`"${pin}"`);
 
-    const kms = await cli(['kms-config', '--prefix', '/example/uri/path/prefix', settings]);
+    const kms = await cli(['kms-config', '--prefix', '/example/uri/path/prefix', '--json', '--show-secret', settings]);
     expect(kms.code, kms.stderr).toBe(0);
     expect(JSON.parse(kms.stdout)).toEqual({
       XksProxyUriPath: '/example/uri/path/prefix/kms/xks/v1',

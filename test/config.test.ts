@@ -57,6 +57,7 @@ describe('Rust sample formats', () => {
       directory: '/var/local/xks-proxy/logs',
       file_prefix: 'xks-proxy.log',
       rotation_kind: 'HOURLY',
+      file_mode: 0o640,
     });
     expect(config.security).toEqual({ is_sigv4_auth_enabled: true, is_tls_enabled: false, is_mtls_enabled: false });
     expect(config.tls?.mtls_client_dns_name).toBe('us-east-1.alpha.cks.kms.aws.internal.amazonaws.com');
@@ -252,18 +253,32 @@ describe('broken files name the key', () => {
     ['bad ip', edit(MIN, 'ip = "127.0.0.1"', 'ip = "localhost"'), 'settings.toml: server.ip: expected an IPv4 or IPv6 address, got "localhost"'],
     ['bad level', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "LOUD"'),
       'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD"'],
-    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nrotation_kind = "WEEKLY"'),
+    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "WEEKLY"'),
       'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY"'],
     ['file writer without directory', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nfile_prefix = "x"'),
       'settings.toml: tracing.directory: missing key'],
-    ['prefix too short', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/short"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or 9..117 characters long, got 6'],
-    ['prefix too long', edit(MIN, 'uri_path_prefix = ""', `uri_path_prefix = "/${'a'.repeat(117)}"`),
-      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or 9..117 characters long, got 118'],
-    ['prefix bad character', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/example/pre.fix"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: only a-z A-Z 0-9 / - _ are allowed, got "/example/pre.fix"'],
     ['prefix without leading slash', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "example/prefix"'),
       'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or start with "/", got "example/prefix"'],
+    ['prefix with a route parameter', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/tenant/:id"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/tenant/:id"'],
+    ['prefix with a wildcard', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/*"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/*"'],
+    ['prefix with a query', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a?b"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: "?" starts the query string, got "/a?b"'],
+    ['prefix with a space', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/my prefix"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/my prefix"'],
+    ['prefix with a newline', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a\\nb"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/a\\nb"'],
+    ['file_mode not octal', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "rw-r-----"'),
+      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "rw-r-----"'],
+    ['file_mode an integer', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = 640'),
+      'settings.toml: tracing.file_mode: expected a string, got 640'],
+    ['file_mode writable by others', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0666"'),
+      'settings.toml: tracing.file_mode: "0666" lets group or others write the log: anyone could forge lines (use "0640" or "0644")'],
+    ['file_mode setuid', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "4640"'),
+      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "4640"'],
+    ['file_mode owner cannot write', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0440"'),
+      'settings.toml: tracing.file_mode: "0440": the owner (the proxy) must be able to read and write its log files'],
     ['duplicate prefix', edit(SOFT, 'uri_path_prefix = "/example/uri/path/prefix"', 'uri_path_prefix = ""'),
       'settings.toml: external_key_stores[1].uri_path_prefix: duplicate prefix "" (also external_key_stores[0])'],
     ['metadata not base64', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "not base64!"'),
@@ -274,10 +289,6 @@ describe('broken files name the key', () => {
       'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (non-zero trailing bits)'],
     ['metadata too long', edit(MIN, 'service = "kms-xks-proxy"', `service = "kms-xks-proxy"\nciphertext_metadata_b64 = "${Buffer.alloc(21, 7).toString('base64')}"`),
       'settings.toml: server.ciphertext_metadata_b64: decodes to 21 bytes, at most 20 allowed'],
-    ['key id bad character', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", "bad/id"]'),
-      'settings.toml: external_key_stores[0].xks_key_id_set[1]: key ids are 1..128 characters of A-Z a-z 0-9 - . _, got "bad/id"'],
-    ['key id too long', edit(MIN, 'xks_key_id_set = ["k1"]', `xks_key_id_set = ["${'k'.repeat(129)}"]`),
-      'settings.toml: external_key_stores[0].xks_key_id_set[0]: key ids are 1..128 characters of A-Z a-z 0-9 - . _, got "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk..."'],
     ['key id not a string', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", 2]'),
       'settings.toml: external_key_stores[0].xks_key_id_set[1]: expected a string, got 2'],
     ['key id set not an array', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = "k1"'),
@@ -476,5 +487,161 @@ describe('deadlines and the deep health check (our extensions)', () => {
     const { warnings } = parseConfig(withHealth('key_id = "k1"'), 'f', NO_ENV);
     expect(warnings.some((w) => w.includes('health_check.key_id') && w.includes('xks_key_id_set'))).toBe(true);
     expect(parseConfig(withHealth('key_id = "other"'), 'f', NO_ENV).warnings.some((w) => w.includes('health_check'))).toBe(false);
+  });
+});
+
+/** Warnings of a file that must load. */
+function warningsOf(src: string): string[] {
+  return parseConfig(src, 'settings.toml', NO_ENV).warnings;
+}
+
+describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () => {
+  const withPrefix = (p: string): string => edit(MIN, 'uri_path_prefix = ""', `uri_path_prefix = ${JSON.stringify(p)}`);
+
+  it('uri_path_prefix: short, long, odd characters load; what KMS cannot send is a warning naming it', () => {
+    const short = parseConfig(withPrefix('/xyz'), 'settings.toml', NO_ENV);
+    expect(short.config.external_key_stores[0]!.uri_path_prefix).toBe('/xyz');
+    expect(short.warnings.filter((w) => w.includes('uri_path_prefix'))).toEqual([]);
+    expect(warningsOf(withPrefix('/a'))).toEqual([]);
+    // 116 + "/kms/xks/v1" = 127 characters: within KMS's 128.
+    expect(warningsOf(withPrefix(`/${'a'.repeat(116)}`))).toEqual([]);
+    expect(warningsOf(withPrefix(`/${'a'.repeat(117)}`))).toEqual([
+      'settings.toml: external_key_stores[0].uri_path_prefix: KMS allows at most 128 characters in the URI path ' +
+        `"/${'a'.repeat(59)}...", this one has 129`,
+    ]);
+    expect(warningsOf(withPrefix('/example/pre.fix'))).toEqual([
+      'settings.toml: external_key_stores[0].uri_path_prefix: "/example/pre.fix" has characters KMS does not allow in a URI path (only a-z A-Z 0-9 / - _)',
+    ]);
+    // A ":" or "*" inside a segment is a literal character for the router.
+    expect(parseConfig(withPrefix('/a:b/c*'), 'settings.toml', NO_ENV).config.external_key_stores[0]!.uri_path_prefix).toBe('/a:b/c*');
+  });
+
+  it('xks_key_id_set: an id KMS can never send is a warning naming it, and the file loads', () => {
+    const long = 'k'.repeat(129);
+    const { config, warnings } = parseConfig(edit(MIN, 'xks_key_id_set = ["k1"]', `xks_key_id_set = ["k1", "bad/id", "", "${long}"]`), 'settings.toml', NO_ENV);
+    expect([...config.external_key_stores[0]!.xks_key_id_set]).toEqual(['k1', 'bad/id', '', long]);
+    expect(warnings).toEqual([
+      'settings.toml: external_key_stores[0].xks_key_id_set[1]: key id "bad/id" can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _',
+      'settings.toml: external_key_stores[0].xks_key_id_set[2]: key id "" can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _',
+      `settings.toml: external_key_stores[0].xks_key_id_set[3]: key id "${'k'.repeat(60)}..." can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _`,
+    ]);
+  });
+
+  it('empty strings and zeros serde accepts: empty region, no key store, empty log directory, zero limits', () => {
+    expect(warningsOf(edit(MIN, 'region = "eu-west-1"', 'region = ""'))).toEqual([
+      'settings.toml: server.region: empty: no signed request can verify (KMS signs with its AWS region)',
+    ]);
+    const none = parseConfig(`external_key_stores = []\n${edit(MIN, /\[\[external_key_stores\]\][\s\S]*?(?=\[pkcs11\])/, '')}`, 'settings.toml', NO_ENV);
+    expect(none.config.external_key_stores).toEqual([]);
+    expect(none.warnings).toEqual(['settings.toml: external_key_stores: empty: no key store, every XKS request is answered 404 (the Rust proxy starts with it too)']);
+    const fileWriter = edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\ndirectory = ""\nfile_prefix = "xks-proxy.log"');
+    expect(warningsOf(fileWriter)).toEqual(['settings.toml: tracing.directory: empty: log files are written to the working directory']);
+    const zero = parseConfig(edit(MIN, 'max_aad_in_base64 = 16384', 'max_aad_in_base64 = 0'), 'settings.toml', NO_ENV);
+    expect(zero.config.limits.max_aad_in_base64).toBe(0);
+    expect(zero.warnings).toEqual(['settings.toml: limits.max_aad_in_base64: 0 is below 10924 (8,192 bytes of AAD, which KMS may send)']);
+  });
+
+  it('a session pool or pool wait beyond what the engine holds is capped with a warning (Rust takes any usize/u64)', () => {
+    const big = edit(edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 50000'), 'session_pool_timeout_milli = 0', 'session_pool_timeout_milli = 3000000000');
+    const { config, warnings } = parseConfig(big, 'settings.toml', NO_ENV);
+    expect(config.pkcs11.session_pool_max_size).toBe(4096);
+    expect(config.pkcs11.session_pool_timeout_milli).toBe(2147483647);
+    expect(warnings).toEqual([
+      'settings.toml: pkcs11.session_pool_max_size: 50000 is above 4096, the most this proxy supports: 4096 is used',
+      'settings.toml: pkcs11.session_pool_timeout_milli: 3000000000 is above 2147483647, the most this proxy supports: 2147483647 is used',
+    ]);
+  });
+
+  it('a bad rotation_kind with the file writer off is ignored (the Rust proxy never parses it then)', () => {
+    expect(warningsOf(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nrotation_kind = "WEEKLY"'))).toEqual([
+      'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY" (ignored: the file writer is disabled)',
+    ]);
+  });
+
+  it('a bad level with no writer enabled is ignored (the Rust proxy never reads it then)', () => {
+    const off = edit(MIN, 'is_stdout_writer_enabled = true', 'is_stdout_writer_enabled = false\nlevel = "LOUD"');
+    expect(warningsOf(off)).toEqual([
+      'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD" (ignored: no writer is enabled)',
+      'settings.toml: tracing: both the stdout and the file writer are disabled: nothing will be logged',
+    ]);
+  });
+
+  it('[tracing] file_mode: default 0640, "0644" and "644" accepted, shown in the summary', () => {
+    expect(parseConfig(MIN, 'settings.toml', NO_ENV).config.tracing.file_mode).toBe(0o640);
+    const open = parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0644"'), 'settings.toml', NO_ENV);
+    expect(open.config.tracing.file_mode).toBe(0o644);
+    expect(open.warnings).toEqual([]);
+    expect((redactedSummary(open.config) as { tracing: { file_mode: string } }).tracing.file_mode).toBe('0644');
+    expect(parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "600"'), 'settings.toml', NO_ENV).config.tracing.file_mode).toBe(0o600);
+  });
+});
+
+/**
+ * Every key of the Rust proxy's settings.rs (xks-axum/src/settings.rs), on the guide's file: what
+ * removing it does there (serde: a non-Option field is required; main.rs `expect`s some Options)
+ * and here. Keys whose rows differ are the README's chosen differences.
+ */
+describe("every key of the Rust settings.rs, on the guide's file", () => {
+  const GUIDE_TEXT = text('settings_vault_guide.toml');
+  const without = (key: string): string => {
+    const re = new RegExp(`^${key} = .*\\n`, 'm');
+    return edit(GUIDE_TEXT, re, '');
+  };
+  const loads = (src: string): Config => parseConfig(src, 'settings.toml', NO_ENV).config;
+
+  it('the guide file loads with no warning, as the Rust proxy took it', () => {
+    const { config, warnings } = parseConfig(GUIDE_TEXT, 'settings.toml', NO_ENV);
+    expect(warnings).toEqual([]);
+    expect(config.external_key_stores.map((s) => [s.uri_path_prefix, [...s.xks_key_id_set]])).toEqual([['/xyz', ['abc123']]]);
+    expect(config.server.port_http_ping).toBe(80);
+    expect(config.pkcs11).toMatchObject({ session_pool_max_size: 30, session_pool_timeout_milli: 0, context_read_timeout_milli: 100 });
+    expect(config.pkcs11.user_pin).toBe('');
+  });
+
+  // Required in Rust (a non-Option field): required here.
+  const required = [
+    ['ip', 'server.ip'], ['port', 'server.port'], ['region', 'server.region'], ['service', 'server.service'],
+    ['is_stdout_writer_enabled', 'tracing.is_stdout_writer_enabled'], ['is_file_writer_enabled', 'tracing.is_file_writer_enabled'],
+    ['is_sigv4_auth_enabled', 'security.is_sigv4_auth_enabled'], ['is_tls_enabled', 'security.is_tls_enabled'],
+    ['is_mtls_enabled', 'security.is_mtls_enabled'], ['tls_cert_pem', 'tls.tls_cert_pem'], ['tls_key_pem', 'tls.tls_key_pem'],
+    ['uri_path_prefix', 'external_key_stores[0].uri_path_prefix'], ['sigv4_access_key_id', 'external_key_stores[0].sigv4_access_key_id'],
+    ['sigv4_secret_access_key', 'external_key_stores[0].sigv4_secret_access_key'], ['xks_key_id_set', 'external_key_stores[0].xks_key_id_set'],
+    ['session_pool_max_size', 'pkcs11.session_pool_max_size'], ['session_pool_timeout_milli', 'pkcs11.session_pool_timeout_milli'],
+    ['user_pin', 'pkcs11.user_pin'], ['session_eager_close', 'pkcs11.session_eager_close'], ['PKCS11_HSM_MODULE', 'pkcs11.PKCS11_HSM_MODULE'],
+    ['context_read_timeout_milli', 'pkcs11.context_read_timeout_milli'], ['max_plaintext_in_base64', 'limits.max_plaintext_in_base64'],
+    ['max_aad_in_base64', 'limits.max_aad_in_base64'], ['can_generate_iv', 'hsm_capabilities.can_generate_iv'],
+    ['is_zero_iv_required', 'hsm_capabilities.is_zero_iv_required'],
+  ] as const;
+  it.each(required)('%s is required in both', (key, dotted) => {
+    expect(failure(without(key)).message).toBe(`settings.toml: ${dotted}: missing key`);
+  });
+
+  it('Option fields in Rust are optional here, with the same defaults', () => {
+    expect(loads(without('mtls_client_ca_pem')).tls?.mtls_client_ca_pem).toBeUndefined();
+    expect(loads(without('mtls_client_dns_name')).tls?.mtls_client_dns_name).toBeUndefined();
+    const noKa = loads(edit(GUIDE_TEXT, /^tcp_keepalive_\w+ = .*\n/gm, ''));
+    expect(noKa.server.tcp_keepalive).toEqual({});
+    const noTls = loads(edit(GUIDE_TEXT, /\[tls\][\s\S]*?(?=\[\[external_key_stores\]\])/, ''));
+    expect(noTls.tls).toBeUndefined();
+    expect(loads(GUIDE_TEXT).server.ciphertext_metadata).toBeUndefined();
+    expect(loads(GUIDE_TEXT).pkcs11_logger).toBeUndefined();
+    expect(loads(GUIDE_TEXT).security.secondary_auth).toBeUndefined();
+  });
+
+  it('what main.rs expects of an Option (level, rotation_kind; the [server.tcp_keepalive] table) has a default here', () => {
+    // Rust: expect("Missing tracing level configuration") / expect("Missing log file rotation kind"): panics.
+    expect(loads(without('level')).tracing.level).toBe('INFO');
+    expect(loads(without('rotation_kind')).tracing.rotation_kind).toBe('HOURLY');
+    // Rust: `tcp_keepalive: TcpKeepaliveConfig` is not an Option, so the table is required there.
+    expect(loads(edit(GUIDE_TEXT, /\[server\.tcp_keepalive\]\n(tcp_keepalive_\w+ = .*\n)+/, '')).server.tcp_keepalive).toEqual({});
+    // Required only while the file writer is on, as there.
+    expect(failure(without('directory')).message).toBe('settings.toml: tracing.directory: missing key');
+    expect(failure(without('file_prefix')).message).toBe('settings.toml: tracing.file_prefix: missing key');
+  });
+
+  it('environment: PKCS11_HSM_MODULE replaces the file value; empty counts as unset (Rust would use "")', () => {
+    expect(parseConfig(GUIDE_TEXT, 'f', { PKCS11_HSM_MODULE: '/opt/hsm.so' }).config.pkcs11.module_path).toBe('/opt/hsm.so');
+    expect(parseConfig(GUIDE_TEXT, 'f', { PKCS11_HSM_MODULE: '' }).config.pkcs11.module_path).toBe('/usr/local/lib/libvault-pkcs11.so');
+    expect(resolveSettingsPath({ XKS_PROXY_SETTINGS_TOML: 'a/b.toml' }, '/srv')).toBe('/srv/a/b.toml');
   });
 });

@@ -1,4 +1,5 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -297,5 +298,76 @@ describe('file writer', () => {
     expect(() =>
       createLogger({ is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: join(blocker, 'sub'), file_prefix: 'x', rotation_kind: 'NEVER' }),
     ).toThrow(/ENOTDIR|EEXIST/);
+  });
+});
+
+describe('[tracing] file_mode', () => {
+  const fileOnly = (directory: string, file_mode?: number): TracingSection => ({
+    is_stdout_writer_enabled: false,
+    is_file_writer_enabled: true,
+    level: 'INFO',
+    directory,
+    file_prefix: 'xks-proxy.log',
+    rotation_kind: 'HOURLY',
+    ...(file_mode === undefined ? {} : { file_mode }),
+  });
+
+  it('every file gets the mode, whatever the umask: the first, an existing one, the next period', async () => {
+    const old = process.umask(0o077);
+    try {
+      let clock = new Date('2026-11-30T02:59:59.900Z');
+      // An existing file of the first period, made with another mode (a restart after a change).
+      await createLogger(fileOnly(dir), { now: () => clock }).close();
+      expect(statSync(join(dir, 'xks-proxy.log.2026-11-30-02')).mode & 0o777).toBe(0o640);
+      const log = make(fileOnly(dir, 0o644), { now: () => clock });
+      log.info('before the hour');
+      expect(statSync(join(dir, 'xks-proxy.log.2026-11-30-02')).mode & 0o777).toBe(0o644);
+      clock = new Date('2026-11-30T03:00:00.100Z');
+      log.info('after the hour');
+      await log.flush();
+      expect(statSync(join(dir, 'xks-proxy.log.2026-11-30-03')).mode & 0o777).toBe(0o644);
+      expect(readFileSync(join(dir, 'xks-proxy.log.2026-11-30-03'), 'utf8')).toContain('after the hour');
+    } finally {
+      process.umask(old);
+    }
+  });
+
+  it('without file_mode the files are 0640', async () => {
+    const log = make(fileOnly(dir), { now: () => T0 });
+    log.info('x');
+    await log.flush();
+    expect(statSync(join(dir, 'xks-proxy.log.2026-11-30-02')).mode & 0o777).toBe(0o640);
+  });
+
+  it.runIf(process.getuid?.() === 0)('a reader running as another user (nobody) reads a 0644 log, not a 0640 one', async () => {
+    chmodSync(dir, 0o755);
+    const readAsNobody = (file: string): number =>
+      spawnSync('runuser', ['-u', 'nobody', '--', 'cat', file], { timeout: 10_000 }).status ?? -1;
+    const shared = make({ ...fileOnly(join(dir, 'shared'), 0o644), rotation_kind: 'NEVER' });
+    shared.info('for the shipper');
+    await shared.flush();
+    chmodSync(join(dir, 'shared'), 0o755);
+    expect(readAsNobody(join(dir, 'shared', 'xks-proxy.log'))).toBe(0);
+    const closed = make({ ...fileOnly(join(dir, 'closed')), rotation_kind: 'NEVER' });
+    closed.info('not for others');
+    await closed.flush();
+    chmodSync(join(dir, 'closed'), 0o755);
+    expect(readAsNobody(join(dir, 'closed', 'xks-proxy.log'))).not.toBe(0);
+  });
+});
+
+describe('request lines', () => {
+  it('a refused signature is a WARN line (as the Rust proxy\'s "SigV4 failure"); 5xx ERROR; the rest INFO', async () => {
+    const out = new Capture();
+    const log = make(stdoutOnly('WARN'), { stdout: out });
+    const base = { op: 'Encrypt', prefix: '/xyz', keyId: 'abc123', micros: 10 };
+    log.request({ ...base, outcome: 'AuthenticationFailedException', status: 401, detail: 'signature does not match' });
+    log.request({ ...base, outcome: 'ok', status: 200 });
+    log.request({ ...base, outcome: 'KeyNotFoundException', status: 404 });
+    log.request({ ...base, outcome: 'InternalException', status: 500 });
+    await log.flush();
+    expect(out.lines).toHaveLength(2);
+    expect(out.lines[0]).toMatch(/ WARN request op=Encrypt prefix=\/xyz keyId=abc123 outcome=AuthenticationFailedException status=401 micros=10 detail="signature does not match"$/);
+    expect(out.lines[1]).toMatch(/ ERROR request op=Encrypt .* outcome=InternalException status=500/);
   });
 });

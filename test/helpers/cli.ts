@@ -23,7 +23,7 @@ export async function spawnProxyCli(env: Record<string, string>): Promise<CliPro
     const timer = setTimeout(() => reject(new Error(`proxy did not start: ${out}`)), 15000);
     child.stdout!.on('data', (c: Buffer) => {
       out += c.toString();
-      const m = /listening url=http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      const m = /listening url=https?:\/\/[^ ]*:(\d+)/.exec(out);
       if (m) {
         clearTimeout(timer);
         resolve(Number(m[1]));

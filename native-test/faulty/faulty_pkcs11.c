@@ -32,8 +32,10 @@
  * those explicitly to fault them).
  *
  * Status file (key value lines), rewritten after every call: open_sessions,
- * max_open_sessions, injected, calls, initialized, and calls.<FN> (calls of each function
- * called at least once, faulted ones included). Sessions are counted as the real module
+ * max_open_sessions, injected, calls, initialized, max_in_flight (most wrapped calls inside
+ * this module at once since the control file was last re-read, delays included: 1 means the
+ * application never overlapped two calls),
+ * and calls.<FN> (calls of each function called at least once, faulted ones included). Sessions are counted as the real module
  * reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after
  * C_CloseAllSessions / C_Finalize / C_Initialize.
  *
@@ -96,6 +98,7 @@ static ino_t g_ino = 0;
 static off_t g_size = -1;
 static struct timespec g_mtime;
 static long g_open = 0, g_maxOpen = 0, g_injected = 0, g_calls = 0;
+static long g_inFlight = 0, g_maxInFlight = 0; /* calls between decide() and finish() */
 static int g_initialized = 0;
 
 /* Calls per function name (the names are string literals of this file). */
@@ -169,8 +172,8 @@ static void write_status(void) {
   if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp) return;
   FILE* f = fopen(tmp, "w");
   if (f == NULL) return;
-  fprintf(f, "open_sessions %ld\nmax_open_sessions %ld\ninjected %ld\ncalls %ld\ninitialized %d\n", g_open, g_maxOpen,
-          g_injected, g_calls, g_initialized);
+  fprintf(f, "open_sessions %ld\nmax_open_sessions %ld\ninjected %ld\ncalls %ld\ninitialized %d\nmax_in_flight %ld\n",
+          g_open, g_maxOpen, g_injected, g_calls, g_initialized, g_maxInFlight);
   for (int i = 0; i < g_nfns; ++i) fprintf(f, "calls.%s %ld\n", g_fnCalls[i].fn, g_fnCalls[i].calls);
   fclose(f);
   rename(tmp, path);
@@ -200,6 +203,7 @@ static void reload(void) {
   g_mtime = st.st_mtim;
   ++g_generation;
   g_nrules = 0;
+  g_maxInFlight = g_inFlight; /* measured per rule set */
   char line[512];
   while (fgets(line, sizeof line, f) != NULL && g_nrules < MAX_RULES) {
     char* hash = strchr(line, '#');
@@ -295,6 +299,7 @@ static void decide(const struct call* c, struct outcome* out) {
   memset(out, 0, sizeof *out);
   pthread_mutex_lock(&g_mu);
   count_call(c->fn);
+  if (++g_inFlight > g_maxInFlight) g_maxInFlight = g_inFlight;
   for (;;) {
     reload();
     struct rule* hit = NULL;
@@ -313,6 +318,7 @@ static void decide(const struct call* c, struct outcome* out) {
     ++g_injected;
     if (hit->action == A_FAIL) {
       out->rv = hit->rv;
+      --g_inFlight; /* not called: finish() will not run */
       break;
     }
     if (hit->action == A_IV) {
@@ -342,6 +348,14 @@ static void decide(const struct call* c, struct outcome* out) {
   }
   write_status();
   pthread_mutex_unlock(&g_mu);
+}
+
+/* After the real call (of a call that decide() let through): returns its result. */
+static CK_RV finish(CK_RV rv) {
+  pthread_mutex_lock(&g_mu);
+  --g_inFlight;
+  pthread_mutex_unlock(&g_mu);
+  return rv;
 }
 
 /* Returns CKR_OK to go on and call the real function, anything else to return it. */
@@ -401,7 +415,7 @@ static CK_RV w_Initialize(CK_VOID_PTR args) {
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
-  CK_RV rv = g_real->C_Initialize(args);
+  CK_RV rv = finish(g_real->C_Initialize(args));
   if (rv == CKR_OK) {
     pthread_mutex_lock(&g_mu);
     g_initialized = 1;
@@ -413,7 +427,7 @@ static CK_RV w_Initialize(CK_VOID_PTR args) {
 
 static CK_RV w_Finalize(CK_VOID_PTR r) {
   INJECT("C_Finalize");
-  CK_RV rv = g_real->C_Finalize(r);
+  CK_RV rv = finish(g_real->C_Finalize(r));
   if (rv == CKR_OK) {
     pthread_mutex_lock(&g_mu);
     g_initialized = 0;
@@ -425,93 +439,93 @@ static CK_RV w_Finalize(CK_VOID_PTR r) {
 
 static CK_RV w_GetInfo(CK_INFO_PTR p) {
   INJECT("C_GetInfo");
-  return g_real->C_GetInfo(p);
+  return finish(g_real->C_GetInfo(p));
 }
 
 static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
   INJECT("C_GetSlotList");
-  return g_real->C_GetSlotList(present, list, n);
+  return finish(g_real->C_GetSlotList(present, list, n));
 }
 
 static CK_RV w_GetSlotInfo(CK_SLOT_ID s, CK_SLOT_INFO_PTR p) {
   INJECT("C_GetSlotInfo");
-  return g_real->C_GetSlotInfo(s, p);
+  return finish(g_real->C_GetSlotInfo(s, p));
 }
 
 static CK_RV w_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR p) {
   INJECT("C_GetTokenInfo");
-  return g_real->C_GetTokenInfo(s, p);
+  return finish(g_real->C_GetTokenInfo(s, p));
 }
 
 static CK_RV w_OpenSession(CK_SLOT_ID s, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR h) {
   INJECT("C_OpenSession");
-  CK_RV rv = g_real->C_OpenSession(s, fl, app, notify, h);
+  CK_RV rv = finish(g_real->C_OpenSession(s, fl, app, notify, h));
   if (rv == CKR_OK) sessions_changed(1, 0);
   return rv;
 }
 
 static CK_RV w_CloseSession(CK_SESSION_HANDLE h) {
   INJECT("C_CloseSession");
-  CK_RV rv = g_real->C_CloseSession(h);
+  CK_RV rv = finish(g_real->C_CloseSession(h));
   if (rv == CKR_OK) sessions_changed(-1, 0);
   return rv;
 }
 
 static CK_RV w_CloseAllSessions(CK_SLOT_ID s) {
   INJECT("C_CloseAllSessions");
-  CK_RV rv = g_real->C_CloseAllSessions(s);
+  CK_RV rv = finish(g_real->C_CloseAllSessions(s));
   if (rv == CKR_OK) sessions_changed(0, 1);
   return rv;
 }
 
 static CK_RV w_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR p) {
   INJECT("C_GetSessionInfo");
-  return g_real->C_GetSessionInfo(h, p);
+  return finish(g_real->C_GetSessionInfo(h, p));
 }
 
 static CK_RV w_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG n) {
   INJECT("C_Login");
-  return g_real->C_Login(h, u, pin, n);
+  return finish(g_real->C_Login(h, u, pin, n));
 }
 
 static CK_RV w_Logout(CK_SESSION_HANDLE h) {
   INJECT("C_Logout");
-  return g_real->C_Logout(h);
+  return finish(g_real->C_Logout(h));
 }
 
 static CK_RV w_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o) {
   INJECT("C_CreateObject");
-  return g_real->C_CreateObject(h, t, n, o);
+  return finish(g_real->C_CreateObject(h, t, n, o));
 }
 
 static CK_RV w_CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR c) {
   INJECT("C_CopyObject");
-  return g_real->C_CopyObject(h, o, t, n, c);
+  return finish(g_real->C_CopyObject(h, o, t, n, c));
 }
 
 static CK_RV w_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o) {
   INJECT("C_DestroyObject");
-  return g_real->C_DestroyObject(h, o);
+  return finish(g_real->C_DestroyObject(h, o));
 }
 
 static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
   INJECT("C_GetAttributeValue");
-  return g_real->C_GetAttributeValue(h, o, t, n);
+  return finish(g_real->C_GetAttributeValue(h, o, t, n));
 }
 
 static CK_RV w_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
   INJECT("C_FindObjectsInit");
-  return g_real->C_FindObjectsInit(h, t, n);
+  return finish(g_real->C_FindObjectsInit(h, t, n));
 }
 
 static CK_RV w_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n) {
   INJECT("C_FindObjects");
-  return g_real->C_FindObjects(h, o, max, n);
+  return finish(g_real->C_FindObjects(h, o, max, n));
 }
 
 static CK_RV w_FindObjectsFinal(CK_SESSION_HANDLE h) {
   INJECT("C_FindObjectsFinal");
-  return g_real->C_FindObjectsFinal(h);
+  return finish(g_real->C_FindObjectsFinal(h));
 }
 
 static CK_RV w_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
@@ -520,7 +534,7 @@ static CK_RV w_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HA
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
   fill_iv(m, o.iv);
-  return g_real->C_EncryptInit(h, m, k);
+  return finish(g_real->C_EncryptInit(h, m, k));
 }
 
 /* After a successful real call with an output buffer: the `flip` rule's corruption. */
@@ -534,12 +548,12 @@ static CK_RV w_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_B
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
-  return flipped(g_real->C_Encrypt(h, in, inLen, out, outLen), o.flip, out, outLen);
+  return flipped(finish(g_real->C_Encrypt(h, in, inLen, out, outLen)), o.flip, out, outLen);
 }
 
 static CK_RV w_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
   INJECT("C_DecryptInit");
-  return g_real->C_DecryptInit(h, m, k);
+  return finish(g_real->C_DecryptInit(h, m, k));
 }
 
 static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
@@ -547,17 +561,17 @@ static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_B
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
-  return flipped(g_real->C_Decrypt(h, in, inLen, out, outLen), o.flip, out, outLen);
+  return flipped(finish(g_real->C_Decrypt(h, in, inLen, out, outLen)), o.flip, out, outLen);
 }
 
 static CK_RV w_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k) {
   INJECT("C_GenerateKey");
-  return g_real->C_GenerateKey(h, m, t, n, k);
+  return finish(g_real->C_GenerateKey(h, m, t, n, k));
 }
 
 static CK_RV w_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n) {
   INJECT("C_GenerateRandom");
-  return g_real->C_GenerateRandom(h, p, n);
+  return finish(g_real->C_GenerateRandom(h, p, n));
 }
 
 static CK_RV load_target(void) {

@@ -25,6 +25,8 @@ export interface FaultStatus {
   injected: number;
   calls: number;
   initialized: number;
+  /** Most wrapped calls inside the module at once (delays included). */
+  max_in_flight: number;
   /** Calls per PKCS#11 function (faulted ones included), e.g. calls.C_OpenSession. */
   calls_by_fn: Record<string, number>;
 }
@@ -48,7 +50,7 @@ export class FaultControl {
   }
 
   status(): FaultStatus {
-    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0, calls_by_fn: {} };
+    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0, max_in_flight: 0, calls_by_fn: {} };
     if (!existsSync(this.statusPath)) return out;
     for (const line of readFileSync(this.statusPath, 'utf8').split('\n')) {
       const [k, v] = line.split(' ');

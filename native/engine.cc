@@ -84,9 +84,10 @@ bool deviceFatal(CK_RV rv) {
 // Failures that concern the request's data or the key's permissions, never the session: the
 // session goes back to the pool, as the Rust proxy keeps it (handlers/mod.rs,
 // before_bubbling_failure). No operation is left active: an *Init failure starts none, and a
-// C_Encrypt / C_Decrypt failure other than CKR_BUFFER_TOO_SMALL ends the operation (PKCS#11
-// 2.40 section 5.2; test/fault-engine.test.ts checks SoftHSM2's sessions afterwards). A
-// CKR_GENERAL_ERROR counts only from C_Decrypt, where SoftHSM2 reports a tag mismatch with it.
+// C_Encrypt / C_Decrypt call that fails other than with CKR_BUFFER_TOO_SMALL ends the
+// operation (as PKCS#11 defines those calls; test/fault-data.test.ts checks that SoftHSM2's
+// sessions decrypt on after 200 tag mismatches). A CKR_GENERAL_ERROR counts only from
+// C_Decrypt, where SoftHSM2 reports a tag mismatch with it.
 bool keepsSession(CK_RV rv, const char* fn) {
   switch (rv) {
     case CKR_KEY_FUNCTION_NOT_PERMITTED:

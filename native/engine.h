@@ -18,6 +18,10 @@
 // handles, which C_Finalize invalidates. With a deadline, exclusive acquisition is bounded
 // (a stuck call holds its shared lock).
 //
+// A module that refused OS locking was initialized with NULL arguments (module.h): every call
+// sequence (a job, open, shutdown) then also takes the module's serial mutex, so the module
+// never sees two calls at once from this process; jobs wait for it at most until their deadline.
+//
 // Deadline hand-off of a running job that overran: the watchdog marks the job timedOut
 // and pushes it to the completion stack while the stuck worker still owns its buffers.
 // The JS thread rejects the promise and sets kJsSeen; the worker, when its call returns,

@@ -255,6 +255,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         if (!j->detail.empty()) msg += ": " + j->detail;
       } else if (code == "XKS_TIMEOUT") {
         msg = "the HSM did not answer within the operation deadline";
+      } else if (code == "XKS_KEY_SPEC") {
+        msg = "the key is not an AES-256 key (CKK_AES with CKA_VALUE_LEN 32)";
+      } else if (code == "XKS_IV_ZERO") {
+        msg = "the HSM returned an all-zero GCM IV: it did not generate one";
+      } else if (code == "XKS_IV_REPEATED") {
+        msg = "the HSM returned the same GCM IV as for the previous encryption with this key";
       } else if (code == "XKS_BAD_OUTPUT") {
         msg = std::string(j->fn != nullptr ? j->fn : "PKCS#11 call") + " returned output of an unexpected length";
       } else {
@@ -443,7 +449,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     switch (state_) {
       case State::Open: {
         auto d = Napi::Promise::Deferred::New(env);
-        d.Resolve(env.Undefined());
+        d.Resolve(openResultFor(env, openResult_));
         return d.Promise();
       }
       case State::Closing:
@@ -480,11 +486,29 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return Napi::Value(env, promise);
   }
 
+  static Napi::Value openResultFor(Napi::Env env, const OpenResult& r) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("ready", Napi::Boolean::New(env, r.ready));
+    if (!r.ready) {
+      o.Set("downCode", Napi::String::New(env, ckrName(r.downRv)));
+      if (r.downFn != nullptr) o.Set("downFn", Napi::String::New(env, r.downFn));
+    }
+    o.Set("serialized", Napi::Boolean::New(env, r.serialized));
+    if (r.lockingRv != CKR_OK) o.Set("lockingCode", Napi::String::New(env, ckrName(r.lockingRv)));
+    if (r.ivCheck != nullptr) {
+      o.Set("ivCheck", Napi::String::New(env, r.ivCheck));
+      if (r.ivCheckRv != CKR_OK) o.Set("ivCheckCode", Napi::String::New(env, ckrName(r.ivCheckRv)));
+      if (r.ivCheckFn != nullptr) o.Set("ivCheckFn", Napi::String::New(env, r.ivCheckFn));
+    }
+    return o;
+  }
+
   void openDone(Napi::Env env, Job* j) {
     Napi::HandleScope scope(env);
     core_->joinOpenThread();
     const bool ok = !j->failed();
-    napi_value value = ok ? static_cast<napi_value>(env.Undefined()) : static_cast<napi_value>(errorFor(env, j));
+    if (ok) openResult_ = j->openResult;
+    napi_value value = ok ? static_cast<napi_value>(openResultFor(env, j->openResult)) : static_cast<napi_value>(errorFor(env, j));
     recycle(j);
     inFlightDone(env);
     if (ok) {
@@ -722,6 +746,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   std::vector<napi_deferred> closeWaiters_;
   Job* free_ = nullptr;
   size_t freeCount_ = 0;
+  OpenResult openResult_;  // what the successful open() found
   uint32_t inFlight_ = 0;
 };
 

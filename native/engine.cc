@@ -18,6 +18,10 @@ constexpr const char* kPoolExhausted = "XKS_POOL_EXHAUSTED";
 constexpr const char* kKeyNotFound = "XKS_KEY_NOT_FOUND";
 constexpr const char* kKeyAmbiguous = "XKS_KEY_AMBIGUOUS";
 constexpr const char* kBadOutput = "XKS_BAD_OUTPUT";
+constexpr const char* kKeySpec = "XKS_KEY_SPEC";        // not an AES-256 key: never used for XKS crypto
+constexpr const char* kIvZero = "XKS_IV_ZERO";          // the HSM handed back an all-zero IV
+constexpr const char* kIvRepeated = "XKS_IV_REPEATED";  // ... the label's previous IV again
+constexpr CK_RV kAeadDecryptFailed = 0x42UL;            // CKR_AEAD_DECRYPT_FAILED (PKCS#11 3.0)
 
 // The name `top -H`, perf and /proc/PID/task/TID/comm show for an engine thread (Linux: at
 // most 15 characters; elsewhere a no-op). Set by the creating thread, so the name is there
@@ -77,6 +81,49 @@ bool deviceFatal(CK_RV rv) {
          rv == CKR_CRYPTOKI_NOT_INITIALIZED;
 }
 
+// Failures that concern the request's data or the key's permissions, never the session: the
+// session goes back to the pool, as the Rust proxy keeps it (handlers/mod.rs,
+// before_bubbling_failure). No operation is left active: an *Init failure starts none, and a
+// C_Encrypt / C_Decrypt call that fails other than with CKR_BUFFER_TOO_SMALL ends the
+// operation (as PKCS#11 defines those calls; test/fault-data.test.ts checks that SoftHSM2's
+// sessions decrypt on after 200 tag mismatches). A CKR_GENERAL_ERROR counts only from
+// C_Decrypt, where SoftHSM2 reports a tag mismatch with it.
+bool keepsSession(CK_RV rv, const char* fn) {
+  switch (rv) {
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+    case CKR_DATA_LEN_RANGE:
+    case kAeadDecryptFailed:
+      return true;
+    case CKR_GENERAL_ERROR:
+      return fn != nullptr && std::strcmp(fn, "C_Decrypt") == 0;
+    default:
+      return false;
+  }
+}
+
+// Start-up failures that mean "the HSM is down or unreachable now", not "this configuration
+// cannot work": open() then succeeds with the engine not ready, and calls retry the
+// initialization (README, "Recovery"). Wrong PINs, bad arguments, missing functions stop start-up.
+bool transientAtStart(CK_RV rv) {
+  switch (rv) {
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_REMOVED:
+    case CKR_DEVICE_MEMORY:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_GENERAL_ERROR:
+    case CKR_FUNCTION_FAILED:
+    case CKR_SESSION_COUNT:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+      return true;
+    default:
+      return false;
+  }
+}
+
 int64_t nanos(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
@@ -90,6 +137,39 @@ std::string trimmed(const unsigned char* p, size_t n) {
 }
 
 }  // namespace
+
+class Core::Lease {
+ public:
+  Lease(Core& core, Worker* w, uint32_t idx) : core_(core), w_(w), idx_(idx) {}
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  // Closed unless told otherwise: a job that threw may have left an operation active.
+  ~Lease() { core_.endSession(w_, idx_, close_); }
+  void keep(bool closeIt) { close_ = closeIt; }
+
+ private:
+  Core& core_;
+  Worker* w_;
+  uint32_t idx_;
+  bool close_ = true;
+};
+
+class Core::SerialGuard {
+ public:
+  // Takes `mu` (when non-null) by `deadline`; false: not in time.
+  bool acquire(std::timed_mutex* mu, Clock::time_point deadline) {
+    if (mu == nullptr) return true;
+    lk_ = std::unique_lock<std::timed_mutex>(*mu, std::defer_lock);
+    if (deadline == Clock::time_point::max()) {
+      lk_.lock();
+      return true;
+    }
+    return lk_.try_lock_until(deadline);
+  }
+
+ private:
+  std::unique_lock<std::timed_mutex> lk_;
+};
 
 Core::Core(EngineConfig cfg, const uint8_t* pin, size_t pinLen)
     : cfg_(std::move(cfg)),
@@ -334,7 +414,12 @@ void Core::watchdogMain() {
       if (watchdogStop_) {
         const bool allGone = threadsAlive_.load(std::memory_order_acquire) == 0;
         const bool onlyStuck = threadsAlive_.load(std::memory_order_acquire) == stuckThreads_;
-        if (allGone || (onlyStuck && (aborting_.load() || Clock::now() - closeBegan_ > grace))) {
+        // Without a deadline nothing marks a thread stuck: every thread still alive past the
+        // grace period is inside a PKCS#11 call that has not returned (idle workers leave at
+        // once), so close must not wait for it either, or a call blocked in the HSM would
+        // hold up shutdown and process exit for as long as it stays blocked.
+        const bool onlyBusy = onlyStuck || cfg_.opTimeoutMs == 0;
+        if (allGone || (onlyBusy && (aborting_.load() || Clock::now() - closeBegan_ > grace))) {
           lk.unlock();
           if (allGone) shutdown();
           // else: a PKCS#11 call is still running; the module stays loaded (the process is
@@ -428,21 +513,69 @@ void Core::doOpen(Job* j) {
   std::call_once(g_exitHookOnce, [] { std::atexit(stopAllAtExit); });
   mod_ = m;
   f_ = moduleFunctions(m);
-  Status st = findSlot();
+  OpenResult& r = j->openResult;
+  r = OpenResult{};
+  Status st{err.rv, err.fn};
   if (st.ok()) {
-    uint32_t idx;
+    serialMu_ = moduleSerialMutex(m);
+    r.serialized = serialMu_ != nullptr;
+    r.lockingRv = moduleLockingRv(m);
+  }
+  SerialGuard serial;
+  serial.acquire(serialMu_, Clock::time_point::max());
+  if (st.ok()) st = findSlot();
+  uint32_t idx = SessionPool::kNil;
+  if (st.ok()) {
     if (pool_.reserve(idx)) {
       st = openInto(idx);
-      if (st.ok()) pool_.pushIdle(idx);
+      if (!st.ok()) idx = SessionPool::kNil;  // openInto gave the slot back
     } else {
       st.xks = kPoolExhausted;
     }
   }
+  if (st.ok() && cfg_.ivMode != IvMode::Random) {
+    st = selfTestIv(pool_.handle(idx), r);
+    if (!st.ok()) {
+      // A test encrypt that failed for a PKCS#11 reason leaves the session suspect.
+      releaseSession(idx, true);
+      idx = SessionPool::kNil;
+      if (st.xks == nullptr) {
+        // Not a verdict on the IV mode (the HSM refused the temporary key's use): per-request
+        // checks only.
+        r.ivCheck = "skipped";
+        r.ivCheckRv = st.rv;
+        r.ivCheckFn = st.fn;
+        st = Status{};
+        if (pool_.reserve(idx)) {
+          st = openInto(idx);
+          if (!st.ok()) idx = SessionPool::kNil;
+        }
+      }
+    }
+  }
+  if (idx != SessionPool::kNil) pool_.pushIdle(idx);
+  if (!st.ok() && st.xks == nullptr && transientAtStart(st.rv)) {
+    // The HSM is down or unreachable: serve anyway (calls fail fast and retry the
+    // initialization with backoff, as after a failure at run time).
+    closeAllIdle();
+    r.ready = false;
+    r.downRv = st.rv;
+    r.downFn = st.fn != nullptr ? st.fn : "C_Initialize";
+    ready_ = false;
+    lastInitRv_ = st.rv;
+    lastInitFn_ = r.downFn;
+    lastInitAttempt_ = Clock::now();
+    backoff_ = kBackoffMin;
+    nextRetryNs_.store(nanos(Clock::now()), std::memory_order_release);  // the first call retries
+    return;
+  }
   if (!st.ok()) {
     closeAllIdle();
+    clearKeys();
     releaseModule(m);
     mod_ = nullptr;
     f_ = nullptr;
+    serialMu_ = nullptr;
     j->rv = st.rv;
     j->fn = st.fn;
     j->xks = st.xks;
@@ -452,16 +585,54 @@ void Core::doOpen(Job* j) {
   lastInitAttempt_ = Clock::now();
 }
 
+Core::Status Core::selfTestIv(CK_SESSION_HANDLE s, OpenResult& r) {
+  // A session object, never on the token: destroyed below, gone with the session anyway.
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE type = CKK_AES;
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ULONG len = 32;
+  CK_ATTRIBUTE t[] = {
+      {CKA_CLASS, &cls, sizeof cls}, {CKA_KEY_TYPE, &type, sizeof type}, {CKA_TOKEN, &no, 1},
+      {CKA_SENSITIVE, &yes, 1},      {CKA_EXTRACTABLE, &no, 1},          {CKA_ENCRYPT, &yes, 1},
+      {CKA_DECRYPT, &no, 1},         {CKA_VALUE_LEN, &len, sizeof len},
+  };
+  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+  CK_RV rv = f_->C_GenerateKey(s, &mech, t, sizeof t / sizeof t[0], &key);
+  if (rv != CKR_OK) return Status{rv, "C_GenerateKey"};
+  Job probe;  // label "" is never a request's (labels are 1..1024 bytes)
+  probe.input.resize(32);
+  std::memset(probe.input.data(), 0, 32);
+  Status st;
+  for (int i = 0; i < 2 && st.ok(); ++i) {
+    bool dirty = false;
+    st = encrypt(&probe, s, key, dirty);
+  }
+  f_->C_DestroyObject(s, key);
+  {
+    std::lock_guard<std::mutex> lk(ivMu_);
+    lastIv_.erase(std::string());
+  }
+  probe.wipeAll();
+  if (st.ok()) r.ivCheck = "passed";
+  return st;
+}
+
 void Core::shutdown() {
   // Shared for the reason given in doOpen: releaseModule finalizes only when the last
   // engine lets go; our own threads are gone.
   std::shared_lock<std::shared_timed_mutex> lk(ctxMu_);
   if (mod_ == nullptr) return;
-  closeAllIdle();
-  clearKeys();
+  {
+    SerialGuard serial;
+    serial.acquire(serialMu_, Clock::time_point::max());
+    closeAllIdle();
+    clearKeys();
+  }
   releaseModule(mod_);
   mod_ = nullptr;
   f_ = nullptr;
+  serialMu_ = nullptr;
   ready_ = false;
 }
 
@@ -504,6 +675,7 @@ void Core::reinitLocked() {
   lastInitAttempt_ = Clock::now();
   const char* fn = nullptr;
   CK_RV rv = reinitializeModule(mod_, fn);
+  serialMu_ = rv == CKR_OK ? moduleSerialMutex(mod_) : nullptr;
   Status st{rv, fn};
   if (st.ok()) st = findSlot();
   if (st.ok()) {
@@ -813,6 +985,28 @@ Core::Status Core::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK
   return Status{};
 }
 
+Core::Status Core::readKeyAttrs(CK_SESSION_HANDLE s, KeyEntry& e, bool& dirty) {
+  CK_KEY_TYPE type = CKK_VENDOR_DEFINED;
+  CK_ULONG len = 0;
+  CK_ATTRIBUTE a[] = {
+      {CKA_KEY_TYPE, &type, sizeof type},
+      {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_ENCRYPT, &e.encrypt, 1},
+      {CKA_DECRYPT, &e.decrypt, 1},
+  };
+  CK_RV rv = f_->C_GetAttributeValue(s, e.token, a, 4);
+  // Missing or sensitive attributes are reported per attribute; the rest are filled.
+  if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
+    dirty = true;
+    return Status{rv, "C_GetAttributeValue"};
+  }
+  auto present = [&](int i) { return a[i].ulValueLen != CK_UNAVAILABLE_INFORMATION; };
+  if (!present(2)) e.encrypt = CK_FALSE;
+  if (!present(3)) e.decrypt = CK_FALSE;
+  e.aes256 = present(0) && present(1) && type == CKK_AES && len == 32;
+  return Status{};
+}
+
 Core::Status Core::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec,
                              bool& dirty) {
   CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &enc, 1}, {CKA_DECRYPT, &dec, 1}};
@@ -824,9 +1018,8 @@ Core::Status Core::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBO
   return Status{};
 }
 
-Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty) {
-  Status st = readUsage(s, token, e.encrypt, e.decrypt, dirty);
-  if (!st.ok()) return st;
+Core::Status Core::copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& /*dirty*/) {
+  // e.encrypt / e.decrypt were read with the lookup (readKeyAttrs).
   CK_RV rv;
   CK_BBOOL no = CK_FALSE;
   CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, 1}};
@@ -923,6 +1116,8 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
   Status st = lookupLabel(s, label, fresh.token, dirty);
   if (!st.ok()) return st;
   fresh.crypt = fresh.token;
+  st = readKeyAttrs(s, fresh, dirty);
+  if (!st.ok()) return st;
   if (cfg_.keyCopies) {
     st = copyKey(s, fresh.token, fresh, dirty);
     if (!st.ok()) return st;
@@ -941,6 +1136,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
         e.generation = fresh.generation;
         e.encrypt = fresh.encrypt;
         e.decrypt = fresh.decrypt;
+        e.aes256 = fresh.aes256;
         e.retryCopy = fresh.retryCopy;
         e.checkedNs.store(nanos(Clock::now()), std::memory_order_relaxed);
         key = refTo(e, use);
@@ -950,7 +1146,7 @@ Core::Status Core::findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse
       key = refTo(e, use);
     }
   }
-  if (stale) key = KeyRef{fresh.token, false, 0};
+  if (stale) key = KeyRef{fresh.token, false, 0, fresh.aes256};
   if (fresh.copied()) destroyCopy(fresh.crypt, fresh.generation);
   return Status{};
 }
@@ -968,6 +1164,9 @@ Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty,
   KeyRef key;
   Status st = findKey(s, j->label, use, key, dirty);
   if (!st.ok()) return st;
+  // XKS Encrypt / Decrypt are AES-256-GCM: any other key (AES-128, a generic secret) is refused
+  // before the HSM sees a call.
+  if (use == KeyUse::Crypt && !key.aes256) return Status{CKR_OK, nullptr, kKeySpec};
   st = op(key.handle);
   if (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID) {
     // The object (or its copy) went away or was re-created: look it up again, retry once.
@@ -980,6 +1179,7 @@ Core::Status Core::withKey(Job* j, CK_SESSION_HANDLE s, KeyUse use, bool& dirty,
   // (SoftHSM2: CKR_KEY_TYPE_INCONSISTENT), which says nothing about the key itself.
   st = findKey(s, j->label, use, key, dirty);
   if (!st.ok()) return st;
+  if (use == KeyUse::Crypt && !key.aes256) return Status{CKR_OK, nullptr, kKeySpec};
   return op(key.handle);
 }
 
@@ -1024,6 +1224,11 @@ void Core::runTokenInfo(Job* j, Worker* /*w*/) {
         return;
       }
     }
+    SerialGuard serial;
+    if (!serial.acquire(serialMu_, j->deadline)) {
+      j->xks = kTimeout;
+      return;
+    }
     CK_TOKEN_INFO ti;
     std::memset(&ti, 0, sizeof ti);
     CK_RV rv = f_->C_GetTokenInfo(slot_, &ti);
@@ -1066,11 +1271,17 @@ void Core::runSessionJob(Job* j, Worker* w) {
         return;
       }
     }
+    SerialGuard serial;
+    if (!serial.acquire(serialMu_, j->deadline)) {
+      j->xks = kTimeout;
+      return;
+    }
     uint32_t idx = SessionPool::kNil;
     Status st = acquireSession(j, w, idx);
     if (st.ok()) {
+      Lease lease(*this, w, idx);
       const CK_SESSION_HANDLE s = pool_.handle(idx);
-      bool dirty = false;  // any PKCS#11 error on this session: never reuse it
+      bool dirty = false;  // a PKCS#11 error that leaves the session suspect: never reuse it
       switch (j->op) {
         case Op::Encrypt:
           st = withKey(j, s, KeyUse::Crypt, dirty, [&](CK_OBJECT_HANDLE k) { return encrypt(j, s, k, dirty); });
@@ -1091,9 +1302,9 @@ void Core::runSessionJob(Job* j, Worker* w) {
           st = Status{CKR_FUNCTION_NOT_SUPPORTED, nullptr};
           break;
       }
-      const bool bad = dirty || st.rv != CKR_OK;
+      const bool bad = dirty || (st.rv != CKR_OK && !keepsSession(st.rv, st.fn));
       if (sessionFatal(st.rv)) sessionErrors_.fetch_add(1, std::memory_order_relaxed);
-      endSession(w, idx, bad || cfg_.eagerClose);
+      lease.keep(bad || cfg_.eagerClose);
     }
     j->rv = st.rv;
     j->fn = st.ok() ? nullptr : st.fn;
@@ -1127,7 +1338,7 @@ Core::Status Core::encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool
   CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof params};
   CK_RV rv = f_->C_EncryptInit(s, &mech, k);
   if (rv != CKR_OK) {
-    dirty = true;
+    dirty = dirty || !keepsSession(rv, "C_EncryptInit");
     return Status{rv, "C_EncryptInit"};
   }
   const size_t pt = j->input.size();
@@ -1147,7 +1358,7 @@ Core::Status Core::encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool
     rv = f_->C_Encrypt(s, in, pt, j->output.data(), &outLen);
   }
   if (rv != CKR_OK) {
-    dirty = true;
+    dirty = dirty || !keepsSession(rv, "C_Encrypt");
     return Status{rv, "C_Encrypt"};
   }
   if (outLen != want) {
@@ -1159,6 +1370,28 @@ Core::Status Core::encrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool
     std::memcpy(j->output.data() + pt + kGcmTagBytes, iv, kGcmIvBytes);
   }
   j->output.resize(pt + kGcmTagBytes + kGcmIvBytes);
+  if (cfg_.ivMode != IvMode::Random) {
+    Status st = checkIv(j->label, j->output.data() + pt + kGcmTagBytes);
+    if (!st.ok()) {
+      dirty = true;  // an HSM that hands out such IVs is not trusted with this session either
+      j->output.wipe();
+      return st;
+    }
+  }
+  return Status{};
+}
+
+Core::Status Core::checkIv(const std::string& label, const uint8_t* iv) {
+  uint8_t any = 0;
+  for (size_t i = 0; i < kGcmIvBytes; ++i) any |= iv[i];
+  if (any == 0) return Status{CKR_OK, "C_Encrypt", kIvZero};
+  std::array<uint8_t, kGcmIvBytes> now;
+  std::memcpy(now.data(), iv, kGcmIvBytes);
+  std::lock_guard<std::mutex> lk(ivMu_);
+  auto [it, inserted] = lastIv_.try_emplace(label, now);
+  if (inserted) return Status{};
+  if (it->second == now) return Status{CKR_OK, "C_Encrypt", kIvRepeated};
+  it->second = now;
   return Status{};
 }
 
@@ -1174,7 +1407,7 @@ Core::Status Core::decrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool
   CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof params};
   CK_RV rv = f_->C_DecryptInit(s, &mech, k);
   if (rv != CKR_OK) {
-    dirty = true;
+    dirty = dirty || !keepsSession(rv, "C_DecryptInit");
     return Status{rv, "C_DecryptInit"};
   }
   const size_t inLen = j->input.size();  // ciphertext || tag
@@ -1194,7 +1427,7 @@ Core::Status Core::decrypt(Job* j, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, bool
     rv = f_->C_Decrypt(s, j->input.data(), inLen, j->output.data(), &outLen);
   }
   if (rv != CKR_OK) {
-    dirty = true;
+    dirty = dirty || !keepsSession(rv, "C_Decrypt");
     j->output.wipe();
     return Status{rv, "C_Decrypt"};
   }

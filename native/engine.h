@@ -18,6 +18,10 @@
 // handles, which C_Finalize invalidates. With a deadline, exclusive acquisition is bounded
 // (a stuck call holds its shared lock).
 //
+// A module that refused OS locking was initialized with NULL arguments (module.h): every call
+// sequence (a job, open, shutdown) then also takes the module's serial mutex, so the module
+// never sees two calls at once from this process; jobs wait for it at most until their deadline.
+//
 // Deadline hand-off of a running job that overran: the watchdog marks the job timedOut
 // and pushes it to the completion stack while the stuck worker still owns its buffers.
 // The JS thread rejects the promise and sets kJsSeen; the worker, when its call returns,
@@ -27,6 +31,7 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -77,6 +82,20 @@ struct KeyInfoResult {
   bool encrypt = false, decrypt = false, sign = false, verify = false, wrap = false, unwrap = false;
 };
 
+// What open() found (besides failing): the module's state and the start-up checks.
+struct OpenResult {
+  bool ready = true;                    // false: the HSM is down; calls fail fast until it returns
+  CK_RV downRv = CKR_OK;                // why not ready
+  const char* downFn = nullptr;
+  bool serialized = false;              // the module refused OS locking: one PKCS#11 call at a time
+  CK_RV lockingRv = CKR_OK;             // its answer to C_Initialize with CKF_OS_LOCKING_OK
+  // HSM-generated IV modes: "passed", or "skipped" (the HSM would not make the temporary key;
+  // ivCheckRv, ivCheckFn say why); nullptr in the random mode and when not ready.
+  const char* ivCheck = nullptr;
+  CK_RV ivCheckRv = CKR_OK;
+  const char* ivCheckFn = nullptr;
+};
+
 struct TokenInfoResult {
   std::string label, manufacturerId, model, serialNumber;
   unsigned hwMajor = 0, hwMinor = 0, fwMajor = 0, fwMinor = 0;
@@ -112,6 +131,7 @@ struct Job {
   std::string detail;         // extra non-secret text (dlerror)
   KeyInfoResult keyInfo;
   TokenInfoResult tokenInfo;
+  OpenResult openResult;
 
   bool failed() const { return rv != CKR_OK || xks != nullptr; }
   void clearResult() {
@@ -194,6 +214,12 @@ class Core {
     bool exited = true;                 // slot free for a new thread
   };
 
+  // A job's pool session; gives it back (closed unless keep() said otherwise) however the
+  // job ends, exceptions included. Declared after the context lock, so it ends first.
+  class Lease;
+  // Serializes PKCS#11 calls when the module was initialized without OS locking.
+  class SerialGuard;
+
   void spawnWorker();  // workersMu_ held
   void workerMain(Worker* w);
   bool finishJob(Worker* w, Job* j);  // false: the thread must exit (surplus)
@@ -202,6 +228,12 @@ class Core {
   void complete(Job* j);
   void execute(Job* j, Worker* w);
   void doOpen(Job* j);
+  // HSM-generated IV modes: two encrypts with a temporary session key; an IV the HSM did not
+  // generate fails open (the mode cannot work); a key the HSM refuses to make skips the test.
+  Status selfTestIv(CK_SESSION_HANDLE s, OpenResult& r);
+  // The IV of a successful encrypt in an HSM-generated IV mode: never all zero, never the
+  // label's previous one in this engine.
+  Status checkIv(const std::string& label, const uint8_t* iv);
   void runSessionJob(Job* j, Worker* w);
   void runTokenInfo(Job* j, Worker* w);
   void shutdown();
@@ -222,6 +254,7 @@ class Core {
     CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;  // == token, or a copy in keySession_
     uint64_t generation = 0;                     // keySessionGen_ the copy was made in
     CK_BBOOL encrypt = CK_FALSE, decrypt = CK_FALSE;  // the token key's, when copied
+    bool aes256 = false;                         // CKK_AES with CKA_VALUE_LEN 32 (read with the lookup)
     bool retryCopy = false;  // the key session could not be opened: try again at the next check
     std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
     bool copied() const { return crypt != token; }
@@ -231,9 +264,10 @@ class Core {
     CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
     bool copy = false;
     uint64_t generation = 0;
+    bool aes256 = false;
   };
   static KeyRef refTo(const KeyEntry& e, KeyUse use) {
-    return use == KeyUse::Token ? KeyRef{e.token, false, 0} : KeyRef{e.crypt, e.copied(), e.generation};
+    return use == KeyUse::Token ? KeyRef{e.token, false, 0, e.aes256} : KeyRef{e.crypt, e.copied(), e.generation, e.aes256};
   }
   Status findKey(CK_SESSION_HANDLE s, const std::string& label, KeyUse use, KeyRef& key, bool& dirty);
   // The copy `used` is no longer the label's (destroyed or replaced since the call took it).
@@ -241,6 +275,8 @@ class Core {
   void forgetKeysUnlessHeld();  // empties the cache unless the key session holds the login
   uint32_t keyCopies() const;
   Status lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty);
+  // CKA_KEY_TYPE, CKA_VALUE_LEN, CKA_ENCRYPT and CKA_DECRYPT of a freshly found key, in one call.
+  Status readKeyAttrs(CK_SESSION_HANDLE s, KeyEntry& e, bool& dirty);
   // CKA_ENCRYPT and CKA_DECRYPT of a key.
   Status readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty);
   Status copyKey(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, KeyEntry& e, bool& dirty);
@@ -327,6 +363,14 @@ class Core {
   std::atomic<uint64_t> sessionErrors_{0};
   std::atomic<uint32_t> stuckCount_{0};
   std::atomic<uint32_t> decryptSlack_{0};  // extra output room the module asked for on decrypt
+
+  // The module was initialized with NULL arguments (no OS locking): every call sequence takes
+  // serialMu_ (the module's, process-wide). Set by open, before the workers start.
+  std::timed_mutex* serialMu_ = nullptr;
+
+  // Last IV per label (HSM-generated IV modes only).
+  std::mutex ivMu_;
+  std::unordered_map<std::string, std::array<uint8_t, kGcmIvBytes>> lastIv_;
 };
 
 }  // namespace xks

@@ -13,7 +13,11 @@ struct Module {
   void* dl = nullptr;
   CK_FUNCTION_LIST_PTR f = nullptr;
   int refs = 0;
+  bool initialized = false;      // by us or by someone else in the process
   bool initializedByUs = false;
+  bool serialized = false;       // initialized with NULL arguments
+  CK_RV lockingRv = CKR_OK;
+  std::timed_mutex serialMu;
 };
 
 namespace {
@@ -33,16 +37,26 @@ CK_RV initialize(Module* m) {
   args.flags = CKF_OS_LOCKING_OK;
   args.pReserved = nullptr;
   CK_RV rv = m->f->C_Initialize(&args);
+  m->lockingRv = rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
+  bool nullArgs = false;
   if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+    // NULL arguments promise the module that the application will not call it from several
+    // threads at once: the engines keep that promise through serialMu.
     rv = m->f->C_Initialize(nullptr);
+    nullArgs = true;
   }
   if (rv == CKR_OK) {
     m->initializedByUs = true;
+    m->initialized = true;
+    m->serialized = nullArgs;
   } else if (rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
     // Someone else in this process initialized it: use it, never finalize it.
     m->initializedByUs = false;
+    m->initialized = true;
+    m->serialized = false;
     rv = CKR_OK;
   }
+  if (rv != CKR_OK) m->lockingRv = CKR_OK;  // not initialized at all: no locking verdict yet
   return rv;
 }
 
@@ -86,26 +100,37 @@ Module* acquireModule(const std::string& path, LoadError& err) {
   } else {
     m = it->second.get();
   }
-  if (m->refs == 0) {
+  ++m->refs;
+  if (!m->initialized) {
     CK_RV rv = initialize(m);
     if (rv != CKR_OK) {
       err.rv = rv;
       err.fn = "C_Initialize";
-      return nullptr;
     }
   }
-  ++m->refs;
   return m;
 }
 
 CK_FUNCTION_LIST_PTR moduleFunctions(Module* m) { return m->f; }
 
+std::timed_mutex* moduleSerialMutex(Module* m) {
+  std::lock_guard<std::mutex> lk(g_mu);
+  return m->serialized ? &m->serialMu : nullptr;
+}
+
+CK_RV moduleLockingRv(Module* m) {
+  std::lock_guard<std::mutex> lk(g_mu);
+  return m->lockingRv;
+}
+
 void releaseModule(Module* m) {
   std::lock_guard<std::mutex> lk(g_mu);
   if (m->refs <= 0) return;
-  if (--m->refs == 0 && m->initializedByUs) {
-    m->f->C_Finalize(nullptr);
+  if (--m->refs == 0) {
+    if (m->initializedByUs) m->f->C_Finalize(nullptr);
     m->initializedByUs = false;
+    m->initialized = false;
+    m->serialized = false;
   }
 }
 
@@ -113,6 +138,7 @@ CK_RV reinitializeModule(Module* m, const char*& fn) {
   std::lock_guard<std::mutex> lk(g_mu);
   m->f->C_Finalize(nullptr);  // result irrelevant: the device is already in trouble
   m->initializedByUs = false;
+  m->initialized = false;
   CK_RV rv = initialize(m);
   if (rv != CKR_OK) fn = "C_Initialize";
   return rv;

@@ -59,7 +59,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   for (const [k, v] of Object.entries(pkcs11LoggerEnv(config))) process.env[k] = v;
 
-  const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!));
+  // An HSM that is down does not stop start-up (README, "Recovery"); a wrong PIN, a module that
+  // cannot be loaded or an IV mode the HSM cannot do does, with one line.
+  const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!), log);
+  for (const [level, note] of hsm.startupNotes()) log[level](note);
   let checker: HealthChecker | undefined;
   if (config.health_check) {
     // Deep health check (README, "HSM failures"); stopped by hsm.close().

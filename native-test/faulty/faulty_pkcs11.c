@@ -11,20 +11,37 @@
  * its inode, size or mtime changes (write a new file and rename it over the old one).
  * Re-reading replaces all rules and resets their counters.
  *
- *   fail  <FN|*> <CKR_NAME|number> [times=N] [after=N]   return the code instead of calling FN
- *   delay <FN|*> <ms>             [times=N] [after=N]   sleep, then call FN
- *   block <FN|*>                  [times=N] [after=N]   wait until the control file changes, then
- *                                                      decide again (so clearing the rule releases it)
+ *   fail  <FN|*> <CKR_NAME|number> [options]   return the code instead of calling FN
+ *   delay <FN|*> <ms>             [options]   sleep, then call FN
+ *   block <FN|*>                  [options]   wait until the control file changes, then
+ *                                             decide again (so clearing the rule releases it)
+ *   iv    <FN> random|repeat      [options]   C_EncryptInit with CKM_AES_GCM only: write an IV
+ *                                             into the caller's CK_GCM_PARAMS buffer before the
+ *                                             real call, as an HSM that generates its IV does
+ *                                             (random: fresh bytes; repeat: the same non-zero
+ *                                             12 bytes every time, a nonce-reusing HSM)
+ *   flip  <FN>                    [options]   C_Encrypt / C_Decrypt: after a successful real call
+ *                                             (with an output buffer), invert the first output byte
  *
- * times=N: the rule applies to N calls, then is spent (default: until the file changes).
- * after=N: the first N matching calls pass untouched. The first live rule whose FN matches
- * decides. '*' matches every function except C_Finalize, C_CloseSession, C_CloseAllSessions
- * and C_GetFunctionList (clean-up always reaches the real module; name those explicitly to
- * fault them).
+ * Options: times=N: the rule applies to N calls, then is spent (default: until the file
+ * changes). after=N: the first N matching calls pass untouched. args=os_locking|null|other
+ * (C_Initialize only): the rule matches only calls whose pInitArgs asks for OS locking
+ * (CKF_OS_LOCKING_OK), is NULL, or is anything else. The first live rule whose FN (and args)
+ * matches decides. '*' matches every function except C_Finalize, C_CloseSession,
+ * C_CloseAllSessions and C_GetFunctionList (clean-up always reaches the real module; name
+ * those explicitly to fault them).
  *
- * Status file (key value lines): open_sessions, max_open_sessions, injected, calls, initialized.
- * Sessions are counted as the real module reports them: +1 per successful C_OpenSession,
- * -1 per successful C_CloseSession, 0 after C_CloseAllSessions / C_Finalize / C_Initialize.
+ * Status file (key value lines), rewritten after every call: open_sessions,
+ * max_open_sessions, injected, calls, initialized, max_in_flight (most wrapped calls inside
+ * this module at once since the control file was last re-read, delays included: 1 means the
+ * application never overlapped two calls),
+ * and calls.<FN> (calls of each function called at least once, faulted ones included). Sessions are counted as the real module
+ * reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after
+ * C_CloseAllSessions / C_Finalize / C_Initialize.
+ *
+ * Allocation failures (B.8 tests; only when this library is also LD_PRELOADed, so that its
+ * malloc interposes): FAULTY_MALLOC_FAIL="<size>:<thread name>[:<times>]" makes malloc(size)
+ * return NULL on threads with that name (pthread name, e.g. xks-hsm), times times (default 1).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -40,15 +57,33 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-enum action { A_FAIL, A_DELAY, A_BLOCK };
+enum action { A_FAIL, A_DELAY, A_BLOCK, A_IV, A_FLIP };
+enum args_match { ARGS_ANY, ARGS_OS_LOCKING, ARGS_NULL, ARGS_OTHER };
+enum iv_fill { IV_NONE, IV_RANDOM, IV_REPEAT };
 
 struct rule {
   char fn[40];
   enum action action;
+  enum args_match args;
+  enum iv_fill iv;
   CK_RV rv;
   long ms;
   long remaining; /* -1: unlimited */
   long skip;
+};
+
+/* One call as the rules see it: the function and what a rule may match on or change. */
+struct call {
+  const char* fn;
+  enum args_match args;   /* C_Initialize: which kind of pInitArgs */
+  CK_MECHANISM_PTR mech;  /* C_EncryptInit / C_DecryptInit */
+};
+
+/* What the rules decided for one call (besides "go on"). */
+struct outcome {
+  CK_RV rv;           /* != CKR_OK: return it instead of calling the real function */
+  enum iv_fill iv;    /* fill the GCM IV before the real call */
+  int flip;           /* invert the first output byte after the real call */
 };
 
 #define MAX_RULES 64
@@ -63,7 +98,16 @@ static ino_t g_ino = 0;
 static off_t g_size = -1;
 static struct timespec g_mtime;
 static long g_open = 0, g_maxOpen = 0, g_injected = 0, g_calls = 0;
+static long g_inFlight = 0, g_maxInFlight = 0; /* calls between decide() and finish() */
 static int g_initialized = 0;
+
+/* Calls per function name (the names are string literals of this file). */
+#define MAX_FNS 64
+static struct {
+  const char* fn;
+  long calls;
+} g_fnCalls[MAX_FNS];
+static int g_nfns = 0;
 
 static const struct {
   const char* name;
@@ -91,6 +135,13 @@ static const struct {
     {"CKR_FUNCTION_NOT_SUPPORTED", CKR_FUNCTION_NOT_SUPPORTED},
     {"CKR_KEY_FUNCTION_NOT_PERMITTED", CKR_KEY_FUNCTION_NOT_PERMITTED},
     {"CKR_ACTION_PROHIBITED", CKR_ACTION_PROHIBITED},
+    {"CKR_CANT_LOCK", CKR_CANT_LOCK},
+    {"CKR_DATA_INVALID", CKR_DATA_INVALID},
+    {"CKR_DATA_LEN_RANGE", CKR_DATA_LEN_RANGE},
+    {"CKR_ENCRYPTED_DATA_LEN_RANGE", CKR_ENCRYPTED_DATA_LEN_RANGE},
+    {"CKR_AEAD_DECRYPT_FAILED", 0x42UL}, /* PKCS#11 3.0 */
+    {"CKR_PIN_LOCKED", CKR_PIN_LOCKED},
+    {"CKR_SLOT_ID_INVALID", CKR_SLOT_ID_INVALID},
 };
 
 static void sleep_ms(long ms) {
@@ -121,8 +172,9 @@ static void write_status(void) {
   if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp) return;
   FILE* f = fopen(tmp, "w");
   if (f == NULL) return;
-  fprintf(f, "open_sessions %ld\nmax_open_sessions %ld\ninjected %ld\ncalls %ld\ninitialized %d\n", g_open, g_maxOpen,
-          g_injected, g_calls, g_initialized);
+  fprintf(f, "open_sessions %ld\nmax_open_sessions %ld\ninjected %ld\ncalls %ld\ninitialized %d\nmax_in_flight %ld\n",
+          g_open, g_maxOpen, g_injected, g_calls, g_initialized, g_maxInFlight);
+  for (int i = 0; i < g_nfns; ++i) fprintf(f, "calls.%s %ld\n", g_fnCalls[i].fn, g_fnCalls[i].calls);
   fclose(f);
   rename(tmp, path);
 }
@@ -151,6 +203,7 @@ static void reload(void) {
   g_mtime = st.st_mtim;
   ++g_generation;
   g_nrules = 0;
+  g_maxInFlight = g_inFlight; /* measured per rule set */
   char line[512];
   while (fgets(line, sizeof line, f) != NULL && g_nrules < MAX_RULES) {
     char* hash = strchr(line, '#');
@@ -175,14 +228,40 @@ static void reload(void) {
       r.action = A_DELAY;
     } else if (strcmp(verb, "block") == 0) {
       r.action = A_BLOCK;
+    } else if (strcmp(verb, "iv") == 0) {
+      char* how = strtok_r(NULL, " \t\r\n", &save);
+      if (how == NULL) continue;
+      if (strcmp(how, "random") == 0) {
+        r.iv = IV_RANDOM;
+      } else if (strcmp(how, "repeat") == 0) {
+        r.iv = IV_REPEAT;
+      } else {
+        continue;
+      }
+      r.action = A_IV;
+    } else if (strcmp(verb, "flip") == 0) {
+      r.action = A_FLIP;
     } else {
       continue;
     }
     char* opt;
+    int bad = 0;
     while ((opt = strtok_r(NULL, " \t\r\n", &save)) != NULL) {
-      if (strncmp(opt, "times=", 6) == 0) r.remaining = strtol(opt + 6, NULL, 10);
-      if (strncmp(opt, "after=", 6) == 0) r.skip = strtol(opt + 6, NULL, 10);
+      if (strncmp(opt, "times=", 6) == 0) {
+        r.remaining = strtol(opt + 6, NULL, 10);
+      } else if (strncmp(opt, "after=", 6) == 0) {
+        r.skip = strtol(opt + 6, NULL, 10);
+      } else if (strcmp(opt, "args=os_locking") == 0) {
+        r.args = ARGS_OS_LOCKING;
+      } else if (strcmp(opt, "args=null") == 0) {
+        r.args = ARGS_NULL;
+      } else if (strcmp(opt, "args=other") == 0) {
+        r.args = ARGS_OTHER;
+      } else {
+        bad = 1; /* a typo must not silently widen a rule */
+      }
     }
+    if (bad) continue;
     g_rules[g_nrules++] = r;
   }
   fclose(f);
@@ -192,17 +271,41 @@ static int star_matches(const char* fn) {
   return strcmp(fn, "C_Finalize") != 0 && strcmp(fn, "C_CloseSession") != 0 && strcmp(fn, "C_CloseAllSessions") != 0;
 }
 
-/* Returns CKR_OK to go on and call the real function, anything else to return it. */
-static CK_RV inject(const char* fn) {
-  pthread_mutex_lock(&g_mu);
+/* g_mu held. */
+static void count_call(const char* fn) {
   ++g_calls;
+  for (int i = 0; i < g_nfns; ++i) {
+    if (g_fnCalls[i].fn == fn || strcmp(g_fnCalls[i].fn, fn) == 0) {
+      ++g_fnCalls[i].calls;
+      return;
+    }
+  }
+  if (g_nfns < MAX_FNS) {
+    g_fnCalls[g_nfns].fn = fn;
+    g_fnCalls[g_nfns].calls = 1;
+    ++g_nfns;
+  }
+}
+
+static int rule_matches(const struct rule* r, const struct call* c) {
+  if (!(strcmp(r->fn, c->fn) == 0 || (strcmp(r->fn, "*") == 0 && star_matches(c->fn)))) return 0;
+  if (r->args != ARGS_ANY && r->args != c->args) return 0;
+  if (r->action == A_IV && (c->mech == NULL || c->mech->mechanism != CKM_AES_GCM)) return 0;
+  return 1;
+}
+
+/* Decides one call; out->rv != CKR_OK: return it instead of calling the real function. */
+static void decide(const struct call* c, struct outcome* out) {
+  memset(out, 0, sizeof *out);
+  pthread_mutex_lock(&g_mu);
+  count_call(c->fn);
+  if (++g_inFlight > g_maxInFlight) g_maxInFlight = g_inFlight;
   for (;;) {
     reload();
     struct rule* hit = NULL;
     for (int i = 0; i < g_nrules; ++i) {
       struct rule* r = &g_rules[i];
-      if (r->remaining == 0) continue;
-      if (!(strcmp(r->fn, fn) == 0 || (strcmp(r->fn, "*") == 0 && star_matches(fn)))) continue;
+      if (r->remaining == 0 || !rule_matches(r, c)) continue;
       if (r->skip > 0) {
         --r->skip;
         continue;
@@ -214,18 +317,28 @@ static CK_RV inject(const char* fn) {
     if (hit->remaining > 0) --hit->remaining;
     ++g_injected;
     if (hit->action == A_FAIL) {
-      CK_RV rv = hit->rv;
-      pthread_mutex_unlock(&g_mu);
-      return rv;
+      out->rv = hit->rv;
+      --g_inFlight; /* not called: finish() will not run */
+      break;
+    }
+    if (hit->action == A_IV) {
+      out->iv = hit->iv;
+      break;
+    }
+    if (hit->action == A_FLIP) {
+      out->flip = 1;
+      break;
     }
     if (hit->action == A_DELAY) {
       long ms = hit->ms;
+      write_status();
       pthread_mutex_unlock(&g_mu);
       sleep_ms(ms);
-      return CKR_OK;
+      return;
     }
     /* block: wait for the control file to change, then decide again */
     unsigned long gen = g_generation;
+    write_status();
     while (gen == g_generation) {
       pthread_mutex_unlock(&g_mu);
       sleep_ms(2);
@@ -233,8 +346,47 @@ static CK_RV inject(const char* fn) {
       reload();
     }
   }
+  write_status();
   pthread_mutex_unlock(&g_mu);
-  return CKR_OK;
+}
+
+/* After the real call (of a call that decide() let through): returns its result. */
+static CK_RV finish(CK_RV rv) {
+  pthread_mutex_lock(&g_mu);
+  --g_inFlight;
+  pthread_mutex_unlock(&g_mu);
+  return rv;
+}
+
+/* Returns CKR_OK to go on and call the real function, anything else to return it. */
+static CK_RV inject(const char* fn) {
+  struct call c = {fn, ARGS_ANY, NULL};
+  struct outcome o;
+  decide(&c, &o);
+  return o.rv;
+}
+
+/* Writes the IV an HSM would generate into the GCM parameters of `mech`. */
+static void fill_iv(CK_MECHANISM_PTR mech, enum iv_fill how) {
+  if (how == IV_NONE || mech == NULL || mech->pParameter == NULL || mech->ulParameterLen < sizeof(CK_GCM_PARAMS)) return;
+  CK_GCM_PARAMS* p = (CK_GCM_PARAMS*)mech->pParameter;
+  if (p->pIv == NULL || p->ulIvLen == 0) return;
+  /* A fixed field and an invocation counter, as HSMs build GCM nonces: distinct per call. */
+  static unsigned long long counter = 0;
+  pthread_mutex_lock(&g_mu);
+  unsigned long long n = ++counter;
+  pthread_mutex_unlock(&g_mu);
+  const unsigned fixed = (unsigned)getpid() * 2654435761u;
+  for (CK_ULONG i = 0; i < p->ulIvLen; ++i) {
+    if (how == IV_REPEAT) {
+      p->pIv[i] = (CK_BYTE)(0xA5 ^ i);
+    } else if (i < 4) {
+      p->pIv[i] = (CK_BYTE)(fixed >> (8 * i));
+    } else {
+      CK_ULONG k = p->ulIvLen - 1 - i; /* big-endian counter in the last bytes */
+      p->pIv[i] = k < 8 ? (CK_BYTE)(n >> (8 * k)) : 0;
+    }
+  }
 }
 
 static void sessions_changed(long delta, int reset) {
@@ -256,8 +408,14 @@ static void sessions_changed(long delta, int reset) {
   } while (0)
 
 static CK_RV w_Initialize(CK_VOID_PTR args) {
-  INJECT("C_Initialize");
-  CK_RV rv = g_real->C_Initialize(args);
+  struct call c = {"C_Initialize", ARGS_NULL, NULL};
+  if (args != NULL) {
+    c.args = (((CK_C_INITIALIZE_ARGS*)args)->flags & CKF_OS_LOCKING_OK) ? ARGS_OS_LOCKING : ARGS_OTHER;
+  }
+  struct outcome o;
+  decide(&c, &o);
+  if (o.rv != CKR_OK) return o.rv;
+  CK_RV rv = finish(g_real->C_Initialize(args));
   if (rv == CKR_OK) {
     pthread_mutex_lock(&g_mu);
     g_initialized = 1;
@@ -269,7 +427,7 @@ static CK_RV w_Initialize(CK_VOID_PTR args) {
 
 static CK_RV w_Finalize(CK_VOID_PTR r) {
   INJECT("C_Finalize");
-  CK_RV rv = g_real->C_Finalize(r);
+  CK_RV rv = finish(g_real->C_Finalize(r));
   if (rv == CKR_OK) {
     pthread_mutex_lock(&g_mu);
     g_initialized = 0;
@@ -281,123 +439,139 @@ static CK_RV w_Finalize(CK_VOID_PTR r) {
 
 static CK_RV w_GetInfo(CK_INFO_PTR p) {
   INJECT("C_GetInfo");
-  return g_real->C_GetInfo(p);
+  return finish(g_real->C_GetInfo(p));
 }
 
 static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
   INJECT("C_GetSlotList");
-  return g_real->C_GetSlotList(present, list, n);
+  return finish(g_real->C_GetSlotList(present, list, n));
 }
 
 static CK_RV w_GetSlotInfo(CK_SLOT_ID s, CK_SLOT_INFO_PTR p) {
   INJECT("C_GetSlotInfo");
-  return g_real->C_GetSlotInfo(s, p);
+  return finish(g_real->C_GetSlotInfo(s, p));
 }
 
 static CK_RV w_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR p) {
   INJECT("C_GetTokenInfo");
-  return g_real->C_GetTokenInfo(s, p);
+  return finish(g_real->C_GetTokenInfo(s, p));
 }
 
 static CK_RV w_OpenSession(CK_SLOT_ID s, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR h) {
   INJECT("C_OpenSession");
-  CK_RV rv = g_real->C_OpenSession(s, fl, app, notify, h);
+  CK_RV rv = finish(g_real->C_OpenSession(s, fl, app, notify, h));
   if (rv == CKR_OK) sessions_changed(1, 0);
   return rv;
 }
 
 static CK_RV w_CloseSession(CK_SESSION_HANDLE h) {
   INJECT("C_CloseSession");
-  CK_RV rv = g_real->C_CloseSession(h);
+  CK_RV rv = finish(g_real->C_CloseSession(h));
   if (rv == CKR_OK) sessions_changed(-1, 0);
   return rv;
 }
 
 static CK_RV w_CloseAllSessions(CK_SLOT_ID s) {
   INJECT("C_CloseAllSessions");
-  CK_RV rv = g_real->C_CloseAllSessions(s);
+  CK_RV rv = finish(g_real->C_CloseAllSessions(s));
   if (rv == CKR_OK) sessions_changed(0, 1);
   return rv;
 }
 
 static CK_RV w_GetSessionInfo(CK_SESSION_HANDLE h, CK_SESSION_INFO_PTR p) {
   INJECT("C_GetSessionInfo");
-  return g_real->C_GetSessionInfo(h, p);
+  return finish(g_real->C_GetSessionInfo(h, p));
 }
 
 static CK_RV w_Login(CK_SESSION_HANDLE h, CK_USER_TYPE u, CK_UTF8CHAR_PTR pin, CK_ULONG n) {
   INJECT("C_Login");
-  return g_real->C_Login(h, u, pin, n);
+  return finish(g_real->C_Login(h, u, pin, n));
 }
 
 static CK_RV w_Logout(CK_SESSION_HANDLE h) {
   INJECT("C_Logout");
-  return g_real->C_Logout(h);
+  return finish(g_real->C_Logout(h));
 }
 
 static CK_RV w_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR o) {
   INJECT("C_CreateObject");
-  return g_real->C_CreateObject(h, t, n, o);
+  return finish(g_real->C_CreateObject(h, t, n, o));
 }
 
 static CK_RV w_CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR c) {
   INJECT("C_CopyObject");
-  return g_real->C_CopyObject(h, o, t, n, c);
+  return finish(g_real->C_CopyObject(h, o, t, n, c));
 }
 
 static CK_RV w_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o) {
   INJECT("C_DestroyObject");
-  return g_real->C_DestroyObject(h, o);
+  return finish(g_real->C_DestroyObject(h, o));
 }
 
 static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
   INJECT("C_GetAttributeValue");
-  return g_real->C_GetAttributeValue(h, o, t, n);
+  return finish(g_real->C_GetAttributeValue(h, o, t, n));
 }
 
 static CK_RV w_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
   INJECT("C_FindObjectsInit");
-  return g_real->C_FindObjectsInit(h, t, n);
+  return finish(g_real->C_FindObjectsInit(h, t, n));
 }
 
 static CK_RV w_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR o, CK_ULONG max, CK_ULONG_PTR n) {
   INJECT("C_FindObjects");
-  return g_real->C_FindObjects(h, o, max, n);
+  return finish(g_real->C_FindObjects(h, o, max, n));
 }
 
 static CK_RV w_FindObjectsFinal(CK_SESSION_HANDLE h) {
   INJECT("C_FindObjectsFinal");
-  return g_real->C_FindObjectsFinal(h);
+  return finish(g_real->C_FindObjectsFinal(h));
 }
 
 static CK_RV w_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
-  INJECT("C_EncryptInit");
-  return g_real->C_EncryptInit(h, m, k);
+  struct call c = {"C_EncryptInit", ARGS_ANY, m};
+  struct outcome o;
+  decide(&c, &o);
+  if (o.rv != CKR_OK) return o.rv;
+  fill_iv(m, o.iv);
+  return finish(g_real->C_EncryptInit(h, m, k));
+}
+
+/* After a successful real call with an output buffer: the `flip` rule's corruption. */
+static CK_RV flipped(CK_RV rv, int flip, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
+  if (flip && rv == CKR_OK && out != NULL && outLen != NULL && *outLen > 0) out[0] ^= 0xff;
+  return rv;
 }
 
 static CK_RV w_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-  INJECT("C_Encrypt");
-  return g_real->C_Encrypt(h, in, inLen, out, outLen);
+  struct call c = {"C_Encrypt", ARGS_ANY, NULL};
+  struct outcome o;
+  decide(&c, &o);
+  if (o.rv != CKR_OK) return o.rv;
+  return flipped(finish(g_real->C_Encrypt(h, in, inLen, out, outLen)), o.flip, out, outLen);
 }
 
 static CK_RV w_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
   INJECT("C_DecryptInit");
-  return g_real->C_DecryptInit(h, m, k);
+  return finish(g_real->C_DecryptInit(h, m, k));
 }
 
 static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-  INJECT("C_Decrypt");
-  return g_real->C_Decrypt(h, in, inLen, out, outLen);
+  struct call c = {"C_Decrypt", ARGS_ANY, NULL};
+  struct outcome o;
+  decide(&c, &o);
+  if (o.rv != CKR_OK) return o.rv;
+  return flipped(finish(g_real->C_Decrypt(h, in, inLen, out, outLen)), o.flip, out, outLen);
 }
 
 static CK_RV w_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k) {
   INJECT("C_GenerateKey");
-  return g_real->C_GenerateKey(h, m, t, n, k);
+  return finish(g_real->C_GenerateKey(h, m, t, n, k));
 }
 
 static CK_RV w_GenerateRandom(CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULONG n) {
   INJECT("C_GenerateRandom");
-  return g_real->C_GenerateRandom(h, p, n);
+  return finish(g_real->C_GenerateRandom(h, p, n));
 }
 
 static CK_RV load_target(void) {
@@ -447,4 +621,56 @@ EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
   if (rv != CKR_OK) return rv;
   *out = &g_list;
   return CKR_OK;
+}
+
+/* ---------------------------------------------------------------- allocation failures
+ * Only in effect when this library is LD_PRELOADed (see the top of this file). */
+#include <stdatomic.h>
+#include <sys/prctl.h>
+
+extern void* __libc_malloc(size_t);
+
+static atomic_int g_mallocState = 0; /* 0: not parsed, 1: off, 2: on */
+static size_t g_mallocSize = 0;
+static char g_mallocThread[16];
+static atomic_long g_mallocTimes = 0;
+
+static void parse_malloc_fail(void) {
+  int expected = 0;
+  const char* spec = getenv("FAULTY_MALLOC_FAIL");
+  int state = 1;
+  if (spec != NULL && *spec != '\0') {
+    char* end = NULL;
+    unsigned long size = strtoul(spec, &end, 10);
+    if (end != spec && *end == ':') {
+      const char* name = end + 1;
+      const char* colon = strchr(name, ':');
+      size_t n = colon != NULL ? (size_t)(colon - name) : strlen(name);
+      if (n > 0 && n < sizeof g_mallocThread) {
+        memcpy(g_mallocThread, name, n);
+        g_mallocThread[n] = '\0';
+        g_mallocSize = size;
+        atomic_store(&g_mallocTimes, colon != NULL ? strtol(colon + 1, NULL, 10) : 1);
+        state = 2;
+      }
+    }
+  }
+  atomic_compare_exchange_strong(&g_mallocState, &expected, state);
+}
+
+EXPORT void* malloc(size_t n) {
+  int state = atomic_load_explicit(&g_mallocState, memory_order_acquire);
+  if (state == 0) {
+    parse_malloc_fail();
+    state = atomic_load(&g_mallocState);
+  }
+  if (state == 2 && n == g_mallocSize && atomic_load(&g_mallocTimes) > 0) {
+    char name[16] = {0};
+    if (prctl(PR_GET_NAME, name, 0, 0, 0) == 0 && strcmp(name, g_mallocThread) == 0 &&
+        atomic_fetch_sub(&g_mallocTimes, 1) > 0) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  return __libc_malloc(n);
 }

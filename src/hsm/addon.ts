@@ -66,6 +66,34 @@ export interface KeyInfo {
   unwrap: boolean;
 }
 
+/** What open() found. */
+export interface OpenResult {
+  /**
+   * False: the HSM was down or unreachable (a device-level code from C_Initialize, the slot
+   * list, C_OpenSession or C_Login); calls fail fast with that code and retry the
+   * initialization with backoff until it works (README, "Recovery").
+   */
+  ready: boolean;
+  /** Why not ready (a CKR_ name) and in which function. */
+  downCode?: string;
+  downFn?: string;
+  /**
+   * The module refused OS locking (its answer to C_Initialize with CKF_OS_LOCKING_OK is
+   * lockingCode) and was initialized with NULL arguments: the engine then makes one PKCS#11
+   * call sequence at a time, across every engine of the process.
+   */
+  serialized: boolean;
+  lockingCode?: string;
+  /**
+   * HSM-generated IV modes: 'passed' (two test encrypts with a temporary session key got
+   * distinct, non-zero IVs) or 'skipped' (the HSM would not make or use that key: ivCheckFn,
+   * ivCheckCode); absent in the 'random' mode and when not ready.
+   */
+  ivCheck?: 'passed' | 'skipped';
+  ivCheckCode?: string;
+  ivCheckFn?: string;
+}
+
 export interface Version {
   major: number;
   minor: number;
@@ -126,6 +154,10 @@ export interface EngineStats {
  *   XKS_LOAD_FAILED     dlopen / C_GetFunctionList failed (open() only; message has dlerror()),
  *   XKS_BAD_OUTPUT      the module returned output of an unexpected length (e.g. 'hsm-appended'
  *                       against a module that appends no IV; fn "C_Encrypt"),
+ *   XKS_KEY_SPEC        encrypt / decrypt with a key that is not CKK_AES of 32 bytes (no HSM call),
+ *   XKS_IV_ZERO         HSM-generated IV modes: the IV came back all zero (fn "C_Encrypt"),
+ *   XKS_IV_REPEATED     ... equal to the label's previous IV in this engine (fn "C_Encrypt");
+ *                       both also fail open() when its test encrypt sees them,
  *   XKS_BAD_ARGUMENT    see below;
  * and `fn`: the PKCS#11 function that failed, if any. Messages are "<fn> failed: <code>" for
  * PKCS#11 failures and never contain the PIN, key bytes, plaintext or the label.
@@ -147,8 +179,11 @@ export interface NativeEngine {
    * C_Initialize/C_Finalize are reference counted per module path across the engines of one
    * process. PKCS#11 login state is per process: while another engine of the same process is
    * logged in to the token, C_Login answers CKR_USER_ALREADY_LOGGED_IN even for a wrong PIN.
+   * An HSM that is down (see OpenResult.ready) does not fail open(); a wrong PIN, a library that
+   * cannot be loaded or any other code does. In the HSM-generated IV modes open() also runs a
+   * test encrypt (see OpenResult.ivCheck) and fails when its IV was not generated.
    */
-  open(): Promise<void>;
+  open(): Promise<OpenResult>;
   /** Resolves ciphertext || tag(16) || iv(12) in one buffer. `aad` is the complete AAD for the HSM. */
   encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
   /** Resolves the plaintext. `tag` must be 16 bytes; `iv` 1..256 bytes (XKS uses 12). */

@@ -4,10 +4,11 @@
  * `detail` (for the operator's log only) names the CKR code and function.
  */
 import { XksError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { isNativeError, loadAddon } from './addon.js';
-import type { EngineOptions, EngineStats, IvMode, NativeEngine, NativeError, TokenInfo } from './addon.js';
+import type { EngineOptions, EngineStats, IvMode, NativeEngine, NativeError, OpenResult, TokenInfo } from './addon.js';
 
-export type { EngineStats, IvMode, TokenInfo };
+export type { EngineStats, IvMode, OpenResult, TokenInfo };
 
 export interface HsmSettings {
   modulePath: string;
@@ -76,6 +77,9 @@ function common(e: unknown): XksError {
       return new XksError('DependencyTimeoutException', 'The HSM did not answer in time', detail(e));
     case 'CKR_KEY_FUNCTION_NOT_PERMITTED':
       return new XksError('InvalidKeyUsageException', 'The key does not support this operation', detail(e));
+    case 'XKS_KEY_SPEC':
+      // The spec: "the specified key does not support the requested operation" (XKS v1 is AES-256 only).
+      return new XksError('InvalidKeyUsageException', 'The key is not an AES-256 key', detail(e));
     case 'XKS_CLOSED':
       return new XksError('InternalException', 'The HSM connection is shutting down', detail(e));
     default:
@@ -84,7 +88,22 @@ function common(e: unknown): XksError {
 }
 
 /** Decrypt failures that mean "these inputs do not authenticate" (as the Rust proxy maps them). */
-const BAD_CIPHERTEXT = new Set(['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_GENERAL_ERROR', 'CKR_FUNCTION_FAILED']);
+const BAD_CIPHERTEXT = new Set([
+  'CKR_ENCRYPTED_DATA_INVALID',
+  'CKR_ENCRYPTED_DATA_LEN_RANGE',
+  'CKR_GENERAL_ERROR', // SoftHSM2's tag mismatch
+  'CKR_FUNCTION_FAILED', // nShield's
+  'CKR_AEAD_DECRYPT_FAILED', // PKCS#11 3.0's (0x42)
+]);
+
+/** Encrypt failures that mean the HSM did not generate the IV ([hsm_capabilities] can_generate_iv = true). */
+const IV_NOT_GENERATED = new Set(['XKS_IV_ZERO', 'XKS_IV_REPEATED']);
+const IV_LOG_INTERVAL_MS = 60_000;
+
+/** The [hsm_capabilities] line an IV failure names. */
+function capabilities(mode: IvMode): string {
+  return `[hsm_capabilities] can_generate_iv = true, is_zero_iv_required = ${mode === 'hsm-zero-buffer'}`;
+}
 
 function decryptError(e: unknown): XksError {
   if (isNativeError(e) && BAD_CIPHERTEXT.has(e.code)) {
@@ -110,8 +129,35 @@ export class Hsm {
   }
 
   private health: HealthSource | undefined;
+  private ivLoggedAt = Number.NEGATIVE_INFINITY;
 
-  private constructor(private readonly engine: NativeEngine) {}
+  private constructor(
+    private readonly engine: NativeEngine,
+    private readonly mode: IvMode,
+    private readonly log: Logger | undefined,
+    /** What open() found (HSM down, serialized calls, the IV test). */
+    readonly opened: OpenResult,
+  ) {}
+
+  /**
+   * Operator lines about how the HSM was found at start-up: [level, message] pairs for the
+   * caller's logger (empty when all is well). Never secrets.
+   */
+  startupNotes(): [level: 'warn' | 'info', message: string][] {
+    const o = this.opened;
+    const notes: ['warn' | 'info', string][] = [];
+    if (!o.ready) {
+      notes.push(['warn', `HSM unavailable at start-up (${o.downFn ?? 'C_Initialize'}: ${o.downCode ?? 'unknown'}): serving anyway; key operations answer 500 and health UNAVAILABLE until the HSM answers, retried with backoff`]);
+    }
+    if (o.serialized) {
+      notes.push(['warn', `the PKCS#11 module refused OS locking (C_Initialize: ${o.lockingCode ?? 'error'}) and was initialized for single-threaded use: every HSM call of this process now runs one at a time`]);
+    }
+    if (o.ivCheck === 'passed') notes.push(['info', `${capabilities(this.mode)}: test encryptions got HSM-generated IVs`]);
+    if (o.ivCheck === 'skipped') {
+      notes.push(['warn', `${capabilities(this.mode)}: the start-up IV test was skipped (${o.ivCheckFn ?? 'PKCS#11'}: ${o.ivCheckCode ?? 'error'}); every encryption's IV is still checked`]);
+    }
+    return notes;
+  }
 
   /** Installs (or removes) the deep health check whose verdict GetHealthStatus reports. */
   setHealthSource(source: HealthSource | undefined): void {
@@ -123,8 +169,11 @@ export class Hsm {
     return this.health;
   }
 
-  /** Loads the PKCS#11 module, initializes it and logs in one session. */
-  static async open(settings: HsmSettings): Promise<Hsm> {
+  /**
+   * Loads the PKCS#11 module, initializes it and logs in one session. An HSM that is down
+   * does not fail this (see startupNotes); `log` gets the rate-limited IV errors.
+   */
+  static async open(settings: HsmSettings, log?: Logger): Promise<Hsm> {
     const options: EngineOptions = {
       modulePath: settings.modulePath,
       userPin: settings.userPin,
@@ -139,14 +188,20 @@ export class Hsm {
     };
     const { Engine } = loadAddon();
     const engine = new Engine(options);
+    let opened: OpenResult;
     try {
-      await engine.open();
+      opened = await engine.open();
     } catch (e) {
       await engine.close().catch(() => undefined);
+      if (isNativeError(e) && (IV_NOT_GENERATED.has(e.code) || (e.code === 'XKS_BAD_OUTPUT' && options.ivMode !== 'random'))) {
+        throw new Error(
+          `${capabilities(options.ivMode)} cannot work with this HSM: a test encryption ${e.code === 'XKS_BAD_OUTPUT' ? 'returned no IV where this mode expects one' : e.code === 'XKS_IV_ZERO' ? 'got an all-zero IV (the HSM did not generate one)' : 'got the same IV twice'}; set can_generate_iv = false (the proxy then makes the IV with C_GenerateRandom) or fix the HSM's IV generation`,
+        );
+      }
       const why = isNativeError(e) ? detail(e) : e instanceof Error ? e.message : String(e);
       throw new Error(`cannot open the HSM module ${settings.modulePath}: ${why}`);
     }
-    return new Hsm(engine);
+    return new Hsm(engine, options.ivMode, log, opened);
   }
 
   /** AES-256-GCM in the HSM with the key labelled `keyId`; `aad` is the complete HSM AAD. */
@@ -159,12 +214,24 @@ export class Hsm {
       if (isNativeError(e) && e.code === 'CKR_ENCRYPTED_DATA_INVALID') {
         throw new XksError('InvalidCiphertextException', 'The HSM rejected the input', detail(e));
       }
+      if (isNativeError(e) && IV_NOT_GENERATED.has(e.code)) this.ivFailure(e);
       throw common(e);
     } finally {
       this.timers?.encrypt.observe((performance.now() - t0) / 1000);
     }
     const n = out.length - 28;
     return { ciphertext: out.subarray(0, n), tag: out.subarray(n, n + 16), iv: out.subarray(n + 16) };
+  }
+
+  /** An encrypt whose IV the HSM did not generate: ERROR, at most once a minute (no IV, no key bytes). */
+  private ivFailure(e: NativeError): void {
+    const now = performance.now();
+    if (now - this.ivLoggedAt < IV_LOG_INTERVAL_MS) return;
+    this.ivLoggedAt = now;
+    this.log?.error(
+      `the HSM returned ${e.code === 'XKS_IV_ZERO' ? 'an all-zero' : 'a repeated'} GCM IV: encryptions fail (500) so that no nonce is reused; ${capabilities(this.mode)} is the likely cause (can_generate_iv = false makes the proxy generate the IV)`,
+      { code: e.code },
+    );
   }
 
   async decrypt(keyId: string, ciphertext: Buffer, tag: Buffer, iv: Buffer, aad: Buffer): Promise<Buffer> {

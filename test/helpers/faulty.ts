@@ -3,9 +3,11 @@
  * `npm run build:native` to build/Release/faulty_pkcs11.node) in front of a real SoftHSM2
  * token. Tests steer it through its control file; see the C file for the rule syntax:
  *
- *   fail  <FN|*> <CKR_NAME> [times=N] [after=N]
+ *   fail  <FN|*> <CKR_NAME> [times=N] [after=N] [args=os_locking|null|other]
  *   delay <FN|*> <ms>       [times=N] [after=N]
  *   block <FN|*>            [times=N] [after=N]
+ *   iv    C_EncryptInit random|repeat [times=N] [after=N]
+ *   flip  C_Encrypt|C_Decrypt [times=N] [after=N]
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -23,6 +25,10 @@ export interface FaultStatus {
   injected: number;
   calls: number;
   initialized: number;
+  /** Most wrapped calls inside the module at once (delays included). */
+  max_in_flight: number;
+  /** Calls per PKCS#11 function (faulted ones included), e.g. calls.C_OpenSession. */
+  calls_by_fn: Record<string, number>;
 }
 
 export class FaultControl {
@@ -44,13 +50,20 @@ export class FaultControl {
   }
 
   status(): FaultStatus {
-    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0 };
+    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0, max_in_flight: 0, calls_by_fn: {} };
     if (!existsSync(this.statusPath)) return out;
     for (const line of readFileSync(this.statusPath, 'utf8').split('\n')) {
       const [k, v] = line.split(' ');
-      if (k !== undefined && v !== undefined && k in out) out[k as keyof FaultStatus] = Number(v);
+      if (k === undefined || v === undefined) continue;
+      if (k.startsWith('calls.')) out.calls_by_fn[k.slice(6)] = Number(v);
+      else if (k in out && k !== 'calls_by_fn') out[k as Exclude<keyof FaultStatus, 'calls_by_fn'>] = Number(v);
     }
     return out;
+  }
+
+  /** Calls of one PKCS#11 function so far (0 if never called). */
+  calls(fn: string): number {
+    return this.status().calls_by_fn[fn] ?? 0;
   }
 }
 

@@ -39,7 +39,9 @@ CK_RV initialize(Module* m) {
   CK_RV rv = m->f->C_Initialize(&args);
   m->lockingRv = rv == CKR_CRYPTOKI_ALREADY_INITIALIZED ? CKR_OK : rv;
   bool nullArgs = false;
-  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+  // Only a refusal of the locking arguments themselves retries without them (a device error is
+  // retried later with OS locking again, so a briefly absent HSM never serializes the process).
+  if (rv == CKR_CANT_LOCK || rv == CKR_ARGUMENTS_BAD) {
     // NULL arguments promise the module that the application will not call it from several
     // threads at once: the engines keep that promise through serialMu.
     rv = m->f->C_Initialize(nullptr);

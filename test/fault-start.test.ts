@@ -98,6 +98,19 @@ describe('C_Initialize without OS locking (B.7)', () => {
     expect(await overlapRun(e)).toBe(1);
   });
 
+  it('a device error at the first C_Initialize is not taken for a refusal of OS locking', async () => {
+    faults.set('fail C_Initialize CKR_DEVICE_ERROR args=os_locking times=1');
+    const before = faults.calls('C_Initialize');
+    const e = engine();
+    expect(await e.open()).toMatchObject({ ready: false, downCode: 'CKR_DEVICE_ERROR' });
+    expect(faults.calls('C_Initialize') - before).toBe(1); // no retry with NULL arguments
+    faults.clear();
+    // The next call re-initializes with OS locking (after the engine's back-off) and is not serialized.
+    expect(await waitFor(async () => (await e.encrypt(KEY, Buffer.from('back'), AAD).then(() => true, () => false)), 5000)).toBe(true);
+    expect(e.stats().ready).toBe(true);
+    expect(await overlapRun(e)).toBeGreaterThan(1);
+  });
+
   it('two engines on the module (two event loops) are serialized together, and the proxy says so', async () => {
     faults.set('fail C_Initialize CKR_CANT_LOCK args=os_locking');
     const a = engine({ threads: 2, poolMaxSize: 2 });

@@ -129,7 +129,7 @@ describe('mTLS', () => {
     await proxy.log.flush();
     const text = proxy.logText();
     expect(text).toMatch(/mTLS client refused.*certificate is not valid for kms-xks-client\.example\.com/);
-    for (const reason of ['no client certificate', 'CERT_HAS_EXPIRED', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']) {
+    for (const reason of ['no client certificate', 'CERT_HAS_EXPIRED', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY']) {
       expect(text).toMatch(new RegExp(`mTLS client refused .*reason="?${reason}`));
     }
   });

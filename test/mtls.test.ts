@@ -226,6 +226,15 @@ describe('mTLS', () => {
     }
   });
 
+  it('never resumes a session: every connection verifies its certificate (TLS 1.2 and 1.3)', async () => {
+    for (const version of ['-tls1_2', '-tls1_3']) {
+      const out = await output('openssl', ['s_client', '-connect', `127.0.0.1:${proxy.port}`, '-CAfile', pki.ca, version, '-reconnect',
+        '-cert', pki.clients.good.cert, '-key', pki.clients.good.key]);
+      expect(out).toMatch(/^New, /m);
+      expect(out).not.toMatch(/^Reused, /m);
+    }
+  });
+
   it('offers only TLS 1.2+ with the spec suites', async () => {
     const s = (args: string[]): Promise<string> =>
       new Promise((resolve) => {

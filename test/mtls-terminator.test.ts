@@ -208,6 +208,27 @@ describe('native mTLS terminator', () => {
     }
   });
 
+  it('leaves no file descriptor behind (served, refused and silent clients, then close())', async () => {
+    const fds = (): number => readdirSync('/proc/self/fd').length;
+    const before = fds();
+    const { log } = capture();
+    const t = await startMtlsTerminator(options(), log);
+    for (let i = 0; i < 10; i++) {
+      const good = await goodClient(t.port);
+      const bad = tlsConnect({ host: '127.0.0.1', port: t.port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.expired.cert), key: readFileSync(pki.clients.expired.key) });
+      bad.on('error', () => undefined);
+      const silent = tcpConnect(t.port, '127.0.0.1');
+      silent.on('connect', () => silent.end());
+      await Promise.all([ending(bad), ending(silent)]);
+      good.end();
+      await ending(good);
+    }
+    await until(() => t.stats().open === 0);
+    expect(t.stats()).toMatchObject({ served: 10, refused: 10, silent: 10 });
+    t.close();
+    await until(() => fds() <= before);
+  });
+
   it('fails to start on a port in use, naming it (no SO_REUSEPORT)', async () => {
     const t = await startMtlsTerminator(options(), capture().log);
     try {

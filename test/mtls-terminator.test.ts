@@ -176,6 +176,7 @@ describe('native mTLS terminator', () => {
       expect(await ending(partial)).toBe('end');
       expect(Date.now() - started).toBeLessThan(4000);
       expect(t.stats()).toMatchObject({ timedOut: 2, open: 0 });
+      await until(() => lines.some((l) => l.includes('mTLS client refused')));
       expect(lines.filter((l) => l.includes('mTLS client refused'))).toEqual([
         'INFO mTLS client refused {"remote":"127.0.0.1","reason":"TLS handshake not finished within 300 ms"}',
       ]);
@@ -195,6 +196,7 @@ describe('native mTLS terminator', () => {
       expect(await ending(third, 2000)).not.toBe('still open');
       expect(await ending(fourth, 2000)).not.toBe('still open');
       expect(t.stats()).toMatchObject({ open: 2, overLimit: 2 });
+      await until(() => lines.some((l) => l.includes('connection limit reached')));
       expect(lines.filter((l) => l.includes('connection limit reached'))).toHaveLength(1);
       // The two held connections still work.
       for (const s of held) {
@@ -227,6 +229,40 @@ describe('native mTLS terminator', () => {
     expect(t.stats()).toMatchObject({ served: 10, refused: 10, silent: 10 });
     t.close();
     await until(() => fds() <= before);
+  });
+
+  it('takes every certificate in mtls_client_ca_pem as a trust anchor, an intermediate too (as rustls/webpki do)', async () => {
+    const client = (port: number): Promise<string> =>
+      ending(
+        tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.viaIntermediate.cert), key: readFileSync(pki.clients.viaIntermediate.key) })
+          .on('secureConnect', function (this: TLSSocket) {
+            this.end();
+          }),
+      );
+    // The root as CA: the client sends its chain (leaf, intermediate).
+    const root = await startMtlsTerminator(options(), capture().log);
+    try {
+      expect(await client(root.port)).toBe('end');
+      expect(root.stats()).toMatchObject({ served: 1, refused: 0 });
+    } finally {
+      root.close();
+    }
+    // Only the intermediate as CA (no self-signed root in the file): accepted too; a client of the
+    // root that is not under the intermediate is not.
+    const { log, lines } = capture();
+    const inter = await startMtlsTerminator(options({ caFile: pki.intermediate }), log);
+    try {
+      expect(await client(inter.port)).toBe('end');
+      const other = tlsConnect({ host: '127.0.0.1', port: inter.port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.good.cert), key: readFileSync(pki.clients.good.key) });
+      other.on('data', () => undefined);
+      expect(await ending(other)).toMatch(/ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE/);
+      expect(inter.stats()).toMatchObject({ served: 1, refused: 1 });
+      // Reports reach JS through a queue: wait for it. (node's client sends the root along, which is
+      // not a trust anchor here.)
+      await until(() => lines.some((l) => /mTLS client refused .*SELF_SIGNED_CERT_IN_CHAIN/.test(l)));
+    } finally {
+      inter.close();
+    }
   });
 
   it('fails to start on a port in use, naming it (no SO_REUSEPORT)', async () => {

@@ -103,9 +103,13 @@ SslCtxPtr MakeContext(const ContextOptions& o) {
   if (names == nullptr) Fail("mtls_client_ca_pem " + o.caFile + " (CA names)");
   SSL_CTX_set_client_CA_list(c, names);
 
+  // Every certificate in the CA file is a trust anchor, an intermediate too (as webpki, the Rust
+  // proxy's verifier, takes its root store): a chain may end at any of them.
+  X509_VERIFY_PARAM* param = SSL_CTX_get0_param(c);
+  X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_PARTIAL_CHAIN);
+
   // The name check runs inside the handshake too: subject alternative DNS names only (never the
   // subject CN), a wildcard only as the whole left-most label (RFC 6125).
-  X509_VERIFY_PARAM* param = SSL_CTX_get0_param(c);
   X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NEVER_CHECK_SUBJECT | X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
   if (X509_VERIFY_PARAM_set1_host(param, o.dnsName.c_str(), o.dnsName.size()) != 1) Fail("mtls_client_dns_name");
 

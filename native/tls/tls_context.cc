@@ -41,8 +41,8 @@ std::string OpensslError() {
 
 // OpenSSL has checked one certificate of the chain (and the name, through the verify param). When
 // it found a fault, remember it for the log and fail with X509_V_ERR_APPLICATION_VERIFICATION:
-// OpenSSL then sends the handshake_failure alert (ssl_x509err2alert), the one rustls sends and the
-// AWS test client looks for, instead of one that tells the client which check failed.
+// OpenSSL then sends the handshake_failure alert (ssl_x509err2alert), the one the AWS test client
+// (written against the Rust proxy) looks for, instead of one that tells the client which check failed.
 int VerifyCallback(int preverifyOk, X509_STORE_CTX* store) {
   if (preverifyOk == 1) return 1;
   auto* ssl = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));

@@ -5,18 +5,20 @@
  *
  * The terminator listens on [server] ip:port itself, on a thread of its own (the event loop never waits
  * on a handshake). The handshake asks for a client certificate; OpenSSL verifies it against
- * `mtls_client_ca_pem` only (chain, validity dates, purpose) and checks that one of its subject
- * alternative DNS names matches `mtls_client_dns_name` (never the subject CN; a wildcard only as the
- * whole left-most label, RFC 6125). A client is refused inside the handshake, with a TLS alert, when it
+ * `mtls_client_ca_pem` only (chain, validity dates, purpose; every certificate in that file is a trust
+ * anchor, as in the Rust proxy) and checks that one of its subject alternative DNS names matches
+ * `mtls_client_dns_name` (never the subject CN; a wildcard only as the whole left-most label, RFC 6125).
+ * A client is refused inside the handshake, with a TLS alert, when it
  * - presented no certificate                    (reason "no client certificate"; alert
  *                                                handshake_failure in TLS 1.2, certificate_required in 1.3),
- * - presented one not chaining to the CA        (UNABLE_TO_VERIFY_LEAF_SIGNATURE; self-signed:
+ * - presented one not chaining to the CA        (UNABLE_TO_GET_ISSUER_CERT_LOCALLY; self-signed:
  *                                                DEPTH_ZERO_SELF_SIGNED_CERT),
  * - presented an expired / not-yet-valid one    (CERT_HAS_EXPIRED / CERT_NOT_YET_VALID),
  * - presented one not valid for the name        ("certificate is not valid for <name>"),
- * each of the last three with the handshake_failure alert (as rustls sends it). Each refusal is one log
- * line with the reason. Accepted connections are copied byte for byte to the uWS app, which listens on a
- * Unix socket in a private directory (mode 0700) that nothing else can reach.
+ * each of the last three with the handshake_failure alert (what the AWS test client expects). Each
+ * refusal is one log line with the reason. No session is ever resumed, so every connection is verified.
+ * Accepted connections are copied byte for byte to the uWS app, which listens on a Unix socket in a
+ * private directory (mode 0700) that nothing else can reach.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

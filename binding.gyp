@@ -38,6 +38,39 @@
       }
     },
     {
+      # The mTLS terminator. It uses the OpenSSL inside node (node exports its symbols): node's own
+      # headers come first on the include path, and no -lssl/-lcrypto (two OpenSSLs in one process).
+      "target_name": "xks_tls",
+      "sources": [
+        "native/tls/addon.cc",
+        "native/tls/terminator.cc",
+        "native/tls/tls_context.cc",
+        "native/tls/verify_names.cc"
+      ],
+      "include_dirs": [
+        "<(node_root_dir)/include/node",
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "libraries": ["-lpthread"],
+      "configurations": {
+        "Release": {
+          "cflags!": ["-O3"],
+          "cflags_cc!": ["-O3"],
+          "cflags": ["-O2"],
+          "cflags_cc": ["-O2"]
+        }
+      }
+    },
+    {
       "target_name": "faulty_pkcs11",
       "type": "loadable_module",
       "product_extension": "so",

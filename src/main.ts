@@ -119,7 +119,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
           caFile: mtls.mtls_client_ca_pem ?? '',
           dnsName: mtls.mtls_client_dns_name ?? '',
           upstreamPath: unix.path,
-          keepAliveSecs: config.server.tcp_keepalive.tcp_keepalive_secs,
+          tcpKeepalive: config.server.tcp_keepalive,
         },
         log,
       );
@@ -185,7 +185,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
       stopping ??= (async () => {
         // /ping turns 503, no new connections, in-flight requests finish (bounded), then the HSM closes.
         server.startDraining();
-        terminator?.close();
+        terminator?.stopAccepting();
         server.close();
         const drainMs = options.drainTimeoutMs ?? 10_000;
         if (healthTimer) clearInterval(healthTimer);
@@ -198,6 +198,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
           await workersStopped;
           server.closeConnections();
         }
+        terminator?.close();
         unix?.remove();
         await hsm.close();
         log.info('xks-proxy stopped');

@@ -1,34 +1,38 @@
 /**
- * mTLS front end: TLS is terminated here, in Node (OpenSSL through node:tls), because the uWebSockets.js
- * build we use accepts clients without a certificate and cannot check the certificate's name.
+ * mTLS front end: TLS is terminated by a native terminator (native/tls/, node's own OpenSSL) in front of
+ * the uWS app, because the uWebSockets.js build we use accepts clients without a certificate and cannot
+ * check the certificate's name, and node:tls can only refuse a bad certificate after its handshake.
  *
- * The handshake asks for a client certificate and OpenSSL verifies it against `mtls_client_ca_pem` only
- * (chain, validity dates, purpose). When the handshake is done and before the connection is wired to
- * anything, the socket is destroyed, its buffered bytes unread, when the client
- * - presented no certificate                 (reason "no client certificate"),
- * - presented one not chaining to the CA     (UNABLE_TO_GET_ISSUER_CERT_LOCALLY; self-signed:
- *                                             DEPTH_ZERO_SELF_SIGNED_CERT),
- * - presented an expired / not-yet-valid one (CERT_HAS_EXPIRED / CERT_NOT_YET_VALID),
- * - presented a verified one that is not valid for `mtls_client_dns_name` (checked on the certificate's
- *   subject alternative DNS names only, never the subject CN, wildcards as in RFC 6125).
- * Each refusal is one log line with the reason. (rejectUnauthorized is off only so that the reason can be
- * logged: Node would otherwise destroy the socket silently; the check below is the same test.)
- * Accepted connections are piped byte for byte to the uWS app, which listens on a Unix socket in a
+ * The terminator listens on [server] ip:port itself, on a thread of its own (the event loop never waits
+ * on a handshake). The handshake asks for a client certificate; OpenSSL verifies it against
+ * `mtls_client_ca_pem` only (chain, validity dates, purpose; every certificate in that file is a trust
+ * anchor, as in the Rust proxy) and checks that one of its subject alternative DNS names matches
+ * `mtls_client_dns_name` (never the subject CN; a wildcard only as the whole left-most label, RFC 6125).
+ * A client is refused inside the handshake, with a TLS alert, when it
+ * - presented no certificate                    (reason "no client certificate"; alert
+ *                                                handshake_failure in TLS 1.2, certificate_required in 1.3),
+ * - presented one not chaining to the CA        (UNABLE_TO_GET_ISSUER_CERT_LOCALLY; self-signed:
+ *                                                DEPTH_ZERO_SELF_SIGNED_CERT),
+ * - presented an expired / not-yet-valid one    (CERT_HAS_EXPIRED / CERT_NOT_YET_VALID),
+ * - presented one not valid for the name        ("certificate is not valid for <name>"),
+ * each of the last three with the handshake_failure alert (what the AWS test client expects). Each
+ * refusal is one log line with the reason. No session is ever resumed, so every connection is verified.
+ * Accepted connections are copied byte for byte to the uWS app, which listens on a Unix socket in a
  * private directory (mode 0700) that nothing else can reach.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createServer, type Server, type TLSSocket } from 'node:tls';
+import type { TcpKeepaliveSection } from '../config.js';
 import type { Logger } from '../log.js';
-import { NODE_CIPHER_LIST } from './tls.js';
+import { loadTlsAddon, type NativeTerminator, type NativeTerminatorOptions, type NativeTerminatorStats } from './mtls-addon.js';
+import { TLS12_CIPHERS, TLS13_SUITES } from './tls.js';
 
 export interface MtlsOptions {
   host: string;
   port: number;
-  /** [server.tcp_keepalive] tcp_keepalive_secs: TCP keepalive on client connections (Node sets only the idle time). */
-  keepAliveSecs?: number | undefined;
+  /** [server.tcp_keepalive]: any key set turns SO_KEEPALIVE on (as the Rust proxy's hyper does); each sets its socket option. */
+  tcpKeepalive?: TcpKeepaliveSection | undefined;
   certFile: string;
   keyFile: string;
   caFile: string;
@@ -36,12 +40,21 @@ export interface MtlsOptions {
   dnsName: string;
   /** Unix socket of the HTTP server. */
   upstreamPath: string;
+  /** A client that has not finished its handshake by then is closed (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Connections open at once, handshaking or served; more are closed at once (default 1024). */
+  maxConnections?: number;
 }
+
+export type MtlsStats = NativeTerminatorStats;
 
 export interface MtlsTerminator {
   port: number;
-  /** Stops accepting; open connections are closed. */
+  /** Stops accepting; open connections go on (a draining server answers and closes them). */
+  stopAccepting(): void;
+  /** Stops accepting; open connections are closed (close_notify), the terminator's thread ends. */
   close(): void;
+  stats(): MtlsStats;
 }
 
 /** A private directory for the upstream Unix socket; remove() deletes it. */
@@ -50,79 +63,47 @@ export function privateSocketPath(): { path: string; remove(): void } {
   return { path: path.join(dir, 'http.sock'), remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/**
- * The names of the peer's verified certificate that match `dnsName` (subject alternative DNS names only;
- * the subject CN is never used). Undefined when none matches.
- */
-export function peerNameMatch(socket: TLSSocket, dnsName: string): string | undefined {
-  const x509 = socket.getPeerX509Certificate();
-  if (x509 === undefined) return undefined;
-  return x509.checkHost(dnsName, { subject: 'never', wildcards: true, partialWildcards: false, multiLabelWildcards: false });
+function keepalive(k: TcpKeepaliveSection | undefined): NativeTerminatorOptions['keepalive'] {
+  if (k === undefined) return undefined;
+  const { tcp_keepalive_secs: idle, tcp_keepalive_interval_secs: interval, tcp_keepalive_retries: count } = k;
+  if (idle === undefined && interval === undefined && count === undefined) return undefined;
+  // Linux takes at most 32767 s for TCP_KEEPIDLE / TCP_KEEPINTVL and 127 probes.
+  const clamp = (v: number | undefined, max: number): number => Math.min(v ?? 0, max);
+  return { idleSecs: clamp(idle, 32767), intervalSecs: clamp(interval, 32767), count: clamp(count, 127) };
 }
 
 export function startMtlsTerminator(o: MtlsOptions, log: Logger): Promise<MtlsTerminator> {
-  const server: Server = createServer({
-    cert: readFileSync(o.certFile),
-    key: readFileSync(o.keyFile),
-    ca: readFileSync(o.caFile),
-    requestCert: true,
-    rejectUnauthorized: false,
-    minVersion: 'TLSv1.2',
-    maxVersion: 'TLSv1.3',
-    ciphers: NODE_CIPHER_LIST,
-    honorCipherOrder: true,
-    ALPNProtocols: ['http/1.1'],
-  });
-  const open = new Set<Socket>();
-
-  server.on('tlsClientError', (err, socket) => {
-    log.info('mTLS client refused', { remote: socket.remoteAddress, reason: (err as { code?: string }).code ?? err.message });
-  });
-
-  server.on('secureConnection', (socket: TLSSocket) => {
-    if (!socket.authorized) {
-      const noCert = socket.getPeerX509Certificate() === undefined;
-      log.info('mTLS client refused', {
-        remote: socket.remoteAddress,
-        reason: noCert ? 'no client certificate' : String(socket.authorizationError ?? 'certificate not verified'),
-      });
-      socket.destroy();
-      return;
-    }
-    if (peerNameMatch(socket, o.dnsName) === undefined) {
-      log.info('mTLS client refused', { remote: socket.remoteAddress, reason: `certificate is not valid for ${o.dnsName}` });
-      socket.destroy();
-      return;
-    }
-    socket.setNoDelay(true);
-    if (o.keepAliveSecs !== undefined) socket.setKeepAlive(true, o.keepAliveSecs * 1000);
-    const up = connect(o.upstreamPath);
-    open.add(socket);
-    const done = (): void => {
-      open.delete(socket);
-      socket.destroy();
-      up.destroy();
+  try {
+    const { Terminator } = loadTlsAddon();
+    const onEvent = (kind: string, remote: string, reason: string): void => {
+      if (kind === 'refused') log.info('mTLS client refused', { remote, reason });
+      else if (kind === 'upstream') log.error('mTLS: cannot reach the HTTP server', { remote, reason });
+      else log.warn('mTLS listener', { reason });
     };
-    socket.on('error', done).on('close', done);
-    up.on('error', done).on('close', done);
-    socket.pipe(up);
-    up.pipe(socket);
-  });
-
-  return new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, o.host, () => {
-      server.off('error', reject);
-      server.on('error', (e) => log.error('mTLS listener error', { error: e.message }));
-      const addr = server.address();
-      resolve({
-        port: typeof addr === 'object' && addr !== null ? addr.port : o.port,
-        close() {
-          server.close();
-          for (const s of open) s.destroy();
-          open.clear();
-        },
-      });
+    const native: NativeTerminator = new Terminator(
+      {
+        host: o.host,
+        port: o.port,
+        upstreamPath: o.upstreamPath,
+        certFile: o.certFile,
+        keyFile: o.keyFile,
+        caFile: o.caFile,
+        dnsName: o.dnsName,
+        cipherList: TLS12_CIPHERS.join(':'),
+        cipherSuites: TLS13_SUITES.join(':'),
+        keepalive: keepalive(o.tcpKeepalive),
+        handshakeTimeoutMs: o.handshakeTimeoutMs ?? 10_000,
+        maxConnections: o.maxConnections ?? 1024,
+      },
+      onEvent,
+    );
+    return Promise.resolve({
+      port: native.port(),
+      stopAccepting: () => native.stopAccepting(),
+      close: () => native.close(),
+      stats: () => native.stats(),
     });
-  });
+  } catch (e) {
+    return Promise.reject(e instanceof Error ? e : new Error(String(e)));
+  }
 }

@@ -1,5 +1,5 @@
 /**
- * TLS settings shared by both TLS front ends (uWS SSLApp for TLS, the Node terminator for mTLS).
+ * TLS settings shared by both TLS front ends (uWS SSLApp for TLS, the native terminator for mTLS).
  * The XKS spec asks for TLS 1.2 or 1.3 with these suites only.
  */
 
@@ -10,5 +10,3 @@ export const TLS12_CIPHERS = ['ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-ECDSA-AES256
 
 /** OpenSSL cipher list for TLS 1.2 (uWS `ssl_ciphers`). */
 export const TLS12_CIPHER_LIST = TLS12_CIPHERS.join(':');
-/** Node `ciphers` option: TLS 1.3 suites and TLS 1.2 ciphers in one list. */
-export const NODE_CIPHER_LIST = [...TLS13_SUITES, ...TLS12_CIPHERS].join(':');

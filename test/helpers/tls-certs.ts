@@ -1,10 +1,11 @@
 /**
  * Real certificates for TLS/mTLS tests, made with the openssl CLI in a temporary directory:
  * a CA, a server certificate for 127.0.0.1/localhost, and client certificates: good (DNS SAN =
- * the expected name), wrong name, wildcard, name only in the subject CN, from another CA, expired, self-signed.
+ * the expected name), wrong name, wildcard, name only in the subject CN, from another CA, expired, not yet
+ * valid, self-signed, and one under an intermediate CA.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
@@ -18,6 +19,8 @@ export interface Pair {
 export interface TestPki {
   dir: string;
   ca: string;
+  /** An intermediate CA certificate under `ca` (PEM file). */
+  intermediate: string;
   server: Pair;
   clients: {
     good: Pair;
@@ -26,6 +29,9 @@ export interface TestPki {
     cnOnly: Pair;
     otherCa: Pair;
     expired: Pair;
+    notYetValid: Pair;
+    /** Signed by the intermediate; its cert file holds the leaf, then the intermediate. */
+    viaIntermediate: Pair;
     selfSigned: Pair;
   };
   cleanup(): void;
@@ -61,13 +67,32 @@ export function makePki(): TestPki {
   const cnOnly = leaf('cn-only', 'ca', undefined, CLIENT_DNS_NAME, 'clientAuth');
   const otherCa = leaf('other', 'other-ca', `DNS:${CLIENT_DNS_NAME}`, 'other', 'clientAuth');
   const expired = leaf('expired', 'ca', `DNS:${CLIENT_DNS_NAME}`, 'expired', 'clientAuth', true);
+  // An intermediate CA under ca, and a client under it (cert file: leaf then intermediate).
+  ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'intermediate.key', '-out', 'intermediate.csr', '-subj', '/CN=intermediate']);
+  writeFileSync(p('intermediate.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n');
+  ossl(dir, ['x509', '-req', '-in', 'intermediate.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'intermediate.pem', '-days', '30',
+    '-extfile', 'intermediate.ext']);
+  const viaIntermediateLeaf = leaf('via-intermediate', 'intermediate', `DNS:${CLIENT_DNS_NAME}`, 'via-intermediate', 'clientAuth');
+  writeFileSync(p('via-intermediate-chain.pem'), readFileSync(viaIntermediateLeaf.cert, 'utf8') + readFileSync(p('intermediate.pem'), 'utf8'));
+  const viaIntermediate = { cert: p('via-intermediate-chain.pem'), key: viaIntermediateLeaf.key };
+  // Not yet valid: OpenSSL 3.0's `x509 -req` cannot set notBefore, `openssl ca -startdate` can.
+  ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'future.key', '-out', 'future.csr', '-subj', '/CN=future']);
+  writeFileSync(p('future.ext'), `basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:${CLIENT_DNS_NAME}\n`);
+  writeFileSync(p('ca.cnf'), ['[ca]', 'default_ca = d', '[d]', 'database = index.txt', 'new_certs_dir = .', 'serial = ca.serial.txt',
+    'default_md = sha256', 'policy = p', 'unique_subject = no', '[p]', 'commonName = supplied', ''].join('\n'));
+  writeFileSync(p('index.txt'), '');
+  writeFileSync(p('ca.serial.txt'), '1000\n');
+  ossl(dir, ['ca', '-batch', '-notext', '-config', 'ca.cnf', '-cert', 'ca.pem', '-keyfile', 'ca.key', '-in', 'future.csr', '-out', 'future.pem',
+    '-startdate', '20991231000000Z', '-enddate', '21001231000000Z', '-extfile', 'future.ext']);
+  const notYetValid = { cert: p('future.pem'), key: p('future.key') };
   ossl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'self.key', '-out', 'self.pem', '-days', '30',
     '-subj', `/CN=${CLIENT_DNS_NAME}`, '-addext', `subjectAltName=DNS:${CLIENT_DNS_NAME}`, '-addext', 'extendedKeyUsage=clientAuth']);
   return {
     dir,
     ca: p('ca.pem'),
+    intermediate: p('intermediate.pem'),
     server,
-    clients: { good, wrongName, wildcard, cnOnly, otherCa, expired, selfSigned: { cert: p('self.pem'), key: p('self.key') } },
+    clients: { good, wrongName, wildcard, cnOnly, otherCa, expired, notYetValid, viaIntermediate, selfSigned: { cert: p('self.pem'), key: p('self.key') } },
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

@@ -1,0 +1,68 @@
+#include "verify_names.h"
+
+#include <openssl/x509_vfy.h>
+
+namespace xks::tls {
+
+namespace {
+
+struct Entry {
+  int code;
+  const char* name;
+};
+
+#define XKS_V(n) {X509_V_ERR_##n, #n}
+const Entry kNames[] = {
+    XKS_V(UNABLE_TO_GET_ISSUER_CERT),
+    XKS_V(UNABLE_TO_GET_CRL),
+    XKS_V(UNABLE_TO_DECRYPT_CERT_SIGNATURE),
+    XKS_V(UNABLE_TO_DECRYPT_CRL_SIGNATURE),
+    XKS_V(UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY),
+    XKS_V(CERT_SIGNATURE_FAILURE),
+    XKS_V(CRL_SIGNATURE_FAILURE),
+    XKS_V(CERT_NOT_YET_VALID),
+    XKS_V(CERT_HAS_EXPIRED),
+    XKS_V(CRL_NOT_YET_VALID),
+    XKS_V(CRL_HAS_EXPIRED),
+    XKS_V(ERROR_IN_CERT_NOT_BEFORE_FIELD),
+    XKS_V(ERROR_IN_CERT_NOT_AFTER_FIELD),
+    XKS_V(ERROR_IN_CRL_LAST_UPDATE_FIELD),
+    XKS_V(ERROR_IN_CRL_NEXT_UPDATE_FIELD),
+    XKS_V(OUT_OF_MEM),
+    XKS_V(DEPTH_ZERO_SELF_SIGNED_CERT),
+    XKS_V(SELF_SIGNED_CERT_IN_CHAIN),
+    XKS_V(UNABLE_TO_GET_ISSUER_CERT_LOCALLY),
+    XKS_V(UNABLE_TO_VERIFY_LEAF_SIGNATURE),
+    XKS_V(CERT_CHAIN_TOO_LONG),
+    XKS_V(CERT_REVOKED),
+    XKS_V(INVALID_CA),
+    XKS_V(PATH_LENGTH_EXCEEDED),
+    XKS_V(INVALID_PURPOSE),
+    XKS_V(CERT_UNTRUSTED),
+    XKS_V(CERT_REJECTED),
+    XKS_V(SUBJECT_ISSUER_MISMATCH),
+    XKS_V(AKID_SKID_MISMATCH),
+    XKS_V(AKID_ISSUER_SERIAL_MISMATCH),
+    XKS_V(KEYUSAGE_NO_CERTSIGN),
+    XKS_V(INVALID_EXTENSION),
+    XKS_V(INVALID_POLICY_EXTENSION),
+    XKS_V(NO_EXPLICIT_POLICY),
+    XKS_V(UNHANDLED_CRITICAL_EXTENSION),
+    XKS_V(EE_KEY_TOO_SMALL),
+    XKS_V(CA_KEY_TOO_SMALL),
+    XKS_V(CA_MD_TOO_WEAK),
+    XKS_V(EC_KEY_EXPLICIT_PARAMS),
+    XKS_V(HOSTNAME_MISMATCH),
+};
+#undef XKS_V
+
+}  // namespace
+
+std::string VerifyErrorName(int code) {
+  for (const Entry& e : kNames) {
+    if (e.code == code) return e.name;
+  }
+  return std::string("X509_V_ERR_") + std::to_string(code) + " (" + X509_verify_cert_error_string(code) + ")";
+}
+
+}  // namespace xks::tls

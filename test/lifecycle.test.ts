@@ -79,15 +79,15 @@ function parsePrometheus(text: string): Map<string, number> {
 describe('metrics', () => {
   let proxy: TestProxy;
   beforeAll(async () => {
-    proxy = await startTestProxy({ token, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
+    proxy = await startTestProxy({ token, metrics: { port: 0 }, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
   });
   afterAll(async () => proxy?.stop());
 
-  it('GET /metrics is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
+  it('GET /metrics on the [metrics] listener is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
     for (let i = 0; i < 3; i++) expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
     expect((await call(proxy.base, `${API}/keys/unknown-key/encrypt`, encryptBody(32), CREDS)).status).toBe(404);
     expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), { ...CREDS, secret: 'wrong' })).status).toBe(401);
-    const res = await fetch(`${proxy.base}/metrics`);
+    const res = await fetch(`${proxy.metricsBase!}/metrics`);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
     const text = await res.text();

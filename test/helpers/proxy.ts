@@ -34,6 +34,9 @@ export interface SettingsSpec {
   maxAadB64?: number;
   sigv4?: boolean;
   level?: string;
+  /** [server] port; default 0 (a free port). */
+  port?: number;
+  /** [server] port_http_ping; default: the same as port (one listener). */
   pingPort?: number;
   /** [tls] files; is_tls_enabled = true when set. */
   tls?: { certFile: string; keyFile: string; mtls?: { caFile: string; dnsName: string } };
@@ -68,8 +71,8 @@ export function settingsToml(s: SettingsSpec): string {
 
 function rustTables(s: SettingsSpec): string {
   return renderSettings({
-    port: 0,
-    pingPort: s.pingPort ?? 0,
+    port: s.port ?? 0,
+    pingPort: s.pingPort ?? s.port ?? 0,
     workers: s.workers ?? 1,
     region: REGION,
     service: SERVICE,

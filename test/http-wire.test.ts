@@ -317,9 +317,32 @@ describe('refused before the body: the client reads the answer', () => {
     expect(res.headers.get('connection')).toBe('close');
   });
 
+  it('fetch of a 4 MiB body sent in pieces (a slower client): the 413 is read, not a reset', async () => {
+    const piece = new TextEncoder().encode('A'.repeat(256 * 1024));
+    let sent = 0;
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        if (sent >= 16) return c.close();
+        sent++;
+        await new Promise((r) => setTimeout(r, 10));
+        c.enqueue(piece);
+      },
+    });
+    const res = await fetch(`${proxy.base}${API}/keys/${KEY}/encrypt`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'content-length': String(16 * piece.length) },
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
+    expect(res.status).toBe(413);
+    expect(((await res.json()) as { errorName: string }).errorName).toBe('PayloadTooLargeException');
+  });
+
   it('raw: a declared body over the limit is read to its end, then 413 and a clean close (FIN, no reset)', async () => {
-    const n = 200_000;
-    const w = await wire(proxy.port, [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${n}\r\n\r\n`, Buffer.alloc(n, 0x41)], 3000);
+    // 4 MiB in one write: more than uWS reads at once (512 KiB), so most of it is still unread when
+    // the 413 is due. Closing then would reset the connection and the client would lose the 413.
+    const n = 4 * 1024 * 1024;
+    const w = await wire(proxy.port, [Buffer.concat([Buffer.from(`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${n}\r\n\r\n`), Buffer.alloc(n, 0x41)])], 5000);
     const [r] = replies(w.text);
     expect(r?.status).toBe(413);
     expect(JSON.parse(r!.body)).toMatchObject({ errorName: 'PayloadTooLargeException' });
@@ -334,7 +357,7 @@ describe('refused before the body: the client reads the answer', () => {
     const parts = [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\n${block}transfer-encoding: chunked\r\n\r\n`];
     for (let i = 0; i < 6; i++) parts.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
     parts.push('0\r\n\r\n');
-    const w = await wire(proxy.port, parts, 3000, 5);
+    const w = await wire(proxy.port, parts, 3000, 30);
     expect(replies(w.text)[0]?.status).toBe(413);
     expect(JSON.parse(replies(w.text)[0]!.body)).toMatchObject({ errorName: 'PayloadTooLargeException' });
     expect(w.closed).toBe(true);

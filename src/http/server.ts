@@ -122,27 +122,32 @@ export const DRAIN_MAX_BYTES = 8 * 1024 * 1024;
 /** ... and for at most this long (uWS itself drops a connection idle for 10 s). */
 export const DRAIN_MAX_MS = 5000;
 
-/** State of one framingProblem() scan (module level: no closure per request; one event loop per thread). */
-let scanProblem: string | undefined;
-let scanLength: string | undefined;
-let scanCodings = 0;
+/** What one scan of a request's headers found (a single object reused: one event loop per thread). */
+const framing = {
+  /** Why the body's length is ambiguous (RFC 9112 section 6.3), or undefined. */
+  problem: undefined as string | undefined,
+  /** The Content-Length value (uWS frames the body by the first one). */
+  contentLength: undefined as string | undefined,
+  /** Transfer-Encoding headers seen (1: a chunked body). */
+  codings: 0,
+};
 function scanHeader(name: string, value: string): void {
   if (name === 'content-length') {
-    if (scanLength !== undefined && value !== scanLength) scanProblem = 'Content-Length headers with different values';
-    scanLength = value;
+    if (framing.contentLength !== undefined && value !== framing.contentLength) framing.problem = 'Content-Length headers with different values';
+    framing.contentLength = value;
   } else if (name === 'transfer-encoding') {
     // uWS takes any Transfer-Encoding for chunked: only a single "chunked" (any case, RFC 9112 section 7) means that.
-    if (++scanCodings > 1 || value.toLowerCase() !== 'chunked') scanProblem = 'Transfer-Encoding other than chunked';
+    if (++framing.codings > 1 || value.toLowerCase() !== 'chunked') framing.problem = 'Transfer-Encoding other than chunked';
   }
 }
 
-/** Why the body's length is ambiguous (RFC 9112 section 6.3), or undefined. */
-function framingProblem(req: HttpRequest): string | undefined {
-  scanProblem = undefined;
-  scanLength = undefined;
-  scanCodings = 0;
+/** Scans the request's headers once (req.forEach, no closure per request); valid until the next scan. */
+function scanFraming(req: HttpRequest): typeof framing {
+  framing.problem = undefined;
+  framing.contentLength = undefined;
+  framing.codings = 0;
   req.forEach(scanHeader);
-  return scanProblem;
+  return framing;
 }
 
 /** Per-request state kept across onData and the HSM round trip. */
@@ -337,21 +342,22 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       }
       const started = performance.now();
       const keyId = withKey ? req.getParameter(0) : '';
-      const framing = framingProblem(req);
-      const chunked = req.getHeader('transfer-encoding') !== '';
-      const declared = Number(req.getHeader('content-length') || '0');
+      const scan = scanFraming(req);
+      const problem = scan.problem;
+      const chunked = scan.codings > 0;
+      const declared = Number(scan.contentLength ?? '0');
       let pending: PendingSignature | undefined;
       let authError: string | undefined;
-      if (opts.sigv4Enabled && framing === undefined) {
+      if (opts.sigv4Enabled && problem === undefined) {
         const r = verifier.begin('POST', req.getUrl(), req.getQuery() ?? '', (name) => req.getHeader(name));
         if (r.ok) pending = r;
         else authError = r.reason;
       }
       const x = new Exchange(res, op, store, keyId, started, pending, metricsOf(op, prefix));
       inFlight++;
-      if (framing !== undefined) {
+      if (problem !== undefined) {
         // The body's end is unknown: answer and close (RFC 9112 section 6.3).
-        finish(x, 400, BAD_FRAMING, 'ValidationException', framing, true);
+        finish(x, 400, BAD_FRAMING, 'ValidationException', problem, true);
         return;
       }
       if (declared > maxBody) {

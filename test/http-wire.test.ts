@@ -379,6 +379,19 @@ describe('refused before the body: the client reads the answer', () => {
     expect(elapsed).toBeLessThan(9000);
   }, 15_000);
 
+  it('an unsigned chunked body (no bound known up front): read and thrown away, then 401 and a clean close', async () => {
+    const chunk = 'C'.repeat(8 * 1024);
+    const parts = [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n`];
+    for (let i = 0; i < 4; i++) parts.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
+    parts.push('0\r\n\r\n');
+    const w = await wire(proxy.port, parts, 3000, 30);
+    const [r] = replies(w.text);
+    expect(r?.status).toBe(401);
+    expect(JSON.parse(r!.body)).toMatchObject({ errorName: 'AuthenticationFailedException' });
+    expect(w.closed).toBe(true);
+    expect(w.error).toBeUndefined();
+  });
+
   it('a failed SigV4 header check (wrong region) is answered 401 at once, before the body arrives; the connection serves on', async () => {
     const body = JSON.stringify({ requestMetadata: META, plaintext: randomBytes(6000).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
     const req = await signedRequest(`${API}/keys/${KEY}/encrypt`, body, { ...CREDS, region: 'eu-west-3' });

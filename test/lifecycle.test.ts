@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { parseConfig, redactedSummary } from '../src/config.js';
+import { restartNeeded } from '../src/reload.js';
 import { freePort } from '../src/workers/serving.js';
 import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
 import { spawnProxyCli } from './helpers/cli.js';
@@ -170,6 +171,8 @@ describe('metrics: only where the operator asks ([metrics])', () => {
     expect(idle.warnings.join('\n')).toMatch(/metrics\.enabled: is not true/);
     expect(() => parseConfig(`${base}\n[metrics]\nenabled = true\nip = "0.0.0.0"\nport = 8080\n`, 'settings.toml')).toThrow(/metrics\.port: 8080 is also server\.port_http_ping/);
     expect(() => parseConfig(`${base}\n[metrics]\nenabled = "yes"\n`, 'settings.toml')).toThrow(/metrics\.enabled: expected a boolean/);
+    // A SIGHUP cannot open or move the listener: the change is reported as needing a restart.
+    expect(restartNeeded(off.config, wide.config)).toEqual(['metrics.enabled', 'metrics.ip', 'metrics.port']);
   });
 });
 

@@ -4,7 +4,7 @@
  * one log line per request. Handlers never block: HSM work returns through Promises
  * settled by the addon's own threads.
  *
- * HTTP details uWS leaves to us (its source: uNetworking/uWebSockets at the commit uWS.js 20.30 builds):
+ * HTTP details uWS leaves to us (its source: uNetworking/uWebSockets 7999d09, v20.43+, which our uWS.js 20.30 builds):
  * - Pipelining. uWS closes a connection when a request's headers arrive while an earlier answer
  *   is pending ("denying async pipelining", HttpContext.h). While a request waits on the HSM its
  *   connection is paused (not read), so a request the client sends meanwhile stays in the kernel
@@ -373,7 +373,9 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       }
       res.onAborted(() => {
         x.aborted = true;
-        if (x.paused) x.abortDetail = 'uWS closed the connection: another request arrived on it before this answer (pipelining)';
+        // A paused connection is not read, so the client's leaving goes unseen: uWS itself closed it,
+        // because another request arrived on it before this answer (or the proxy is stopping).
+        if (x.paused) x.abortDetail = 'connection closed by uWS while waiting on the HSM: another request arrived on it (pipelining)';
         // The client left before its body arrived: nothing will finish this request otherwise.
         if (!x.dispatched) finish(x, 400, '', 'aborted');
       });

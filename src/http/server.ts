@@ -59,7 +59,7 @@ export interface KeyStoreRoute {
 export interface ServerOptions {
   host: string;
   port: number;
-  /** Separate listener for GET /ping; equal to `port` means none. */
+  /** Port of the separate /ping listener (node:http, src/http/ping.ts); equal to `port` means none: /ping is on the API listener. */
   pingPort: number;
   region: string;
   service: string;

@@ -183,6 +183,16 @@ describe('/ping for health checkers (port_http_ping)', () => {
     }
   });
 
+  it('HEAD of any other path on the API port: 404 / 405 headers without a body, so the next answer is read right', async () => {
+    const w = await wire(proxy.port, [`HEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\nHEAD ${API}/health HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n`], 1000);
+    const [missing, notAllowed, ping] = replies(w.text, 2);
+    expect(missing?.status).toBe(404);
+    expect(Number(missing?.headers['content-length'])).toBeGreaterThan(0);
+    expect(notAllowed?.status).toBe(405);
+    expect(ping?.status).toBe(200);
+    expect(ping?.body).toMatch(pong());
+  });
+
   it('curl -0 (HTTP/1.0) and curl -I (HEAD)', async () => {
     const { stdout } = await execFileP('curl', ['-0', '-sS', '--max-time', '5', `http://127.0.0.1:${pingPort}/ping`]);
     expect(stdout).toMatch(pong());

@@ -115,6 +115,8 @@ type OpName = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
 
 const JSON_TYPE = 'application/json';
 const BAD_FRAMING = new XksError('ValidationException', 'Request framing is ambiguous (Content-Length, Transfer-Encoding)').toBody();
+const NOT_FOUND = new XksError('InvalidUriPathException', 'No such URI path').toBody();
+const NOT_ALLOWED = new XksError('ValidationException', 'Method not allowed; use POST').toBody();
 /** Room for requestMetadata (three ARNs of up to 2048 characters) and JSON framing. */
 const BODY_OVERHEAD = 16 * 1024;
 /** A refused body is read and thrown away up to this many bytes before the answer and the close. */
@@ -452,20 +454,21 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     res.writeHeader('content-type', 'text/plain').writeHeader('content-length', String(Buffer.byteLength(body))).endWithoutBody();
   };
 
-  const notFound = (res: HttpResponse, req: HttpRequest): void => {
-    if (opts.metrics) opts.metrics.unmatched++;
-    const err = new XksError('InvalidUriPathException', 'No such URI path');
-    log.debug('no route', { method: req.getMethod(), path: req.getUrl().slice(0, 300) });
-    res.onAborted(() => undefined);
-    res.writeStatus(STATUS_LINE[404]!).writeHeader('content-type', JSON_TYPE).end(err.toBody());
+  /** Ends with `body`, or for a HEAD request with its length only (a body after a HEAD answer would be read as the next answer). */
+  const endFor = (res: HttpResponse, req: HttpRequest, body: string): void => {
+    if (req.getMethod() === 'head') res.writeHeader('content-length', String(Buffer.byteLength(body))).endWithoutBody();
+    else res.end(body);
   };
 
-  const notAllowed = (res: HttpResponse): void => {
-    res
-      .writeStatus('405 Method Not Allowed')
-      .writeHeader('allow', 'POST')
-      .writeHeader('content-type', JSON_TYPE)
-      .end('{"errorName":"ValidationException","errorMessage":"Method not allowed; use POST"}');
+  const notFound = (res: HttpResponse, req: HttpRequest): void => {
+    if (opts.metrics) opts.metrics.unmatched++;
+    log.debug('no route', { method: req.getMethod(), path: req.getUrl().slice(0, 300) });
+    res.onAborted(() => undefined);
+    endFor(res.writeStatus(STATUS_LINE[404]!).writeHeader('content-type', JSON_TYPE), req, NOT_FOUND);
+  };
+
+  const notAllowed = (res: HttpResponse, req: HttpRequest): void => {
+    endFor(res.writeStatus('405 Method Not Allowed').writeHeader('allow', 'POST').writeHeader('content-type', JSON_TYPE), req, NOT_ALLOWED);
   };
 
   const app = makeApp();

@@ -9,11 +9,15 @@ import { createHash, hash } from 'node:crypto';
  * Rust proxy accepts; undefined for anything else. Node's decoder silently skips junk and
  * tolerates missing padding, so the result is re-encoded and compared: equal strings mean
  * the input was canonical. (Measured faster than a character-class scan for 4,300 bytes.)
+ * A refused input's decoded bytes are wiped.
  */
 export function decodeBase64Strict(s: string): Buffer | undefined {
   if (s.length % 4 !== 0) return undefined;
   const b = Buffer.from(s, 'base64');
-  return b.toString('base64') === s ? b : undefined;
+  if (b.toString('base64') === s) return b;
+  // A plaintext in a non-canonical form decodes too: wipe what was decoded before refusing it.
+  b.fill(0);
+  return undefined;
 }
 
 /**

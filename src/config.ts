@@ -183,6 +183,7 @@ export interface Config {
   limits: LimitsSection;
   hsm_capabilities: HsmCapabilities;
   health_check?: HealthCheckSection;
+  metrics: MetricsSection;
 }
 
 export interface LoadedConfig {
@@ -346,6 +347,7 @@ export function redactedSummary(config: Config): object {
     limits: { ...config.limits },
     hsm_capabilities: { ...config.hsm_capabilities },
     health_check: config.health_check ? { ...config.health_check } : undefined,
+    metrics: { ...config.metrics },
   };
 }
 
@@ -467,7 +469,7 @@ const NON_NEGATIVE: IntOpts = { min: 0, max: SAFE, what: 'a non-negative integer
 const PORT: IntOpts = { min: 0, max: U16, what: 'a port number (0..65535; 0 picks a free port)' };
 
 function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
-  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities', 'health_check']);
+  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities', 'health_check', 'metrics']);
   const security = readSecurity(r, doc);
   const config: Config = {
     server: readServer(r, doc),
@@ -478,11 +480,13 @@ function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
     pkcs11: readPkcs11(r, doc, env),
     limits: readLimits(r, doc),
     hsm_capabilities: readHsmCapabilities(r, doc),
+    metrics: METRICS_OFF,
   };
   const logger = readPkcs11Logger(r, doc);
   if (logger !== undefined) config.pkcs11_logger = logger;
   const health = readHealthCheck(r, doc, config.external_key_stores);
   if (health !== undefined) config.health_check = health;
+  config.metrics = readMetrics(r, doc, config.server);
   return config;
 }
 
@@ -882,6 +886,54 @@ function readHsmCapabilities(r: Reader, doc: Table): HsmCapabilities {
   };
   if (out.is_zero_iv_required && !out.can_generate_iv) r.warn(`${P}.is_zero_iv_required`, 'has no effect while can_generate_iv = false');
   return out;
+}
+
+// [metrics] (ours, optional) ------------------------------------------------------------------------------
+
+/** Our extension (optional table): Prometheus /metrics on its own listener, off unless enabled. */
+export interface MetricsSection {
+  /** Serve GET /metrics (default false: the Rust proxy has no such endpoint). */
+  enabled: boolean;
+  /** Address of the metrics listener (default 127.0.0.1: only this host can scrape). */
+  ip: string;
+  /** Port of the metrics listener (default 9464; 0 picks a free port). */
+  port: number;
+}
+
+export const DEFAULT_METRICS_IP = '127.0.0.1';
+export const DEFAULT_METRICS_PORT = 9464;
+const METRICS_OFF: Readonly<MetricsSection> = Object.freeze({ enabled: false, ip: DEFAULT_METRICS_IP, port: DEFAULT_METRICS_PORT });
+
+/** True when two listen addresses can collide (equal, or either one a wildcard address). */
+function addressesOverlap(a: string, b: string): boolean {
+  const wildcard = (ip: string): boolean => ip === '0.0.0.0' || ip === '::';
+  return a === b || wildcard(a) || wildcard(b);
+}
+
+function readMetrics(r: Reader, doc: Table, server: ServerSection): MetricsSection {
+  const P = 'metrics';
+  const t = r.table(doc, '', P, false);
+  if (t === undefined) return { ...METRICS_OFF };
+  r.unknown(t, P, ['enabled', 'ip', 'port']);
+  const enabled = r.bool(t, P, 'enabled', false) ?? false;
+  const ip = r.str(t, P, 'ip', false) ?? DEFAULT_METRICS_IP;
+  if (isIP(ip) === 0) r.fail(`${P}.ip`, `expected an IPv4 or IPv6 address, got ${describe(ip)}`);
+  const port = r.int(t, P, 'port', false, PORT) ?? DEFAULT_METRICS_PORT;
+  if (!enabled) {
+    if (t.ip !== undefined || t.port !== undefined) r.warn(`${P}.enabled`, 'is not true: /metrics is not served (ip and port are ignored)');
+    return { enabled, ip, port };
+  }
+  if (port !== 0 && addressesOverlap(ip, server.ip) && (port === server.port || port === server.port_http_ping)) {
+    r.fail(`${P}.port`, `${port} is also ${port === server.port ? 'server.port' : 'server.port_http_ping'}: /metrics needs its own port`);
+  }
+  if (!isLoopback(ip)) {
+    r.warn(`${P}.ip`, `${describe(ip)} is not a loopback address: anyone who reaches it reads every key store prefix and its traffic (no authentication)`);
+  }
+  return { enabled, ip, port };
+}
+
+function isLoopback(ip: string): boolean {
+  return ip === '::1' || ip.startsWith('127.');
 }
 
 // ---------------------------------------------------------------------------------------------------------

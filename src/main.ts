@@ -5,6 +5,8 @@ import { pkcs11LoggerEnv, type LoadedConfig } from './config.js';
 import { Hsm, type EngineStats } from './hsm/hsm.js';
 import { HealthChecker } from './health/checker.js';
 import { startServer } from './http/server.js';
+import { startMetricsListener, type MetricsListener } from './http/metrics-listener.js';
+import { hostPort } from './http/listen.js';
 import { privateSocketPath, startMtlsTerminator, type MtlsTerminator } from './http/mtls.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './reload.js';
 import { createLogger, type Logger } from './log.js';
@@ -16,6 +18,8 @@ import { planWorkers } from './workers/split.js';
 export interface RunningProxy {
   port: number;
   pingPort: number;
+  /** Port of the [metrics] listener; undefined when metrics are off. */
+  metricsPort: number | undefined;
   /** Event loops serving the port ([server] workers; 1 = the main thread only). */
   workers: number;
   log: Logger;
@@ -73,13 +77,15 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
   }
 
-  const metrics = metricsFor(hsm);
+  // Requests are counted only when [metrics] serves them (on its own listener, never the API or ping port).
+  const metrics = config.metrics.enabled ? metricsFor(hsm) : undefined;
   const keyStores = keyStoreRoutes(config, undefined, plan.count);
   let pool: WorkerPool | undefined;
   const unix = mtls ? privateSocketPath() : undefined;
 
   let server;
   let terminator: MtlsTerminator | undefined;
+  let metricsListener: MetricsListener | undefined;
   try {
     server = await startServer(
       {
@@ -89,12 +95,20 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         authorizer,
         listenUnix: unix?.path,
         metrics,
-        // With worker threads, /metrics answers the sum over all event loops.
-        metricsText: plan.count > 1 ? () => (pool ? pool.metricsText() : Promise.resolve(metrics.render())) : undefined,
+        // One loop: nothing else may hold the port. Several: the worker threads join it (SO_REUSEPORT).
+        portSharing: plan.count > 1 ? 'first' : 'exclusive',
       },
       opContext(config, hsm),
       log,
     );
+    if (metrics !== undefined) {
+      const own = metrics;
+      // With worker threads, /metrics answers the sum over all event loops.
+      metricsListener = await startMetricsListener(
+        { host: config.metrics.ip, port: config.metrics.port, text: () => (pool ? pool.metricsText() : Promise.resolve(own.render())) },
+        log,
+      );
+    }
     if (plan.count > 1) {
       // The main thread listens first (port 0 picks the port); the workers join it on that port.
       const first = checker?.current();
@@ -125,6 +139,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
       );
     }
   } catch (e) {
+    metricsListener?.close();
     server?.close();
     if (plan.count > 1) server?.closeConnections();
     unix?.remove();
@@ -165,6 +180,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     url: `${scheme}://${config.server.ip}:${port}`,
     mtls: mtls !== undefined,
     ping_port: pingPort,
+    metrics: metricsListener ? `http://${hostPort(config.metrics.ip, metricsListener.port)}/metrics` : 'off',
     key_stores: keyStores.length,
     workers: plan.count,
   });
@@ -173,6 +189,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   return {
     port,
     pingPort,
+    metricsPort: metricsListener?.port,
     workers: plan.count,
     log,
     reload() {
@@ -186,6 +203,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         // /ping turns 503, no new connections, in-flight requests finish (bounded), then the HSM closes.
         server.startDraining();
         terminator?.stopAccepting();
+        metricsListener?.close();
         server.close();
         const drainMs = options.drainTimeoutMs ?? 10_000;
         if (healthTimer) clearInterval(healthTimer);

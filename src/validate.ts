@@ -8,6 +8,7 @@
  */
 import { decodeBase64Strict } from './codec.js';
 import { XksError, validation } from './errors.js';
+import { plaintextCopy } from './http/plaintext-copies.js';
 
 export interface RequestMetadata {
   kmsRequestId: string;
@@ -168,9 +169,15 @@ function decodeAad(value: string | undefined): Buffer | undefined {
 export function encryptInput(s: EncryptShape, limits: Limits): EncryptInput {
   checkLimit(s.plaintext, limits.max_plaintext_in_base64, 'plaintext');
   if (s.additionalAuthenticatedData !== undefined) checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
-  const plaintext = decode(s.plaintext, 'plaintext');
-  if (plaintext.length === 0) throw validation('plaintext must not be empty');
-  return { plaintext, aad: decodeAad(s.additionalAuthenticatedData), cdiv: s.cdiv };
+  const plaintext = plaintextCopy(decode(s.plaintext, 'plaintext'));
+  try {
+    if (plaintext.length === 0) throw validation('plaintext must not be empty');
+    return { plaintext, aad: decodeAad(s.additionalAuthenticatedData), cdiv: s.cdiv };
+  } catch (e) {
+    // A good plaintext before a bad AAD: the caller never sees it, so it is wiped here.
+    plaintext.fill(0);
+    throw e;
+  }
 }
 
 export function decryptInput(s: DecryptShape, limits: Limits): DecryptInput {

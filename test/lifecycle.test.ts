@@ -7,6 +7,9 @@ import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { writeFileSync } from 'node:fs';
+import { parseConfig, redactedSummary } from '../src/config.js';
+import { restartNeeded } from '../src/reload.js';
+import { freePort } from '../src/workers/serving.js';
 import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
 import { spawnProxyCli } from './helpers/cli.js';
 import { signRequest } from './helpers/sign.js';
@@ -79,15 +82,15 @@ function parsePrometheus(text: string): Map<string, number> {
 describe('metrics', () => {
   let proxy: TestProxy;
   beforeAll(async () => {
-    proxy = await startTestProxy({ token, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
+    proxy = await startTestProxy({ token, metrics: { port: 0 }, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
   });
   afterAll(async () => proxy?.stop());
 
-  it('GET /metrics is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
+  it('GET /metrics on the [metrics] listener is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
     for (let i = 0; i < 3; i++) expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
     expect((await call(proxy.base, `${API}/keys/unknown-key/encrypt`, encryptBody(32), CREDS)).status).toBe(404);
     expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), { ...CREDS, secret: 'wrong' })).status).toBe(401);
-    const res = await fetch(`${proxy.base}/metrics`);
+    const res = await fetch(`${proxy.metricsBase!}/metrics`);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
     const text = await res.text();
@@ -105,6 +108,71 @@ describe('metrics', () => {
     expect(m.get('xks_hsm_key_copies')).toBe(1); // the one key encrypted with, copied inside the HSM (the default)
     expect([...m.keys()].some((k) => k.startsWith('xks_proxy_build_info{'))).toBe(true);
     for (const secret of [CREDS.secret, token.pin, TEST_KEYS.ordinary]) expect(text.includes(secret), secret).toBe(false);
+  });
+});
+
+describe('metrics: only where the operator asks ([metrics])', () => {
+  const store = { prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] };
+
+  it('off by default: /metrics is 404 on the API port and on the ping port, and nothing else listens', async () => {
+    const pingPort = await freePort('127.0.0.1');
+    for (const ping of [undefined, pingPort]) {
+      const proxy = await startTestProxy({ token, stores: [store], pingPort: ping }, 'metrics-off.toml');
+      try {
+        expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
+        expect(proxy.metricsPort).toBeUndefined();
+        for (const port of new Set([proxy.port, proxy.pingPort])) {
+          const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+          expect(res.status, `port ${port}`).toBe(404);
+          const text = await res.text();
+          expect(text).not.toContain(PREFIX);
+          expect(text).not.toContain('xks_requests_total');
+        }
+        await proxy.log.flush();
+        expect(proxy.logText()).toMatch(/listening .*metrics=off/);
+      } finally {
+        await proxy.stop();
+      }
+    }
+  });
+
+  it('enabled: its own listener, on 127.0.0.1 unless set; still not on the API or ping port', async () => {
+    const pingPort = await freePort('127.0.0.1');
+    const proxy = await startTestProxy({ token, stores: [store], pingPort, metrics: { port: 0 } }, 'metrics-on.toml');
+    try {
+      expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
+      const port = proxy.metricsPort!;
+      expect([proxy.port, proxy.pingPort]).not.toContain(port);
+      await proxy.log.flush();
+      expect(proxy.logText()).toContain(`metrics=http://127.0.0.1:${port}/metrics`);
+      const m = parsePrometheus(await (await fetch(`http://127.0.0.1:${port}/metrics`)).text());
+      expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="ok"}`)).toBe(1);
+      for (const p of [proxy.port, proxy.pingPort]) expect((await fetch(`http://127.0.0.1:${p}/metrics`)).status).toBe(404);
+      // The metrics listener serves /metrics only.
+      expect((await fetch(`http://127.0.0.1:${port}/ping`)).status).toBe(404);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('[metrics] in settings.toml: defaults, a warning for a non-loopback address, a clash with server.port refused', () => {
+    const base = settingsToml({ token, stores: [store] }).replace(/^port = 0$/m, 'port = 8000').replace(/^port_http_ping = 0$/m, 'port_http_ping = 8080');
+    const off = parseConfig(base, 'settings.toml');
+    expect(off.config.metrics).toEqual({ enabled: false, ip: '127.0.0.1', port: 9464 });
+    expect(redactedSummary(off.config)).toMatchObject({ metrics: { enabled: false, ip: '127.0.0.1', port: 9464 } });
+    const on = parseConfig(`${base}\n[metrics]\nenabled = true\n`, 'settings.toml');
+    expect(on.config.metrics).toEqual({ enabled: true, ip: '127.0.0.1', port: 9464 });
+    expect(on.warnings.filter((w) => w.includes('metrics'))).toEqual([]);
+    const wide = parseConfig(`${base}\n[metrics]\nenabled = true\nip = "0.0.0.0"\nport = 9100\n`, 'settings.toml');
+    expect(wide.config.metrics).toEqual({ enabled: true, ip: '0.0.0.0', port: 9100 });
+    expect(wide.warnings.join('\n')).toMatch(/metrics\.ip: "0\.0\.0\.0" is not a loopback address/);
+    const idle = parseConfig(`${base}\n[metrics]\nport = 9100\n`, 'settings.toml');
+    expect(idle.config.metrics.enabled).toBe(false);
+    expect(idle.warnings.join('\n')).toMatch(/metrics\.enabled: is not true/);
+    expect(() => parseConfig(`${base}\n[metrics]\nenabled = true\nip = "0.0.0.0"\nport = 8080\n`, 'settings.toml')).toThrow(/metrics\.port: 8080 is also server\.port_http_ping/);
+    expect(() => parseConfig(`${base}\n[metrics]\nenabled = "yes"\n`, 'settings.toml')).toThrow(/metrics\.enabled: expected a boolean/);
+    // A SIGHUP cannot open or move the listener: the change is reported as needing a restart.
+    expect(restartNeeded(off.config, wide.config)).toEqual(['metrics.enabled', 'metrics.ip', 'metrics.port']);
   });
 });
 

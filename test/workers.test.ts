@@ -192,7 +192,7 @@ describe('two event loops in process', () => {
   });
 
   beforeAll(async () => {
-    spec = { token, workers: 2, poolMaxSize: 4, workerThreads: 2, stores: [store(), { prefix: '/workers/quota/prefix', accessKeyId: 'AKIDWORKERSQQQQQQQQQ3', secret: A.secret, keys: [], requestsPerSecond: 1, burst: 4 }] };
+    spec = { token, workers: 2, poolMaxSize: 4, workerThreads: 2, metrics: { port: 0 }, stores: [store(), { prefix: '/workers/quota/prefix', accessKeyId: 'AKIDWORKERSQQQQQQQQQ3', secret: A.secret, keys: [], requestsPerSecond: 1, burst: 4 }] };
     proxy = await startTestProxy(spec, 'workers-settings.toml');
   });
   afterAll(async () => proxy?.stop());
@@ -225,9 +225,9 @@ describe('two event loops in process', () => {
     expect(opened.map((r) => r.status)).toEqual(Array(N).fill(200));
     expect(opened.map((r) => Buffer.from(String(r.json.plaintext), 'base64').equals(data[opened.indexOf(r)]!))).toEqual(Array(N).fill(true));
 
-    // /metrics (here on the API port, so also answered by the worker thread): the sum over both loops.
+    // /metrics (the main thread's [metrics] listener): the sum over both loops.
     for (let i = 0; i < 6; i++) {
-      const res = await get(proxy.port, '/metrics');
+      const res = await get(proxy.metricsPort!, '/metrics');
       expect(res.status).toBe(200);
       const m = samples(res.text);
       expect(m.get(`xks_requests_total{operation="Encrypt",prefix="${PREFIX}",outcome="ok"}`)).toBe(N);
@@ -269,12 +269,12 @@ describe('two event loops in process', () => {
   it('reload applies in both threads: a removed credential is refused on connections of either', async () => {
     expect((await post(proxy.port, `${API}/health`, health, B)).status).toBe(200);
     writeFileSync(proxy.settingsPath, settingsToml({ ...spec, stores: [store({ credentials: [] as StoreSpec['credentials'] }), spec.stores[1]!] }));
-    const before = samples((await get(proxy.port, '/metrics')).text);
+    const before = samples((await get(proxy.metricsPort!, '/metrics')).text);
     const out = await proxy.reload();
     expect(out).toEqual({ ok: true, restartNeeded: [] });
     const replies = await Promise.all(Array.from({ length: 30 }, () => post(proxy.port, `${API}/health`, health, B)));
     expect(replies.map((r) => r.json.errorName)).toEqual(Array(30).fill('AuthenticationFailedException'));
-    const after = samples((await get(proxy.port, '/metrics')).text);
+    const after = samples((await get(proxy.metricsPort!, '/metrics')).text);
     const key = `xks_requests_total{operation="GetHealthStatus",prefix="${PREFIX}",outcome="AuthenticationFailedException"}`;
     expect((after.get(key) ?? 0) - (before.get(key) ?? 0)).toBe(30);
     // Both loops answered some of the refused requests.

@@ -3,6 +3,20 @@
  * reading with a hard size cap, dispatch to one operation per file, typed JSON errors,
  * one log line per request. Handlers never block: HSM work returns through Promises
  * settled by the addon's own threads.
+ *
+ * HTTP details uWS leaves to us (its source: uNetworking/uWebSockets 7999d09, v20.43+, which our uWS.js 20.30 builds):
+ * - Pipelining. uWS closes a connection when a request's headers arrive while an earlier answer
+ *   is pending ("denying async pipelining", HttpContext.h). While a request waits on the HSM its
+ *   connection is paused (not read), so a request the client sends meanwhile stays in the kernel
+ *   until the answer is written, then is read and answered in order. Requests that arrive in the
+ *   same read as an earlier one that waits on the HSM cannot be held back: uWS closes the connection.
+ * - Framing. uWS frames a body by the first Content-Length, treats any Transfer-Encoding as chunked
+ *   and refuses both together. Content-Length headers that disagree and a Transfer-Encoding other
+ *   than chunked are answered 400 and the connection is closed (RFC 9112 section 6.3).
+ * - Refusals before the body. A body over the limit is read and thrown away (up to DRAIN_MAX_BYTES
+ *   and DRAIN_MAX_MS) before the 413 is written and the connection closed, so that the client reads
+ *   the 413 instead of a reset. A request whose SigV4 header check failed is answered 401 at once;
+ *   uWS then skips its body (at most the size limit: larger or chunked bodies are drained as above).
  */
 import { performance } from 'node:perf_hooks';
 import { XksError, STATUS_LINE } from '../errors.js';
@@ -27,6 +41,9 @@ import {
 } from '../validate.js';
 import type { Authorizer } from '../auth/oso.js';
 import type { Metrics, RouteMetrics } from '../metrics.js';
+import { explainUwsFailure, probePort } from './listen.js';
+import { startPingListener, type PingListener } from './ping.js';
+import { plaintextCopy } from './plaintext-copies.js';
 import { TLS12_CIPHER_LIST } from './tls.js';
 import { loadUws, type HttpRequest, type HttpResponse, type TemplatedApp, type us_listen_socket } from './uws.js';
 
@@ -42,7 +59,7 @@ export interface KeyStoreRoute {
 export interface ServerOptions {
   host: string;
   port: number;
-  /** Separate listener for GET /ping; equal to `port` means none. */
+  /** Port of the separate /ping listener (node:http, src/http/ping.ts); equal to `port` means none: /ping is on the API listener. */
   pingPort: number;
   region: string;
   service: string;
@@ -58,18 +75,19 @@ export interface ServerOptions {
    * host:port); `port` is then only used to decide whether `pingPort` needs its own listener.
    */
   listenUnix?: string | undefined;
-  /** Prometheus metrics, served at GET /metrics on the ping listener; none when undefined. */
+  /** Where requests are counted ([metrics] serves them on its own listener); none when undefined. */
   metrics?: Metrics | undefined;
-  /**
-   * The /metrics text when it is not `metrics.render()`: with several event loops, the sum over all
-   * of them (src/workers/). Requests are still counted in `metrics`.
-   */
-  metricsText?: (() => Promise<string>) | undefined;
   /**
    * Open the separate ping listener when `pingPort` differs from `port` (default true). Worker
    * threads pass false: the main thread owns that listener.
    */
   pingListener?: boolean | undefined;
+  /**
+   * How the API listener binds host:port (src/http/listen.ts): 'exclusive' (default; one event loop,
+   * no SO_REUSEPORT), 'first' (the main thread of several loops: probe, then SO_REUSEPORT), 'join'
+   * (a worker thread: SO_REUSEPORT on the main thread's port).
+   */
+  portSharing?: 'exclusive' | 'first' | 'join' | undefined;
 }
 
 export interface RunningServer {
@@ -96,8 +114,43 @@ export interface RunningServer {
 type OpName = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
 
 const JSON_TYPE = 'application/json';
+const BAD_FRAMING = new XksError('ValidationException', 'Request framing is ambiguous (Content-Length, Transfer-Encoding)').toBody();
+const NOT_FOUND = new XksError('InvalidUriPathException', 'No such URI path').toBody();
+const NOT_ALLOWED = new XksError('ValidationException', 'Method not allowed; use POST').toBody();
 /** Room for requestMetadata (three ARNs of up to 2048 characters) and JSON framing. */
 const BODY_OVERHEAD = 16 * 1024;
+/** A refused body is read and thrown away up to this many bytes before the answer and the close. */
+export const DRAIN_MAX_BYTES = 8 * 1024 * 1024;
+/** ... and for at most this long (uWS itself drops a connection idle for 10 s). */
+export const DRAIN_MAX_MS = 5000;
+
+/** What one scan of a request's headers found (a single object reused: one event loop per thread). */
+const framing = {
+  /** Why the body's length is ambiguous (RFC 9112 section 6.3), or undefined. */
+  problem: undefined as string | undefined,
+  /** The Content-Length value (uWS frames the body by the first one). */
+  contentLength: undefined as string | undefined,
+  /** Transfer-Encoding headers seen (1: a chunked body). */
+  codings: 0,
+};
+function scanHeader(name: string, value: string): void {
+  if (name === 'content-length') {
+    if (framing.contentLength !== undefined && value !== framing.contentLength) framing.problem = 'Content-Length headers with different values';
+    framing.contentLength = value;
+  } else if (name === 'transfer-encoding') {
+    // uWS takes any Transfer-Encoding for chunked: only a single "chunked" (any case, RFC 9112 section 7) means that.
+    if (++framing.codings > 1 || value.toLowerCase() !== 'chunked') framing.problem = 'Transfer-Encoding other than chunked';
+  }
+}
+
+/** Scans the request's headers once (req.forEach, no closure per request); valid until the next scan. */
+function scanFraming(req: HttpRequest): typeof framing {
+  framing.problem = undefined;
+  framing.contentLength = undefined;
+  framing.codings = 0;
+  req.forEach(scanHeader);
+  return framing;
+}
 
 /** Per-request state kept across onData and the HSM round trip. */
 class Exchange {
@@ -105,6 +158,13 @@ class Exchange {
   done = false;
   /** The body is complete and the request handed to dispatch(), which always finishes it. */
   dispatched = false;
+  /** The connection is not read while the HSM works (see the top of this file). */
+  paused = false;
+  /** Why the connection closed before the answer, when the client did not close it. */
+  abortDetail: string | undefined;
+  /** The answer of a refused request whose body is being read and thrown away. */
+  refusal: XksError | undefined;
+  drainTimer: NodeJS.Timeout | undefined;
   chunks: Buffer[] | undefined;
   size = 0;
   meta: RequestMetadata | undefined;
@@ -163,12 +223,18 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string, closeConnection = false): void {
     if (x.done) return;
     x.done = true;
+    wipeChunks(x);
+    if (x.drainTimer !== undefined) clearTimeout(x.drainTimer);
     if (!x.aborted) {
       // While draining, every answer closes its connection: the client reconnects to a live instance.
       const close = closeConnection || draining;
       x.res.cork(() => {
+        // Read the connection again (a pipelined request waits there), before end() may close it.
+        if (x.paused) x.res.resume();
         x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body, close);
       });
+    } else if (x.abortDetail !== undefined) {
+      detail = x.abortDetail;
     }
     const elapsed = performance.now() - x.started;
     const result = x.aborted ? 'aborted' : outcome;
@@ -246,6 +312,9 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
 
   function complete(x: Exchange, body: Buffer): void {
     x.dispatched = true;
+    // Hold back what the client sends next until this answer is written (pipelining, see the top).
+    x.res.pause();
+    x.paused = true;
     // The body holds the Base64 plaintext of an encrypt: wipe it once the request is answered.
     dispatch(x, body).then(
       (out) => {
@@ -259,6 +328,13 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     );
   }
 
+  /** Wipes the body's chunk copies (they may hold Base64 plaintext). */
+  function wipeChunks(x: Exchange): void {
+    if (x.chunks === undefined) return;
+    for (const c of x.chunks) c.fill(0);
+    x.chunks = undefined;
+  }
+
   function api(op: OpName, prefix: string, withKey: boolean) {
     return (res: HttpResponse, req: HttpRequest): void => {
       const store = routing.stores.get(prefix);
@@ -268,99 +344,131 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       }
       const started = performance.now();
       const keyId = withKey ? req.getParameter(0) : '';
+      const scan = scanFraming(req);
+      const problem = scan.problem;
+      const chunked = scan.codings > 0;
+      const declared = Number(scan.contentLength ?? '0');
       let pending: PendingSignature | undefined;
       let authError: string | undefined;
-      if (opts.sigv4Enabled) {
+      if (opts.sigv4Enabled && problem === undefined) {
         const r = verifier.begin('POST', req.getUrl(), req.getQuery() ?? '', (name) => req.getHeader(name));
         if (r.ok) pending = r;
         else authError = r.reason;
       }
       const x = new Exchange(res, op, store, keyId, started, pending, metricsOf(op, prefix));
       inFlight++;
+      if (problem !== undefined) {
+        // The body's end is unknown: answer and close (RFC 9112 section 6.3).
+        finish(x, 400, BAD_FRAMING, 'ValidationException', problem, true);
+        return;
+      }
+      if (declared > maxBody) {
+        refuse(x, new XksError('PayloadTooLargeException', `Request body exceeds ${maxBody} bytes`), declared);
+        return;
+      }
+      if (authError !== undefined) {
+        const err = new XksError('AuthenticationFailedException', 'Request signature is not valid', authError);
+        // uWS skips a Content-Length body of at most maxBody by itself; a chunked one has no bound.
+        if (chunked) refuse(x, err, 0);
+        else fail(x, err);
+        return;
+      }
       res.onAborted(() => {
         x.aborted = true;
+        // A paused connection is not read, so the client's leaving goes unseen: uWS itself closed it,
+        // because another request arrived on it before this answer (or the proxy is stopping).
+        if (x.paused) x.abortDetail = 'connection closed by uWS while waiting on the HSM: another request arrived on it (pipelining)';
         // The client left before its body arrived: nothing will finish this request otherwise.
         if (!x.dispatched) finish(x, 400, '', 'aborted');
       });
-      const declared = Number(req.getHeader('content-length') || '0');
-      if (declared > maxBody) {
-        tooLarge(x);
-        return;
-      }
       res.onData((chunk, isLast) => {
         if (x.done) return;
         const n = chunk.byteLength;
         x.size += n;
+        if (x.refusal !== undefined) {
+          if (isLast || x.size > DRAIN_MAX_BYTES) answerRefusal(x);
+          return;
+        }
         if (x.size > maxBody) {
-          tooLarge(x);
+          wipeChunks(x);
+          x.refusal = new XksError('PayloadTooLargeException', `Request body exceeds ${maxBody} bytes`);
+          if (isLast) answerRefusal(x);
+          else x.drainTimer = setTimeout(() => answerRefusal(x), DRAIN_MAX_MS);
           return;
         }
         if (isLast && x.chunks === undefined) {
-          const body = Buffer.allocUnsafe(n);
+          const body = plaintextCopy(Buffer.allocUnsafe(n));
           body.set(new Uint8Array(chunk));
-          if (authError !== undefined) fail(x, new XksError('AuthenticationFailedException', 'Request signature is not valid', authError));
-          else complete(x, body);
+          complete(x, body);
           return;
         }
-        const copy = Buffer.allocUnsafe(n);
+        const copy = plaintextCopy(Buffer.allocUnsafe(n));
         copy.set(new Uint8Array(chunk));
         (x.chunks ??= []).push(copy);
         if (isLast) {
-          const body = Buffer.concat(x.chunks, x.size);
-          x.chunks = undefined;
-          if (authError !== undefined) fail(x, new XksError('AuthenticationFailedException', 'Request signature is not valid', authError));
-          else complete(x, body);
+          const body = plaintextCopy(Buffer.concat(x.chunks, x.size));
+          wipeChunks(x);
+          complete(x, body);
         }
       });
     };
   }
 
-  /** Answers 413 and closes the connection: the rest of the body is never read. */
-  function tooLarge(x: Exchange): void {
-    const err = new XksError('PayloadTooLargeException', `Request body exceeds ${maxBody} bytes`);
-    finish(x, 413, err.toBody(), err.errorName, undefined, true);
+  /**
+   * Answers `err` after reading and throwing away the body (up to DRAIN_MAX_BYTES and DRAIN_MAX_MS),
+   * then closes the connection: a client still sending would otherwise get a reset instead of the
+   * answer. A declared body beyond the bound is not read: the answer goes out at once.
+   */
+  function refuse(x: Exchange, err: XksError, declared: number): void {
+    x.refusal = err;
+    if (declared > DRAIN_MAX_BYTES) {
+      answerRefusal(x);
+      return;
+    }
+    x.res.onAborted(() => {
+      x.aborted = true;
+      finish(x, err.status, '', 'aborted');
+    });
+    x.res.onData((chunk, isLast) => {
+      if (x.done) return;
+      x.size += chunk.byteLength;
+      if (isLast || x.size > DRAIN_MAX_BYTES) answerRefusal(x);
+    });
+    x.drainTimer = setTimeout(() => answerRefusal(x), DRAIN_MAX_MS);
   }
 
+  function answerRefusal(x: Exchange): void {
+    const err = x.refusal!;
+    finish(x, err.status, err.toBody(), err.errorName, err.detail, true);
+  }
+
+  /** /ping on the API listener (port_http_ping = port). A HEAD answer has the GET's headers and no body. */
   const ping = (res: HttpResponse): void => {
     if (draining) res.writeStatus(STATUS_LINE[503]!).writeHeader('content-type', 'text/plain').end('stopping\n');
     else res.writeHeader('content-type', 'text/plain').end(pong);
   };
+  const pingHead = (res: HttpResponse): void => {
+    // endWithoutBody(length) of this uWS never marks the answer done: the length goes in as a header.
+    const body = draining ? 'stopping\n' : pong;
+    if (draining) res.writeStatus(STATUS_LINE[503]!);
+    res.writeHeader('content-type', 'text/plain').writeHeader('content-length', String(Buffer.byteLength(body))).endWithoutBody();
+  };
 
-  const metricsText = opts.metricsText;
-  const metricsRoute =
-    metricsText === undefined
-      ? (res: HttpResponse): void => {
-          res.writeHeader('content-type', 'text/plain; version=0.0.4').end(opts.metrics!.render());
-        }
-      : (res: HttpResponse): void => {
-          let aborted = false;
-          res.onAborted(() => (aborted = true));
-          metricsText().then(
-            (text) => {
-              if (!aborted) res.cork(() => res.writeHeader('content-type', 'text/plain; version=0.0.4').end(text));
-            },
-            (e: unknown) => {
-              log.warn('metrics: cannot collect', { error: e instanceof Error ? e.message : String(e) });
-              if (!aborted) res.cork(() => res.writeStatus(STATUS_LINE[503] ?? '503').writeHeader('content-type', 'text/plain').end('metrics unavailable\n'));
-            },
-          );
-        };
-  const serveMetrics = opts.metrics !== undefined || metricsText !== undefined;
+  /** Ends with `body`, or for a HEAD request with its length only (a body after a HEAD answer would be read as the next answer). */
+  const endFor = (res: HttpResponse, req: HttpRequest, body: string): void => {
+    if (req.getMethod() === 'head') res.writeHeader('content-length', String(Buffer.byteLength(body))).endWithoutBody();
+    else res.end(body);
+  };
 
   const notFound = (res: HttpResponse, req: HttpRequest): void => {
     if (opts.metrics) opts.metrics.unmatched++;
-    const err = new XksError('InvalidUriPathException', 'No such URI path');
     log.debug('no route', { method: req.getMethod(), path: req.getUrl().slice(0, 300) });
     res.onAborted(() => undefined);
-    res.writeStatus(STATUS_LINE[404]!).writeHeader('content-type', JSON_TYPE).end(err.toBody());
+    endFor(res.writeStatus(STATUS_LINE[404]!).writeHeader('content-type', JSON_TYPE), req, NOT_FOUND);
   };
 
-  const notAllowed = (res: HttpResponse): void => {
-    res
-      .writeStatus('405 Method Not Allowed')
-      .writeHeader('allow', 'POST')
-      .writeHeader('content-type', JSON_TYPE)
-      .end('{"errorName":"ValidationException","errorMessage":"Method not allowed; use POST"}');
+  const notAllowed = (res: HttpResponse, req: HttpRequest): void => {
+    endFor(res.writeStatus('405 Method Not Allowed').writeHeader('allow', 'POST').writeHeader('content-type', JSON_TYPE), req, NOT_ALLOWED);
   };
 
   const app = makeApp();
@@ -382,22 +490,21 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   };
   for (const store of opts.keyStores) registerPrefix(store.prefix);
   app.get('/ping', ping);
+  app.head('/ping', pingHead);
   const separatePing = opts.pingPort !== opts.port;
-  if (serveMetrics && !separatePing) app.get('/metrics', metricsRoute);
   app.any('/*', notFound);
 
   const listeners: us_listen_socket[] = [];
-  const listen = (a: TemplatedApp, port: number): Promise<number> =>
-    new Promise((resolve, reject) => {
-      a.listen(opts.host, port, (socket) => {
-        if (!socket) {
-          reject(new Error(`cannot listen on ${opts.host}:${port}`));
-          return;
-        }
-        listeners.push(socket);
-        resolve(uws.us_socket_local_port(socket as unknown as Parameters<Uws['us_socket_local_port']>[0]));
-      });
-    });
+  const sharing = opts.portSharing ?? 'exclusive';
+  const listen = async (a: TemplatedApp, port: number): Promise<number> => {
+    if (sharing === 'first') await probePort('server.port', opts.host, port);
+    // LIBUS_LISTEN_EXCLUSIVE_PORT (the binary exports it; the types have it only in an enum): no SO_REUSEPORT.
+    const flags = sharing === 'exclusive' ? (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT : 0;
+    const socket = await new Promise<us_listen_socket | false>((resolve) => listenWithFlags(a, opts.host, port, flags, resolve));
+    if (!socket) throw sharing === 'join' ? new Error(`cannot join the main thread's listener on port ${port}`) : await explainUwsFailure('server.port', opts.host, port);
+    listeners.push(socket);
+    return uws.us_socket_local_port(socket as unknown as Parameters<Uws['us_socket_local_port']>[0]);
+  };
 
   const listenUnix = (a: TemplatedApp, file: string): Promise<void> =>
     new Promise((resolve, reject) => {
@@ -416,13 +523,21 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (opts.listenUnix !== undefined) await listenUnix(app, opts.listenUnix);
     else port = await listen(app, opts.port);
     let pingPort = port;
-    let pingApp: TemplatedApp | undefined;
+    let pingListener: PingListener | undefined;
     if (separatePing && opts.pingListener !== false) {
-      pingApp = uws.App();
-      pingApp.get('/ping', ping);
-      if (serveMetrics) pingApp.get('/metrics', metricsRoute);
-      pingApp.any('/*', notFound);
-      pingPort = await listen(pingApp, opts.pingPort);
+      try {
+        pingListener = await startPingListener({
+          host: opts.host,
+          port: opts.pingPort,
+          pong,
+          draining: () => draining,
+          onUnmatched: opts.metrics ? () => opts.metrics!.unmatched++ : undefined,
+        });
+      } catch (e) {
+        for (const l of listeners.splice(0)) uws.us_listen_socket_close(l);
+        throw e;
+      }
+      pingPort = pingListener.port;
     } else if (separatePing) {
       pingPort = opts.pingPort;
     }
@@ -431,6 +546,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
       pingPort,
       close() {
         for (const s of listeners.splice(0)) uws.us_listen_socket_close(s);
+        pingListener?.close();
       },
       startDraining() {
         draining = true;
@@ -439,7 +555,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
         // us_listen_socket_close on sockets app.close() closes too would be a double close.
         listeners.splice(0);
         closeApp(app);
-        if (pingApp) closeApp(pingApp);
+        pingListener?.closeConnections();
       },
       drained(timeoutMs) {
         if (inFlight === 0) return Promise.resolve(true);
@@ -464,6 +580,16 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
 }
 
 type Uws = ReturnType<typeof loadUws>;
+
+/** TemplatedApp.listen(host, port, options, cb): in the binary, missing from the package's types. */
+function listenWithFlags(app: TemplatedApp, host: string, port: number, flags: number, cb: (s: us_listen_socket | false) => void): void {
+  (app as TemplatedApp & { listen(host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void): TemplatedApp }).listen(
+    host,
+    port,
+    flags,
+    cb,
+  );
+}
 
 /** TemplatedApp.close() (in the binary, missing from the package's types): closes its listen sockets and every connection. */
 function closeApp(app: TemplatedApp): void {

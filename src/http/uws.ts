@@ -11,19 +11,24 @@ export type Uws = typeof UWS;
 
 let cached: Uws | undefined;
 
+/** The binary's module, once per thread (each worker thread has its own event loop and its own copy). */
 export function loadUws(): Uws {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   const pkgDir = path.dirname(require.resolve('@trufflesuite/uws-js-unofficial/package.json'));
   const binary = path.join(pkgDir, 'binaries', `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`);
+  let loaded: Uws;
   try {
-    cached = require(binary) as Uws;
+    loaded = require(binary) as Uws;
   } catch (e) {
     throw new Error(
       `uWebSockets.js native binary ${path.basename(binary)} did not load (${e instanceof Error ? e.message : String(e)}); ` +
         'refusing the slow pure-JavaScript fallback',
     );
   }
-  // The binary prints a banner on load in some builds; nothing else to do.
+  // Every response would carry a "uWebSockets: 20" header naming our HTTP library. The binary's
+  // _cfg("silent") (its only setting) turns that off for this thread's loop (uWS Loop::setSilent).
+  loaded._cfg('silent');
+  cached = loaded;
   return cached;
 }

@@ -1,8 +1,8 @@
 /**
  * The main thread's side of `[server] workers`: starts the worker threads (src/workers/thread.ts),
- * writes their log lines through its own logger, answers /metrics with the sum over all event
- * loops, forwards reloads and the deep health check's verdict, and stops them (drain, close
- * connections, close engines) before the process exits.
+ * writes their log lines through its own logger, makes the /metrics text of the [metrics] listener
+ * (the sum over all event loops), forwards reloads and the deep health check's verdict, and stops
+ * them (drain, close connections, close engines) before the process exits.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -35,8 +35,6 @@ class WorkerHandle {
   private nextId = 1;
   readonly exited: Promise<number>;
   stopped: { drained: boolean } | undefined;
-  /** Answers the worker's own /metrics requests (set by the pool). */
-  onMetricsRequest: () => Promise<string> = () => Promise.reject(new Error('not ready'));
 
   constructor(
     readonly index: number,
@@ -78,12 +76,6 @@ class WorkerHandle {
         p.resolve(m);
         break;
       }
-      case 'metricsText':
-        this.onMetricsRequest().then(
-          (text) => this.post({ type: 'metricsText', id: m.id, text }),
-          (e: unknown) => this.post({ type: 'metricsText', id: m.id, error: e instanceof Error ? e.message : String(e) }),
-        );
-        break;
       case 'stopped':
         this.stopped = { drained: m.drained };
         break;
@@ -111,8 +103,8 @@ export interface PoolOptions {
   shares: readonly { poolMaxSize: number; threads: number }[];
   health: HealthVerdict | undefined;
   log: BufferedLogger;
-  /** The main thread's own metrics (event loop 0). */
-  metrics: Metrics;
+  /** The main thread's own metrics (event loop 0); undefined when [metrics] is off. */
+  metrics: Metrics | undefined;
   version: string;
 }
 
@@ -122,9 +114,7 @@ export class WorkerPool {
   private constructor(
     private readonly workers: WorkerHandle[],
     private readonly options: PoolOptions,
-  ) {
-    for (const w of workers) w.onMetricsRequest = () => this.metricsText();
-  }
+  ) {}
 
   /** Starts count - 1 worker threads; resolves when all listen, rejects (after stopping the others) when one cannot. */
   static async start(options: PoolOptions): Promise<WorkerPool> {
@@ -183,6 +173,8 @@ export class WorkerPool {
 
   /** The /metrics text: every loop's counters and histograms added up, gauges summed, plus requests per loop. */
   async metricsText(): Promise<string> {
+    const own = this.options.metrics;
+    if (own === undefined) throw new Error('metrics are off ([metrics] enabled = false)');
     const others = await Promise.all(
       this.workers.map(async (w) => {
         const m = await w.request({ type: 'snapshot' });
@@ -190,7 +182,7 @@ export class WorkerPool {
         return m.snapshot;
       }),
     );
-    const all: MetricsSnapshot[] = [this.options.metrics.snapshot(), ...others];
+    const all: MetricsSnapshot[] = [own.snapshot(), ...others];
     const total = new Metrics(this.options.version, () => sumGauges(all.map((s) => s.gauges)));
     for (const s of all) total.merge(s);
     const perLoop = all.map((s, i) => {

@@ -25,7 +25,6 @@ export type ToWorker =
   | { type: 'snapshot'; id: number }
   | { type: 'reload'; id: number }
   | { type: 'health'; verdict: HealthVerdict }
-  | { type: 'metricsText'; id: number; text?: string; error?: string }
   | { type: 'stop'; drainMs: number };
 
 export type FromWorker =
@@ -34,7 +33,6 @@ export type FromWorker =
   | { type: 'log'; lines: string }
   | { type: 'snapshot'; id: number; snapshot: MetricsSnapshot }
   | { type: 'reloaded'; id: number; ok: boolean; error?: string }
-  | { type: 'metricsText'; id: number }
   | { type: 'stopped'; drained: boolean };
 
 export function isWorkerInit(v: unknown): v is WorkerInit {

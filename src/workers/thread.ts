@@ -47,9 +47,6 @@ function workerLogger(config: Config): BufferedLogger {
   );
 }
 
-let nextId = 1;
-const metricsWaiters = new Map<number, { resolve(text: string): void; reject(e: Error): void }>();
-
 async function run(): Promise<void> {
   const loaded = loadConfig(init.file);
   const { config } = loaded;
@@ -62,18 +59,12 @@ async function run(): Promise<void> {
     const health = init.health === undefined ? undefined : new ForwardedHealth(init.health);
     if (health) hsm.setHealthSource(health);
     const engine = hsm;
-    const metrics = metricsFor(engine);
+    // Counted only when [metrics] serves them; the main thread's listener asks for snapshots.
+    const metrics = config.metrics.enabled ? metricsFor(engine) : undefined;
     const keyStores = keyStoreRoutes(config, undefined, init.count);
     const base = baseServerOptions(config, init.port);
-    // /metrics is reachable here only when the ping port is the API port; the answer covers all loops.
-    const metricsText = (): Promise<string> =>
-      new Promise((resolve, reject) => {
-        const id = nextId++;
-        metricsWaiters.set(id, { resolve, reject });
-        send({ type: 'metricsText', id });
-      });
     server = await startServer(
-      { ...base, pingListener: false, keyStores, authorizer, metrics, metricsText },
+      { ...base, pingListener: false, portSharing: 'join', keyStores, authorizer, metrics },
       opContext(config, hsm),
       log,
     );
@@ -97,7 +88,7 @@ async function run(): Promise<void> {
     port.on('message', (m: ToWorker) => {
       switch (m.type) {
         case 'snapshot':
-          send({ type: 'snapshot', id: m.id, snapshot: metrics.snapshot() });
+          if (metrics !== undefined) send({ type: 'snapshot', id: m.id, snapshot: metrics.snapshot() });
           break;
         case 'reload':
           void reloader.reload().then((o) => send({ type: 'reloaded', id: m.id, ok: o.ok, ...(o.error !== undefined ? { error: o.error } : {}) }));
@@ -105,13 +96,6 @@ async function run(): Promise<void> {
         case 'health':
           if (health) health.verdict = m.verdict;
           break;
-        case 'metricsText': {
-          const w = metricsWaiters.get(m.id);
-          metricsWaiters.delete(m.id);
-          if (m.text !== undefined) w?.resolve(m.text);
-          else w?.reject(new Error(m.error ?? 'no metrics'));
-          break;
-        }
         case 'stop':
           void stop(m.drainMs);
           break;

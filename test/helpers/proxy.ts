@@ -34,6 +34,9 @@ export interface SettingsSpec {
   maxAadB64?: number;
   sigv4?: boolean;
   level?: string;
+  /** [server] port; default 0 (a free port). */
+  port?: number;
+  /** [server] port_http_ping; default: the same as port (one listener). */
   pingPort?: number;
   /** [tls] files; is_tls_enabled = true when set. */
   tls?: { certFile: string; keyFile: string; mtls?: { caFile: string; dnsName: string } };
@@ -45,15 +48,31 @@ export interface SettingsSpec {
   operationTimeoutMs?: number;
   /** [health_check] */
   healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number };
+  /** [metrics]; absent: no such table (metrics off). */
+  metrics?: { enabled?: boolean; ip?: string; port?: number };
+}
+
+/** The [metrics] table (src/dev/settings-toml.ts writes the Rust proxy's tables only). */
+function metricsTable(m: NonNullable<SettingsSpec['metrics']>): string {
+  return (
+    '\n[metrics]\n' +
+    `enabled = ${m.enabled ?? true}\n` +
+    (m.ip !== undefined ? `ip = ${JSON.stringify(m.ip)}\n` : '') +
+    `port = ${m.port ?? 0}\n`
+  );
 }
 
 export const REGION = 'us-east-1';
 export const SERVICE = 'kms-xks-proxy';
 
 export function settingsToml(s: SettingsSpec): string {
+  return rustTables(s) + (s.metrics ? metricsTable(s.metrics) : '');
+}
+
+function rustTables(s: SettingsSpec): string {
   return renderSettings({
-    port: 0,
-    pingPort: s.pingPort ?? 0,
+    port: s.port ?? 0,
+    pingPort: s.pingPort ?? s.port ?? 0,
     workers: s.workers ?? 1,
     region: REGION,
     service: SERVICE,
@@ -88,6 +107,8 @@ export function settingsToml(s: SettingsSpec): string {
 
 export interface TestProxy extends RunningProxy {
   base: string;
+  /** http://127.0.0.1:<metrics port> when [metrics] is on. */
+  metricsBase: string | undefined;
   settingsPath: string;
   /** Everything the proxy logged to stdout so far. */
   logText(): string;
@@ -103,6 +124,7 @@ export async function startTestProxy(spec: SettingsSpec, name = 'settings.toml')
   const proxy = await startProxy(loadConfig(settingsPath), { stdout: out });
   return Object.assign(proxy, {
     base: `${spec.tls ? 'https' : 'http'}://127.0.0.1:${proxy.port}`,
+    metricsBase: proxy.metricsPort === undefined ? undefined : `http://127.0.0.1:${proxy.metricsPort}`,
     settingsPath,
     logText: () => text,
   });

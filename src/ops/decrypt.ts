@@ -6,7 +6,9 @@ import type { OpContext } from './context.js';
 export async function decrypt(ctx: OpContext, keyId: string, input: DecryptInput): Promise<string> {
   const aad = hsmAad(input.aad, input.ciphertextMetadata);
   const plaintext = await ctx.hsm.decrypt(keyId, input.ciphertext, input.tag, input.iv, aad);
-  const body = `{"plaintext":"${plaintext.toString('base64')}"}`;
-  plaintext.fill(0);
-  return body;
+  try {
+    return `{"plaintext":"${plaintext.toString('base64')}"}`;
+  } finally {
+    plaintext.fill(0);
+  }
 }

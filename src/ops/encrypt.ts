@@ -7,10 +7,10 @@ import type { EncryptInput } from '../validate.js';
 import type { OpContext } from './context.js';
 
 export async function encrypt(ctx: OpContext, keyId: string, input: EncryptInput): Promise<string> {
-  const aad = hsmAad(input.aad, ctx.ciphertextMetadata);
   let cdiv = '';
   let sealed;
   try {
+    const aad = hsmAad(input.aad, ctx.ciphertextMetadata);
     sealed = await ctx.hsm.encrypt(keyId, input.plaintext, aad);
     if (input.cdiv) {
       // Spec Appendix C: hash first, then prove the very bytes we return decrypt to the input.

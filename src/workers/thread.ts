@@ -55,7 +55,8 @@ async function run(): Promise<void> {
   let server: RunningServer | undefined;
   try {
     const authorizer = await loadAuthorizer(config);
-    hsm = await Hsm.open(hsmSettings(config, init));
+    // Its logger: the once-a-minute IV error and other engine lines of this loop (start-up notes are the main thread's).
+    hsm = await Hsm.open(hsmSettings(config, init), log);
     const health = init.health === undefined ? undefined : new ForwardedHealth(init.health);
     if (health) hsm.setHealthSource(health);
     const engine = hsm;

@@ -217,6 +217,8 @@ export const DEFAULT_PORT_HTTP_PING = 80;
 /** Default [tracing] file_mode: owner read/write, group read (a log shipper in the proxy's group). */
 export const DEFAULT_LOG_FILE_MODE = 0o640;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
+/** The addon's bound on one engine's HSM threads (native/addon.cc): a larger value would only fail at start. */
+export const MAX_WORKER_THREADS = 256;
 /** Most sessions one engine holds (native/addon.cc poolMaxSize). */
 export const MAX_SESSION_POOL = 4096;
 /** Longest session wait the engine takes (native/addon.cc poolTimeoutMs: a signed 32-bit ms count, 24.8 days). */
@@ -789,7 +791,7 @@ function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Sectio
   const hsmModule = r.str(t, P, PKCS11_HSM_MODULE, true);
   const context_read_timeout_milli = r.int(t, P, 'context_read_timeout_milli', true, NON_NEGATIVE);
   const worker_threads =
-    r.int(t, P, 'worker_threads', false, { min: 1, max: 1024, what: 'an integer in 1..1024' }) ??
+    r.int(t, P, 'worker_threads', false, { min: 1, max: MAX_WORKER_THREADS, what: `an integer in 1..${MAX_WORKER_THREADS}` }) ??
     Math.min(session_pool_max_size, MAX_DEFAULT_WORKER_THREADS);
   const operation_timeout_milli =
     r.int(t, P, 'operation_timeout_milli', false, { min: 0, max: 60000, what: 'an integer in 0..60000 (0 = no deadline)' }) ??

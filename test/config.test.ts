@@ -146,7 +146,12 @@ describe('defaults and our extension', () => {
     const set = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 2');
     expect(parseConfig(set, 'f', NO_ENV).config.pkcs11.worker_threads).toBe(2);
     const bad = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 0');
-    expect(failure(bad).message).toBe('settings.toml: pkcs11.worker_threads: expected an integer in 1..1024, got 0');
+    expect(failure(bad).message).toBe('settings.toml: pkcs11.worker_threads: expected an integer in 1..256, got 0');
+    // 256 is the addon's bound for one engine's threads: a larger value would pass here and fail at start.
+    const most = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 256');
+    expect(parseConfig(most, 'f', NO_ENV).config.pkcs11.worker_threads).toBe(256);
+    const over = edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 4\nworker_threads = 257');
+    expect(failure(over).message).toBe('settings.toml: pkcs11.worker_threads: expected an integer in 1..256, got 257');
   });
 
   it('[server] workers: absent by default (all cores at start), 1..1024, named when wrong', () => {

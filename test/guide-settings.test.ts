@@ -165,7 +165,8 @@ describe("the guide's settings.toml", () => {
     let log = '';
     while (Date.now() < deadline) {
       log = readFileSync(path.join(logDir, files[0]!), 'utf8');
-      if (log.includes(' WARN request op=GetHealthStatus')) break;
+      // Both lines may come from either event loop: a worker thread's lines reach the file in batches.
+      if (log.includes(' WARN request op=GetHealthStatus') && log.includes(' DEBUG no route ')) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     const port = proxy!.port;

@@ -2,10 +2,9 @@
  * The `xks-proxy` command: serve (default), check-config, kms-config, init-dev, help, --version.
  * Every command answers `--help` / `-h` with its own usage (exit 0).
  */
-import { ConfigError, DEFAULT_LOG_FILE_MODE, loadConfig, redactedSummary, resolveSettingsPath, type Config } from './config.js';
+import { ConfigError, loadConfig, redactedSummary, resolveSettingsPath } from './config.js';
 import { initDev } from './dev/init-dev.js';
 import { createCustomKeyStoreCommand, endpointProblem, proxyConfigurationFile, type KmsConfigOptions } from './kms-config.js';
-import type { Logger } from './log.js';
 import { startProxy } from './main.js';
 import { VERSION } from './version.js';
 
@@ -213,37 +212,6 @@ Try it:
  * "is_sigv4_enabled=...", "Ciphertext Metadata ...", "TCP Keepalive ...", ".../ping available for
  * health check"), as logfmt lines of ours: operators' parsers find the same facts.
  */
-function logStartFacts(log: Logger, config: Config, pingPort: number): void {
-  const t = config.tracing;
-  log.info('tracing', {
-    level: t.level,
-    is_stdout_writer_enabled: t.is_stdout_writer_enabled,
-    is_file_writer_enabled: t.is_file_writer_enabled,
-    rotation_kind: t.is_file_writer_enabled ? t.rotation_kind : undefined,
-    file_mode: t.is_file_writer_enabled ? `0${(t.file_mode ?? DEFAULT_LOG_FILE_MODE).toString(8)}` : undefined,
-  });
-  const s = config.server;
-  const sec = config.security;
-  const ka = s.tcp_keepalive;
-  log.info('settings', {
-    service: s.service,
-    region: s.region,
-    is_sigv4_enabled: sec.is_sigv4_auth_enabled,
-    is_tls_enabled: sec.is_tls_enabled,
-    is_mtls_enabled: sec.is_mtls_enabled,
-    secondary_auth: sec.secondary_auth ?? 'none',
-    ciphertext_metadata: s.ciphertext_metadata === undefined ? 'not configured' : `${s.ciphertext_metadata.length} bytes`,
-    tcp_keepalive_secs: ka.tcp_keepalive_secs ?? 'off',
-    tcp_keepalive_interval_secs: ka.tcp_keepalive_interval_secs,
-    tcp_keepalive_retries: ka.tcp_keepalive_retries,
-  });
-  if (pingPort !== s.port) log.info('health check available', { url: `http://${hostPort(s.ip, pingPort)}/ping` });
-}
-
-function hostPort(ip: string, port: number): string {
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
 async function serve(): Promise<number | undefined> {
   let loaded;
   try {
@@ -259,7 +227,6 @@ async function serve(): Promise<number | undefined> {
   // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
   if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled) for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
   const proxy = await startProxy(loaded);
-  logStartFacts(proxy.log, loaded.config, proxy.pingPort);
   const stop = (signal: string): void => {
     proxy.log.info('stopping', { signal });
     proxy.stop().then(

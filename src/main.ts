@@ -10,6 +10,7 @@ import { hostPort } from './http/listen.js';
 import { privateSocketPath, startMtlsTerminator, type MtlsTerminator } from './http/mtls.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader, type ReloadOutcome } from './reload.js';
 import { createLogger, type Logger } from './log.js';
+import { logPingFact, logSettingsFacts } from './startup-log.js';
 import { VERSION } from './version.js';
 import { WorkerPool } from './workers/pool.js';
 import { baseServerOptions, drainWithGrace, freePort, hsmSettings, metricsFor, opContext } from './workers/serving.js';
@@ -45,6 +46,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     ...(options.stdout ? { stdout: options.stdout } : {}),
     ...(plan.count > 1 ? { context: { worker: 0 } } : {}),
   });
+  logSettingsFacts(log, config);
   for (const w of loaded.warnings) log.warn(w);
   for (const n of plan.notes) log.warn(n);
 
@@ -176,6 +178,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     return { ok: false, error, restartNeeded: out.restartNeeded };
   };
   const scheme = config.security.is_tls_enabled ? 'https' : 'http';
+  logPingFact(log, config, pingPort, port);
   log.info(`xks-proxy v${VERSION} listening`, {
     url: `${scheme}://${config.server.ip}:${port}`,
     mtls: mtls !== undefined,

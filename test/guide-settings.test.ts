@@ -184,6 +184,11 @@ describe("the guide's settings.toml", () => {
     expect(log).toMatch(line(' INFO health check available url=http://0.0.0.0:80/ping'));
     // Rust: v3.1.2-unknown listening on 0.0.0.0:8000 for traffic
     expect(log).toMatch(new RegExp(escape(` INFO xks-proxy v${VERSION} listening url=http://0.0.0.0:${port} `)));
+    // ... in the Rust proxy's order: the settings first, the ping listener, then "listening".
+    const at = (text: string): number => log.indexOf(text);
+    expect(at(' INFO tracing ')).toBeLessThan(at(' INFO settings '));
+    expect(at(' INFO settings ')).toBeLessThan(at(' INFO health check available '));
+    expect(at(' INFO health check available ')).toBeLessThan(at(` INFO xks-proxy v${VERSION} listening `));
     // Rust: WARN ... SigV4 failure: ...
     expect(log).toMatch(/ WARN request op=GetHealthStatus prefix=\/xyz .*outcome=AuthenticationFailedException status=401/);
     expect(log).toMatch(line(' DEBUG no route method=get path=/no/such/path'));

@@ -11,6 +11,8 @@ command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v g++ >/dev/null || need+=(g++ make python3)
 command -v curl >/dev/null || need+=(curl)
 command -v pkcs11-tool >/dev/null || need+=(opensc) # pkcs11-tool: the tests delete keys with it, as an HSM admin would
+command -v strace >/dev/null || need+=(strace)       # the tests read the mTLS terminator's socket options with it
+command -v ss >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   sudo=()
   [[ $(id -u) -eq 0 ]] || sudo=(sudo)

@@ -1,6 +1,6 @@
 /**
  * The HTTP front end on uWebSockets.js: routes for every keystore prefix, SigV4, body
- * reading with a hard size cap, dispatch to one operation per file, typed JSON errors,
+ * reading with a hard size cap, one pipeline for every operation (src/ops/), typed JSON errors,
  * one log line per request. Handlers never block: HSM work returns through Promises
  * settled by the addon's own threads.
  *
@@ -21,24 +21,12 @@
 import { performance } from 'node:perf_hooks';
 import { XksError, STATUS_LINE } from '../errors.js';
 import type { Logger } from '../log.js';
-import { decrypt } from '../ops/decrypt.js';
-import { encrypt } from '../ops/encrypt.js';
-import { getHealthStatus } from '../ops/health.js';
-import { getKeyMetadata } from '../ops/metadata.js';
 import type { OpContext } from '../ops/context.js';
+import { OPERATIONS } from '../ops/index.js';
+import type { Operation } from '../ops/operation.js';
 import { SigV4Verifier } from '../sigv4.js';
 import type { Credential, PendingSignature } from '../sigv4.js';
-import {
-  decryptInput,
-  decryptShape,
-  encryptInput,
-  encryptShape,
-  healthShape,
-  metadataShape,
-  parseJsonObject,
-  type Limits,
-  type RequestMetadata,
-} from '../validate.js';
+import { parseJsonObject, type Limits, type RequestMetadata } from '../validate.js';
 import type { Authorizer } from '../auth/oso.js';
 import type { Metrics, RouteMetrics } from '../metrics.js';
 import { explainUwsFailure, probePort } from './listen.js';
@@ -111,8 +99,6 @@ export interface RunningServer {
   apply(keyStores: readonly KeyStoreRoute[], authorizer: Authorizer | undefined): void;
 }
 
-type OpName = 'GetHealthStatus' | 'GetKeyMetadata' | 'Encrypt' | 'Decrypt';
-
 const JSON_TYPE = 'application/json';
 const BAD_FRAMING = new XksError('ValidationException', 'Request framing is ambiguous (Content-Length, Transfer-Encoding)').toBody();
 const NOT_FOUND = new XksError('InvalidUriPathException', 'No such URI path').toBody();
@@ -170,7 +156,7 @@ class Exchange {
   meta: RequestMetadata | undefined;
   constructor(
     readonly res: HttpResponse,
-    readonly op: OpName,
+    readonly op: Operation,
     readonly store: KeyStoreRoute,
     readonly keyId: string,
     readonly started: number,
@@ -202,22 +188,18 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   let draining = false;
   let onIdle: (() => void) | undefined;
 
-  /** Per prefix, the metrics of each operation (no string building per request). */
-  const routeMetrics = new Map<string, Record<OpName, RouteMetrics>>();
-  function metricsOf(op: OpName, prefix: string): RouteMetrics | undefined {
+  /** Per prefix, the metrics of each operation by name (no string building per request). */
+  const routeMetrics = new Map<string, Record<string, RouteMetrics>>();
+  function metricsOf(op: Operation, prefix: string): RouteMetrics | undefined {
     const m = opts.metrics;
     if (m === undefined) return undefined;
     let byOp = routeMetrics.get(prefix);
     if (byOp === undefined) {
-      byOp = {
-        GetHealthStatus: m.route('GetHealthStatus', prefix),
-        GetKeyMetadata: m.route('GetKeyMetadata', prefix),
-        Encrypt: m.route('Encrypt', prefix),
-        Decrypt: m.route('Decrypt', prefix),
-      };
+      byOp = {};
+      for (const o of OPERATIONS) byOp[o.name] = m.route(o.name, prefix);
       routeMetrics.set(prefix, byOp);
     }
-    return byOp[op];
+    return byOp[op.name];
   }
 
   function finish(x: Exchange, status: number, body: string, outcome: string, detail?: string, closeConnection = false): void {
@@ -240,7 +222,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     const result = x.aborted ? 'aborted' : outcome;
     x.metrics?.record(result, elapsed / 1000);
     log.request({
-      op: x.op,
+      op: x.op.name,
       prefix: x.store.prefix,
       keyId: x.keyId || undefined,
       kmsRequestId: x.meta?.kmsRequestId,
@@ -276,38 +258,14 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (x.store.quota !== undefined && !x.store.quota.tryTake()) {
       throw new XksError('ThrottlingException', 'Request rate of this key store exceeds its quota');
     }
-    const json = parseJsonObject(body);
-    let meta: RequestMetadata;
-    switch (x.op) {
-      case 'GetHealthStatus':
-        meta = healthShape(json);
-        x.meta = meta;
-        return getHealthStatus(ctx);
-      case 'GetKeyMetadata':
-        meta = metadataShape(json);
-        x.meta = meta;
-        checkKey(x);
-        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'metadata', meta);
-        return getKeyMetadata(ctx, x.keyId);
-      case 'Encrypt': {
-        const shape = encryptShape(json);
-        x.meta = shape.requestMetadata;
-        checkKey(x);
-        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'encrypt', shape.requestMetadata);
-        return encrypt(ctx, x.keyId, encryptInput(shape, opts.limits));
-      }
-      case 'Decrypt': {
-        const shape = decryptShape(json);
-        x.meta = shape.requestMetadata;
-        checkKey(x);
-        if (routing.authorizer !== undefined) await routing.authorizer.authorize(x.store.prefix, 'decrypt', shape.requestMetadata);
-        return decrypt(ctx, x.keyId, decryptInput(shape, opts.limits));
-      }
-    }
-  }
-
-  function checkKey(x: Exchange): void {
-    if (!x.store.keyIds.has(x.keyId)) throw new XksError('KeyNotFoundException', 'Key id is not in this key store');
+    const op = x.op;
+    const shape = op.shape(parseJsonObject(body));
+    const meta = op.metadata(shape);
+    x.meta = meta;
+    if (op.namesKey && !x.store.keyIds.has(x.keyId)) throw new XksError('KeyNotFoundException', 'Key id is not in this key store');
+    const authorizer = routing.authorizer;
+    if (op.policy.enforced && authorizer !== undefined) await authorizer.authorize(x.store.prefix, op.policy.action, meta);
+    return op.run(ctx, x.keyId, op.decode(shape, opts.limits));
   }
 
   function complete(x: Exchange, body: Buffer): void {
@@ -335,7 +293,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     x.chunks = undefined;
   }
 
-  function api(op: OpName, prefix: string, withKey: boolean) {
+  function api(op: Operation, prefix: string) {
     return (res: HttpResponse, req: HttpRequest): void => {
       const store = routing.stores.get(prefix);
       if (store === undefined) {
@@ -343,7 +301,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
         return;
       }
       const started = performance.now();
-      const keyId = withKey ? req.getParameter(0) : '';
+      const keyId = op.namesKey ? req.getParameter(0) : '';
       const scan = scanFraming(req);
       const problem = scan.problem;
       const chunked = scan.codings > 0;
@@ -477,14 +435,9 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
     if (registered.has(prefix)) return;
     registered.add(prefix);
     const base = `${prefix}/kms/xks/v1`;
-    const routes: [string, OpName, boolean][] = [
-      [`${base}/health`, 'GetHealthStatus', false],
-      [`${base}/keys/:keyId/metadata`, 'GetKeyMetadata', true],
-      [`${base}/keys/:keyId/encrypt`, 'Encrypt', true],
-      [`${base}/keys/:keyId/decrypt`, 'Decrypt', true],
-    ];
-    for (const [pattern, op, withKey] of routes) {
-      app.post(pattern, api(op, prefix, withKey));
+    for (const op of OPERATIONS) {
+      const pattern = base + op.route;
+      app.post(pattern, api(op, prefix));
       app.any(pattern, notAllowed);
     }
   };

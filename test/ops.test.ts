@@ -7,9 +7,12 @@
 import { describe, expect, it } from 'vitest';
 import { OPERATIONS } from '../src/ops/index.js';
 
+/** The XKS API's operations (a later one may join them: it is then one file and one line). */
+const XKS = OPERATIONS.filter((o) => ['GetHealthStatus', 'GetKeyMetadata', 'Encrypt', 'Decrypt'].includes(o.name));
+
 describe('the operations registry', () => {
   it('serves the four XKS operations on the spec paths, in registration order', () => {
-    expect(OPERATIONS.map((o) => [o.name, o.route])).toEqual([
+    expect(XKS.map((o) => [o.name, o.route])).toEqual([
       ['GetHealthStatus', '/health'],
       ['GetKeyMetadata', '/keys/:keyId/metadata'],
       ['Encrypt', '/keys/:keyId/encrypt'],
@@ -37,8 +40,8 @@ describe('the operations registry', () => {
     }
   });
 
-  it('declares the Rust proxy policy actions and classes; only health is not asked', () => {
-    expect(OPERATIONS.map((o) => [o.name, o.policy.action, o.policy.className, o.policy.enforced])).toEqual([
+  it('declares the Rust proxy policy actions and classes; health is not asked', () => {
+    expect(XKS.map((o) => [o.name, o.policy.action, o.policy.className, o.policy.enforced])).toEqual([
       ['GetHealthStatus', 'health', 'GetHealthMetadata', false],
       ['GetKeyMetadata', 'metadata', 'GetKeyMetadata', true],
       ['Encrypt', 'encrypt', 'EncryptMetadata', true],

@@ -1,14 +1,14 @@
 /**
- * Input checks, done once at the edge, in the Rust proxy's order:
+ * The input checks every operation shares (each operation's own request shape is in its file,
+ * src/ops/<op>.ts). They run once at the edge, in the Rust proxy's order:
  *   1. JSON shape (types, required fields, enum values)       -> 400 ValidationException
- *   2. (caller) keyId in the keystore's xks_key_id_set          -> 404 KeyNotFoundException
+ *   2. (pipeline) keyId in the keystore's xks_key_id_set        -> 404 KeyNotFoundException
  *   3. size limits of the Base64 strings ([limits])             -> 501 UnsupportedOperationException
  *   4. Base64 decoding and binary sizes                         -> 400 ValidationException
  * Operations receive decoded, typed values and never look at raw JSON.
  */
 import { decodeBase64Strict } from './codec.js';
 import { XksError, validation } from './errors.js';
-import { plaintextCopy } from './http/plaintext-copies.js';
 
 export interface RequestMetadata {
   kmsRequestId: string;
@@ -20,42 +20,13 @@ export interface RequestMetadata {
   kmsViaService?: string | undefined;
 }
 
-export interface EncryptShape {
-  requestMetadata: RequestMetadata;
-  plaintext: string;
-  additionalAuthenticatedData: string | undefined;
-  cdiv: boolean;
-}
-
-export interface DecryptShape {
-  requestMetadata: RequestMetadata;
-  ciphertext: string;
-  ciphertextMetadata: string | undefined;
-  additionalAuthenticatedData: string | undefined;
-  initializationVector: string;
-  authenticationTag: string;
-}
-
-export interface EncryptInput {
-  plaintext: Buffer;
-  aad: Buffer | undefined;
-  cdiv: boolean;
-}
-
-export interface DecryptInput {
-  ciphertext: Buffer;
-  ciphertextMetadata: Buffer | undefined;
-  aad: Buffer | undefined;
-  iv: Buffer;
-  tag: Buffer;
-}
-
 export interface Limits {
   max_plaintext_in_base64: number;
   max_aad_in_base64: number;
 }
 
-type Json = Record<string, unknown>;
+/** A request body: a JSON object. */
+export type Json = Record<string, unknown>;
 
 export function parseJsonObject(body: Buffer): Json {
   let value: unknown;
@@ -68,13 +39,15 @@ export function parseJsonObject(body: Buffer): Json {
   return value as Json;
 }
 
-function requiredString(o: Json, field: string, where: string): string {
+/** `o[field]`, a string (`where` prefixes the field's name in the message). */
+export function requiredString(o: Json, field: string, where: string): string {
   const v = o[field];
   if (typeof v !== 'string') throw validation(v === undefined ? `Missing ${where}${field}` : `${where}${field} must be a string`);
   return v;
 }
 
-function optionalString(o: Json, field: string, where: string): string | undefined {
+/** `o[field]`, a string, or undefined when absent or null. */
+export function optionalString(o: Json, field: string, where: string): string | undefined {
   const v = o[field];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'string') throw validation(`${where}${field} must be a string`);
@@ -83,8 +56,8 @@ function optionalString(o: Json, field: string, where: string): string | undefin
 
 const META = 'requestMetadata.';
 
-/** requestMetadata; `principal` says whether awsPrincipalArn is required (all but health). */
-function requestMetadata(o: Json, needPrincipal: boolean, needKeyArn: boolean): RequestMetadata {
+/** requestMetadata; `needPrincipal` says whether awsPrincipalArn is required (all but health), `needKeyArn` kmsKeyArn. */
+export function requestMetadata(o: Json, needPrincipal: boolean, needKeyArn: boolean): RequestMetadata {
   const m = o.requestMetadata;
   if (m === null || typeof m !== 'object' || Array.isArray(m)) throw validation('Missing requestMetadata');
   const j = m as Json;
@@ -99,44 +72,14 @@ function requestMetadata(o: Json, needPrincipal: boolean, needKeyArn: boolean): 
   };
 }
 
-function encryptionAlgorithm(o: Json): void {
+/** encryptionAlgorithm, which must be AES_GCM (Encrypt and Decrypt). */
+export function encryptionAlgorithm(o: Json): void {
   const v = requiredString(o, 'encryptionAlgorithm', '');
   if (v !== 'AES_GCM') throw validation('encryptionAlgorithm must be AES_GCM');
 }
 
-export function healthShape(o: Json): RequestMetadata {
-  return requestMetadata(o, false, false);
-}
-
-export function metadataShape(o: Json): RequestMetadata {
-  return requestMetadata(o, true, false);
-}
-
-export function encryptShape(o: Json): EncryptShape {
-  const requestMeta = requestMetadata(o, true, true);
-  const plaintext = requiredString(o, 'plaintext', '');
-  encryptionAlgorithm(o);
-  const aad = optionalString(o, 'additionalAuthenticatedData', '');
-  const cdivAlg = optionalString(o, 'ciphertextDataIntegrityValueAlgorithm', '');
-  if (cdivAlg !== undefined && cdivAlg !== 'SHA_256') throw validation('ciphertextDataIntegrityValueAlgorithm must be SHA_256');
-  return { requestMetadata: requestMeta, plaintext, additionalAuthenticatedData: aad, cdiv: cdivAlg !== undefined };
-}
-
-export function decryptShape(o: Json): DecryptShape {
-  const requestMeta = requestMetadata(o, true, true);
-  const ciphertext = requiredString(o, 'ciphertext', '');
-  encryptionAlgorithm(o);
-  return {
-    requestMetadata: requestMeta,
-    ciphertext,
-    ciphertextMetadata: optionalString(o, 'ciphertextMetadata', ''),
-    additionalAuthenticatedData: optionalString(o, 'additionalAuthenticatedData', ''),
-    initializationVector: requiredString(o, 'initializationVector', ''),
-    authenticationTag: requiredString(o, 'authenticationTag', ''),
-  };
-}
-
-function checkLimit(value: string, max: number, label: string): void {
+/** A Base64 field's size limit ([limits]): 501 UnsupportedOperationException beyond it. */
+export function checkLimit(value: string, max: number, label: string): void {
   if (value.length > max) {
     throw new XksError(
       'UnsupportedOperationException',
@@ -145,13 +88,15 @@ function checkLimit(value: string, max: number, label: string): void {
   }
 }
 
-function decode(value: string, field: string): Buffer {
+/** Strict Base64 of `field`. */
+export function decode(value: string, field: string): Buffer {
   const b = decodeBase64Strict(value);
   if (b === undefined) throw validation(`${field} is not valid Base64`);
   return b;
 }
 
-function decodeSized(value: string, field: string, sizes: readonly number[], what: string): Buffer {
+/** Strict Base64 of `field`, whose decoded length must be one of `sizes` (`what` says them). */
+export function decodeSized(value: string, field: string, sizes: readonly number[], what: string): Buffer {
   const b = decode(value, field);
   if (!sizes.includes(b.length)) throw validation(`${field} must be ${what}, got ${b.length} bytes`);
   return b;
@@ -159,42 +104,10 @@ function decodeSized(value: string, field: string, sizes: readonly number[], wha
 
 const MAX_AAD_BYTES = 0xffff; // its length travels in two bytes
 
-function decodeAad(value: string | undefined): Buffer | undefined {
+/** additionalAuthenticatedData, when present: Base64 of at most 65535 bytes. */
+export function decodeAad(value: string | undefined): Buffer | undefined {
   if (value === undefined) return undefined;
   const b = decode(value, 'additionalAuthenticatedData');
   if (b.length > MAX_AAD_BYTES) throw new XksError('UnsupportedOperationException', 'additionalAuthenticatedData is longer than 65535 bytes');
   return b;
-}
-
-export function encryptInput(s: EncryptShape, limits: Limits): EncryptInput {
-  checkLimit(s.plaintext, limits.max_plaintext_in_base64, 'plaintext');
-  if (s.additionalAuthenticatedData !== undefined) checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
-  const plaintext = plaintextCopy(decode(s.plaintext, 'plaintext'));
-  try {
-    if (plaintext.length === 0) throw validation('plaintext must not be empty');
-    return { plaintext, aad: decodeAad(s.additionalAuthenticatedData), cdiv: s.cdiv };
-  } catch (e) {
-    // A good plaintext before a bad AAD: the caller never sees it, so it is wiped here.
-    plaintext.fill(0);
-    throw e;
-  }
-}
-
-export function decryptInput(s: DecryptShape, limits: Limits): DecryptInput {
-  // The ciphertext is as long as the plaintext it came from; bound it like a plaintext.
-  checkLimit(s.ciphertext, limits.max_plaintext_in_base64, 'ciphertext');
-  if (s.additionalAuthenticatedData !== undefined) checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
-  const ciphertext = decode(s.ciphertext, 'ciphertext');
-  let ctm: Buffer | undefined;
-  if (s.ciphertextMetadata !== undefined) {
-    ctm = decode(s.ciphertextMetadata, 'ciphertextMetadata');
-    if (ctm.length > 20) throw validation(`ciphertextMetadata must be at most 20 bytes, got ${ctm.length} bytes`);
-  }
-  return {
-    ciphertext,
-    ciphertextMetadata: ctm,
-    aad: decodeAad(s.additionalAuthenticatedData),
-    iv: decodeSized(s.initializationVector, 'initializationVector', [12, 16], '12 or 16 bytes'),
-    tag: decodeSized(s.authenticationTag, 'authenticationTag', [16], '16 bytes'),
-  };
 }

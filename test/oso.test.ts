@@ -76,6 +76,17 @@ describe('OsoAuthorizer with the sample rules', () => {
     expect((err as XksError).detail).toMatch(/policy engine error .*Application error/);
   });
 
+  it('an action no operation declares is refused as an engine error, never allowed', async () => {
+    // An allow-all policy: only the action's lookup in the operations' declarations can refuse.
+    const all = await OsoAuthorizer.fromString('allow(_prefix, _action, _metadata);', 'all.polar', { cache: false });
+    expect(await all.isAllowed('/p', 'encrypt', meta({}))).toBe(true);
+    await expect(all.isAllowed('/p', 'sign', meta({}))).rejects.toThrow(/no operation has the action "sign"/);
+    const err = await all.authorize('/p', 'sign', meta({})).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(XksError);
+    expect((err as XksError).errorName).toBe('InvalidStateException');
+    expect((err as XksError).detail).toMatch(/action "sign".*no operation has the action/);
+  });
+
   it('cached decisions equal fresh ones', async () => {
     const cached = await OsoAuthorizer.fromFile(POLICY);
     for (const m of [meta({}), meta({ kmsViaService: 'rds' }), meta({ kmsViaService: 'ebs' })]) {

@@ -1,28 +1,18 @@
 /**
  * Secondary authorization with Oso (`[security] secondary_auth = "Oso"`), compatible with the Rust
- * proxy's policy files: the query is `allow(uri_path_prefix, action, metadata)` with action "encrypt",
- * "decrypt" or "metadata" and metadata an instance of EncryptMetadata (encrypt and decrypt),
- * GetKeyMetadata or GetHealthMetadata carrying the request's requestMetadata fields.
+ * proxy's policy files: the query is `allow(uri_path_prefix, action, metadata)`. Each operation
+ * declares its action and the class of `metadata` (src/ops/<op>.ts, `policy`; the fields a policy
+ * sees: src/ops/policy-fields.ts); this file is the mechanism: it registers every operation's class,
+ * asks Oso, caches decisions and turns them into the XKS errors.
  *
- * Field mapping (as the Rust proxy's structs reach Polar):
- * - fields the Rust proxy declares as plain strings (kmsOperation, awsPrincipalArn, and kmsKeyArn of
- *   EncryptMetadata) are Polar strings; nil if a client left them out;
- * - fields the Rust proxy declares optional (awsSourceVpc, awsSourceVpce, kmsViaService, and kmsKeyArn of
- *   GetKeyMetadata) are nil when absent and otherwise a one-element list, which behaves like the Rust
- *   proxy's Option: `metadata.kmsViaService = nil` and `"ebs" in metadata.kmsViaService` work as there;
- * - kmsRequestId is not visible to policies (as in the Rust proxy).
- *
- * Per the XKS spec, GetHealthStatus is never subject to secondary authorization (the Rust proxy applies
- * it); GetHealthMetadata is still registered so that the Rust proxy's policy files load unchanged.
- *
- * Since a policy only sees the fields above and Polar has no clock or I/O, a decision is a pure function
- * of (policy, prefix, action, fields): decisions are cached (bounded) per loaded policy.
+ * Since a policy only sees requestMetadata fields and Polar has no clock or I/O, a decision is a pure
+ * function of (policy, prefix, action, fields): decisions are cached (bounded) per loaded policy.
  */
 import { Oso } from 'oso';
 import { XksError } from '../errors.js';
+import { OPERATIONS } from '../ops/index.js';
+import type { PolicyResource } from '../ops/operation.js';
 import type { RequestMetadata } from '../validate.js';
-
-export type OsoAction = 'encrypt' | 'decrypt' | 'metadata';
 
 /** Secondary authorization as the HTTP layer sees it. */
 export interface Authorizer {
@@ -32,53 +22,11 @@ export interface Authorizer {
    * Resolves when allowed. Rejects with XksError AccessDeniedException (403) when the policy denies,
    * InvalidStateException (400, as the Rust proxy) when the policy engine fails.
    */
-  authorize(prefix: string, action: OsoAction, meta: RequestMetadata): Promise<void>;
+  authorize(prefix: string, action: string, meta: RequestMetadata): Promise<void>;
 }
 
-type Opt = readonly [string] | null;
-const opt = (v: string | undefined): Opt => (v === undefined ? null : Object.freeze([v] as const));
-const str = (v: string | undefined): string | null => (v === undefined ? null : v);
-
-class EncryptMetadata {
-  readonly awsPrincipalArn: string | null;
-  readonly kmsOperation: string;
-  readonly kmsKeyArn: string | null;
-  readonly awsSourceVpc: Opt;
-  readonly awsSourceVpce: Opt;
-  readonly kmsViaService: Opt;
-  constructor(m: RequestMetadata) {
-    this.awsPrincipalArn = str(m.awsPrincipalArn);
-    this.kmsOperation = m.kmsOperation;
-    this.kmsKeyArn = str(m.kmsKeyArn);
-    this.awsSourceVpc = opt(m.awsSourceVpc);
-    this.awsSourceVpce = opt(m.awsSourceVpce);
-    this.kmsViaService = opt(m.kmsViaService);
-  }
-}
-
-class GetKeyMetadata {
-  readonly awsPrincipalArn: string | null;
-  readonly kmsOperation: string;
-  readonly kmsKeyArn: Opt;
-  readonly awsSourceVpc: Opt;
-  readonly awsSourceVpce: Opt;
-  readonly kmsViaService: Opt;
-  constructor(m: RequestMetadata) {
-    this.awsPrincipalArn = str(m.awsPrincipalArn);
-    this.kmsOperation = m.kmsOperation;
-    this.kmsKeyArn = opt(m.kmsKeyArn);
-    this.awsSourceVpc = opt(m.awsSourceVpc);
-    this.awsSourceVpce = opt(m.awsSourceVpce);
-    this.kmsViaService = opt(m.kmsViaService);
-  }
-}
-
-class GetHealthMetadata {
-  readonly kmsOperation: string;
-  constructor(m: RequestMetadata) {
-    this.kmsOperation = m.kmsOperation;
-  }
-}
+/** Each operation's action and the class its policy sees. */
+const RESOURCES: ReadonlyMap<string, PolicyResource> = new Map(OPERATIONS.map((o) => [o.policy.action, o.policy.resource]));
 
 /** Decisions kept per loaded policy before the cache is emptied and starts again. */
 export const OSO_DECISION_CACHE_MAX = 4096;
@@ -123,15 +71,15 @@ export class OsoAuthorizer implements Authorizer {
   }
 
   /** The raw decision (true = allowed); rejects on a policy engine error. */
-  async isAllowed(prefix: string, action: OsoAction | 'health', meta: RequestMetadata): Promise<boolean> {
+  async isAllowed(prefix: string, action: string, meta: RequestMetadata): Promise<boolean> {
     const key = this.useCache ? cacheKey(prefix, action, meta) : '';
     if (this.useCache) {
       const hit = this.cache.get(key);
       if (hit !== undefined) return hit;
     }
-    const resource =
-      action === 'metadata' ? new GetKeyMetadata(meta) : action === 'health' ? new GetHealthMetadata(meta) : new EncryptMetadata(meta);
-    const allowed = await this.oso.isAllowed(prefix, action, resource);
+    const Resource = RESOURCES.get(action);
+    if (Resource === undefined) throw new Error(`no operation has the action "${action}"`);
+    const allowed = await this.oso.isAllowed(prefix, action, new Resource(meta));
     if (this.useCache) {
       if (this.cache.size >= OSO_DECISION_CACHE_MAX) this.cache.clear();
       this.cache.set(key, allowed);
@@ -139,7 +87,7 @@ export class OsoAuthorizer implements Authorizer {
     return allowed;
   }
 
-  async authorize(prefix: string, action: OsoAction, meta: RequestMetadata): Promise<void> {
+  async authorize(prefix: string, action: string, meta: RequestMetadata): Promise<void> {
     let allowed: boolean;
     try {
       allowed = await this.isAllowed(prefix, action, meta);
@@ -165,9 +113,13 @@ export class OsoAuthorizer implements Authorizer {
 
 function newOso(): Oso {
   const oso = new Oso();
-  oso.registerClass(EncryptMetadata, { name: 'EncryptMetadata' });
-  oso.registerClass(GetKeyMetadata, { name: 'GetKeyMetadata' });
-  oso.registerClass(GetHealthMetadata, { name: 'GetHealthMetadata' });
+  // Encrypt and Decrypt share a class: each class once.
+  const registered = new Set<PolicyResource>();
+  for (const { policy } of OPERATIONS) {
+    if (registered.has(policy.resource)) continue;
+    registered.add(policy.resource);
+    oso.registerClass(policy.resource, { name: policy.className });
+  }
   return oso;
 }
 

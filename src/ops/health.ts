@@ -8,7 +8,9 @@
  */
 import { XksError } from '../errors.js';
 import type { HealthState, TokenInfo } from '../hsm/hsm.js';
+import { requestMetadata, type Json, type RequestMetadata } from '../validate.js';
 import type { OpContext } from './context.js';
+import type { Operation } from './operation.js';
 
 export const PROXY_VENDOR = 'xks-proxy open source project';
 
@@ -53,3 +55,24 @@ export async function getHealthStatus(ctx: OpContext): Promise<string> {
     return body(model, undefined, 'UNAVAILABLE');
   }
 }
+
+/** What a policy would see of a GetHealthStatus (registered as GetHealthMetadata, as the Rust proxy does). */
+export class GetHealthMetadata {
+  readonly kmsOperation: string;
+  constructor(m: RequestMetadata) {
+    this.kmsOperation = m.kmsOperation;
+  }
+}
+
+export const healthOperation: Operation<RequestMetadata, undefined> = {
+  name: 'GetHealthStatus',
+  route: '/health',
+  namesKey: false,
+  // Per the XKS spec GetHealthStatus is never subject to secondary authorization (the Rust proxy
+  // applies it); its class is registered so that the Rust proxy's policy files load unchanged.
+  policy: { action: 'health', resource: GetHealthMetadata, className: 'GetHealthMetadata', enforced: false },
+  shape: (o: Json) => requestMetadata(o, false, false),
+  metadata: (m) => m,
+  decode: () => undefined,
+  run: getHealthStatus,
+};

@@ -13,7 +13,7 @@ import { createLogger, type Logger } from './log.js';
 import { logPingFact, logSettingsFacts } from './startup-log.js';
 import { VERSION } from './version.js';
 import { WorkerPool } from './workers/pool.js';
-import { baseServerOptions, drainWithGrace, freePort, hsmSettings, metricsFor, opContext } from './workers/serving.js';
+import { baseServerOptions, drainWithGrace, engineOptions, freePort, metricsFor, opContext } from './workers/serving.js';
 import { planWorkers } from './workers/split.js';
 
 export interface RunningProxy {
@@ -67,7 +67,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   // An HSM that is down does not stop start-up (README, "Recovery"); a wrong PIN, a module that
   // cannot be loaded or an IV mode the HSM cannot do does, with one line.
-  const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!), log);
+  const hsm = await Hsm.open(engineOptions(config, plan.shares[0]!), log);
   for (const [level, note] of hsm.startupNotes()) log[level](note);
   let checker: HealthChecker | undefined;
   if (config.health_check) {

@@ -17,7 +17,7 @@ import { startServer, type RunningServer } from '../http/server.js';
 import { createLogger, createNullLogger, type BufferedLogger } from '../log.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader } from '../reload.js';
 import { isWorkerInit, type FromWorker, type ToWorker, type WorkerInit } from './protocol.js';
-import { baseServerOptions, drainWithGrace, hsmSettings, metricsFor, opContext } from './serving.js';
+import { baseServerOptions, drainWithGrace, engineOptions, metricsFor, opContext } from './serving.js';
 
 class ForwardedHealth implements HealthSource {
   constructor(public verdict: HealthVerdict) {}
@@ -56,7 +56,7 @@ async function run(): Promise<void> {
   try {
     const authorizer = await loadAuthorizer(config);
     // Its logger: the once-a-minute IV error and other engine lines of this loop (start-up notes are the main thread's).
-    hsm = await Hsm.open(hsmSettings(config, init), log);
+    hsm = await Hsm.open(engineOptions(config, init), log);
     const health = init.health === undefined ? undefined : new ForwardedHealth(init.health);
     if (health) hsm.setHealthSource(health);
     const engine = hsm;

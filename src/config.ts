@@ -1111,6 +1111,45 @@ function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
   return config;
 }
 
+// Passing a Config to another thread ----------------------------------------------------------------------
+
+/**
+ * The secrets of a Config. They are non-enumerable, so structured cloning (postMessage, workerData)
+ * drops them: they travel in this explicit field next to the clone, and reviveConfig re-attaches them.
+ */
+export interface ConfigSecrets {
+  user_pin: string;
+  /** Per keystore, in order: the legacy secret and each credential's secret. */
+  key_stores: { sigv4_secret_access_key: string; secret_access_keys: string[] }[];
+}
+
+export function configSecrets(config: Config): ConfigSecrets {
+  return {
+    user_pin: config.pkcs11.user_pin,
+    key_stores: config.external_key_stores.map((ks) => ({
+      sigv4_secret_access_key: ks.sigv4_secret_access_key,
+      secret_access_keys: ks.sigv4_credentials.map((c) => c.secret_access_key),
+    })),
+  };
+}
+
+/**
+ * A structured clone of a Config made whole again: the secrets re-attached hidden (as loadConfig
+ * attaches them) and the Buffer that cloning turned into a Uint8Array restored. Mutates `clone`.
+ */
+export function reviveConfig(clone: Config, secrets: ConfigSecrets): Config {
+  withHidden(clone.pkcs11, 'user_pin', secrets.user_pin);
+  clone.external_key_stores.forEach((ks, i) => {
+    const s = secrets.key_stores[i];
+    if (s === undefined || s.secret_access_keys.length !== ks.sigv4_credentials.length) throw new Error('configuration secrets do not match the configuration');
+    withHidden(ks, 'sigv4_secret_access_key', s.sigv4_secret_access_key);
+    ks.sigv4_credentials.forEach((c, j) => withHidden(c, 'secret_access_key', s.secret_access_keys[j]!));
+  });
+  const md: Uint8Array | undefined = clone.server.ciphertext_metadata;
+  if (md !== undefined) clone.server.ciphertext_metadata = Buffer.from(md.buffer, md.byteOffset, md.byteLength);
+  return clone;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 /** Adds a read-only, non-enumerable property: kept out of JSON.stringify, util.inspect and spreads. */

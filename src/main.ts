@@ -115,7 +115,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
       // The main thread listens first (port 0 picks the port); the workers join it on that port.
       const first = checker?.current();
       pool = await WorkerPool.start({
-        file: loaded.file,
+        loaded,
         count: plan.count,
         port: server.port,
         shares: plan.shares,
@@ -167,11 +167,11 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const pingPort = server.pingPort === server.port ? port : server.pingPort;
   const reloader = new Reloader(loaded.file, loaded, keyStores, server, log, process.env, plan.count);
   let reloads: Promise<unknown> = Promise.resolve();
-  /** The main thread applies the file; then every worker thread re-reads and applies it. */
+  /** The main thread reads and applies the file; then every worker thread applies what it read. */
   const reloadAll = async (): Promise<ReloadOutcome> => {
     const out = await reloader.reload();
     if (!out.ok || pool === undefined) return out;
-    const r = await pool.reload();
+    const r = await pool.reload(reloader.applied);
     if (r.ok) return out;
     const error = r.errors.join('; ');
     log.error('configuration reload: worker threads did not apply it', { error });

@@ -2,11 +2,12 @@
  * Live configuration: what the HTTP layer routes and authorizes with (keystores, credentials, key id
  * sets, quotas, the Oso policy), built from a Config, and SIGHUP reload of it.
  *
- * A reload re-reads settings.toml (the main thread; worker threads are handed what it read, see apply),
- * builds a complete new snapshot (including loading the Oso policy) and only then swaps it in with one assignment: a bad file or policy changes nothing and is reported
- * in one log line. Listeners are never closed; requests in flight finish with the snapshot they started
- * with. Settings the running process cannot change (ports, TLS, HSM, pool, limits, logging, ...) are
- * named in a warning when they differ and take effect at the next restart.
+ * A reload re-reads settings.toml (in the main thread; worker threads are handed what it read, see
+ * apply), builds a complete new snapshot (including loading the Oso policy) and only then swaps it in
+ * with one assignment: a bad file or policy changes nothing and is reported in one log line. Listeners
+ * are never closed; requests in flight finish with the snapshot they started with. Settings the
+ * running process cannot change (ports, TLS, HSM, pool, limits, logging, ...) are named in a warning
+ * when they differ and take effect at the next restart.
  */
 import { loadConfig, redactedSummary, type Config, type LoadedConfig } from './config.js';
 import { OsoAuthorizer, type Authorizer } from './auth/oso.js';

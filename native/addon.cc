@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine.h"
+#include "limits.h"
 #include "names.h"
 
 namespace xks {
@@ -80,6 +81,9 @@ uint32_t intOption(Napi::Env env, const Napi::Object& o, const char* name, uint3
   return static_cast<uint32_t>(d);
 }
 
+// An option bounded by native/limits.h.
+uint32_t intOption(Napi::Env env, const Napi::Object& o, const limits::Range& r) { return intOption(env, o, r.option, r.min, r.max); }
+
 bool boolOption(Napi::Env env, const Napi::Object& o, const char* name, bool optional, bool dflt) {
   Napi::Value v = o.Get(name);
   if (optional && v.IsUndefined()) return dflt;
@@ -113,15 +117,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     EngineConfig cfg;
     utf8Arg(env, o.Get("modulePath"), "options.modulePath", 4096, cfg.modulePath);
     if (cfg.modulePath.empty()) badArgument(env, "options.modulePath must not be empty");
-    cfg.poolMaxSize = intOption(env, o, "poolMaxSize", 1, 4096);
-    cfg.poolTimeoutMs = intOption(env, o, "poolTimeoutMs", 0, 0x7fffffff);
+    cfg.poolMaxSize = intOption(env, o, limits::kPoolMaxSize);
+    cfg.poolTimeoutMs = intOption(env, o, limits::kPoolTimeoutMs);
     cfg.eagerClose = boolOption(env, o, "eagerClose", false, false);
-    cfg.threads = intOption(env, o, "threads", 1, 256);
+    cfg.threads = intOption(env, o, limits::kThreads);
     if (!o.Get("operationTimeoutMs").IsUndefined()) {
-      cfg.opTimeoutMs = intOption(env, o, "operationTimeoutMs", 0, 3600000);
+      cfg.opTimeoutMs = intOption(env, o, limits::kOperationTimeoutMs);
     }
     cfg.keyCopies = boolOption(env, o, "keyCopies", true, false);
-    if (!o.Get("keyCheckMs").IsUndefined()) cfg.keyCheckMs = intOption(env, o, "keyCheckMs", 1, 3600000);
+    if (!o.Get("keyCheckMs").IsUndefined()) cfg.keyCheckMs = intOption(env, o, limits::kKeyCheckMs);
     std::string mode;
     utf8Arg(env, o.Get("ivMode"), "options.ivMode", 64, mode);
     if (mode == "random") {
@@ -752,6 +756,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Define(env));
+  // The option bounds, for src/config.ts: { poolMaxSize: { min, max }, ... } (frozen).
+  Napi::Object bounds = Napi::Object::New(env);
+  for (const limits::Range& r : limits::kAll) {
+    Napi::Object range = Napi::Object::New(env);
+    range.Set("min", Napi::Number::New(env, r.min));
+    range.Set("max", Napi::Number::New(env, r.max));
+    range.Freeze();
+    bounds.Set(r.option, range);
+  }
+  bounds.Freeze();
+  exports.Set("limits", bounds);
   return exports;
 }
 

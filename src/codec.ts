@@ -21,6 +21,14 @@ export function decodeBase64Strict(s: string): Buffer | undefined {
 }
 
 /**
+ * Why decodeBase64Strict refused `s`: a character or padding outside canonical padded Base64
+ * ('alphabet'), or the right form with non-zero bits after the last byte ('trailing-bits').
+ */
+export function base64Refusal(s: string): 'alphabet' | 'trailing-bits' {
+  return /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(s) ? 'trailing-bits' : 'alphabet';
+}
+
+/**
  * The AAD given to AES-GCM inside the HSM, as the Rust xks-proxy builds it:
  *
  *     u16_be(len(aad)) || [SHA-256(aad) if aad present] || u8(len(ctm)) || ctm

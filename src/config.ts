@@ -7,6 +7,11 @@
  * `[pkcs11] session_pool_max_size` key. A few derived values are added next to the keys they come from
  * (`server.ciphertext_metadata`, `pkcs11.module_path`, `pkcs11.worker_threads`'s default).
  *
+ * Each section has one table (below the interfaces) that lists its keys with type, range, default,
+ * secret-ness, required-ness and checks; reading, unknown-key warnings and the redacted summary all
+ * come from it (machinery: src/config-table.ts). [pkcs11]'s bounds are the engine's (native/limits.h,
+ * read from the addon), so a file check-config accepts never fails at engine construction.
+ *
  * Every problem is a ConfigError with a one-line message `<file>: <dotted.key>: <problem>`; secret values
  * (sigv4_secret_access_key, user_pin) never appear in a message, a warning or the redacted summary.
  */
@@ -14,6 +19,31 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { resolve as resolvePath } from 'node:path';
 import { parse, TomlError } from 'smol-toml';
+import { base64Refusal, decodeBase64Strict } from './codec.js';
+import { loadAddon } from './hsm/addon.js';
+import {
+  ConfigError,
+  describe,
+  isTable,
+  NON_NEGATIVE,
+  PORT,
+  POSITIVE,
+  Reader,
+  readField,
+  readFields,
+  summarize,
+  typeName,
+  U32,
+  withHidden,
+  type AnyField,
+  type At,
+  type Fields,
+  type IntOpts,
+  type Seen,
+  type Table,
+} from './config-table.js';
+
+export { ConfigError };
 
 /** Tracing levels, most verbose first. */
 export type Level = 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
@@ -193,21 +223,6 @@ export interface LoadedConfig {
   file: string;
 }
 
-export class ConfigError extends Error {
-  readonly file: string;
-  /** Dotted key path, e.g. `external_key_stores[1].uri_path_prefix`; undefined for file-level problems. */
-  readonly key: string | undefined;
-  readonly problem: string;
-
-  constructor(file: string, key: string | undefined, problem: string) {
-    super(oneLine(key === undefined ? `${file}: ${problem}` : `${file}: ${key}: ${problem}`));
-    this.name = 'ConfigError';
-    this.file = file;
-    this.key = key;
-    this.problem = problem;
-  }
-}
-
 export const XKS_PROXY_SETTINGS_TOML = 'XKS_PROXY_SETTINGS_TOML';
 export const PKCS11_HSM_MODULE = 'PKCS11_HSM_MODULE';
 export const DEFAULT_BOOTSTRAP_TOML = 'configuration/bootstrap.toml';
@@ -217,12 +232,8 @@ export const DEFAULT_PORT_HTTP_PING = 80;
 /** Default [tracing] file_mode: owner read/write, group read (a log shipper in the proxy's group). */
 export const DEFAULT_LOG_FILE_MODE = 0o640;
 export const MAX_DEFAULT_WORKER_THREADS = 32;
-/** The addon's bound on one engine's HSM threads (native/addon.cc): a larger value would only fail at start. */
-export const MAX_WORKER_THREADS = 256;
-/** Most sessions one engine holds (native/addon.cc poolMaxSize). */
-export const MAX_SESSION_POOL = 4096;
-/** Longest session wait the engine takes (native/addon.cc poolTimeoutMs: a signed 32-bit ms count, 24.8 days). */
-export const MAX_POOL_TIMEOUT_MILLI = 0x7fffffff;
+/** Longest [pkcs11] operation_timeout_milli (the engine would take up to an hour; KMS waits 250 ms). */
+export const MAX_OPERATION_TIMEOUT_MILLI = 60000;
 /** Default [pkcs11] operation_timeout_milli: an Encrypt with CDIV makes two HSM calls, and both must fit in KMS's 250 ms. */
 export const DEFAULT_OPERATION_TIMEOUT_MILLI = 100;
 /** Default [pkcs11] session_key_check_milli: a key deleted or disabled in the HSM stops working within this time. */
@@ -242,7 +253,6 @@ const MAX_URI_PATH = 128;
 const KEY_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
 const SECRET_RE = /^[A-Za-z0-9/+=]{43,64}$/;
-const B64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /**
  * Where settings.toml is: env XKS_PROXY_SETTINGS_TOML when set and non-empty, else the
@@ -305,63 +315,12 @@ export function pkcs11LoggerEnv(config: Config, env: NodeJS.ProcessEnv = process
   return out;
 }
 
-/** A printable summary of the settings: no secret, no PIN (only whether they are set). */
+/** A printable summary of the settings: no secret, no PIN (only whether they are set). Shaped by the tables below. */
 export function redactedSummary(config: Config): object {
-  const s = config.server;
-  return {
-    server: {
-      ip: s.ip,
-      port: s.port,
-      port_http_ping: s.port_http_ping,
-      region: s.region,
-      service: s.service,
-      ciphertext_metadata_b64: s.ciphertext_metadata_b64,
-      ciphertext_metadata_bytes: s.ciphertext_metadata?.length,
-      tcp_keepalive: { ...s.tcp_keepalive },
-      workers: s.workers,
-    },
-    tracing: { ...config.tracing, file_mode: `0${(config.tracing.file_mode ?? DEFAULT_LOG_FILE_MODE).toString(8)}` },
-    security: { ...config.security, oso: config.security.oso ? { ...config.security.oso } : undefined },
-    tls: config.tls ? { ...config.tls } : undefined,
-    external_key_stores: config.external_key_stores.map((ks) => ({
-      uri_path_prefix: ks.uri_path_prefix,
-      sigv4_access_key_id: ks.sigv4_access_key_id,
-      sigv4_secret_access_key: ks.sigv4_secret_access_key === '' ? '<empty>' : '<redacted>',
-      sigv4_credentials: ks.sigv4_credentials.map((c) => ({ access_key_id: c.access_key_id, secret_access_key: '<redacted>' })),
-      xks_key_id_set: [...ks.xks_key_id_set].sort(),
-      requests_per_second: ks.requests_per_second,
-      burst: ks.burst,
-    })),
-    pkcs11: {
-      session_pool_max_size: config.pkcs11.session_pool_max_size,
-      session_pool_timeout_milli: config.pkcs11.session_pool_timeout_milli,
-      session_eager_close: config.pkcs11.session_eager_close,
-      user_pin: config.pkcs11.user_pin === '' ? '<empty>' : '<redacted>',
-      PKCS11_HSM_MODULE: config.pkcs11.PKCS11_HSM_MODULE,
-      module_path: config.pkcs11.module_path,
-      context_read_timeout_milli: config.pkcs11.context_read_timeout_milli,
-      worker_threads: config.pkcs11.worker_threads,
-      operation_timeout_milli: config.pkcs11.operation_timeout_milli,
-      session_key_copies: config.pkcs11.session_key_copies,
-      session_key_check_milli: config.pkcs11.session_key_check_milli,
-    },
-    pkcs11_logger: config.pkcs11_logger ? { ...config.pkcs11_logger } : undefined,
-    limits: { ...config.limits },
-    hsm_capabilities: { ...config.hsm_capabilities },
-    health_check: config.health_check ? { ...config.health_check } : undefined,
-    metrics: { ...config.metrics },
-  };
+  return summarize(config, configFields());
 }
 
 // ---------------------------------------------------------------------------------------------------------
-
-type Table = { [key: string]: unknown };
-
-function isTable(v: unknown): v is Table {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
-  const proto: unknown = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
-}
 
 function parseToml(text: string, file: string): Table {
   try {
@@ -376,207 +335,117 @@ function parseToml(text: string, file: string): Table {
   }
 }
 
-interface StrOpts {
-  secret?: boolean;
-  nonEmpty?: boolean;
-}
+// The tables: one per section, each key written once (its interface above is checked against it) ------------
 
-interface IntOpts {
-  min: number;
-  max: number;
-  what: string;
-}
+const IP_ADDRESS = (ip: string, at: At): void => {
+  if (isIP(ip) === 0) at.fail(`expected an IPv4 or IPv6 address, got ${describe(ip)}`);
+};
 
-const U16 = 65535;
-const U32 = 4294967295;
-const SAFE = Number.MAX_SAFE_INTEGER;
+// [server] --------------------------------------------------------------------------------------------------
 
-/** Typed accessors that throw ConfigError naming the key and collect unknown-key warnings. */
-class Reader {
-  readonly warnings: string[] = [];
-  constructor(readonly file: string) {}
+const TCP_KEEPALIVE: Fields<TcpKeepaliveSection> = {
+  tcp_keepalive_secs: { kind: 'int', range: NON_NEGATIVE },
+  tcp_keepalive_retries: { kind: 'int', range: { min: 0, max: U32, what: 'a non-negative 32-bit integer' } },
+  tcp_keepalive_interval_secs: { kind: 'int', range: NON_NEGATIVE },
+};
 
-  fail(key: string, problem: string): never {
-    throw new ConfigError(this.file, key, problem);
-  }
-
-  warn(key: string, note: string): void {
-    this.warnings.push(oneLine(`${this.file}: ${key}: ${note}`));
-  }
-
-  /** Warns about keys of `t` not in `known`. */
-  unknown(t: Table, path: string, known: readonly string[]): void {
-    for (const k of Object.keys(t)) if (!known.includes(k)) this.warn(join(path, k), 'unknown key (ignored)');
-  }
-
-  table(t: Table, path: string, key: string, required: true): Table;
-  table(t: Table, path: string, key: string, required: false): Table | undefined;
-  table(t: Table, path: string, key: string, required: boolean): Table | undefined;
-  table(t: Table, path: string, key: string, required: boolean): Table | undefined {
-    const v = t[key];
-    const p = join(path, key);
-    if (v === undefined) {
-      if (required) this.fail(p, 'missing table');
-      return undefined;
-    }
-    if (!isTable(v)) this.fail(p, `expected a table, got ${describe(v)}`);
-    return v;
-  }
-
-  str(t: Table, path: string, key: string, required: true, o?: StrOpts): string;
-  str(t: Table, path: string, key: string, required: false, o?: StrOpts): string | undefined;
-  str(t: Table, path: string, key: string, required: boolean, o?: StrOpts): string | undefined;
-  str(t: Table, path: string, key: string, required: boolean, o: StrOpts = {}): string | undefined {
-    const v = t[key];
-    const p = join(path, key);
-    if (v === undefined) {
-      if (required) this.fail(p, 'missing key');
-      return undefined;
-    }
-    if (typeof v !== 'string') this.fail(p, `expected a string, got ${o.secret ? typeName(v) : describe(v)}`);
-    if (o.nonEmpty && v === '') this.fail(p, 'must not be empty');
-    return v;
-  }
-
-  bool(t: Table, path: string, key: string, required: true): boolean;
-  bool(t: Table, path: string, key: string, required: false): boolean | undefined;
-  bool(t: Table, path: string, key: string, required: boolean): boolean | undefined;
-  bool(t: Table, path: string, key: string, required: boolean): boolean | undefined {
-    const v = t[key];
-    const p = join(path, key);
-    if (v === undefined) {
-      if (required) this.fail(p, 'missing key');
-      return undefined;
-    }
-    if (typeof v !== 'boolean') this.fail(p, `expected a boolean (true or false), got ${describe(v)}`);
-    return v;
-  }
-
-  int(t: Table, path: string, key: string, required: true, o: IntOpts): number;
-  int(t: Table, path: string, key: string, required: false, o: IntOpts): number | undefined;
-  int(t: Table, path: string, key: string, required: boolean, o: IntOpts): number | undefined {
-    const v = t[key];
-    const p = join(path, key);
-    if (v === undefined) {
-      if (required) this.fail(p, 'missing key');
-      return undefined;
-    }
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < o.min || v > o.max) this.fail(p, `expected ${o.what}, got ${describe(v)}`);
-    return v;
-  }
-}
-
-const POSITIVE: IntOpts = { min: 1, max: SAFE, what: 'a positive integer' };
-const NON_NEGATIVE: IntOpts = { min: 0, max: SAFE, what: 'a non-negative integer' };
-const PORT: IntOpts = { min: 0, max: U16, what: 'a port number (0..65535; 0 picks a free port)' };
-
-function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
-  r.unknown(doc, '', ['server', 'tracing', 'security', 'tls', 'external_key_stores', 'pkcs11', 'pkcs11_logger', 'limits', 'hsm_capabilities', 'health_check', 'metrics']);
-  const security = readSecurity(r, doc);
-  const config: Config = {
-    server: readServer(r, doc),
-    tracing: readTracing(r, doc),
-    security,
-    tls: readTls(r, doc, security),
-    external_key_stores: readKeyStores(r, doc, security),
-    pkcs11: readPkcs11(r, doc, env),
-    limits: readLimits(r, doc),
-    hsm_capabilities: readHsmCapabilities(r, doc),
-    metrics: METRICS_OFF,
-  };
-  const logger = readPkcs11Logger(r, doc);
-  if (logger !== undefined) config.pkcs11_logger = logger;
-  const health = readHealthCheck(r, doc, config.external_key_stores);
-  if (health !== undefined) config.health_check = health;
-  config.metrics = readMetrics(r, doc, config.server);
-  return config;
-}
+const SERVER: Fields<Omit<ServerSection, 'ciphertext_metadata'>> = {
+  ip: { kind: 'str', required: true, check: IP_ADDRESS },
+  port: { kind: 'int', required: true, range: PORT },
+  port_http_ping: { kind: 'int', range: PORT, default: DEFAULT_PORT_HTTP_PING },
+  region: {
+    kind: 'str',
+    required: true,
+    check: (v, at) => {
+      if (v === '') at.warn('empty: no signed request can verify (KMS signs with its AWS region)');
+    },
+  },
+  service: {
+    kind: 'str',
+    required: true,
+    check: (v, at) => {
+      if (v !== 'kms-xks-proxy') at.warn(`is ${describe(v)}; AWS KMS signs with service "kms-xks-proxy"`);
+    },
+  },
+  ciphertext_metadata_b64: {
+    kind: 'str',
+    check: (v, at) => {
+      const md = decodeBase64Strict(v);
+      if (md === undefined) return at.fail(`expected canonical padded base64 (${base64Refusal(v) === 'alphabet' ? 'A-Z a-z 0-9 + / =' : 'non-zero trailing bits'})`);
+      if (md.length > CIPHERTEXT_METADATA_MAX_BYTES) at.fail(`decodes to ${md.length} bytes, at most ${CIPHERTEXT_METADATA_MAX_BYTES} allowed`);
+    },
+    summary: (v, s) => ({ ciphertext_metadata_b64: v, ciphertext_metadata_bytes: (s.ciphertext_metadata as Buffer | undefined)?.length }),
+  },
+  tcp_keepalive: { kind: 'table', fields: TCP_KEEPALIVE, default: () => ({}) },
+  workers: { kind: 'int', range: { min: 1, max: 1024, what: 'an integer in 1..1024' } },
+};
 
 function readServer(r: Reader, doc: Table): ServerSection {
-  const P = 'server';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['ip', 'port', 'port_http_ping', 'region', 'service', 'ciphertext_metadata_b64', 'tcp_keepalive', 'workers']);
-  const ip = r.str(t, P, 'ip', true);
-  if (isIP(ip) === 0) r.fail(`${P}.ip`, `expected an IPv4 or IPv6 address, got ${describe(ip)}`);
-  const port = r.int(t, P, 'port', true, PORT);
-  const port_http_ping = r.int(t, P, 'port_http_ping', false, PORT) ?? DEFAULT_PORT_HTTP_PING;
-  const region = r.str(t, P, 'region', true);
-  if (region === '') r.warn(`${P}.region`, 'empty: no signed request can verify (KMS signs with its AWS region)');
-  const service = r.str(t, P, 'service', true);
-  if (service !== 'kms-xks-proxy') r.warn(`${P}.service`, `is ${describe(service)}; AWS KMS signs with service "kms-xks-proxy"`);
-  const ciphertext_metadata_b64 = r.str(t, P, 'ciphertext_metadata_b64', false);
-  let ciphertext_metadata: Buffer | undefined;
-  if (ciphertext_metadata_b64 !== undefined) {
-    const key = `${P}.ciphertext_metadata_b64`;
-    if (!B64_RE.test(ciphertext_metadata_b64)) r.fail(key, 'expected canonical padded base64 (A-Z a-z 0-9 + / =)');
-    ciphertext_metadata = Buffer.from(ciphertext_metadata_b64, 'base64');
-    if (ciphertext_metadata.toString('base64') !== ciphertext_metadata_b64) r.fail(key, 'expected canonical padded base64 (non-zero trailing bits)');
-    if (ciphertext_metadata.length > CIPHERTEXT_METADATA_MAX_BYTES) {
-      r.fail(key, `decodes to ${ciphertext_metadata.length} bytes, at most ${CIPHERTEXT_METADATA_MAX_BYTES} allowed`);
-    }
-  }
-  const tcp_keepalive: TcpKeepaliveSection = {};
-  const ka = r.table(t, P, 'tcp_keepalive', false);
-  if (ka !== undefined) {
-    const KP = `${P}.tcp_keepalive`;
-    r.unknown(ka, KP, ['tcp_keepalive_secs', 'tcp_keepalive_retries', 'tcp_keepalive_interval_secs']);
-    const secs = r.int(ka, KP, 'tcp_keepalive_secs', false, NON_NEGATIVE);
-    const retries = r.int(ka, KP, 'tcp_keepalive_retries', false, { min: 0, max: U32, what: 'a non-negative 32-bit integer' });
-    const interval = r.int(ka, KP, 'tcp_keepalive_interval_secs', false, NON_NEGATIVE);
-    if (secs !== undefined) tcp_keepalive.tcp_keepalive_secs = secs;
-    if (retries !== undefined) tcp_keepalive.tcp_keepalive_retries = retries;
-    if (interval !== undefined) tcp_keepalive.tcp_keepalive_interval_secs = interval;
-  }
-  const server: ServerSection = { ip, port, port_http_ping, region, service, ciphertext_metadata, tcp_keepalive };
-  if (ciphertext_metadata_b64 !== undefined) server.ciphertext_metadata_b64 = ciphertext_metadata_b64;
-  const workers = r.int(t, P, 'workers', false, { min: 1, max: 1024, what: 'an integer in 1..1024' });
-  if (workers !== undefined) server.workers = workers;
-  return server;
+  const s = readFields(r, r.table(doc, '', 'server', true), 'server', SERVER) as ServerSection;
+  // Checked above: canonical, at most CIPHERTEXT_METADATA_MAX_BYTES.
+  s.ciphertext_metadata = s.ciphertext_metadata_b64 === undefined ? undefined : decodeBase64Strict(s.ciphertext_metadata_b64);
+  return s;
 }
+
+// [tracing] -------------------------------------------------------------------------------------------------
 
 const LEVELS: readonly Level[] = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR'];
 /** Rust's tracing::Level::from_str also takes 1 (ERROR) .. 5 (TRACE). */
 const LEVEL_BY_NUMBER: Record<string, Level> = { '1': 'ERROR', '2': 'WARN', '3': 'INFO', '4': 'DEBUG', '5': 'TRACE' };
 const ROTATIONS: readonly RotationKind[] = ['MINUTELY', 'HOURLY', 'DAILY', 'NEVER'];
+const fileWriter = (seen: Seen): boolean => seen.is_file_writer_enabled === true;
+
+const TRACING: Fields<TracingSection> = {
+  is_stdout_writer_enabled: { kind: 'bool', required: true },
+  is_file_writer_enabled: { kind: 'bool', required: true },
+  level: {
+    kind: 'str',
+    default: 'INFO',
+    parse: (raw, at, seen) => {
+      const up = raw.toUpperCase();
+      const found = LEVEL_BY_NUMBER[raw] ?? LEVELS.find((l) => l === up);
+      if (found !== undefined) return found;
+      const problem = `expected one of TRACE, DEBUG, INFO, WARN, ERROR, got ${describe(raw)}`;
+      // The Rust proxy reads the level only when a writer is enabled.
+      if (seen.is_stdout_writer_enabled === true || fileWriter(seen)) at.fail(problem);
+      at.warn(`${problem} (ignored: no writer is enabled)`);
+      return undefined;
+    },
+  },
+  rotation_kind: {
+    kind: 'str',
+    default: 'HOURLY',
+    parse: (raw, at, seen) => {
+      const up = raw.toUpperCase();
+      const found = ROTATIONS.find((k) => k === up);
+      if (found !== undefined) return found;
+      const problem = `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(raw)}`;
+      // The Rust proxy parses it only when the file writer is enabled.
+      if (fileWriter(seen)) at.fail(problem);
+      at.warn(`${problem} (ignored: the file writer is disabled)`);
+      return undefined;
+    },
+  },
+  file_mode: { kind: 'str', default: DEFAULT_LOG_FILE_MODE, parse: fileMode, summary: (v) => ({ file_mode: `0${(v ?? DEFAULT_LOG_FILE_MODE).toString(8)}` }) },
+  directory: {
+    kind: 'str',
+    required: fileWriter,
+    check: (v, at, seen) => {
+      if (fileWriter(seen) && v === '') at.warn('empty: log files are written to the working directory');
+    },
+  },
+  file_prefix: {
+    kind: 'str',
+    required: fileWriter,
+    check: (v, at, seen) => {
+      if (fileWriter(seen) && v === '') at.warn('empty: log file names are only the date (e.g. ".2026-01-31-23")');
+    },
+  },
+};
 
 function readTracing(r: Reader, doc: Table): TracingSection {
-  const P = 'tracing';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['is_stdout_writer_enabled', 'is_file_writer_enabled', 'level', 'directory', 'file_prefix', 'rotation_kind', 'file_mode']);
-  const is_stdout_writer_enabled = r.bool(t, P, 'is_stdout_writer_enabled', true);
-  const is_file_writer_enabled = r.bool(t, P, 'is_file_writer_enabled', true);
-  const anyWriter = is_stdout_writer_enabled || is_file_writer_enabled;
-  const levelRaw = r.str(t, P, 'level', false);
-  let level: Level = 'INFO';
-  if (levelRaw !== undefined) {
-    const up = levelRaw.toUpperCase();
-    const found = LEVEL_BY_NUMBER[levelRaw] ?? LEVELS.find((l) => l === up);
-    const problem = `expected one of TRACE, DEBUG, INFO, WARN, ERROR, got ${describe(levelRaw)}`;
-    // The Rust proxy reads the level only when a writer is enabled.
-    if (found === undefined && anyWriter) r.fail(`${P}.level`, problem);
-    if (found === undefined) r.warn(`${P}.level`, `${problem} (ignored: no writer is enabled)`);
-    else level = found;
-  }
-  const directory = r.str(t, P, 'directory', is_file_writer_enabled);
-  if (is_file_writer_enabled && directory === '') r.warn(`${P}.directory`, 'empty: log files are written to the working directory');
-  const file_prefix = r.str(t, P, 'file_prefix', is_file_writer_enabled);
-  if (is_file_writer_enabled && file_prefix === '') r.warn(`${P}.file_prefix`, 'empty: log file names are only the date (e.g. ".2026-01-31-23")');
-  const file_mode = readFileMode(r, t, P);
-  const rotRaw = r.str(t, P, 'rotation_kind', false);
-  let rotation_kind: RotationKind = 'HOURLY';
-  if (rotRaw !== undefined) {
-    const up = rotRaw.toUpperCase();
-    const found = ROTATIONS.find((k) => k === up);
-    const problem = `expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(rotRaw)}`;
-    // The Rust proxy parses it only when the file writer is enabled.
-    if (found === undefined && is_file_writer_enabled) r.fail(`${P}.rotation_kind`, problem);
-    if (found === undefined) r.warn(`${P}.rotation_kind`, `${problem} (ignored: the file writer is disabled)`);
-    else rotation_kind = found;
-  }
-  if (!is_stdout_writer_enabled && !is_file_writer_enabled) r.warn(P, 'both the stdout and the file writer are disabled: nothing will be logged');
-  const out: TracingSection = { is_stdout_writer_enabled, is_file_writer_enabled, level, rotation_kind, file_mode };
-  if (directory !== undefined) out.directory = directory;
-  if (file_prefix !== undefined) out.file_prefix = file_prefix;
+  const out = readFields(r, r.table(doc, '', 'tracing', true), 'tracing', TRACING);
+  if (!out.is_stdout_writer_enabled && !out.is_file_writer_enabled) r.warn('tracing', 'both the stdout and the file writer are disabled: nothing will be logged');
   return out;
 }
 
@@ -586,60 +455,103 @@ function readTracing(r: Reader, doc: Table): TracingSection {
  * Applied to every file the logger opens, whatever the umask. Refused: bits beyond 0777, write
  * for group or others (anyone could forge lines), no read and write for the owner.
  */
-function readFileMode(r: Reader, t: Table, P: string): number {
-  const raw = r.str(t, P, 'file_mode', false);
-  if (raw === undefined) return DEFAULT_LOG_FILE_MODE;
-  const key = `${P}.file_mode`;
-  if (!/^0?[0-7]{3}$/.test(raw)) r.fail(key, `expected an octal mode such as "0640" or "0644", got ${describe(raw)}`);
+function fileMode(raw: string, at: At): number {
+  if (!/^0?[0-7]{3}$/.test(raw)) at.fail(`expected an octal mode such as "0640" or "0644", got ${describe(raw)}`);
   const mode = parseInt(raw, 8);
-  if ((mode & 0o022) !== 0) r.fail(key, `${describe(raw)} lets group or others write the log: anyone could forge lines (use "0640" or "0644")`);
-  if ((mode & 0o600) !== 0o600) r.fail(key, `${describe(raw)}: the owner (the proxy) must be able to read and write its log files`);
-  if ((mode & 0o111) !== 0) r.warn(key, `${describe(raw)} makes log files executable`);
+  if ((mode & 0o022) !== 0) at.fail(`${describe(raw)} lets group or others write the log: anyone could forge lines (use "0640" or "0644")`);
+  if ((mode & 0o600) !== 0o600) at.fail(`${describe(raw)}: the owner (the proxy) must be able to read and write its log files`);
+  if ((mode & 0o111) !== 0) at.warn(`${describe(raw)} makes log files executable`);
   return mode;
 }
 
+// [security], [tls] -----------------------------------------------------------------------------------------
+
+const osoChosen = (seen: Seen): boolean => seen.secondary_auth === 'Oso';
+
+const SECURITY: Fields<SecuritySection> = {
+  is_sigv4_auth_enabled: { kind: 'bool', required: true },
+  is_tls_enabled: { kind: 'bool', required: true },
+  is_mtls_enabled: { kind: 'bool', required: true },
+  secondary_auth: {
+    kind: 'str',
+    parse: (raw, at) => {
+      if (raw !== 'Oso') at.fail(`expected "Oso" (or no key), got ${describe(raw)}`);
+      return 'Oso';
+    },
+  },
+  oso: {
+    kind: 'table',
+    required: osoChosen,
+    fields: { polar_file_path: { kind: 'str', required: true, nonEmpty: (_seen, security) => osoChosen(security) } },
+  },
+};
+
 function readSecurity(r: Reader, doc: Table): SecuritySection {
   const P = 'security';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['is_sigv4_auth_enabled', 'is_tls_enabled', 'is_mtls_enabled', 'secondary_auth', 'oso']);
-  const out: SecuritySection = {
-    is_sigv4_auth_enabled: r.bool(t, P, 'is_sigv4_auth_enabled', true),
-    is_tls_enabled: r.bool(t, P, 'is_tls_enabled', true),
-    is_mtls_enabled: r.bool(t, P, 'is_mtls_enabled', true),
-  };
-  const sa = r.str(t, P, 'secondary_auth', false);
-  if (sa !== undefined) {
-    if (sa !== 'Oso') r.fail(`${P}.secondary_auth`, `expected "Oso" (or no key), got ${describe(sa)}`);
-    out.secondary_auth = 'Oso';
-  }
-  const oso = r.table(t, P, 'oso', out.secondary_auth === 'Oso');
-  if (oso !== undefined) {
-    const OP = `${P}.oso`;
-    r.unknown(oso, OP, ['polar_file_path']);
-    out.oso = { polar_file_path: r.str(oso, OP, 'polar_file_path', true, { nonEmpty: out.secondary_auth === 'Oso' }) };
-  }
+  const out = readFields(r, r.table(doc, '', P, true), P, SECURITY);
   if (!out.is_sigv4_auth_enabled) r.warn(`${P}.is_sigv4_auth_enabled`, 'false: requests are not authenticated (testing only)');
   if (out.is_mtls_enabled && !out.is_tls_enabled) r.warn(`${P}.is_mtls_enabled`, 'has no effect while is_tls_enabled = false');
   return out;
 }
 
+const tlsOn = (_seen: Seen, security: Seen): boolean => security.is_tls_enabled === true;
+const mtlsOn = (_seen: Seen, security: Seen): boolean => security.is_tls_enabled === true && security.is_mtls_enabled === true;
+
+/** `ctx`: the [security] section. */
+const TLS: Fields<TlsSection> = {
+  tls_cert_pem: { kind: 'str', required: true, nonEmpty: tlsOn },
+  tls_key_pem: { kind: 'str', required: true, nonEmpty: tlsOn },
+  mtls_client_ca_pem: { kind: 'str', required: mtlsOn, nonEmpty: mtlsOn },
+  mtls_client_dns_name: { kind: 'str', required: mtlsOn, nonEmpty: mtlsOn },
+};
+
 function readTls(r: Reader, doc: Table, sec: SecuritySection): TlsSection | undefined {
-  const P = 'tls';
-  const t = r.table(doc, '', P, sec.is_tls_enabled);
-  if (t === undefined) return undefined;
-  r.unknown(t, P, ['tls_cert_pem', 'tls_key_pem', 'mtls_client_ca_pem', 'mtls_client_dns_name']);
-  const tls = sec.is_tls_enabled;
-  const mtls = tls && sec.is_mtls_enabled;
-  const out: TlsSection = {
-    tls_cert_pem: r.str(t, P, 'tls_cert_pem', true, { nonEmpty: tls }),
-    tls_key_pem: r.str(t, P, 'tls_key_pem', true, { nonEmpty: tls }),
-  };
-  const ca = r.str(t, P, 'mtls_client_ca_pem', mtls, { nonEmpty: mtls });
-  const dns = r.str(t, P, 'mtls_client_dns_name', mtls, { nonEmpty: mtls });
-  if (ca !== undefined) out.mtls_client_ca_pem = ca;
-  if (dns !== undefined) out.mtls_client_dns_name = dns;
-  return out;
+  const t = r.table(doc, '', 'tls', sec.is_tls_enabled);
+  return t === undefined ? undefined : readFields(r, t, 'tls', TLS, sec as unknown as Seen);
 }
+
+// [[external_key_stores]] -----------------------------------------------------------------------------------
+
+const sigv4On = (security: Seen): boolean => security.is_sigv4_auth_enabled === true;
+const ACCESS_KEY_ID_NOTE = 'KMS requires 20..30 characters of A-Z and 2-7';
+const SECRET_NOTE = 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =';
+
+/** `ctx`: the [security] section. */
+const CREDENTIAL: Fields<Sigv4Credential> = {
+  access_key_id: {
+    kind: 'str',
+    required: true,
+    nonEmpty: true,
+    check: (v, at, _seen, security) => {
+      if (sigv4On(security) && !ACCESS_KEY_ID_RE.test(v)) at.warn(ACCESS_KEY_ID_NOTE);
+    },
+  },
+  secret_access_key: {
+    kind: 'str',
+    required: true,
+    secret: true,
+    nonEmpty: true,
+    check: (v, at, _seen, security) => {
+      if (sigv4On(security) && !SECRET_RE.test(v)) at.warn(SECRET_NOTE);
+    },
+  },
+};
+
+const QUOTA: IntOpts = { min: 1, max: 1_000_000_000, what: 'a positive integer' };
+
+/** Read by readKeyStores (the legacy pair and the credential list depend on each other). */
+const KEY_STORE: Fields<KeyStore> = {
+  uri_path_prefix: { kind: 'str', required: true, byHand: true },
+  sigv4_access_key_id: { kind: 'str', byHand: true },
+  sigv4_secret_access_key: { kind: 'str', secret: true, byHand: true },
+  sigv4_credentials: {
+    kind: 'custom',
+    summary: (v) => ({ sigv4_credentials: (v as Sigv4Credential[]).map((c) => ({ access_key_id: c.access_key_id, secret_access_key: '<redacted>' })) }),
+  },
+  xks_key_id_set: { kind: 'custom', summary: (v) => ({ xks_key_id_set: [...(v as ReadonlySet<string>)].sort() }) },
+  requests_per_second: { kind: 'int', range: QUOTA, byHand: true },
+  burst: { kind: 'int', range: QUOTA, byHand: true },
+};
 
 function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] {
   const P = 'external_key_stores';
@@ -654,11 +566,12 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
   arr.forEach((item: unknown, i: number) => {
     const IP = `${P}[${i}]`;
     if (!isTable(item)) r.fail(IP, `expected a table, got ${describe(item)}`);
-    r.unknown(item, IP, ['uri_path_prefix', 'sigv4_access_key_id', 'sigv4_secret_access_key', 'xks_key_id_set', 'sigv4_credentials', 'requests_per_second', 'burst']);
+    r.unknown(item, IP, Object.keys(KEY_STORE));
+    const field = (key: keyof KeyStore): unknown => readField(r, item, IP, key, KEY_STORE[key] as AnyField, {}, {});
 
-    const prefix = r.str(item, IP, 'uri_path_prefix', true);
-    checkPrefix(r, `${IP}.uri_path_prefix`, prefix);
+    const prefix = field('uri_path_prefix') as string;
     const pk = `${IP}.uri_path_prefix`;
+    checkPrefix(r, pk, prefix);
     const prev = seen.get(prefix);
     if (prev !== undefined) r.fail(pk, `duplicate prefix ${describe(prefix)} (also external_key_stores[${prev}])`);
     seen.set(prefix, i);
@@ -671,8 +584,8 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     const creds: Sigv4Credential[] = [];
     if (legacyId !== undefined && legacySecret !== undefined) {
       if (sec.is_sigv4_auth_enabled) {
-        if (!ACCESS_KEY_ID_RE.test(legacyId)) r.warn(`${IP}.sigv4_access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
-        if (!SECRET_RE.test(legacySecret)) r.warn(`${IP}.sigv4_secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
+        if (!ACCESS_KEY_ID_RE.test(legacyId)) r.warn(`${IP}.sigv4_access_key_id`, ACCESS_KEY_ID_NOTE);
+        if (!SECRET_RE.test(legacySecret)) r.warn(`${IP}.sigv4_secret_access_key`, SECRET_NOTE);
       }
       creds.push(withHidden({ access_key_id: legacyId }, 'secret_access_key', legacySecret));
     }
@@ -692,10 +605,8 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
       akidOwner.set(c.access_key_id, i);
     }
     const first = creds[0]!;
-    const akid = first.access_key_id;
-    const secret = first.secret_access_key;
-    const rps = r.int(item, IP, 'requests_per_second', false, { min: 1, max: 1_000_000_000, what: 'a positive integer' });
-    const burst = r.int(item, IP, 'burst', false, { min: 1, max: 1_000_000_000, what: 'a positive integer' });
+    const rps = field('requests_per_second') as number | undefined;
+    const burst = field('burst') as number | undefined;
     if (burst !== undefined && rps === undefined) r.warn(`${IP}.burst`, 'has no effect without requests_per_second');
 
     const ids = item['xks_key_id_set'];
@@ -712,9 +623,9 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     if (set.size === 0) r.warn(ik, 'empty: every key operation on this keystore will fail with KeyNotFoundException');
 
     const ks = withHidden(
-      { uri_path_prefix: prefix, sigv4_access_key_id: akid, sigv4_credentials: creds, xks_key_id_set: set } as Omit<KeyStore, 'sigv4_secret_access_key'>,
+      { uri_path_prefix: prefix, sigv4_access_key_id: first.access_key_id, sigv4_credentials: creds, xks_key_id_set: set } as Omit<KeyStore, 'sigv4_secret_access_key'>,
       'sigv4_secret_access_key',
-      secret,
+      first.secret_access_key,
     );
     if (rps !== undefined) {
       ks.requests_per_second = rps;
@@ -758,135 +669,121 @@ function readCredentialList(r: Reader, item: Table, IP: string, sec: SecuritySec
   return list.map((c: unknown, j: number) => {
     const EP = `${CK}[${j}]`;
     if (!isTable(c)) r.fail(EP, `expected a table { access_key_id = "...", secret_access_key = "..." }, got ${typeName(c)}`);
-    r.unknown(c, EP, ['access_key_id', 'secret_access_key']);
-    const id = r.str(c, EP, 'access_key_id', true, { nonEmpty: true });
-    const secret = r.str(c, EP, 'secret_access_key', true, { secret: true, nonEmpty: true });
-    if (sec.is_sigv4_auth_enabled) {
-      if (!ACCESS_KEY_ID_RE.test(id)) r.warn(`${EP}.access_key_id`, 'KMS requires 20..30 characters of A-Z and 2-7');
-      if (!SECRET_RE.test(secret)) r.warn(`${EP}.secret_access_key`, 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =');
-    }
-    return withHidden({ access_key_id: id }, 'secret_access_key', secret);
+    return readFields(r, c, EP, CREDENTIAL, sec as unknown as Seen);
   });
+}
+
+// [pkcs11] --------------------------------------------------------------------------------------------------
+
+/** The engine's bounds (native/limits.h, exported by the addon): what check-config accepts, the engine takes. */
+let pkcs11Table: Fields<Omit<Pkcs11Section, 'module_path'>> | undefined;
+
+function PKCS11(): Fields<Omit<Pkcs11Section, 'module_path'>> {
+  if (pkcs11Table !== undefined) return pkcs11Table;
+  const L = loadAddon().limits;
+  const opTimeoutMax = Math.min(MAX_OPERATION_TIMEOUT_MILLI, L.operationTimeoutMs.max);
+  const inRange = (min: number, max: number, note = ''): IntOpts => ({ min, max, what: `an integer in ${min}..${max}${note}` });
+  pkcs11Table = {
+    // The Rust proxy takes any usize / u64 for these two; larger values than the engine's are used as its, with a warning.
+    session_pool_max_size: { kind: 'int', required: true, range: POSITIVE, atMost: L.poolMaxSize.max },
+    session_pool_timeout_milli: { kind: 'int', required: true, range: NON_NEGATIVE, atMost: L.poolTimeoutMs.max },
+    session_eager_close: { kind: 'bool', required: true },
+    user_pin: { kind: 'str', required: true, secret: true },
+    PKCS11_HSM_MODULE: { kind: 'str', required: true, summary: (v, s) => ({ PKCS11_HSM_MODULE: v, module_path: s.module_path }) },
+    context_read_timeout_milli: { kind: 'int', required: true, range: NON_NEGATIVE },
+    worker_threads: {
+      kind: 'int',
+      range: inRange(L.threads.min, L.threads.max),
+      default: (seen) => Math.min(seen.session_pool_max_size as number, MAX_DEFAULT_WORKER_THREADS),
+    },
+    operation_timeout_milli: {
+      kind: 'int',
+      range: inRange(L.operationTimeoutMs.min, opTimeoutMax, ' (0 = no deadline)'),
+      default: DEFAULT_OPERATION_TIMEOUT_MILLI,
+      check: (v, at) => {
+        if (v >= 250) at.warn(`${v} ms: KMS gives up after 250 ms, so a stuck HSM call is reported late`);
+        if (v === 0) at.warn('0: HSM calls have no deadline; a stuck HSM hangs requests');
+      },
+    },
+    session_key_copies: { kind: 'bool', default: true },
+    session_key_check_milli: { kind: 'int', range: inRange(L.keyCheckMs.min, L.keyCheckMs.max), default: DEFAULT_SESSION_KEY_CHECK_MILLI },
+  };
+  return pkcs11Table;
 }
 
 function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Section {
   const P = 'pkcs11';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, [
-    'session_pool_max_size', 'session_pool_timeout_milli', 'session_eager_close', 'user_pin',
-    PKCS11_HSM_MODULE, 'context_read_timeout_milli', 'worker_threads', 'operation_timeout_milli',
-    'session_key_copies', 'session_key_check_milli',
-  ]);
-  // The Rust proxy takes any usize / u64 here; the engine holds at most MAX_SESSION_POOL sessions
-  // and waits at most MAX_POOL_TIMEOUT_MILLI: larger values are used as those, with a warning.
-  const session_pool_max_size = atMost(r, `${P}.session_pool_max_size`, r.int(t, P, 'session_pool_max_size', true, POSITIVE), MAX_SESSION_POOL);
-  const session_pool_timeout_milli = atMost(
-    r,
-    `${P}.session_pool_timeout_milli`,
-    r.int(t, P, 'session_pool_timeout_milli', true, NON_NEGATIVE),
-    MAX_POOL_TIMEOUT_MILLI,
-  );
-  const session_eager_close = r.bool(t, P, 'session_eager_close', true);
-  const user_pin = r.str(t, P, 'user_pin', true, { secret: true });
-  const hsmModule = r.str(t, P, PKCS11_HSM_MODULE, true);
-  const context_read_timeout_milli = r.int(t, P, 'context_read_timeout_milli', true, NON_NEGATIVE);
-  const worker_threads =
-    r.int(t, P, 'worker_threads', false, { min: 1, max: MAX_WORKER_THREADS, what: `an integer in 1..${MAX_WORKER_THREADS}` }) ??
-    Math.min(session_pool_max_size, MAX_DEFAULT_WORKER_THREADS);
-  const operation_timeout_milli =
-    r.int(t, P, 'operation_timeout_milli', false, { min: 0, max: 60000, what: 'an integer in 0..60000 (0 = no deadline)' }) ??
-    DEFAULT_OPERATION_TIMEOUT_MILLI;
-  if (operation_timeout_milli >= 250) {
-    r.warn(`${P}.operation_timeout_milli`, `${operation_timeout_milli} ms: KMS gives up after 250 ms, so a stuck HSM call is reported late`);
-  }
-  if (operation_timeout_milli === 0) r.warn(`${P}.operation_timeout_milli`, '0: HSM calls have no deadline; a stuck HSM hangs requests');
-  const session_key_copies = r.bool(t, P, 'session_key_copies', false) ?? true;
-  const session_key_check_milli =
-    r.int(t, P, 'session_key_check_milli', false, { min: 1, max: 3600000, what: 'an integer in 1..3600000' }) ??
-    DEFAULT_SESSION_KEY_CHECK_MILLI;
+  const out = readFields(r, r.table(doc, '', P, true), P, PKCS11()) as Pkcs11Section;
   const fromEnv = env[PKCS11_HSM_MODULE];
-  const module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : hsmModule;
-  if (module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');
-  const out = {
-    session_pool_max_size,
-    session_pool_timeout_milli,
-    session_eager_close,
-    PKCS11_HSM_MODULE: hsmModule,
-    context_read_timeout_milli,
-    worker_threads,
-    operation_timeout_milli,
-    session_key_copies,
-    session_key_check_milli,
-    module_path,
-  };
-  return withHidden(out, 'user_pin', user_pin);
+  out.module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : out.PKCS11_HSM_MODULE;
+  if (out.module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');
+  return out;
 }
 
-/** `value`, or `max` with a warning when it is above. */
-function atMost(r: Reader, key: string, value: number, max: number): number {
-  if (value <= max) return value;
-  r.warn(key, `${value} is above ${max}, the most this proxy supports: ${max} is used`);
-  return max;
-}
+// [pkcs11_logger], [limits], [hsm_capabilities], [health_check] ---------------------------------------------
 
-function readPkcs11Logger(r: Reader, doc: Table): Pkcs11LoggerSection | undefined {
-  const P = 'pkcs11_logger';
-  const t = r.table(doc, '', P, false);
-  if (t === undefined) return undefined;
-  r.unknown(t, P, ['PKCS11_LOGGER_LIBRARY_PATH', 'PKCS11_LOGGER_LOG_FILE_PATH', 'PKCS11_LOGGER_FLAGS']);
-  return {
-    PKCS11_LOGGER_LIBRARY_PATH: r.str(t, P, 'PKCS11_LOGGER_LIBRARY_PATH', true),
-    PKCS11_LOGGER_LOG_FILE_PATH: r.str(t, P, 'PKCS11_LOGGER_LOG_FILE_PATH', true),
-    PKCS11_LOGGER_FLAGS: r.str(t, P, 'PKCS11_LOGGER_FLAGS', true),
-  };
-}
+const PKCS11_LOGGER: Fields<Pkcs11LoggerSection> = {
+  PKCS11_LOGGER_LIBRARY_PATH: { kind: 'str', required: true },
+  PKCS11_LOGGER_LOG_FILE_PATH: { kind: 'str', required: true },
+  PKCS11_LOGGER_FLAGS: { kind: 'str', required: true },
+};
 
-function readLimits(r: Reader, doc: Table): LimitsSection {
-  const P = 'limits';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['max_plaintext_in_base64', 'max_aad_in_base64']);
-  const max_plaintext_in_base64 = r.int(t, P, 'max_plaintext_in_base64', true, NON_NEGATIVE);
-  const max_aad_in_base64 = r.int(t, P, 'max_aad_in_base64', true, NON_NEGATIVE);
-  if (max_plaintext_in_base64 < MIN_PLAINTEXT_B64) {
-    r.warn(`${P}.max_plaintext_in_base64`, `${max_plaintext_in_base64} is below ${MIN_PLAINTEXT_B64} (4,300 bytes of plaintext, which KMS may send)`);
-  }
-  if (max_aad_in_base64 < MIN_AAD_B64) {
-    r.warn(`${P}.max_aad_in_base64`, `${max_aad_in_base64} is below ${MIN_AAD_B64} (8,192 bytes of AAD, which KMS may send)`);
-  }
-  if (max_aad_in_base64 > MAX_AAD_B64) {
-    r.warn(`${P}.max_aad_in_base64`, `${max_aad_in_base64} is above ${MAX_AAD_B64}: AAD beyond 65,535 bytes cannot be encoded`);
-  }
-  return { max_plaintext_in_base64, max_aad_in_base64 };
-}
+const LIMITS: Fields<LimitsSection> = {
+  max_plaintext_in_base64: {
+    kind: 'int',
+    required: true,
+    range: NON_NEGATIVE,
+    check: (v, at) => {
+      if (v < MIN_PLAINTEXT_B64) at.warn(`${v} is below ${MIN_PLAINTEXT_B64} (4,300 bytes of plaintext, which KMS may send)`);
+    },
+  },
+  max_aad_in_base64: {
+    kind: 'int',
+    required: true,
+    range: NON_NEGATIVE,
+    check: (v, at) => {
+      if (v < MIN_AAD_B64) at.warn(`${v} is below ${MIN_AAD_B64} (8,192 bytes of AAD, which KMS may send)`);
+      if (v > MAX_AAD_B64) at.warn(`${v} is above ${MAX_AAD_B64}: AAD beyond 65,535 bytes cannot be encoded`);
+    },
+  },
+};
+
+const HSM_CAPABILITIES: Fields<HsmCapabilities> = {
+  can_generate_iv: { kind: 'bool', required: true },
+  is_zero_iv_required: {
+    kind: 'bool',
+    required: true,
+    check: (v, at, seen) => {
+      if (v && seen.can_generate_iv !== true) at.warn('has no effect while can_generate_iv = false');
+    },
+  },
+};
+
+const HEALTH_CHECK: Fields<HealthCheckSection> = {
+  key_id: {
+    kind: 'str',
+    required: true,
+    check: (v, at) => {
+      if (!KEY_ID_RE.test(v)) at.fail(`key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(v)}`);
+    },
+  },
+  interval_secs: {
+    kind: 'int',
+    range: { min: 1, max: 60, what: 'an integer in 1..60 (the spec caches health for at most 60 s)' },
+    default: DEFAULT_HEALTH_CHECK_INTERVAL_SECS,
+  },
+  degraded_latency_milli: { kind: 'int', range: { min: 1, max: 60000, what: 'an integer in 1..60000' }, default: DEFAULT_HEALTH_CHECK_DEGRADED_MILLI },
+};
 
 function readHealthCheck(r: Reader, doc: Table, stores: readonly KeyStore[]): HealthCheckSection | undefined {
   const P = 'health_check';
   const t = r.table(doc, '', P, false);
   if (t === undefined) return undefined;
-  r.unknown(t, P, ['key_id', 'interval_secs', 'degraded_latency_milli']);
-  const key_id = r.str(t, P, 'key_id', true);
-  if (!KEY_ID_RE.test(key_id)) r.fail(`${P}.key_id`, `key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(key_id)}`);
-  const interval_secs =
-    r.int(t, P, 'interval_secs', false, { min: 1, max: 60, what: 'an integer in 1..60 (the spec caches health for at most 60 s)' }) ??
-    DEFAULT_HEALTH_CHECK_INTERVAL_SECS;
-  const degraded_latency_milli =
-    r.int(t, P, 'degraded_latency_milli', false, { min: 1, max: 60000, what: 'an integer in 1..60000' }) ?? DEFAULT_HEALTH_CHECK_DEGRADED_MILLI;
-  const users = stores.filter((s) => s.xks_key_id_set.has(key_id)).map((s) => describe(s.uri_path_prefix));
+  const out = readFields(r, t, P, HEALTH_CHECK);
+  const users = stores.filter((s) => s.xks_key_id_set.has(out.key_id)).map((s) => describe(s.uri_path_prefix));
   if (users.length > 0) {
-    r.warn(`${P}.key_id`, `${describe(key_id)} is also in the xks_key_id_set of ${users.join(', ')}: use a key reserved for health checks`);
+    r.warn(`${P}.key_id`, `${describe(out.key_id)} is also in the xks_key_id_set of ${users.join(', ')}: use a key reserved for health checks`);
   }
-  return { key_id, interval_secs, degraded_latency_milli };
-}
-
-function readHsmCapabilities(r: Reader, doc: Table): HsmCapabilities {
-  const P = 'hsm_capabilities';
-  const t = r.table(doc, '', P, true);
-  r.unknown(t, P, ['can_generate_iv', 'is_zero_iv_required']);
-  const out = {
-    can_generate_iv: r.bool(t, P, 'can_generate_iv', true),
-    is_zero_iv_required: r.bool(t, P, 'is_zero_iv_required', true),
-  };
-  if (out.is_zero_iv_required && !out.can_generate_iv) r.warn(`${P}.is_zero_iv_required`, 'has no effect while can_generate_iv = false');
   return out;
 }
 
@@ -906,6 +803,12 @@ export const DEFAULT_METRICS_IP = '127.0.0.1';
 export const DEFAULT_METRICS_PORT = 9464;
 const METRICS_OFF: Readonly<MetricsSection> = Object.freeze({ enabled: false, ip: DEFAULT_METRICS_IP, port: DEFAULT_METRICS_PORT });
 
+const METRICS: Fields<MetricsSection> = {
+  enabled: { kind: 'bool', default: false },
+  ip: { kind: 'str', default: DEFAULT_METRICS_IP, check: IP_ADDRESS },
+  port: { kind: 'int', range: PORT, default: DEFAULT_METRICS_PORT },
+};
+
 /** True when two listen addresses can collide (equal, or either one a wildcard address). */
 function addressesOverlap(a: string, b: string): boolean {
   const wildcard = (ip: string): boolean => ip === '0.0.0.0' || ip === '::';
@@ -916,11 +819,7 @@ function readMetrics(r: Reader, doc: Table, server: ServerSection): MetricsSecti
   const P = 'metrics';
   const t = r.table(doc, '', P, false);
   if (t === undefined) return { ...METRICS_OFF };
-  r.unknown(t, P, ['enabled', 'ip', 'port']);
-  const enabled = r.bool(t, P, 'enabled', false) ?? false;
-  const ip = r.str(t, P, 'ip', false) ?? DEFAULT_METRICS_IP;
-  if (isIP(ip) === 0) r.fail(`${P}.ip`, `expected an IPv4 or IPv6 address, got ${describe(ip)}`);
-  const port = r.int(t, P, 'port', false, PORT) ?? DEFAULT_METRICS_PORT;
+  const { enabled, ip, port } = readFields(r, t, P, METRICS);
   if (!enabled) {
     if (t.ip !== undefined || t.port !== undefined) r.warn(`${P}.enabled`, 'is not true: /metrics is not served (ip and port are ignored)');
     return { enabled, ip, port };
@@ -938,44 +837,95 @@ function isLoopback(ip: string): boolean {
   return ip === '::1' || ip.startsWith('127.');
 }
 
+// The file --------------------------------------------------------------------------------------------------
+
+/** The sections (summary order); readConfig reads them in dependency order. */
+function configFields(): Fields<Config> {
+  return {
+    server: { kind: 'table', fields: SERVER as unknown as Fields<ServerSection> },
+    tracing: { kind: 'table', fields: TRACING },
+    security: { kind: 'table', fields: SECURITY },
+    tls: { kind: 'table', fields: TLS },
+    external_key_stores: { kind: 'custom', summary: (v) => ({ external_key_stores: (v as KeyStore[]).map((ks) => summarize(ks, KEY_STORE)) }) },
+    pkcs11: { kind: 'table', fields: PKCS11() as unknown as Fields<Pkcs11Section> },
+    pkcs11_logger: { kind: 'table', fields: PKCS11_LOGGER },
+    limits: { kind: 'table', fields: LIMITS },
+    hsm_capabilities: { kind: 'table', fields: HSM_CAPABILITIES },
+    health_check: { kind: 'table', fields: HEALTH_CHECK },
+    metrics: { kind: 'table', fields: METRICS },
+  };
+}
+
+/** A required section without rules across its keys. */
+function section<T>(r: Reader, doc: Table, key: string, fields: Fields<T>): T {
+  return readFields(r, r.table(doc, '', key, true), key, fields);
+}
+
+function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
+  r.unknown(doc, '', Object.keys(configFields()));
+  const security = readSecurity(r, doc);
+  const config: Config = {
+    server: readServer(r, doc),
+    tracing: readTracing(r, doc),
+    security,
+    tls: readTls(r, doc, security),
+    external_key_stores: readKeyStores(r, doc, security),
+    pkcs11: readPkcs11(r, doc, env),
+    limits: section(r, doc, 'limits', LIMITS),
+    hsm_capabilities: section(r, doc, 'hsm_capabilities', HSM_CAPABILITIES),
+    metrics: METRICS_OFF,
+  };
+  const lt = r.table(doc, '', 'pkcs11_logger', false);
+  if (lt !== undefined) config.pkcs11_logger = readFields(r, lt, 'pkcs11_logger', PKCS11_LOGGER);
+  const health = readHealthCheck(r, doc, config.external_key_stores);
+  if (health !== undefined) config.health_check = health;
+  config.metrics = readMetrics(r, doc, config.server);
+  return config;
+}
+
+// Passing a Config to another thread ----------------------------------------------------------------------
+
+/**
+ * The secrets of a Config. They are non-enumerable, so structured cloning (postMessage, workerData)
+ * drops them: they travel in this explicit field next to the clone, and reviveConfig re-attaches them.
+ */
+export interface ConfigSecrets {
+  user_pin: string;
+  /** Per keystore, in order: the legacy secret and each credential's secret. */
+  key_stores: { sigv4_secret_access_key: string; secret_access_keys: string[] }[];
+}
+
+export function configSecrets(config: Config): ConfigSecrets {
+  return {
+    user_pin: config.pkcs11.user_pin,
+    key_stores: config.external_key_stores.map((ks) => ({
+      sigv4_secret_access_key: ks.sigv4_secret_access_key,
+      secret_access_keys: ks.sigv4_credentials.map((c) => c.secret_access_key),
+    })),
+  };
+}
+
+/**
+ * A structured clone of a Config made whole again: the secrets re-attached hidden (as loadConfig
+ * attaches them) and the Buffer that cloning turned into a Uint8Array restored. Mutates `clone`.
+ */
+export function reviveConfig(clone: Config, secrets: ConfigSecrets): Config {
+  withHidden(clone.pkcs11, 'user_pin', secrets.user_pin);
+  clone.external_key_stores.forEach((ks, i) => {
+    const s = secrets.key_stores[i];
+    if (s === undefined || s.secret_access_keys.length !== ks.sigv4_credentials.length) throw new Error('configuration secrets do not match the configuration');
+    withHidden(ks, 'sigv4_secret_access_key', s.sigv4_secret_access_key);
+    ks.sigv4_credentials.forEach((c, j) => withHidden(c, 'secret_access_key', s.secret_access_keys[j]!));
+  });
+  const md: Uint8Array | undefined = clone.server.ciphertext_metadata;
+  if (md !== undefined) clone.server.ciphertext_metadata = Buffer.from(md.buffer, md.byteOffset, md.byteLength);
+  return clone;
+}
+
 // ---------------------------------------------------------------------------------------------------------
-
-/** Adds a read-only, non-enumerable property: kept out of JSON.stringify, util.inspect and spreads. */
-function withHidden<T extends object, K extends string>(obj: T, key: K, value: string): T & Record<K, string> {
-  Object.defineProperty(obj, key, { value, enumerable: false, writable: false });
-  return obj as T & Record<K, string>;
-}
-
-function join(path: string, key: string): string {
-  return path === '' ? key : `${path}.${key}`;
-}
 
 function b64Len(bytes: number): number {
   return Math.ceil(bytes / 3) * 4;
-}
-
-function typeName(v: unknown): string {
-  if (Array.isArray(v)) return 'an array';
-  if (v instanceof Date) return 'a date';
-  if (isTable(v)) return 'a table';
-  if (typeof v === 'number') return Number.isInteger(v) ? 'an integer' : 'a float';
-  if (typeof v === 'string') return 'a string';
-  if (typeof v === 'boolean') return 'a boolean';
-  return 'a TOML date';
-}
-
-/** A short, printable rendering of a (non-secret) value for messages. */
-function describe(v: unknown): string {
-  if (typeof v === 'string') {
-    const s = JSON.stringify(v.length > 60 ? `${v.slice(0, 60)}...` : v);
-    return s.replace(/[^\x20-\x7e]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  }
-  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  return typeName(v);
-}
-
-function oneLine(s: string): string {
-  return s.replace(/[\x00-\x1f\x7f\u2028\u2029]/g, ' ');
 }
 
 function errCode(e: unknown): string {

@@ -13,7 +13,7 @@ import { createLogger, type Logger } from './log.js';
 import { logPingFact, logSettingsFacts } from './startup-log.js';
 import { VERSION } from './version.js';
 import { WorkerPool } from './workers/pool.js';
-import { baseServerOptions, drainWithGrace, freePort, hsmSettings, metricsFor, opContext } from './workers/serving.js';
+import { baseServerOptions, drainWithGrace, engineOptions, freePort, metricsFor, opContext } from './workers/serving.js';
 import { planWorkers } from './workers/split.js';
 
 export interface RunningProxy {
@@ -67,7 +67,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   // An HSM that is down does not stop start-up (README, "Recovery"); a wrong PIN, a module that
   // cannot be loaded or an IV mode the HSM cannot do does, with one line.
-  const hsm = await Hsm.open(hsmSettings(config, plan.shares[0]!), log);
+  const hsm = await Hsm.open(engineOptions(config, plan.shares[0]!), log);
   for (const [level, note] of hsm.startupNotes()) log[level](note);
   let checker: HealthChecker | undefined;
   if (config.health_check) {
@@ -115,7 +115,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
       // The main thread listens first (port 0 picks the port); the workers join it on that port.
       const first = checker?.current();
       pool = await WorkerPool.start({
-        file: loaded.file,
+        loaded,
         count: plan.count,
         port: server.port,
         shares: plan.shares,
@@ -167,11 +167,11 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   const pingPort = server.pingPort === server.port ? port : server.pingPort;
   const reloader = new Reloader(loaded.file, loaded, keyStores, server, log, process.env, plan.count);
   let reloads: Promise<unknown> = Promise.resolve();
-  /** The main thread applies the file; then every worker thread re-reads and applies it. */
+  /** The main thread reads and applies the file; then every worker thread applies what it read. */
   const reloadAll = async (): Promise<ReloadOutcome> => {
     const out = await reloader.reload();
     if (!out.ok || pool === undefined) return out;
-    const r = await pool.reload();
+    const r = await pool.reload(reloader.applied);
     if (r.ok) return out;
     const error = r.errors.join('; ');
     log.error('configuration reload: worker threads did not apply it', { error });

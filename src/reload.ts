@@ -2,11 +2,12 @@
  * Live configuration: what the HTTP layer routes and authorizes with (keystores, credentials, key id
  * sets, quotas, the Oso policy), built from a Config, and SIGHUP reload of it.
  *
- * A reload re-reads settings.toml, builds a complete new snapshot (including loading the Oso policy)
- * and only then swaps it in with one assignment: a bad file or policy changes nothing and is reported
- * in one log line. Listeners are never closed; requests in flight finish with the snapshot they started
- * with. Settings the running process cannot change (ports, TLS, HSM, pool, limits, logging, ...) are
- * named in a warning when they differ and take effect at the next restart.
+ * A reload re-reads settings.toml (in the main thread; worker threads are handed what it read, see
+ * apply), builds a complete new snapshot (including loading the Oso policy) and only then swaps it in
+ * with one assignment: a bad file or policy changes nothing and is reported in one log line. Listeners
+ * are never closed; requests in flight finish with the snapshot they started with. Settings the
+ * running process cannot change (ports, TLS, HSM, pool, limits, logging, ...) are named in a warning
+ * when they differ and take effect at the next restart.
  */
 import { loadConfig, redactedSummary, type Config, type LoadedConfig } from './config.js';
 import { OsoAuthorizer, type Authorizer } from './auth/oso.js';
@@ -83,6 +84,7 @@ export interface ReloadOutcome {
 
 export class Reloader {
   private config: Config;
+  private lastApplied: LoadedConfig;
   private routes: ReadonlyMap<string, KeyStoreRoute>;
   private chain: Promise<unknown> = Promise.resolve();
 
@@ -97,21 +99,39 @@ export class Reloader {
     private readonly share = 1,
   ) {
     this.config = loaded.config;
+    this.lastApplied = loaded;
     this.routes = new Map(initial.map((k) => [k.prefix, k]));
   }
 
   /** Re-reads the settings file and applies it; reloads run one at a time, in call order. */
   reload(): Promise<ReloadOutcome> {
-    const run = this.chain.then(() => this.doReload());
+    return this.queue(() => loadConfig(this.file, this.env));
+  }
+
+  /**
+   * Applies settings another thread read (the main thread's, handed to a worker thread): every event
+   * loop runs the same parsed file, never a later edit of it. Queued like reload().
+   */
+  apply(next: LoadedConfig): Promise<ReloadOutcome> {
+    return this.queue(() => next);
+  }
+
+  /** The settings file as last read and applied (what apply() of the other event loops gets). */
+  get applied(): LoadedConfig {
+    return this.lastApplied;
+  }
+
+  private queue(read: () => LoadedConfig): Promise<ReloadOutcome> {
+    const run = this.chain.then(() => this.doReload(read));
     this.chain = run.catch(() => undefined);
     return run;
   }
 
-  private async doReload(): Promise<ReloadOutcome> {
+  private async doReload(read: () => LoadedConfig): Promise<ReloadOutcome> {
     let next: LoadedConfig;
     let authorizer: Authorizer | undefined;
     try {
-      next = loadConfig(this.file, this.env);
+      next = read();
       authorizer = await loadAuthorizer(next.config);
     } catch (e) {
       const error = (e instanceof Error ? e.message : String(e)).replace(/[\r\n]+/g, ' ');
@@ -123,6 +143,7 @@ export class Reloader {
     const routes = keyStoreRoutes(next.config, this.routes, this.share);
     this.server.apply(routes, authorizer);
     this.routes = new Map(routes.map((k) => [k.prefix, k]));
+    this.lastApplied = next;
     // Keep the settings that were not applied as they run, so the warning repeats until a restart.
     const security = { ...this.config.security };
     delete security.secondary_auth;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { cdivSha256, decodeBase64Strict, hsmAad } from '../src/codec.js';
+import { base64Refusal, cdivSha256, decodeBase64Strict, hsmAad } from '../src/codec.js';
 
 describe('strict base64', () => {
   it('decodes canonical padded base64 of every length', () => {
@@ -12,6 +12,16 @@ describe('strict base64', () => {
   it('rejects junk, missing padding, url-safe alphabet and non-canonical trailing bits', () => {
     for (const s of ['abc', 'ab=c', 'a b=', 'SGVsbG8gV29ybGQh!', '-_-_', 'QQ', 'QR==', 'QUI=', 'QUJ=', '====', 'é===', 'QUI=QUI=', ' QUI', 'QU\nI']) {
       expect(decodeBase64Strict(s) !== undefined, s).toBe(s === 'QUI=');
+    }
+  });
+  it('base64Refusal tells a bad alphabet or padding from non-zero trailing bits', () => {
+    for (const s of ['abc', 'ab=c', 'a b=', 'SGVsbG8gV29ybGQh!', '-_-_', 'QQ', '====', 'é===', 'QUI=QUI=', ' QUI', 'QU\nI', 'ab!d']) {
+      expect(decodeBase64Strict(s), s).toBeUndefined();
+      expect(base64Refusal(s), s).toBe('alphabet');
+    }
+    for (const s of ['QR==', 'QUJ=', 'djB=']) {
+      expect(decodeBase64Strict(s), s).toBeUndefined();
+      expect(base64Refusal(s), s).toBe('trailing-bits');
     }
   });
 });

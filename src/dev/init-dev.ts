@@ -49,8 +49,7 @@ export async function initDev(dirArg: string, port = 8000): Promise<DevEnvironme
     poolTimeoutMs: 1000,
     eagerClose: false,
     threads: 1,
-    canGenerateIv: false,
-    isZeroIvRequired: false,
+    ivMode: 'random',
   });
   try {
     for (const k of DEMO_KEYS) await hsm.createKey(k.id, { encrypt: k.encrypt, decrypt: k.decrypt });

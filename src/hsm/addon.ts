@@ -205,8 +205,14 @@ export interface NativeEngine {
   close(): Promise<void>;
 }
 
+/** The integer options the engine bounds, and their bounds (native/limits.h, the one source of them). */
+export type BoundedOption = 'poolMaxSize' | 'poolTimeoutMs' | 'threads' | 'operationTimeoutMs' | 'keyCheckMs';
+export type EngineLimits = Readonly<Record<BoundedOption, Readonly<{ min: number; max: number }>>>;
+
 export interface NativeAddon {
   Engine: new (options: EngineOptions) => NativeEngine;
+  /** Inclusive bounds of the integer options; the constructor throws a TypeError outside them. */
+  limits: EngineLimits;
 }
 
 export function isNativeError(e: unknown): e is NativeError {

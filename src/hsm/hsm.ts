@@ -8,23 +8,7 @@ import type { Logger } from '../log.js';
 import { isNativeError, loadAddon } from './addon.js';
 import type { EngineOptions, EngineStats, IvMode, NativeEngine, NativeError, OpenResult, TokenInfo } from './addon.js';
 
-export type { EngineStats, IvMode, OpenResult, TokenInfo };
-
-export interface HsmSettings {
-  modulePath: string;
-  userPin: string;
-  poolMaxSize: number;
-  poolTimeoutMs: number;
-  eagerClose: boolean;
-  threads: number;
-  canGenerateIv: boolean;
-  isZeroIvRequired: boolean;
-  /** Deadline of every HSM call in ms ([pkcs11] operation_timeout_milli); 0 = none. */
-  operationTimeoutMs?: number;
-  /** [pkcs11] session_key_copies / session_key_check_milli. */
-  keyCopies?: boolean;
-  keyCheckMs?: number;
-}
+export type { EngineOptions, EngineStats, IvMode, OpenResult, TokenInfo };
 
 /** A cached health verdict (the deep health check of src/health/); see Hsm.setHealthSource. */
 export type HealthState = 'ACTIVE' | 'DEGRADED' | 'UNAVAILABLE';
@@ -173,19 +157,7 @@ export class Hsm {
    * Loads the PKCS#11 module, initializes it and logs in one session. An HSM that is down
    * does not fail this (see startupNotes); `log` gets the rate-limited IV errors.
    */
-  static async open(settings: HsmSettings, log?: Logger): Promise<Hsm> {
-    const options: EngineOptions = {
-      modulePath: settings.modulePath,
-      userPin: settings.userPin,
-      poolMaxSize: settings.poolMaxSize,
-      poolTimeoutMs: settings.poolTimeoutMs,
-      eagerClose: settings.eagerClose,
-      threads: settings.threads,
-      ivMode: ivMode(settings.canGenerateIv, settings.isZeroIvRequired),
-      operationTimeoutMs: settings.operationTimeoutMs ?? 0,
-      keyCopies: settings.keyCopies ?? false,
-      ...(settings.keyCheckMs !== undefined ? { keyCheckMs: settings.keyCheckMs } : {}),
-    };
+  static async open(options: EngineOptions, log?: Logger): Promise<Hsm> {
     const { Engine } = loadAddon();
     const engine = new Engine(options);
     let opened: OpenResult;
@@ -199,7 +171,7 @@ export class Hsm {
         );
       }
       const why = isNativeError(e) ? detail(e) : e instanceof Error ? e.message : String(e);
-      throw new Error(`cannot open the HSM module ${settings.modulePath}: ${why}`);
+      throw new Error(`cannot open the HSM module ${options.modulePath}: ${why}`);
     }
     return new Hsm(engine, options.ivMode, log, opened);
   }

@@ -8,10 +8,11 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import type { LoadedConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
 import type { BufferedLogger } from '../log.js';
 import { Metrics, sumGauges, type MetricsSnapshot } from '../metrics.js';
-import type { FromWorker, ToWorker, WorkerInit } from './protocol.js';
+import { toSettingsMessage, type FromWorker, type SettingsMessage, type ToWorker, type WorkerInit } from './protocol.js';
 
 /** dist/src/workers/thread.js next to this file, or (running from src/ under a TypeScript loader) the compiled one. */
 function threadScript(): URL {
@@ -49,7 +50,7 @@ class WorkerHandle {
     this.worker.postMessage(m);
   }
 
-  request(m: { type: 'snapshot' } | { type: 'reload' }, timeoutMs = RPC_TIMEOUT_MS): Promise<FromWorker> {
+  request(m: { type: 'snapshot' } | { type: 'reload'; settings: SettingsMessage }, timeoutMs = RPC_TIMEOUT_MS): Promise<FromWorker> {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -94,7 +95,8 @@ class WorkerHandle {
 }
 
 export interface PoolOptions {
-  file: string;
+  /** The settings the main thread loaded; the workers get them parsed (they never read the file). */
+  loaded: LoadedConfig;
   /** All event loops, the main thread included (>= 2 for a pool). */
   count: number;
   /** The API port the main thread listens on. */
@@ -126,7 +128,7 @@ export class WorkerPool {
       const init: WorkerInit = {
         index,
         count: options.count,
-        file: options.file,
+        settings: toSettingsMessage(options.loaded),
         port: options.port,
         poolMaxSize: share.poolMaxSize,
         threads: share.threads,
@@ -200,9 +202,10 @@ export class WorkerPool {
     );
   }
 
-  /** Every worker re-reads the settings file (after the main thread applied it); errors name the worker. */
-  async reload(): Promise<{ ok: boolean; errors: string[] }> {
-    const results = await Promise.allSettled(this.workers.map((w) => w.request({ type: 'reload' }, 30_000)));
+  /** Every worker applies `next`, the settings the main thread read and applied; errors name the worker. */
+  async reload(next: LoadedConfig): Promise<{ ok: boolean; errors: string[] }> {
+    const settings = toSettingsMessage(next);
+    const results = await Promise.allSettled(this.workers.map((w) => w.request({ type: 'reload', settings }, 30_000)));
     const errors: string[] = [];
     results.forEach((r, i) => {
       if (r.status === 'rejected') errors.push(`worker ${i + 1}: ${r.reason instanceof Error ? r.reason.message : String(r.reason)}`);

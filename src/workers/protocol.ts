@@ -3,16 +3,37 @@
  * port; one port per worker, so messages of one worker arrive in order: its log lines before its
  * 'stopped').
  */
+import type { Config, ConfigSecrets, LoadedConfig } from '../config.js';
+import { configSecrets, reviveConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
 import type { MetricsSnapshot } from '../metrics.js';
+
+/**
+ * The settings the main thread read and applied, as they cross to a worker thread: the structured
+ * clone of the Config plus its secrets in their own field (the clone drops non-enumerable properties).
+ */
+export interface SettingsMessage {
+  file: string;
+  config: Config;
+  secrets: ConfigSecrets;
+}
+
+export function toSettingsMessage(loaded: LoadedConfig): SettingsMessage {
+  return { file: loaded.file, config: loaded.config, secrets: configSecrets(loaded.config) };
+}
+
+/** The worker's side: the same Config as the main thread's (warnings were the main thread's to log). */
+export function fromSettingsMessage(m: SettingsMessage): LoadedConfig {
+  return { file: m.file, config: reviveConfig(m.config, m.secrets), warnings: [] };
+}
 
 /** workerData of a worker thread. */
 export interface WorkerInit {
   /** 1..count-1 (the main thread is 0). */
   index: number;
   count: number;
-  /** The settings file the main thread loaded (the worker loads it too, and again on reload). */
-  file: string;
+  /** The settings the main thread loaded (a worker never reads the settings file). */
+  settings: SettingsMessage;
   /** The API port the main thread listens on (the worker listens there too: SO_REUSEPORT). */
   port: number;
   poolMaxSize: number;
@@ -23,7 +44,7 @@ export interface WorkerInit {
 
 export type ToWorker =
   | { type: 'snapshot'; id: number }
-  | { type: 'reload'; id: number }
+  | { type: 'reload'; id: number; settings: SettingsMessage }
   | { type: 'health'; verdict: HealthVerdict }
   | { type: 'stop'; drainMs: number };
 
@@ -41,7 +62,8 @@ export function isWorkerInit(v: unknown): v is WorkerInit {
   return (
     typeof o.index === 'number' &&
     typeof o.count === 'number' &&
-    typeof o.file === 'string' &&
+    typeof o.settings === 'object' &&
+    o.settings !== null &&
     typeof o.port === 'number' &&
     typeof o.poolMaxSize === 'number' &&
     typeof o.threads === 'number'

@@ -4,7 +4,7 @@
  */
 import net from 'node:net';
 import type { Config } from '../config.js';
-import type { Hsm, HsmSettings } from '../hsm/hsm.js';
+import { ivMode, type EngineOptions, type Hsm } from '../hsm/hsm.js';
 import type { RunningServer, ServerOptions } from '../http/server.js';
 import { Metrics } from '../metrics.js';
 import type { OpContext } from '../ops/context.js';
@@ -25,20 +25,20 @@ export function metricsFor(hsm: Hsm): Metrics {
   return metrics;
 }
 
-/** The engine settings, with this event loop's share of the session pool and of the addon threads. */
-export function hsmSettings(config: Config, share: { poolMaxSize: number; threads: number }): HsmSettings {
+/** The engine options, with this event loop's share of the session pool and of the addon threads. */
+export function engineOptions(config: Config, share: { poolMaxSize: number; threads: number }): EngineOptions {
+  const p = config.pkcs11;
   return {
-    modulePath: config.pkcs11.module_path,
-    userPin: config.pkcs11.user_pin,
+    modulePath: p.module_path,
+    userPin: p.user_pin,
     poolMaxSize: share.poolMaxSize,
-    poolTimeoutMs: config.pkcs11.session_pool_timeout_milli,
-    eagerClose: config.pkcs11.session_eager_close,
+    poolTimeoutMs: p.session_pool_timeout_milli,
+    eagerClose: p.session_eager_close,
     threads: share.threads,
-    canGenerateIv: config.hsm_capabilities.can_generate_iv,
-    isZeroIvRequired: config.hsm_capabilities.is_zero_iv_required,
-    operationTimeoutMs: config.pkcs11.operation_timeout_milli,
-    keyCopies: config.pkcs11.session_key_copies,
-    keyCheckMs: config.pkcs11.session_key_check_milli,
+    ivMode: ivMode(config.hsm_capabilities.can_generate_iv, config.hsm_capabilities.is_zero_iv_required),
+    operationTimeoutMs: p.operation_timeout_milli,
+    keyCopies: p.session_key_copies,
+    keyCheckMs: p.session_key_check_milli,
   };
 }
 

@@ -11,13 +11,13 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { Writable } from 'node:stream';
-import { loadConfig, type Config } from '../config.js';
+import type { Config } from '../config.js';
 import { Hsm, type HealthSource, type HealthVerdict } from '../hsm/hsm.js';
 import { startServer, type RunningServer } from '../http/server.js';
 import { createLogger, createNullLogger, type BufferedLogger } from '../log.js';
 import { keyStoreRoutes, loadAuthorizer, Reloader } from '../reload.js';
-import { isWorkerInit, type FromWorker, type ToWorker, type WorkerInit } from './protocol.js';
-import { baseServerOptions, drainWithGrace, hsmSettings, metricsFor, opContext } from './serving.js';
+import { fromSettingsMessage, isWorkerInit, type FromWorker, type ToWorker, type WorkerInit } from './protocol.js';
+import { baseServerOptions, drainWithGrace, engineOptions, metricsFor, opContext } from './serving.js';
 
 class ForwardedHealth implements HealthSource {
   constructor(public verdict: HealthVerdict) {}
@@ -48,7 +48,8 @@ function workerLogger(config: Config): BufferedLogger {
 }
 
 async function run(): Promise<void> {
-  const loaded = loadConfig(init.file);
+  // The main thread's parsed settings: every loop runs the same file, read once.
+  const loaded = fromSettingsMessage(init.settings);
   const { config } = loaded;
   const log = workerLogger(config);
   let hsm: Hsm | undefined;
@@ -56,7 +57,7 @@ async function run(): Promise<void> {
   try {
     const authorizer = await loadAuthorizer(config);
     // Its logger: the once-a-minute IV error and other engine lines of this loop (start-up notes are the main thread's).
-    hsm = await Hsm.open(hsmSettings(config, init), log);
+    hsm = await Hsm.open(engineOptions(config, init), log);
     const health = init.health === undefined ? undefined : new ForwardedHealth(init.health);
     if (health) hsm.setHealthSource(health);
     const engine = hsm;
@@ -71,7 +72,7 @@ async function run(): Promise<void> {
     );
     const running = server;
     // The worker's reloader logs nothing: the main thread reports the reload once.
-    const reloader = new Reloader(init.file, loaded, keyStores, running, createNullLogger(), process.env, init.count);
+    const reloader = new Reloader(loaded.file, loaded, keyStores, running, createNullLogger(), process.env, init.count);
     log.debug('worker thread serving', { port: running.port, pool: init.poolMaxSize, hsm_threads: init.threads });
 
     const stop = async (drainMs: number): Promise<void> => {
@@ -92,7 +93,7 @@ async function run(): Promise<void> {
           if (metrics !== undefined) send({ type: 'snapshot', id: m.id, snapshot: metrics.snapshot() });
           break;
         case 'reload':
-          void reloader.reload().then((o) => send({ type: 'reloaded', id: m.id, ok: o.ok, ...(o.error !== undefined ? { error: o.error } : {}) }));
+          void reloader.apply(fromSettingsMessage(m.settings)).then((o) => send({ type: 'reloaded', id: m.id, ok: o.ok, ...(o.error !== undefined ? { error: o.error } : {}) }));
           break;
         case 'health':
           if (health) health.verdict = m.verdict;

@@ -54,7 +54,14 @@ export interface HttpCeilings {
 
 const host = (port: number): string => `127.0.0.1:${port}`;
 
-async function closedAndOpen(gen: Generator, port: number, requests: Uint8Array[], d: Durations, log: (s: string) => void, what: string): Promise<OpResults> {
+async function closedAndOpen(
+  gen: Generator,
+  port: number,
+  requests: Uint8Array[],
+  d: Durations,
+  log: (s: string) => void,
+  what: string,
+): Promise<OpResults> {
   const target = { host: '127.0.0.1', port };
   log(`  ${what}: closed loop, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
   const closed = await gen.run({
@@ -139,11 +146,29 @@ export async function httpCeilings(
       const target = { host: '127.0.0.1', port: server.port };
       const ms = quick ? 1000 : 3000;
       log(`  empty uWS handler, ${nodeGen.name} generator: closed loop ${ms / 1000} s`);
-      const closed = await nodeGen.run({ kind: 'closed', target, requests, connections: CLOSED_CONNECTIONS, warmupMs: d.warmupMs, durationMs: ms, expectStatus: 200 });
+      const closed = await nodeGen.run({
+        kind: 'closed',
+        target,
+        requests,
+        connections: CLOSED_CONNECTIONS,
+        warmupMs: d.warmupMs,
+        durationMs: ms,
+        expectStatus: 200,
+      });
       let open10k: LoadResult | undefined;
       if (!quick) {
         log(`  empty uWS handler, ${nodeGen.name} generator: open loop 10000 req/s, ${ms / 1000} s`);
-        open10k = await nodeGen.run({ kind: 'open', target, requests, rate: 10000, connections: OPEN_CONNECTIONS, warmupMs: d.warmupMs, durationMs: ms, expectStatus: 200, drainMs: d.drainMs });
+        open10k = await nodeGen.run({
+          kind: 'open',
+          target,
+          requests,
+          rate: 10000,
+          connections: OPEN_CONNECTIONS,
+          warmupMs: d.warmupMs,
+          durationMs: ms,
+          expectStatus: 200,
+          drainMs: d.drainMs,
+        });
       }
       nodeGenerator = { closed, ...(open10k ? { open10k } : {}) };
     }
@@ -203,7 +228,14 @@ export async function proxyRuns(
       }
       // One checked request through fetch first: a pool the proxy rejects is a bench bug.
       await sendAll(base, pool.slice(0, 4), 1);
-      results[op.key] = await closedAndOpen(gen, port, pool.map((r) => r.raw), d, log, `proxy ${op.label}`);
+      results[op.key] = await closedAndOpen(
+        gen,
+        port,
+        pool.map((r) => r.raw),
+        d,
+        log,
+        `proxy ${op.label}`,
+      );
     }
   } catch (e) {
     await new Promise((r) => setTimeout(r, 100));
@@ -251,13 +283,29 @@ export async function scalingRuns(
   for (const { workers, keyCopies } of points) {
     const port = await freePort();
     const store = benchStore();
-    const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers, keyCopies });
+    const proxy = await startProxyProcess({
+      token,
+      port,
+      store,
+      poolMaxSize: opts.poolMaxSize,
+      workerThreads: opts.workerThreads,
+      level: opts.level,
+      workers,
+      keyCopies,
+    });
     let closed: LoadResult | undefined;
     let exitCode: number | null = null;
     try {
-      const pool = await signAll(makeSigner(store), host(port), `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`, encryptBodies(opts.poolSize, 32, 64));
+      const pool = await signAll(
+        makeSigner(store),
+        host(port),
+        `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`,
+        encryptBodies(opts.poolSize, 32, 64),
+      );
       await sendAll(`http://${host(port)}`, pool.slice(0, 4), 1);
-      log(`  proxy, workers = ${workers}, session_key_copies = ${keyCopies}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
+      log(
+        `  proxy, workers = ${workers}, session_key_copies = ${keyCopies}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`,
+      );
       closed = await gen.run({
         kind: 'closed',
         target: { host: '127.0.0.1', port },

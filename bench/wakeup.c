@@ -86,8 +86,10 @@ int main(int argc, char **argv) {
     int first = -1, second = -1;
     for (int c = 0; c < CPU_SETSIZE && second < 0; c++) {
       if (!CPU_ISSET(c, &allowed)) continue;
-      if (first < 0) first = c;
-      else second = c;
+      if (first < 0)
+        first = c;
+      else
+        second = c;
     }
     if (strcmp(mode, "same") == 0) {
       waker_cpu = sleeper_cpu = first;

@@ -73,7 +73,18 @@ export class CGenerator implements Generator {
     }
     const outFile = path.join(this.dir, 'out.bin');
     const rate = job.kind === 'open' ? job.rate : 0;
-    const args = [job.kind, job.target.host, String(job.target.port), String(rate), String(job.connections), String(job.warmupMs), String(job.durationMs), String(job.drainMs ?? 2000), this.reqFile, outFile];
+    const args = [
+      job.kind,
+      job.target.host,
+      String(job.target.port),
+      String(rate),
+      String(job.connections),
+      String(job.warmupMs),
+      String(job.durationMs),
+      String(job.drainMs ?? 2000),
+      this.reqFile,
+      outFile,
+    ];
     await new Promise<void>((resolve, reject) => {
       execFile(this.binary, args, { timeout: job.warmupMs + job.durationMs + (job.drainMs ?? 2000) + 15000 }, (err, _out, stderr) => {
         if (err) reject(new Error(`C load generator: ${stderr.trim() || err.message}`));
@@ -133,5 +144,7 @@ function parse(b: Buffer, job: Job): LoadResult {
     latencyMs: summarize(lat),
     generatorCpu,
   };
-  return job.kind === 'closed' ? { kind: 'closed', ...base } : { kind: 'open', rate: job.rate, ...base, sendLagMs: summarize(lag.subarray(0, nLag)) };
+  return job.kind === 'closed'
+    ? { kind: 'closed', ...base }
+    : { kind: 'open', rate: job.rate, ...base, sendLagMs: summarize(lag.subarray(0, nLag)) };
 }

@@ -31,7 +31,9 @@ function cpuModel(): string {
 
 function run(cmd: string, args: string[]): string {
   try {
-    return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString('utf8').trim();
+    return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'] })
+      .toString('utf8')
+      .trim();
   } catch {
     return 'unknown';
   }

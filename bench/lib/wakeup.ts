@@ -23,7 +23,10 @@ export interface WakeupLatency {
 const WAKEUP_MODES: readonly WakeupMode[] = ['any', 'cross', 'same'];
 
 /** One measurement per mode; a mode the machine cannot set up (one CPU) is left out. */
-export async function wakeupLatencies(count: number, gapUs: number): Promise<{ gapUs: number; modes: WakeupLatency[] } | { error: string }> {
+export async function wakeupLatencies(
+  count: number,
+  gapUs: number,
+): Promise<{ gapUs: number; modes: WakeupLatency[] } | { error: string }> {
   const c = compileBenchC('wakeup');
   if ('error' in c) return { error: c.error };
   const modes: WakeupLatency[] = [];

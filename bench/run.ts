@@ -33,6 +33,7 @@ import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
 import { buildCGenerator, CGenerator, watchingKernelDaemons, type Generator } from './lib/cgen.js';
 import { wakeupLatencies, type WakeupLatency, type WakeupMode } from './lib/wakeup.js';
 import { describeMachine, type Machine } from './lib/machine.js';
+import { parseArgs } from './lib/args.js';
 import { ROOT } from './lib/procs.js';
 import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
@@ -53,48 +54,42 @@ interface Args {
   workers: number;
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = {
-    quick: false,
-    compare: undefined,
-    profile: false,
-    threads: 2,
-    pool: 8,
-    level: 'INFO',
-    nodeGen: false,
-    out: path.join(ROOT, 'bench', 'results'),
-    workers: os.availableParallelism(),
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    if (k === '--quick') a.quick = true;
-    else if (k === '--compare') a.compare = v();
-    else if (k === '--profile') a.profile = true;
-    else if (k === '--threads') a.threads = Number(v());
-    else if (k === '--pool') a.pool = Number(v());
-    else if (k === '--log-level') a.level = v();
-    else if (k === '--out') a.out = path.resolve(v());
-    else if (k === '--node-gen') a.nodeGen = true;
-    else if (k === '--workers') a.workers = Number(v());
-    else if (k === '--help' || k === '-h') {
-      process.stdout.write(
-        'npm run bench -- [--quick] [--compare FILE] [--profile] [--threads N] [--pool N] [--log-level INFO] [--out DIR]\n' +
-          '  --quick       short smoke (< 30 s); fails on a wrong answer or a broken connection\n' +
-          '  --compare F   flag figures slower than in result file F beyond the noise band\n' +
-          '  --profile     run the proxy under node --cpu-prof and print its top self-time functions\n' +
-          '  --node-gen    drive the e2e runs with the Node generator instead of the C one\n' +
-          '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n' +
-          '  --workers N   proxy [server] workers, event loops (default: all cores, as the proxy); the full run also measures 1 and 2\n',
-      );
-      process.exit(0);
-    } else throw new Error(`unknown argument ${k}`);
+const USAGE = 'npm run bench -- [options]';
+const OPTIONS = {
+  quick: { type: 'flag', help: 'short smoke (< 30 s); fails on a wrong answer or a broken connection' },
+  compare: { type: 'string', value: 'FILE', help: 'flag figures slower than in this result file beyond the noise band' },
+  profile: { type: 'flag', help: 'run the proxy under node --cpu-prof and print its top self-time functions' },
+  'node-gen': { type: 'flag', help: 'drive the e2e runs with the Node generator instead of the C one' },
+  threads: { type: 'number', help: 'proxy [pkcs11] worker_threads', default: 2 },
+  pool: { type: 'number', help: 'proxy [pkcs11] session_pool_max_size', default: 8 },
+  workers: {
+    type: 'number',
+    help: 'proxy [server] workers, event loops (default: all cores, as the proxy); the full run also measures 1 and 2',
+  },
+  'log-level': { type: 'string', value: 'LEVEL', help: 'proxy [tracing] level, one line per request to a file', default: 'INFO' },
+  out: { type: 'string', value: 'DIR', help: 'directory for the result files (default bench/results)' },
+} as const;
+
+function benchArgs(): Args {
+  const a = parseArgs(USAGE, OPTIONS);
+  for (const [name, v] of [
+    ['threads', a.threads],
+    ['pool', a.pool],
+    ['workers', a.workers],
+  ] as const) {
+    if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new Error(`--${name} needs a positive integer, got ${v}`);
   }
-  return a;
+  return {
+    quick: a.quick,
+    compare: a.compare,
+    profile: a.profile,
+    threads: a.threads,
+    pool: a.pool,
+    level: a['log-level'],
+    out: a.out === undefined ? path.join(ROOT, 'bench', 'results') : path.resolve(a.out),
+    nodeGen: a['node-gen'],
+    workers: a.workers ?? os.availableParallelism(),
+  };
 }
 
 export interface BenchResult {
@@ -466,7 +461,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
 }
 
 async function main(): Promise<number> {
-  const args = parseArgs(process.argv.slice(2));
+  const args = benchArgs();
   const t0 = Date.now();
   const d = args.quick ? QUICK : FULL;
   const machine = describeMachine();

@@ -15,12 +15,12 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSyn
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/config.js';
 import { settingsToml } from '../src/dev/settings-toml.js';
 import { initSoftHsmToken } from '../src/dev/softhsm.js';
 import { loadAddon } from '../src/hsm/addon.js';
 import { startProxy, type RunningProxy } from '../src/main.js';
+import { parseArgs } from './lib/args.js';
 
 const ROOT = (() => {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -34,19 +34,17 @@ const KEY = 'soak-key';
 const HEALTH_KEY = 'soak-health';
 const POOL = 4;
 
-const { values: args } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '300' },
-    concurrency: { type: 'string', default: '8' },
-    sample: { type: 'string', default: '5' },
-    'timeout-ms': { type: 'string', default: '150' },
-    out: { type: 'string' },
-  },
+const args = parseArgs('npm run soak -- [options]', {
+  seconds: { type: 'number', help: 'length of the run', default: 300 },
+  concurrency: { type: 'number', help: 'requests in flight', default: 8 },
+  sample: { type: 'number', help: 'seconds between two samples', default: 5 },
+  'timeout-ms': { type: 'number', help: '[pkcs11] operation_timeout_milli and session_pool_timeout_milli', default: 150 },
+  out: { type: 'string', value: 'FILE', help: 'write the samples and checks to this JSON file' },
 });
-const SECONDS = Number(args.seconds);
-const CONCURRENCY = Number(args.concurrency);
-const SAMPLE_MS = Number(args.sample) * 1000;
-const TIMEOUT_MS = Number(args['timeout-ms']);
+const SECONDS = args.seconds;
+const CONCURRENCY = args.concurrency;
+const SAMPLE_MS = args.sample * 1000;
+const TIMEOUT_MS = args['timeout-ms'];
 
 /** Fault scenarios, applied in turn for a few seconds each, with quiet time in between. */
 const SCENARIOS: { name: string; rules: string[] }[] = [

@@ -137,7 +137,7 @@ export async function startProxyProcess(s: ProxySettings, nodeArgs: string[] = [
 /** Starts the empty uWebSockets.js server (bench/uws-empty.js). */
 export async function startUwsEmpty(): Promise<Child> {
   const port = await freePort();
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'uws-empty.js'), String(port)], {
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'uws-empty.js'), '--port', String(port)], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -29,11 +29,9 @@ import {
   type ScalingPoint,
 } from './e2e.js';
 import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
-import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
-import { buildCGenerator, CGenerator, watchingKernelDaemons, type Generator } from './lib/cgen.js';
-import { wakeupLatencies, type WakeupLatency, type WakeupMode } from './lib/wakeup.js';
-import { describeMachine, type Machine } from './lib/machine.js';
+import { buildCGenerator, CGenerator, type LoadResult } from './lib/loadgen.js';
 import { parseArgs } from './lib/args.js';
+import { describeMachine, type Machine } from './lib/machine.js';
 import { ROOT } from './lib/procs.js';
 import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
@@ -50,7 +48,6 @@ interface Args {
   pool: number;
   level: string;
   out: string;
-  nodeGen: boolean;
   workers: number;
 }
 
@@ -59,7 +56,6 @@ const OPTIONS = {
   quick: { type: 'flag', help: 'short smoke (< 30 s); fails on a wrong answer or a broken connection' },
   compare: { type: 'string', value: 'FILE', help: 'flag figures slower than in this result file beyond the noise band' },
   profile: { type: 'flag', help: 'run the proxy under node --cpu-prof and print its top self-time functions' },
-  'node-gen': { type: 'flag', help: 'drive the e2e runs with the Node generator instead of the C one' },
   threads: { type: 'number', help: 'proxy [pkcs11] worker_threads', default: 2 },
   pool: { type: 'number', help: 'proxy [pkcs11] session_pool_max_size', default: 8 },
   workers: {
@@ -87,7 +83,6 @@ function benchArgs(): Args {
     pool: a.pool,
     level: a['log-level'],
     out: a.out === undefined ? path.join(ROOT, 'bench', 'results') : path.resolve(a.out),
-    nodeGen: a['node-gen'],
     workers: a.workers ?? os.availableParallelism(),
   };
 }
@@ -116,8 +111,6 @@ export interface BenchResult {
     /** One thread on the token key itself (session_key_copies = false). */
     addonEncrypt32OneThreadTokenKey?: number;
     http: HttpCeilings;
-    /** The machine's thread wake-up latency at the 1,800/s spacing (absent in older results). */
-    wakeup?: { gapUs: number; modes: WakeupLatency[] };
   };
   e2e: Record<OpKey, OpResults>;
   /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
@@ -133,17 +126,6 @@ const log = (s: string): void => {
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
 const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
-/** What the kernel's memory daemons took during a run, e.g. "; kdamond.0 13 ms/s"; '' when none ran. */
-const daemons = (r: LoadResult): string => {
-  const k = r.kernelDaemons;
-  if (k === undefined || k.cpuMs <= 0 || k.overMs <= 0) return '';
-  return `; ${k.names.join('+')} ${(k.cpuMs / (k.overMs / 1000)).toFixed(1)} ms/s`;
-};
-const WAKE_PLACES: Record<WakeupMode, string> = {
-  any: 'threads where the scheduler puts them',
-  cross: 'across two vCPUs',
-  same: 'both on one vCPU',
-};
 /** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
 const loadCells = (r: LoadResult): string[] => [
   f0(r.throughput),
@@ -308,35 +290,15 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
           `empty uWS handler, ${h.generator} generator, closed loop ${r.config.closedConnections} conns`,
           `${f0(h.closed.throughput)} req/s (generator CPU ${pct(h.closed.generatorCpu, 1)} of a core)`,
         ],
-        ...(h.nodeGenerator
-          ? [
-              [
-                `empty uWS handler, Node generator, closed loop ${r.config.closedConnections} conns`,
-                `${f0(h.nodeGenerator.closed.throughput)} req/s (generator CPU ${pct(h.nodeGenerator.closed.generatorCpu, 1)} of a core)`,
-              ],
-              ...(h.nodeGenerator.open10k
-                ? [
-                    [
-                      'empty uWS handler, Node generator, open loop 10000/s',
-                      `p50 ${ms(h.nodeGenerator.open10k.latencyMs.p50)} p99 ${ms(h.nodeGenerator.open10k.latencyMs.p99)} p99.9 ${ms(h.nodeGenerator.open10k.latencyMs.p999)} ms, send lag p99 ${ms(h.nodeGenerator.open10k.sendLagMs?.p99 ?? NaN)}, CPU ${pct(h.nodeGenerator.open10k.generatorCpu, 1)}`,
-                    ],
-                  ]
-                : []),
-            ]
-          : []),
         [
           `empty uWS handler, wrk -t1 -c${r.config.closedConnections} (cross-check)`,
           h.wrkRps === undefined ? 'not run' : `${f0(h.wrkRps)} req/s`,
         ],
-        ...(r.ceilings.wakeup?.modes ?? []).map((w) => [
-          `thread wake-up, one every ${r.ceilings.wakeup!.gapUs} µs, ${WAKE_PLACES[w.mode]}`,
-          `p50 ${w.p50.toFixed(0)} p99 ${w.p99.toFixed(0)} p99.9 ${w.p999.toFixed(0)} max ${w.max.toFixed(0)} µs`,
-        ]),
         ...RATES.map((rate) => {
           const o = h.open[rate]!;
           return [
             `empty uWS handler, open loop ${rate}/s: latency floor`,
-            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}${daemons(o)}`,
+            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}`,
           ];
         }),
       ],
@@ -369,20 +331,12 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
       const o = x.open[rate];
       if (!o) continue;
       const floor = h.open[rate]!;
-      rows.push([
-        '',
-        `@${rate}/s`,
-        ...loadCells(o),
-        `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}${daemons(o)}`,
-      ]);
+      rows.push(['', `@${rate}/s`, ...loadCells(o), `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}`]);
     }
   }
   out.push(table(rows, ['', 'mode', 'req/s', 'p50', 'p99', 'p99.9', 'max', 'errors', 'vs ceiling']));
   out.push(
-    '(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness;',
-  );
-  out.push(
-    ' "kdamond ... ms/s" = CPU the kernel\'s memory daemons took meanwhile, in slices that delay whatever wakes on their vCPU: README, "Where the tail comes from")',
+    '(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)',
   );
   if (r.scaling && r.scaling.length > 0) {
     out.push('');
@@ -470,8 +424,7 @@ async function main(): Promise<number> {
 
   log(`bench: making a SoftHSM2 token`);
   const token = await makeToken();
-  let nodeGen: LoadGen | undefined;
-  let cGen: Generator | undefined;
+  let gen: CGenerator | undefined;
   try {
     // One engine per measurement on the bench token, closed whatever happens.
     const withEngine = async <T>(
@@ -502,15 +455,9 @@ async function main(): Promise<number> {
       return addonRate(e, 64, args.quick ? 500 : 2000);
     });
 
-    nodeGen = await LoadGen.start();
-    let chosen: Generator = nodeGen;
-    if (!args.nodeGen) {
-      const c = buildCGenerator();
-      if ('binary' in c) chosen = new CGenerator(c.binary);
-      else log(`bench: no C load generator (${c.error}); using the Node one`);
-    }
-    if (chosen !== nodeGen) cGen = chosen;
-    const gen = watchingKernelDaemons(chosen);
+    const c = buildCGenerator();
+    if ('error' in c) throw new Error(`cannot compile the load generator bench/loadgen.c (set CC to a C compiler): ${c.error}`);
+    gen = new CGenerator(c.binary);
     const poolSize = args.quick ? 200 : 1000;
     log('bench: HTTP ceilings (empty uWebSockets.js handler)');
     const sample = await signAll(
@@ -519,11 +466,7 @@ async function main(): Promise<number> {
       '/bench/kms/xks/v1/keys/k/encrypt',
       encryptBodies(poolSize, 32, 64),
     );
-    const http = await httpCeilings(gen, nodeGen, sample, d, args.quick, token.dir, log);
-    log('bench: thread wake-up latency (eventfd, one every 555 µs)');
-    const wake = await wakeupLatencies(args.quick ? 500 : 3000, 555);
-    if ('error' in wake) log(`bench: no wake-up measurement (${wake.error})`);
-    const wakeup = 'error' in wake ? undefined : wake;
+    const http = await httpCeilings(gen, sample, d, args.quick, token.dir, log);
 
     let profileDir: string | undefined;
     const nodeArgs: string[] = [];
@@ -590,7 +533,6 @@ async function main(): Promise<number> {
         addonEncrypt32ProxyThreads: addonN,
         ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}),
         http,
-        ...(wakeup ? { wakeup } : {}),
       },
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
@@ -634,8 +576,7 @@ async function main(): Promise<number> {
     }
     return 0;
   } finally {
-    await cGen?.close();
-    await nodeGen?.close();
+    await gen?.close();
     if (existsSync(token.dir)) token.remove();
   }
 }

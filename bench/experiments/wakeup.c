@@ -1,7 +1,8 @@
 /*
  * The machine's thread wake-up latency, the floor under any design that hands a request
  * from one thread to another (the proxy hands each HSM call to an HSM thread and back).
- * Compiled by the bench with cc -O2; not part of CI's pass/fail.
+ * An experiment, not a regression figure: bench/experiments/wakeup.ts compiles it (cc -O2)
+ * and runs it once per mode.
  *
  *   wakeup MODE COUNT GAP_US
  *

@@ -1,55 +1,88 @@
 /**
- * The C load generator (bench/loadgen.c): compiled with the system C compiler on
- * first use into dist/bench/, one process per job. Same job and result shapes as the
- * Node generator.
+ * The bench's load generator: bench/loadgen.c (one epoll loop, nanosecond sleeps to each
+ * due time), compiled with the system C compiler on first use into dist/bench/, one process
+ * per job. This file holds the job and result shapes and runs a job through the binary.
+ *
+ * Closed loop: N connections, each sends its next request as soon as the previous answer
+ * is in (maximum throughput; latency from send time). Open loop: request i is due at
+ * t0 + i/rate and goes out on whatever connection is free, or waits in the generator's
+ * queue; latency runs from the due time, so queueing anywhere counts (no coordinated
+ * omission).
  */
-import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Job, LoadResult } from '../loadgen.js';
-import { summarize } from './stats.js';
-import { watchKernelDaemons } from './machine.js';
-import { ROOT } from './procs.js';
+import { compileBenchC } from './cc.js';
+import { summarize, type LatencySummary } from './stats.js';
 
-export interface Generator {
-  readonly name: string;
-  run(job: Job): Promise<LoadResult>;
-  close(): Promise<void>;
+export interface Target {
+  host: string;
+  port: number;
 }
 
-/** The same generator; each result also says what the kernel's memory daemons took meanwhile. */
-export function watchingKernelDaemons(gen: Generator): Generator {
-  return {
-    name: gen.name,
-    async run(job: Job): Promise<LoadResult> {
-      const took = watchKernelDaemons();
-      const r = await gen.run(job);
-      return { ...r, kernelDaemons: took() };
-    },
-    close: () => gen.close(),
-  };
+interface JobBase {
+  target: Target;
+  /** Complete HTTP/1.1 requests (request line, headers, body), replayed round-robin. */
+  requests: Uint8Array[];
+  /** Requests issued but not recorded before the measured window. */
+  warmupMs: number;
+  /** Measured window. */
+  durationMs: number;
+  /** Status counted as success. */
+  expectStatus: number;
+  /** How long to wait for in-flight responses after the window (open loop). */
+  drainMs?: number;
 }
 
-/** Compiles bench/NAME.c into dist/bench/NAME-c unless the binary is newer; the reason when no compiler works. */
-export function compileBenchC(name: string): { binary: string } | { error: string } {
-  const src = path.join(ROOT, 'bench', `${name}.c`);
-  const binary = path.join(ROOT, 'dist', 'bench', `${name}-c`);
-  try {
-    if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(src).mtimeMs) return { binary };
-    execFileSync(process.env.CC ?? 'cc', ['-O2', '-pthread', '-o', binary, src], { stdio: ['ignore', 'ignore', 'pipe'] });
-    return { binary };
-  } catch (e) {
-    return { error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
-  }
+export interface ClosedJob extends JobBase {
+  kind: 'closed';
+  connections: number;
 }
 
-/** The C load generator (bench/loadgen.c). */
+export interface OpenJob extends JobBase {
+  kind: 'open';
+  /** Requests per second. */
+  rate: number;
+  /** Connections opened up front (the most requests in flight at once). */
+  connections: number;
+}
+
+export type Job = ClosedJob | OpenJob;
+
+export interface LoadResult {
+  kind: 'closed' | 'open';
+  connections: number;
+  /** Target rate (open loop). */
+  rate?: number;
+  /** Length of the measured window in ms, as it really was. */
+  windowMs: number;
+  /** Responses received for requests of the measured window. */
+  completed: number;
+  /** Of the measured window: wrong status + socket failures + never answered. */
+  errors: number;
+  statusCounts: Record<string, number>;
+  socketErrors: number;
+  /** Open loop: measured requests without a response when the drain time ran out. */
+  unanswered: number;
+  /** Completed per second over the window. */
+  throughput: number;
+  /** Completions per whole second of the window (spread). */
+  perSecond: number[];
+  /** Open loop: from due time to end of response. Closed loop: from send to end of response. */
+  latencyMs: LatencySummary;
+  /** Open loop: from due time to the write of the request (generator lateness + queueing for a free connection). */
+  sendLagMs?: LatencySummary;
+  /** CPU the generator process used during the run, as a fraction of one core. */
+  generatorCpu: number;
+}
+
+/** Compiles bench/loadgen.c; the reason when no C compiler works. */
 export function buildCGenerator(): { binary: string } | { error: string } {
   return compileBenchC('loadgen');
 }
 
-export class CGenerator implements Generator {
+export class CGenerator {
   readonly name = 'C (epoll_pwait2)';
   private readonly dir = mkdtempSync(path.join(os.tmpdir(), 'xks-loadgen-'));
   private lastRequests: Uint8Array[] | undefined;

@@ -6,8 +6,7 @@ import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import type { LoadResult } from './lib/loadgen-client.js';
-import type { Generator } from './lib/cgen.js';
+import type { CGenerator, LoadResult } from './lib/loadgen.js';
 import { startProxyProcess, startUwsEmpty, freePort, type Store } from './lib/procs.js';
 import { decryptBody, encryptBodies, sendAll, signAll, type SignedRequest } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
@@ -48,13 +47,18 @@ export interface HttpCeilings {
   open: Record<string, LoadResult>;
   /** wrk -t1 against the same server and request, requests/s (undefined when wrk is missing or in --quick). */
   wrkRps: number | undefined;
-  /** The Node generator's own figures when the main one is the C generator. */
-  nodeGenerator?: { closed: LoadResult; open10k?: LoadResult };
 }
 
 const host = (port: number): string => `127.0.0.1:${port}`;
 
-async function closedAndOpen(gen: Generator, port: number, requests: Uint8Array[], d: Durations, log: (s: string) => void, what: string): Promise<OpResults> {
+async function closedAndOpen(
+  gen: CGenerator,
+  port: number,
+  requests: Uint8Array[],
+  d: Durations,
+  log: (s: string) => void,
+  what: string,
+): Promise<OpResults> {
   const target = { host: '127.0.0.1', port };
   log(`  ${what}: closed loop, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
   const closed = await gen.run({
@@ -105,7 +109,6 @@ function wrk(port: number, body: string, seconds: number, dir: string): Promise<
   });
 }
 
-/** The HTTP ceiling: the same generator (and wrk) against an empty uWebSockets.js handler. */
 /** A key store with fresh credentials for one proxy process of the bench. */
 function benchStore(): Store {
   return {
@@ -116,9 +119,9 @@ function benchStore(): Store {
   };
 }
 
+/** The HTTP ceiling: the same generator (and wrk) against an empty uWebSockets.js handler. */
 export async function httpCeilings(
-  gen: Generator,
-  nodeGen: Generator | undefined,
+  gen: CGenerator,
   sample: SignedRequest[],
   d: Durations,
   quick: boolean,
@@ -134,20 +137,7 @@ export async function httpCeilings(
       log('  empty uWS handler: wrk -t1 cross-check, 3 s');
       wrkRps = await wrk(server.port, sample[0]!.body, 3, dir);
     }
-    let nodeGenerator: HttpCeilings['nodeGenerator'];
-    if (nodeGen && nodeGen !== gen) {
-      const target = { host: '127.0.0.1', port: server.port };
-      const ms = quick ? 1000 : 3000;
-      log(`  empty uWS handler, ${nodeGen.name} generator: closed loop ${ms / 1000} s`);
-      const closed = await nodeGen.run({ kind: 'closed', target, requests, connections: CLOSED_CONNECTIONS, warmupMs: d.warmupMs, durationMs: ms, expectStatus: 200 });
-      let open10k: LoadResult | undefined;
-      if (!quick) {
-        log(`  empty uWS handler, ${nodeGen.name} generator: open loop 10000 req/s, ${ms / 1000} s`);
-        open10k = await nodeGen.run({ kind: 'open', target, requests, rate: 10000, connections: OPEN_CONNECTIONS, warmupMs: d.warmupMs, durationMs: ms, expectStatus: 200, drainMs: d.drainMs });
-      }
-      nodeGenerator = { closed, ...(open10k ? { open10k } : {}) };
-    }
-    return { generator: gen.name, ...r, wrkRps, ...(nodeGenerator ? { nodeGenerator } : {}) };
+    return { generator: gen.name, ...r, wrkRps };
   } finally {
     await server.stop();
   }
@@ -162,7 +152,7 @@ export interface ProxyRun {
 
 /** Starts the proxy, builds pre-signed request pools, runs every op. */
 export async function proxyRuns(
-  gen: Generator,
+  gen: CGenerator,
   token: BenchToken,
   opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number; nodeArgs: string[]; workers?: number },
   d: Durations,
@@ -203,7 +193,14 @@ export async function proxyRuns(
       }
       // One checked request through fetch first: a pool the proxy rejects is a bench bug.
       await sendAll(base, pool.slice(0, 4), 1);
-      results[op.key] = await closedAndOpen(gen, port, pool.map((r) => r.raw), d, log, `proxy ${op.label}`);
+      results[op.key] = await closedAndOpen(
+        gen,
+        port,
+        pool.map((r) => r.raw),
+        d,
+        log,
+        `proxy ${op.label}`,
+      );
     }
   } catch (e) {
     await new Promise((r) => setTimeout(r, 100));
@@ -240,7 +237,7 @@ export interface ScalingPoint {
  * session_key_copies off: what the copies bring.
  */
 export async function scalingRuns(
-  gen: Generator,
+  gen: CGenerator,
   token: BenchToken,
   opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number },
   points: readonly { workers: number; keyCopies: boolean }[],
@@ -251,13 +248,29 @@ export async function scalingRuns(
   for (const { workers, keyCopies } of points) {
     const port = await freePort();
     const store = benchStore();
-    const proxy = await startProxyProcess({ token, port, store, poolMaxSize: opts.poolMaxSize, workerThreads: opts.workerThreads, level: opts.level, workers, keyCopies });
+    const proxy = await startProxyProcess({
+      token,
+      port,
+      store,
+      poolMaxSize: opts.poolMaxSize,
+      workerThreads: opts.workerThreads,
+      level: opts.level,
+      workers,
+      keyCopies,
+    });
     let closed: LoadResult | undefined;
     let exitCode: number | null = null;
     try {
-      const pool = await signAll(makeSigner(store), host(port), `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`, encryptBodies(opts.poolSize, 32, 64));
+      const pool = await signAll(
+        makeSigner(store),
+        host(port),
+        `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`,
+        encryptBodies(opts.poolSize, 32, 64),
+      );
       await sendAll(`http://${host(port)}`, pool.slice(0, 4), 1);
-      log(`  proxy, workers = ${workers}, session_key_copies = ${keyCopies}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
+      log(
+        `  proxy, workers = ${workers}, session_key_copies = ${keyCopies}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`,
+      );
       closed = await gen.run({
         kind: 'closed',
         target: { host: '127.0.0.1', port },

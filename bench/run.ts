@@ -13,11 +13,24 @@ import os from 'node:os';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { compareMetrics, type Comparison, type Metric } from './compare.js';
-import { CLOSED_CONNECTIONS, FULL, httpCeilings, OPEN_CONNECTIONS, OPS, proxyRuns, QUICK, RATES, scalingRuns, type HttpCeilings, type OpKey, type OpResults, type ScalingPoint } from './e2e.js';
+import {
+  CLOSED_CONNECTIONS,
+  FULL,
+  httpCeilings,
+  OPEN_CONNECTIONS,
+  OPS,
+  proxyRuns,
+  QUICK,
+  RATES,
+  scalingRuns,
+  type HttpCeilings,
+  type OpKey,
+  type OpResults,
+  type ScalingPoint,
+} from './e2e.js';
 import { topSelfTime, type SelfTime } from './lib/cpuprofile.js';
-import { LoadGen, type LoadResult } from './lib/loadgen-client.js';
-import { buildCGenerator, CGenerator, watchingKernelDaemons, type Generator } from './lib/cgen.js';
-import { wakeupLatencies, type WakeupLatency, type WakeupMode } from './lib/wakeup.js';
+import { buildCGenerator, CGenerator, type LoadResult } from './lib/loadgen.js';
+import { parseArgs } from './lib/args.js';
 import { describeMachine, type Machine } from './lib/machine.js';
 import { ROOT } from './lib/procs.js';
 import { encryptBodies, signAll } from './lib/requests.js';
@@ -35,42 +48,43 @@ interface Args {
   pool: number;
   level: string;
   out: string;
-  nodeGen: boolean;
   workers: number;
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, compare: undefined, profile: false, threads: 2, pool: 8, level: 'INFO', nodeGen: false, out: path.join(ROOT, 'bench', 'results'), workers: os.availableParallelism() };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const v = (): string => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${k} needs a value`);
-      return x;
-    };
-    if (k === '--quick') a.quick = true;
-    else if (k === '--compare') a.compare = v();
-    else if (k === '--profile') a.profile = true;
-    else if (k === '--threads') a.threads = Number(v());
-    else if (k === '--pool') a.pool = Number(v());
-    else if (k === '--log-level') a.level = v();
-    else if (k === '--out') a.out = path.resolve(v());
-    else if (k === '--node-gen') a.nodeGen = true;
-    else if (k === '--workers') a.workers = Number(v());
-    else if (k === '--help' || k === '-h') {
-      process.stdout.write(
-        'npm run bench -- [--quick] [--compare FILE] [--profile] [--threads N] [--pool N] [--log-level INFO] [--out DIR]\n' +
-          '  --quick       short smoke (< 30 s); fails on a wrong answer or a broken connection\n' +
-          '  --compare F   flag figures slower than in result file F beyond the noise band\n' +
-          '  --profile     run the proxy under node --cpu-prof and print its top self-time functions\n' +
-          '  --node-gen    drive the e2e runs with the Node generator instead of the C one\n' +
-          '  --threads N   proxy [pkcs11] worker_threads (default 2); --pool N session_pool_max_size (default 8)\n' +
-          '  --workers N   proxy [server] workers, event loops (default: all cores, as the proxy); the full run also measures 1 and 2\n',
-      );
-      process.exit(0);
-    } else throw new Error(`unknown argument ${k}`);
+const USAGE = 'npm run bench -- [options]';
+const OPTIONS = {
+  quick: { type: 'flag', help: 'short smoke (< 30 s); fails on a wrong answer or a broken connection' },
+  compare: { type: 'string', value: 'FILE', help: 'flag figures slower than in this result file beyond the noise band' },
+  profile: { type: 'flag', help: 'run the proxy under node --cpu-prof and print its top self-time functions' },
+  threads: { type: 'number', help: 'proxy [pkcs11] worker_threads', default: 2 },
+  pool: { type: 'number', help: 'proxy [pkcs11] session_pool_max_size', default: 8 },
+  workers: {
+    type: 'number',
+    help: 'proxy [server] workers, event loops (default: all cores, as the proxy); the full run also measures 1 and 2',
+  },
+  'log-level': { type: 'string', value: 'LEVEL', help: 'proxy [tracing] level, one line per request to a file', default: 'INFO' },
+  out: { type: 'string', value: 'DIR', help: 'directory for the result files (default bench/results)' },
+} as const;
+
+function benchArgs(): Args {
+  const a = parseArgs(USAGE, OPTIONS);
+  for (const [name, v] of [
+    ['threads', a.threads],
+    ['pool', a.pool],
+    ['workers', a.workers],
+  ] as const) {
+    if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new Error(`--${name} needs a positive integer, got ${v}`);
   }
-  return a;
+  return {
+    quick: a.quick,
+    compare: a.compare,
+    profile: a.profile,
+    threads: a.threads,
+    pool: a.pool,
+    level: a['log-level'],
+    out: a.out === undefined ? path.join(ROOT, 'bench', 'results') : path.resolve(a.out),
+    workers: a.workers ?? os.availableParallelism(),
+  };
 }
 
 export interface BenchResult {
@@ -80,7 +94,15 @@ export interface BenchResult {
   quick: boolean;
   profiled: boolean;
   machine: Machine;
-  config: { workerThreads: number; poolMaxSize: number; logLevel: string; closedConnections: number; openConnections: number; requestPool: number; workers?: number };
+  config: {
+    workerThreads: number;
+    poolMaxSize: number;
+    logLevel: string;
+    closedConnections: number;
+    openConnections: number;
+    requestPool: number;
+    workers?: number;
+  };
   micro: MicroRow[];
   ceilings: {
     /** With session key copies, as the proxy runs by default. */
@@ -89,8 +111,6 @@ export interface BenchResult {
     /** One thread on the token key itself (session_key_copies = false). */
     addonEncrypt32OneThreadTokenKey?: number;
     http: HttpCeilings;
-    /** The machine's thread wake-up latency at the 1,800/s spacing (absent in older results). */
-    wakeup?: { gapUs: number; modes: WakeupLatency[] };
   };
   e2e: Record<OpKey, OpResults>;
   /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
@@ -106,15 +126,15 @@ const log = (s: string): void => {
 const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
 const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(n >= 100 ? 0 : n >= 10 ? 1 : 2) : '-');
 const ms = (n: number): string => (Number.isFinite(n) ? (n < 1 ? n.toFixed(3) : n < 10 ? n.toFixed(2) : n.toFixed(1)) : '-');
-/** What the kernel's memory daemons took during a run, e.g. "; kdamond.0 13 ms/s"; '' when none ran. */
-const daemons = (r: LoadResult): string => {
-  const k = r.kernelDaemons;
-  if (k === undefined || k.cpuMs <= 0 || k.overMs <= 0) return '';
-  return `; ${k.names.join('+')} ${(k.cpuMs / (k.overMs / 1000)).toFixed(1)} ms/s`;
-};
-const WAKE_PLACES: Record<WakeupMode, string> = { any: 'threads where the scheduler puts them', cross: 'across two vCPUs', same: 'both on one vCPU' };
 /** req/s, p50, p99, p99.9, max (ms) and errors of one load run, as table cells. */
-const loadCells = (r: LoadResult): string[] => [f0(r.throughput), ms(r.latencyMs.p50), ms(r.latencyMs.p99), ms(r.latencyMs.p999), ms(r.latencyMs.max), String(r.errors)];
+const loadCells = (r: LoadResult): string[] => [
+  f0(r.throughput),
+  ms(r.latencyMs.p50),
+  ms(r.latencyMs.p99),
+  ms(r.latencyMs.p999),
+  ms(r.latencyMs.max),
+  String(r.errors),
+];
 const pct = (a: number, b: number): string => (b > 0 && Number.isFinite(a) ? `${((100 * a) / b).toFixed(0)}%` : '-');
 
 function table(rows: string[][], header: string[]): string {
@@ -127,18 +147,54 @@ function table(rows: string[][], header: string[]): string {
 function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
   const m: Metric[] = [];
   for (const row of r.micro) {
-    m.push({ name: `micro: ${row.name}`, value: row.opsPerSec, unit: 'ops/s', better: 'higher', noise: Math.max(0.1, (3 * row.rme) / 100), absNoise: 0 });
+    m.push({
+      name: `micro: ${row.name}`,
+      value: row.opsPerSec,
+      unit: 'ops/s',
+      better: 'higher',
+      noise: Math.max(0.1, (3 * row.rme) / 100),
+      absNoise: 0,
+    });
   }
-  m.push({ name: 'ceiling: addon encrypt 32 B, 1 thread', value: r.ceilings.addonEncrypt32OneThread, unit: 'req/s', better: 'higher', noise: 0.1, absNoise: 0 });
-  m.push({ name: `ceiling: addon encrypt 32 B, ${r.config.workerThreads} threads`, value: r.ceilings.addonEncrypt32ProxyThreads, unit: 'req/s', better: 'higher', noise: 0.1, absNoise: 0 });
+  m.push({
+    name: 'ceiling: addon encrypt 32 B, 1 thread',
+    value: r.ceilings.addonEncrypt32OneThread,
+    unit: 'req/s',
+    better: 'higher',
+    noise: 0.1,
+    absNoise: 0,
+  });
+  m.push({
+    name: `ceiling: addon encrypt 32 B, ${r.config.workerThreads} threads`,
+    value: r.ceilings.addonEncrypt32ProxyThreads,
+    unit: 'req/s',
+    better: 'higher',
+    noise: 0.1,
+    absNoise: 0,
+  });
   const loadMetrics = (prefix: string, x: { closed: LoadResult; open: Record<string, LoadResult> }): void => {
-    m.push({ name: `${prefix} closed-loop throughput`, value: x.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(x.closed.perSecond)), absNoise: 0 });
+    m.push({
+      name: `${prefix} closed-loop throughput`,
+      value: x.closed.throughput,
+      unit: 'req/s',
+      better: 'higher',
+      noise: Math.max(0.1, 2 * cv(x.closed.perSecond)),
+      absNoise: 0,
+    });
     m.push({ name: `${prefix} closed-loop errors`, value: x.closed.errors, unit: '', better: 'lower', noise: 0, absNoise: 0 });
     for (const [rate, o] of Object.entries(x.open)) {
       m.push({ name: `${prefix} @${rate}/s p50`, value: o.latencyMs.p50, unit: 'ms', better: 'lower', noise: 0.15, absNoise: 0.05 });
       m.push({ name: `${prefix} @${rate}/s p99`, value: o.latencyMs.p99, unit: 'ms', better: 'lower', noise: 0.25, absNoise: 0.1 });
       m.push({ name: `${prefix} @${rate}/s p99.9`, value: o.latencyMs.p999, unit: 'ms', better: 'lower', noise: 0.5, absNoise: 0.25 });
-      m.push({ name: `${prefix} @${rate}/s max`, value: o.latencyMs.max, unit: 'ms', better: 'lower', noise: 1, absNoise: 1, informational: true });
+      m.push({
+        name: `${prefix} @${rate}/s max`,
+        value: o.latencyMs.max,
+        unit: 'ms',
+        better: 'lower',
+        noise: 1,
+        absNoise: 1,
+        informational: true,
+      });
       m.push({ name: `${prefix} @${rate}/s errors`, value: o.errors, unit: '', better: 'lower', noise: 0, absNoise: 0 });
     }
   };
@@ -148,7 +204,14 @@ function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
     if (x) loadMetrics(`proxy ${op.key}:`, x);
   }
   for (const p of r.scaling ?? []) {
-    m.push({ name: `scaling: encrypt32 closed-loop, workers = ${p.workers}${p.keyCopies === false ? ', no key copies' : ''}`, value: p.closed.throughput, unit: 'req/s', better: 'higher', noise: Math.max(0.1, 2 * cv(p.closed.perSecond)), absNoise: 0 });
+    m.push({
+      name: `scaling: encrypt32 closed-loop, workers = ${p.workers}${p.keyCopies === false ? ', no key copies' : ''}`,
+      value: p.closed.throughput,
+      unit: 'req/s',
+      better: 'higher',
+      noise: Math.max(0.1, 2 * cv(p.closed.perSecond)),
+      absNoise: 0,
+    });
   }
   return m;
 }
@@ -161,7 +224,12 @@ function targets(e2e: Record<OpKey, OpResults>): string[][] {
     if (!x) continue;
     const slack = op.key === 'encrypt32' ? 1 : 1.25;
     const rpsTarget = 20000 / slack;
-    rows.push([op.key, `closed-loop >= ${f0(rpsTarget)} req/s, 0 errors`, `${f0(x.closed.throughput)} req/s, ${x.closed.errors} err`, x.closed.throughput >= rpsTarget && x.closed.errors === 0 ? 'met' : 'MISSED']);
+    rows.push([
+      op.key,
+      `closed-loop >= ${f0(rpsTarget)} req/s, 0 errors`,
+      `${f0(x.closed.throughput)} req/s, ${x.closed.errors} err`,
+      x.closed.throughput >= rpsTarget && x.closed.errors === 0 ? 'met' : 'MISSED',
+    ]);
     for (const [rate, limit] of [
       [1800, 1],
       [10000, 5],
@@ -169,7 +237,12 @@ function targets(e2e: Record<OpKey, OpResults>): string[][] {
       const o = x.open[rate];
       if (!o) continue;
       const l = limit * slack;
-      rows.push([op.key, `p99 <= ${l} ms @ ${rate}/s, 0 errors`, `${ms(o.latencyMs.p99)} ms, ${o.errors} err`, o.latencyMs.p99 <= l && o.errors === 0 ? 'met' : 'MISSED']);
+      rows.push([
+        op.key,
+        `p99 <= ${l} ms @ ${rate}/s, 0 errors`,
+        `${ms(o.latencyMs.p99)} ms, ${o.errors} err`,
+        o.latencyMs.p99 <= l && o.errors === 0 ? 'met' : 'MISSED',
+      ]);
     }
   }
   return rows;
@@ -178,16 +251,27 @@ function targets(e2e: Record<OpKey, OpResults>): string[][] {
 function report(r: BenchResult, comparison: Comparison[] | undefined, compareFile: string | undefined): string {
   const out: string[] = [];
   const mc = r.machine;
-  out.push(`xks-proxy bench  ${r.startedAt}  ${r.quick ? '(--quick smoke: short windows, figures are rough)' : ''}${r.profiled ? '(profiled: proxy ran under --cpu-prof, figures are lower)' : ''}`);
-  out.push(`machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}, load average ${mc.loadAvg1} at start${mc.loadAvg1 > 0.5 ? ' (BUSY: other work was running; figures are pessimistic)' : ''}`);
-  out.push(`software: node ${mc.node} (V8 ${mc.v8}), ${mc.softhsm === 'unknown' ? 'SoftHSM2' : `SoftHSM2 ${mc.softhsm}`}, commit ${mc.gitCommit}`);
+  out.push(
+    `xks-proxy bench  ${r.startedAt}  ${r.quick ? '(--quick smoke: short windows, figures are rough)' : ''}${r.profiled ? '(profiled: proxy ran under --cpu-prof, figures are lower)' : ''}`,
+  );
+  out.push(
+    `machine: ${mc.cpuModel}, ${mc.cpus} CPUs (${mc.availableParallelism} available), ${mc.memGiB} GiB, ${mc.kernel}, load average ${mc.loadAvg1} at start${mc.loadAvg1 > 0.5 ? ' (BUSY: other work was running; figures are pessimistic)' : ''}`,
+  );
+  out.push(
+    `software: node ${mc.node} (V8 ${mc.v8}), ${mc.softhsm === 'unknown' ? 'SoftHSM2' : `SoftHSM2 ${mc.softhsm}`}, commit ${mc.gitCommit}`,
+  );
   out.push(
     `proxy: workers=${r.config.workers ?? 1}, worker_threads=${r.config.workerThreads}, session_pool_max_size=${r.config.poolMaxSize}, log level ${r.config.logLevel} to a file; ` +
       `load: ${r.config.requestPool} distinct pre-signed requests per op, closed loop ${r.config.closedConnections} keep-alive connections, open loop up to ${r.config.openConnections}`,
   );
   out.push('');
   out.push('Micro-benchmarks (tinybench, one at a time, in the bench process)');
-  out.push(table(r.micro.map((x) => [x.name, f0(x.opsPerSec), f2(x.meanUs), f2(x.p99Us), `±${x.rme.toFixed(1)}%`]), ['', 'ops/s', 'mean µs', 'p99 µs', 'rme']));
+  out.push(
+    table(
+      r.micro.map((x) => [x.name, f0(x.opsPerSec), f2(x.meanUs), f2(x.p99Us), `±${x.rme.toFixed(1)}%`]),
+      ['', 'ops/s', 'mean µs', 'p99 µs', 'rme'],
+    ),
+  );
   out.push('');
   const h = r.ceilings.http;
   out.push('Ceilings');
@@ -198,31 +282,23 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
         ...(r.ceilings.addonEncrypt32OneThreadTokenKey !== undefined
           ? [['  the same on the token key (session_key_copies = false)', `${f0(r.ceilings.addonEncrypt32OneThreadTokenKey)} req/s`]]
           : []),
-        [`addon encrypt 32 B, no HTTP, ${r.config.workerThreads} worker threads, 64 in flight`, `${f0(r.ceilings.addonEncrypt32ProxyThreads)} req/s`],
-        [`empty uWS handler, ${h.generator} generator, closed loop ${r.config.closedConnections} conns`, `${f0(h.closed.throughput)} req/s (generator CPU ${pct(h.closed.generatorCpu, 1)} of a core)`],
-        ...(h.nodeGenerator
-          ? [
-              [`empty uWS handler, Node generator, closed loop ${r.config.closedConnections} conns`, `${f0(h.nodeGenerator.closed.throughput)} req/s (generator CPU ${pct(h.nodeGenerator.closed.generatorCpu, 1)} of a core)`],
-              ...(h.nodeGenerator.open10k
-                ? [
-                    [
-                      'empty uWS handler, Node generator, open loop 10000/s',
-                      `p50 ${ms(h.nodeGenerator.open10k.latencyMs.p50)} p99 ${ms(h.nodeGenerator.open10k.latencyMs.p99)} p99.9 ${ms(h.nodeGenerator.open10k.latencyMs.p999)} ms, send lag p99 ${ms(h.nodeGenerator.open10k.sendLagMs?.p99 ?? NaN)}, CPU ${pct(h.nodeGenerator.open10k.generatorCpu, 1)}`,
-                    ],
-                  ]
-                : []),
-            ]
-          : []),
-        [`empty uWS handler, wrk -t1 -c${r.config.closedConnections} (cross-check)`, h.wrkRps === undefined ? 'not run' : `${f0(h.wrkRps)} req/s`],
-        ...(r.ceilings.wakeup?.modes ?? []).map((w) => [
-          `thread wake-up, one every ${r.ceilings.wakeup!.gapUs} µs, ${WAKE_PLACES[w.mode]}`,
-          `p50 ${w.p50.toFixed(0)} p99 ${w.p99.toFixed(0)} p99.9 ${w.p999.toFixed(0)} max ${w.max.toFixed(0)} µs`,
-        ]),
+        [
+          `addon encrypt 32 B, no HTTP, ${r.config.workerThreads} worker threads, 64 in flight`,
+          `${f0(r.ceilings.addonEncrypt32ProxyThreads)} req/s`,
+        ],
+        [
+          `empty uWS handler, ${h.generator} generator, closed loop ${r.config.closedConnections} conns`,
+          `${f0(h.closed.throughput)} req/s (generator CPU ${pct(h.closed.generatorCpu, 1)} of a core)`,
+        ],
+        [
+          `empty uWS handler, wrk -t1 -c${r.config.closedConnections} (cross-check)`,
+          h.wrkRps === undefined ? 'not run' : `${f0(h.wrkRps)} req/s`,
+        ],
         ...RATES.map((rate) => {
           const o = h.open[rate]!;
           return [
             `empty uWS handler, open loop ${rate}/s: latency floor`,
-            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}${daemons(o)}`,
+            `p50 ${ms(o.latencyMs.p50)} p99 ${ms(o.latencyMs.p99)} p99.9 ${ms(o.latencyMs.p999)} max ${ms(o.latencyMs.max)} ms, ${o.errors} err, gen CPU ${pct(o.generatorCpu, 1)}`,
           ];
         }),
       ],
@@ -255,20 +331,18 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
       const o = x.open[rate];
       if (!o) continue;
       const floor = h.open[rate]!;
-      rows.push([
-        '',
-        `@${rate}/s`,
-        ...loadCells(o),
-        `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}${daemons(o)}`,
-      ]);
+      rows.push(['', `@${rate}/s`, ...loadCells(o), `floor p99 ${ms(floor.latencyMs.p99)}; send lag p99 ${ms(o.sendLagMs?.p99 ?? NaN)}`]);
     }
   }
   out.push(table(rows, ['', 'mode', 'req/s', 'p50', 'p99', 'p99.9', 'max', 'errors', 'vs ceiling']));
-  out.push('(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness;');
-  out.push(' "kdamond ... ms/s" = CPU the kernel\'s memory daemons took meanwhile, in slices that delay whatever wakes on their vCPU: README, "Where the tail comes from")');
+  out.push(
+    '(closed loop latency is from send time; "floor" = same load on the empty uWS handler; "send lag" = due time to write, the generator\'s own lateness)',
+  );
   if (r.scaling && r.scaling.length > 0) {
     out.push('');
-    out.push(`Scaling over event loops ([server] workers) and key copies: closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`);
+    out.push(
+      `Scaling over event loops ([server] workers) and key copies: closed-loop encrypt 32 B, ${r.config.closedConnections} connections, same pool and HSM threads in total (README, "All cores")`,
+    );
     const one = r.scaling.find((p) => p.workers === 1 && p.keyCopies !== false)?.closed.throughput ?? NaN;
     out.push(
       table(
@@ -284,35 +358,64 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
         ['', 'req/s', 'p50', 'p99', 'errors', 'vs 1', 'SIGTERM'],
       ),
     );
-    out.push(`(the load generator shares the ${r.machine.availableParallelism} cores with the proxy: "empty uWS handler" above is its ceiling)`);
+    out.push(
+      `(the load generator shares the ${r.machine.availableParallelism} cores with the proxy: "empty uWS handler" above is its ceiling)`,
+    );
   }
   out.push('');
   out.push('Targets (issue 3)');
   out.push(table(targets(r.e2e), ['op', 'target', 'measured', '']));
   if (r.profile) {
     out.push('');
-    out.push(`Proxy CPU profile (${r.profile.file}), ${f0(r.profile.totalMs)} ms profiled, idle ${r.profile.idlePct.toFixed(1)}%: top self time`);
-    out.push(table(r.profile.top.map((t) => [t.fn, t.where, `${f0(t.selfMs)} ms`, `${t.pct.toFixed(1)}%`]), ['function', 'where', 'self', '%']));
+    out.push(
+      `Proxy CPU profile (${r.profile.file}), ${f0(r.profile.totalMs)} ms profiled, idle ${r.profile.idlePct.toFixed(1)}%: top self time`,
+    );
+    out.push(
+      table(
+        r.profile.top.map((t) => [t.fn, t.where, `${f0(t.selfMs)} ms`, `${t.pct.toFixed(1)}%`]),
+        ['function', 'where', 'self', '%'],
+      ),
+    );
   }
   if (comparison) {
     out.push('');
     const bad = comparison.filter((c) => c.regressed);
     const good = comparison.filter((c) => c.improved);
-    out.push(`Compared with ${compareFile}: ${bad.length} slower beyond the noise band, ${good.length} faster, ${comparison.length} compared`);
+    out.push(
+      `Compared with ${compareFile}: ${bad.length} slower beyond the noise band, ${good.length} faster, ${comparison.length} compared`,
+    );
     const fmt = (c: Comparison): string[] => [
       c.name,
       `${c.unit === 'ms' ? ms(c.base) : f0(c.base)} -> ${c.unit === 'ms' ? ms(c.current) : f0(c.current)} ${c.unit}`,
-      !Number.isFinite(c.worse) ? (c.worse > 0 ? 'new errors' : 'errors gone') : c.worse > 0 ? `${(100 * c.worse).toFixed(0)}% worse` : `${(-100 * c.worse).toFixed(0)}% better`,
+      !Number.isFinite(c.worse)
+        ? c.worse > 0
+          ? 'new errors'
+          : 'errors gone'
+        : c.worse > 0
+          ? `${(100 * c.worse).toFixed(0)}% worse`
+          : `${(-100 * c.worse).toFixed(0)}% better`,
       `band ${(100 * c.band).toFixed(0)}%`,
     ];
-    if (bad.length) out.push(table(bad.map((c) => [...fmt(c), 'SLOWER']), ['figure', 'base -> now', 'change', 'noise', '']));
-    if (good.length) out.push(table(good.map((c) => [...fmt(c), 'faster']), ['figure', 'base -> now', 'change', 'noise', '']));
+    if (bad.length)
+      out.push(
+        table(
+          bad.map((c) => [...fmt(c), 'SLOWER']),
+          ['figure', 'base -> now', 'change', 'noise', ''],
+        ),
+      );
+    if (good.length)
+      out.push(
+        table(
+          good.map((c) => [...fmt(c), 'faster']),
+          ['figure', 'base -> now', 'change', 'noise', ''],
+        ),
+      );
   }
   return out.join('\n');
 }
 
 async function main(): Promise<number> {
-  const args = parseArgs(process.argv.slice(2));
+  const args = benchArgs();
   const t0 = Date.now();
   const d = args.quick ? QUICK : FULL;
   const machine = describeMachine();
@@ -321,11 +424,13 @@ async function main(): Promise<number> {
 
   log(`bench: making a SoftHSM2 token`);
   const token = await makeToken();
-  let nodeGen: LoadGen | undefined;
-  let cGen: Generator | undefined;
+  let gen: CGenerator | undefined;
   try {
     // One engine per measurement on the bench token, closed whatever happens.
-    const withEngine = async <T>(o: { threads: number; poolMaxSize: number; keyCopies: boolean }, fn: (e: NativeEngine) => Promise<T>): Promise<T> => {
+    const withEngine = async <T>(
+      o: { threads: number; poolMaxSize: number; keyCopies: boolean },
+      fn: (e: NativeEngine) => Promise<T>,
+    ): Promise<T> => {
       const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, ...o });
       try {
         return await fn(engine);
@@ -350,23 +455,18 @@ async function main(): Promise<number> {
       return addonRate(e, 64, args.quick ? 500 : 2000);
     });
 
-    nodeGen = await LoadGen.start();
-    let chosen: Generator = nodeGen;
-    if (!args.nodeGen) {
-      const c = buildCGenerator();
-      if ('binary' in c) chosen = new CGenerator(c.binary);
-      else log(`bench: no C load generator (${c.error}); using the Node one`);
-    }
-    if (chosen !== nodeGen) cGen = chosen;
-    const gen = watchingKernelDaemons(chosen);
+    const c = buildCGenerator();
+    if ('error' in c) throw new Error(`cannot compile the load generator bench/loadgen.c (set CC to a C compiler): ${c.error}`);
+    gen = new CGenerator(c.binary);
     const poolSize = args.quick ? 200 : 1000;
     log('bench: HTTP ceilings (empty uWebSockets.js handler)');
-    const sample = await signAll(makeSigner({ accessKeyId: 'AKIAEMPTYEMPTYEMPTY0', secretAccessKey: 'x'.repeat(40) }), '127.0.0.1:1', '/bench/kms/xks/v1/keys/k/encrypt', encryptBodies(poolSize, 32, 64));
-    const http = await httpCeilings(gen, nodeGen, sample, d, args.quick, token.dir, log);
-    log('bench: thread wake-up latency (eventfd, one every 555 µs)');
-    const wake = await wakeupLatencies(args.quick ? 500 : 3000, 555);
-    if ('error' in wake) log(`bench: no wake-up measurement (${wake.error})`);
-    const wakeup = 'error' in wake ? undefined : wake;
+    const sample = await signAll(
+      makeSigner({ accessKeyId: 'AKIAEMPTYEMPTYEMPTY0', secretAccessKey: 'x'.repeat(40) }),
+      '127.0.0.1:1',
+      '/bench/kms/xks/v1/keys/k/encrypt',
+      encryptBodies(poolSize, 32, 64),
+    );
+    const http = await httpCeilings(gen, sample, d, args.quick, token.dir, log);
 
     let profileDir: string | undefined;
     const nodeArgs: string[] = [];
@@ -377,7 +477,13 @@ async function main(): Promise<number> {
     }
     log('bench: the proxy');
     const before = new Set(profileDir ? readdirSync(profileDir) : []);
-    const run = await proxyRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs, workers: args.workers }, d, log);
+    const run = await proxyRuns(
+      gen,
+      token,
+      { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, nodeArgs, workers: args.workers },
+      d,
+      log,
+    );
     let scaling: ScalingPoint[] | undefined;
     if (!args.quick && !args.profile) {
       log('bench: scaling over event loops ([server] workers = 1, 2) and without key copies');
@@ -386,7 +492,14 @@ async function main(): Promise<number> {
         { workers: 2, keyCopies: true },
         { workers: args.workers, keyCopies: false },
       ];
-      scaling = await scalingRuns(gen, token, { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize }, points, d, log);
+      scaling = await scalingRuns(
+        gen,
+        token,
+        { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize },
+        points,
+        d,
+        log,
+      );
     }
 
     let profile: BenchResult['profile'];
@@ -415,7 +528,12 @@ async function main(): Promise<number> {
         workers: args.workers,
       },
       micro,
-      ceilings: { addonEncrypt32OneThread: addon1, addonEncrypt32ProxyThreads: addonN, ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}), http, ...(wakeup ? { wakeup } : {}) },
+      ceilings: {
+        addonEncrypt32OneThread: addon1,
+        addonEncrypt32ProxyThreads: addonN,
+        ...(addon1Token !== undefined ? { addonEncrypt32OneThreadTokenKey: addon1Token } : {}),
+        http,
+      },
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),
@@ -431,7 +549,9 @@ async function main(): Promise<number> {
     writeFileSync(path.join(args.out, `${stamp}-${kind}.json`), json);
     if (!args.quick && !args.profile) writeFileSync(path.join(args.out, 'latest.json'), json);
     else writeFileSync(path.join(args.out, `latest-${kind}.json`), json);
-    log(`bench: ${(Date.now() - t0) / 1000} s; results in ${path.relative(process.cwd(), args.out) || '.'}/${!args.quick && !args.profile ? 'latest.json' : `latest-${kind}.json`}`);
+    log(
+      `bench: ${(Date.now() - t0) / 1000} s; results in ${path.relative(process.cwd(), args.out) || '.'}/${!args.quick && !args.profile ? 'latest.json' : `latest-${kind}.json`}`,
+    );
 
     if (run.exitCode !== 0) {
       log(`bench: the proxy exited with ${run.exitCode} after SIGTERM`);
@@ -456,8 +576,7 @@ async function main(): Promise<number> {
     }
     return 0;
   } finally {
-    await cGen?.close();
-    await nodeGen?.close();
+    await gen?.close();
     if (existsSync(token.dir)) token.remove();
   }
 }

@@ -15,12 +15,12 @@ import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSyn
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/config.js';
 import { settingsToml } from '../src/dev/settings-toml.js';
 import { initSoftHsmToken } from '../src/dev/softhsm.js';
 import { loadAddon } from '../src/hsm/addon.js';
 import { startProxy, type RunningProxy } from '../src/main.js';
+import { parseArgs } from './lib/args.js';
 
 const ROOT = (() => {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -34,26 +34,27 @@ const KEY = 'soak-key';
 const HEALTH_KEY = 'soak-health';
 const POOL = 4;
 
-const { values: args } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '300' },
-    concurrency: { type: 'string', default: '8' },
-    sample: { type: 'string', default: '5' },
-    'timeout-ms': { type: 'string', default: '150' },
-    out: { type: 'string' },
-  },
+const args = parseArgs('npm run soak -- [options]', {
+  seconds: { type: 'number', help: 'length of the run', default: 300 },
+  concurrency: { type: 'number', help: 'requests in flight', default: 8 },
+  sample: { type: 'number', help: 'seconds between two samples', default: 5 },
+  'timeout-ms': { type: 'number', help: '[pkcs11] operation_timeout_milli and session_pool_timeout_milli', default: 150 },
+  out: { type: 'string', value: 'FILE', help: 'write the samples and checks to this JSON file' },
 });
-const SECONDS = Number(args.seconds);
-const CONCURRENCY = Number(args.concurrency);
-const SAMPLE_MS = Number(args.sample) * 1000;
-const TIMEOUT_MS = Number(args['timeout-ms']);
+const SECONDS = args.seconds;
+const CONCURRENCY = args.concurrency;
+const SAMPLE_MS = args.sample * 1000;
+const TIMEOUT_MS = args['timeout-ms'];
 
 /** Fault scenarios, applied in turn for a few seconds each, with quiet time in between. */
 const SCENARIOS: { name: string; rules: string[] }[] = [
   { name: 'device down', rules: ['fail * CKR_DEVICE_ERROR'] },
   { name: 'stuck encrypts', rules: ['block C_Encrypt'] },
   { name: 'slow decrypts', rules: [`delay C_Decrypt ${TIMEOUT_MS * 2} times=20`] },
-  { name: 'sessions invalidated', rules: ['fail C_Encrypt CKR_SESSION_HANDLE_INVALID times=30', 'fail C_Decrypt CKR_SESSION_CLOSED times=30'] },
+  {
+    name: 'sessions invalidated',
+    rules: ['fail C_Encrypt CKR_SESSION_HANDLE_INVALID times=30', 'fail C_Decrypt CKR_SESSION_CLOSED times=30'],
+  },
   { name: 'slow HSM', rules: ['delay * 15'] },
   { name: 'device removed', rules: ['fail C_Decrypt CKR_DEVICE_REMOVED times=5', 'fail C_GetSessionInfo CKR_DEVICE_REMOVED times=5'] },
   { name: 'everything stuck', rules: ['block *'] },
@@ -111,7 +112,14 @@ function settings(dir: string, pin: string): string {
     service: 'kms-xks-proxy',
     tracing: { stdout: false, level: 'ERROR', directory: path.join(dir, 'logs'), rotation: 'NEVER' },
     sigv4: false,
-    stores: [{ prefix: PREFIX, accessKeyId: 'AKIDSOAKTEST000000001', secretAccessKey: 'c29hay1zb2FrLXNvYWstc29hay1zb2FrLXNvYWstc29haw==', keys: [KEY] }],
+    stores: [
+      {
+        prefix: PREFIX,
+        accessKeyId: 'AKIDSOAKTEST000000001',
+        secretAccessKey: 'c29hay1zb2FrLXNvYWstc29hay1zb2FrLXNvYWstc29haw==',
+        keys: [KEY],
+      },
+    ],
     pkcs11: { pin, modulePath: FAULTY, poolMaxSize: POOL, poolTimeoutMs: TIMEOUT_MS, operationTimeoutMs: TIMEOUT_MS },
     healthCheck: { keyId: HEALTH_KEY, intervalSecs: 2, degradedLatencyMs: 50 },
   });
@@ -163,7 +171,15 @@ async function main(): Promise<void> {
     FAULTY_PKCS11_STATUS: faults.status,
   });
   const { Engine } = loadAddon();
-  const setup = new Engine({ modulePath: FAULTY, userPin: pin, poolMaxSize: 1, poolTimeoutMs: 1000, eagerClose: false, threads: 1, ivMode: 'random' });
+  const setup = new Engine({
+    modulePath: FAULTY,
+    userPin: pin,
+    poolMaxSize: 1,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 1,
+    ivMode: 'random',
+  });
   await setup.open();
   await setup.createKey(KEY, { encrypt: true, decrypt: true });
   await setup.createKey(HEALTH_KEY, { encrypt: true, decrypt: true });
@@ -204,7 +220,7 @@ async function main(): Promise<void> {
     });
     const x = samples[samples.length - 1]!;
     console.log(
-      `t=${String(x.t).padStart(4)}s rss=${x.rssMb}MB heap=${x.heapMb}MB sessions=${x.sessionsOpen}${x.keySession ? "+1" : ""} hsm_sessions=${x.hsmOpenSessions} ` +
+      `t=${String(x.t).padStart(4)}s rss=${x.rssMb}MB heap=${x.heapMb}MB sessions=${x.sessionsOpen}${x.keySession ? '+1' : ''} hsm_sessions=${x.hsmOpenSessions} ` +
         `quarantined=${x.quarantined} stuck=${x.stuck} requests=${x.requests} fault=${x.fault}`,
     );
   };
@@ -219,9 +235,18 @@ async function main(): Promise<void> {
       if (r < 0.5 || sealed.length === 0) {
         op = 'encrypt';
         const pt = `soak-${process.pid}-${++i}-${Math.random()}`;
-        res = await post(base, `${API}/keys/${KEY}/encrypt`, { requestMetadata: META, plaintext: Buffer.from(pt).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
+        res = await post(base, `${API}/keys/${KEY}/encrypt`, {
+          requestMetadata: META,
+          plaintext: Buffer.from(pt).toString('base64'),
+          encryptionAlgorithm: 'AES_GCM',
+        });
         if (res.status === 200) {
-          const s = { pt, ciphertext: res.json.ciphertext as string, iv: res.json.initializationVector as string, tag: res.json.authenticationTag as string };
+          const s = {
+            pt,
+            ciphertext: res.json.ciphertext as string,
+            iv: res.json.initializationVector as string,
+            tag: res.json.authenticationTag as string,
+          };
           ++seen;
           if (sealed.length < MAX_SEALED) sealed.push(s);
           else if (Math.random() < MAX_SEALED / seen) sealed[Math.floor(Math.random() * MAX_SEALED)] = s;
@@ -295,14 +320,23 @@ async function main(): Promise<void> {
   const checks: [string, boolean][] = [
     [`most requests succeed: ${ok200}/${requests} answered 200 (>= 50%)`, ok200 * 2 >= requests && ok200 > 0],
     [`ciphertexts handed out: ${seen} (> 0)`, seen > 0],
-    [`RSS flat: late median ${rssLate} MB vs early ${rssEarly} MB (growth ${rssGrowth.toFixed(1)} MB <= max(24 MB, 15%))`, rssGrowth <= Math.max(24, rssEarly * 0.15)],
+    [
+      `RSS flat: late median ${rssLate} MB vs early ${rssEarly} MB (growth ${rssGrowth.toFixed(1)} MB <= max(24 MB, 15%))`,
+      rssGrowth <= Math.max(24, rssEarly * 0.15),
+    ],
     [`engine sessions bounded: max ${maxSessions} <= ${2 * POOL} (pool + quarantine)`, maxSessions <= 2 * POOL],
-    [`HSM sessions bounded: max ${maxHsmSessions} <= ${2 * POOL + 2} (pool + quarantine + key copies + 1 in passing)`, maxHsmSessions <= 2 * POOL + 2],
+    [
+      `HSM sessions bounded: max ${maxHsmSessions} <= ${2 * POOL + 2} (pool + quarantine + key copies + 1 in passing)`,
+      maxHsmSessions <= 2 * POOL + 2,
+    ],
     [
       `final sessions: engine ${final.sessionsOpen}${final.keySession ? ' + 1 holding the key copies' : ''}, HSM ${final.hsmOpenSessions} (equal, pool <= ${POOL})`,
       final.sessionsOpen + (final.keySession ? 1 : 0) === final.hsmOpenSessions && final.sessionsOpen <= POOL,
     ],
-    [`no stuck threads or quarantined sessions at the end (${final.stuck}, ${final.quarantined})`, final.stuck === 0 && final.quarantined === 0],
+    [
+      `no stuck threads or quarantined sessions at the end (${final.stuck}, ${final.quarantined})`,
+      final.stuck === 0 && final.quarantined === 0,
+    ],
     [`no request hung: slowest ${slowest.toFixed(0)} ms < ${TIMEOUT_MS * 2 + 250} ms`, slowest < TIMEOUT_MS * 2 + 250],
     [`every ciphertext decrypts: ${sealed.length - undecryptable}/${sealed.length} (of ${seen} handed out)`, undecryptable === 0],
     [`no wrong plaintext`, !statuses.has('decrypt WRONG PLAINTEXT')],
@@ -312,12 +346,27 @@ async function main(): Promise<void> {
   console.log(`\n${requests} requests in ${SECONDS} s, concurrency ${CONCURRENCY}, operation_timeout_milli ${TIMEOUT_MS}`);
   for (const [what, ok] of checks) console.log(`${ok ? 'PASS' : 'FAIL'}  ${what}`);
   if (args.out) {
-    writeFileSync(args.out, JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, timeoutMs: TIMEOUT_MS, requests, statuses: Object.fromEntries(statuses), samples, checks }, null, 2));
+    writeFileSync(
+      args.out,
+      JSON.stringify(
+        {
+          seconds: SECONDS,
+          concurrency: CONCURRENCY,
+          timeoutMs: TIMEOUT_MS,
+          requests,
+          statuses: Object.fromEntries(statuses),
+          samples,
+          checks,
+        },
+        null,
+        2,
+      ),
+    );
   }
   process.exitCode = checks.every(([, ok]) => ok) ? 0 : 1;
 }
 
 main().catch((e: unknown) => {
-  console.error(e instanceof Error ? e.stack ?? e.message : String(e));
+  console.error(e instanceof Error ? (e.stack ?? e.message) : String(e));
   process.exit(1);
 });

@@ -1,12 +1,15 @@
 /**
  * Ceiling of the HTTP layer: a uWebSockets.js server (the same native binary the
  * proxy loads) whose handler reads the body and answers a fixed small JSON at once.
- * Run as a child process: `node dist/bench/uws-empty.js PORT`; prints "listening PORT".
+ * Run as a child process: `node dist/bench/uws-empty.js --port N`; prints "listening PORT".
  */
 import { loadUws } from '../src/http/uws.js';
+import { parseArgs } from './lib/args.js';
 
+const { port } = parseArgs('node dist/bench/uws-empty.js [--port N]', {
+  port: { type: 'number', help: 'port on 127.0.0.1 (0: any free one)', default: 0 },
+});
 const uws = loadUws();
-const port = Number(process.argv[2] ?? '0');
 const BODY = '{"ok":true}';
 
 const app = uws.App();

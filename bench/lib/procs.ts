@@ -52,7 +52,14 @@ export function settingsToml(s: ProxySettings): string {
     service: SERVICE,
     tracing: { stdout: true, level: s.level, directory: `${s.token.dir}/logs`, rotation: 'NEVER' },
     stores: [s.store],
-    pkcs11: { pin: s.token.pin, modulePath: s.token.modulePath, poolMaxSize: s.poolMaxSize, poolTimeoutMs: 1000, workerThreads: s.workerThreads, keyCopies: s.keyCopies },
+    pkcs11: {
+      pin: s.token.pin,
+      modulePath: s.token.modulePath,
+      poolMaxSize: s.poolMaxSize,
+      poolTimeoutMs: 1000,
+      workerThreads: s.workerThreads,
+      keyCopies: s.keyCopies,
+    },
   });
 }
 
@@ -90,7 +97,8 @@ function exitedFn(proc: ChildProcess, stderr: () => string): () => string | unde
 async function waitFor(proc: ChildProcess, ready: () => boolean, what: string, stderr: () => string): Promise<void> {
   const deadline = Date.now() + 20000;
   while (!ready()) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`${what} exited (${proc.exitCode ?? proc.signalCode}): ${stderr().slice(-2000)}`);
+    if (proc.exitCode !== null || proc.signalCode !== null)
+      throw new Error(`${what} exited (${proc.exitCode ?? proc.signalCode}): ${stderr().slice(-2000)}`);
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
       throw new Error(`${what} did not start within 20 s: ${stderr().slice(-2000)}`);
@@ -117,14 +125,19 @@ export async function startProxyProcess(s: ProxySettings, nodeArgs: string[] = [
   closeSync(fd);
   let err = '';
   proc.stderr!.on('data', (c: Buffer) => (err += c.toString('utf8')));
-  await waitFor(proc, () => readFileSync(logFile, 'utf8').includes('listening'), 'the proxy', () => err + readFileSync(logFile, 'utf8'));
+  await waitFor(
+    proc,
+    () => readFileSync(logFile, 'utf8').includes('listening'),
+    'the proxy',
+    () => err + readFileSync(logFile, 'utf8'),
+  );
   return { proc, port: s.port, logFile, stop: stopper(proc), exited: exitedFn(proc, () => err) };
 }
 
 /** Starts the empty uWebSockets.js server (bench/uws-empty.js). */
 export async function startUwsEmpty(): Promise<Child> {
   const port = await freePort();
-  const proc = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'uws-empty.js'), String(port)], {
+  const proc = spawn(process.execPath, [path.join(ROOT, 'dist', 'bench', 'uws-empty.js'), '--port', String(port)], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -132,6 +145,11 @@ export async function startUwsEmpty(): Promise<Child> {
   let err = '';
   proc.stdout!.on('data', (c: Buffer) => (out += c.toString('utf8')));
   proc.stderr!.on('data', (c: Buffer) => (err += c.toString('utf8')));
-  await waitFor(proc, () => out.includes('listening'), 'the empty uWebSockets.js server', () => err);
+  await waitFor(
+    proc,
+    () => out.includes('listening'),
+    'the empty uWebSockets.js server',
+    () => err,
+  );
   return { proc, port, stop: stopper(proc), exited: exitedFn(proc, () => err) };
 }

@@ -20,7 +20,13 @@ export function makeSigner(creds: Credentials): SignatureV4 {
 }
 
 /** Returns the headers to send (lower-case names): host, content-type, x-amz-date, authorization. */
-export async function signPost(signer: SignatureV4, host: string, urlPath: string, body: string, date: Date): Promise<Record<string, string>> {
+export async function signPost(
+  signer: SignatureV4,
+  host: string,
+  urlPath: string,
+  body: string,
+  date: Date,
+): Promise<Record<string, string>> {
   const [hostname, port] = host.split(':');
   const signed = await signer.sign(
     {

@@ -33,7 +33,13 @@ export async function makeToken(): Promise<BenchToken> {
 }
 
 /** Opens an addon engine on the bench token (SOFTHSM2_CONF must be set). */
-export async function openEngine(o: { modulePath: string; pin: string; threads: number; poolMaxSize: number; keyCopies: boolean }): Promise<NativeEngine> {
+export async function openEngine(o: {
+  modulePath: string;
+  pin: string;
+  threads: number;
+  poolMaxSize: number;
+  keyCopies: boolean;
+}): Promise<NativeEngine> {
   const { Engine } = loadAddon();
   const options: EngineOptions = {
     modulePath: o.modulePath,

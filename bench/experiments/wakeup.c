@@ -1,7 +1,8 @@
 /*
  * The machine's thread wake-up latency, the floor under any design that hands a request
  * from one thread to another (the proxy hands each HSM call to an HSM thread and back).
- * Compiled by the bench with cc -O2; not part of CI's pass/fail.
+ * An experiment, not a regression figure: bench/experiments/wakeup.ts compiles it (cc -O2)
+ * and runs it once per mode.
  *
  *   wakeup MODE COUNT GAP_US
  *
@@ -86,8 +87,10 @@ int main(int argc, char **argv) {
     int first = -1, second = -1;
     for (int c = 0; c < CPU_SETSIZE && second < 0; c++) {
       if (!CPU_ISSET(c, &allowed)) continue;
-      if (first < 0) first = c;
-      else second = c;
+      if (first < 0)
+        first = c;
+      else
+        second = c;
     }
     if (strcmp(mode, "same") == 0) {
       waker_cpu = sleeper_cpu = first;

@@ -211,6 +211,49 @@ describe('pool and concurrency', () => {
     expect(s.sessionsIdle).toBe(s.sessionsOpen);
   });
 
+  it('recycled jobs serve every other operation: interleaved calls all get their own answers', async () => {
+    // One thread, so finished jobs go back to the free list and the next call of another kind
+    // takes them: each operation's payload (inputs, results) must be its own, never a leftover.
+    const e = await openEngine({ poolMaxSize: 1, threads: 1 });
+    const aad = Buffer.from('payload aad');
+    const sizes = [16, 24, 32] as const;
+    for (let round = 0; round < 3; round++) {
+      const calls: Promise<void>[] = [];
+      for (let i = 0; i < 40; i++) {
+        const plaintext = Buffer.from(`round ${round} message ${i}`);
+        calls.push(
+          e.encrypt(TEST_KEYS.known, plaintext, aad).then((sealed) => {
+            const out = splitSealed(sealed);
+            const d = crypto.createDecipheriv('aes-256-gcm', KNOWN_KEY, out.iv);
+            d.setAAD(aad);
+            d.setAuthTag(out.tag);
+            expect(Buffer.concat([d.update(out.ct), d.final()]).equals(plaintext)).toBe(true);
+          }),
+        );
+        calls.push(e.keyInfo(TEST_KEYS.encryptOnly).then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: false })));
+        calls.push(e.random(i).then((r) => expect(r.length).toBe(i)));
+        calls.push(e.tokenInfo().then((t) => expect(t.label).toBe('xks-native')));
+        const iv = crypto.randomBytes(12);
+        const c = crypto.createCipheriv('aes-256-gcm', KNOWN_KEY, iv);
+        c.setAAD(aad);
+        const ct = Buffer.concat([c.update(plaintext), c.final()]);
+        calls.push(e.decrypt(TEST_KEYS.known, ct, c.getAuthTag(), iv, aad).then((p) => expect(p.equals(plaintext)).toBe(true)));
+        if (i % 10 === 0) {
+          const label = `xks-payload-${round}-${i}`;
+          const size = sizes[(i / 10) % 3]!;
+          calls.push(
+            e
+              .createKey(label, { value: crypto.randomBytes(size), encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })
+              .then(() => e.keyInfo(label))
+              .then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: size * 8, encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })),
+          );
+        }
+      }
+      await Promise.all(calls);
+    }
+    expect(e.stats().inFlight).toBe(0);
+  });
+
   it('fails with XKS_POOL_EXHAUSTED when no session frees up in time (poolTimeoutMs 0)', async () => {
     const e = await openEngine({ poolMaxSize: 1, threads: 4, poolTimeoutMs: 0 });
     const results = await Promise.allSettled(Array.from({ length: 400 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))));
@@ -366,6 +409,7 @@ describe('life cycle and arguments', () => {
     expect(r.signal).toBeNull();
     expect(r.status).toBe(7);
   });
+
 });
 
 function runChild(body: string): ReturnType<typeof spawnSync> & { stdout: string } {

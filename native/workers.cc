@@ -197,9 +197,12 @@ void Workers::watchdogMain() {
         // Without a deadline nothing marks a thread stuck: every thread still alive past the
         // grace period is inside a PKCS#11 call that has not returned (idle workers leave at
         // once), so close must not wait for it either, or a call blocked in the HSM would
-        // hold up shutdown and process exit for as long as it stays blocked.
+        // hold up shutdown and process exit for as long as it stays blocked. Abort (process
+        // exit, environment teardown) gives up at once on stuck threads only: a thread that is
+        // merely finishing its job gets the grace period too, or the module's static
+        // destructors, which run right after the exit hook, would race its calls.
         const bool onlyBusy = onlyStuck || cfg_.opTimeoutMs == 0;
-        if (allGone || (onlyBusy && (aborting_.load() || Clock::now() - closeBegan_ > grace))) {
+        if (allGone || (onlyStuck && aborting_.load()) || (onlyBusy && Clock::now() - closeBegan_ > grace)) {
           lk.unlock();
           if (allGone) host_.shutdown();
           // else: a PKCS#11 call is still running; the module stays loaded (the process is

@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
+import { useFaultyModule } from './helpers/faulty.js';
 import { createTestKeys, KNOWN_KEY, makeToken, rejection, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
@@ -410,6 +411,30 @@ describe('life cycle and arguments', () => {
     expect(r.status).toBe(7);
   });
 
+  it('process exit without a deadline waits for the call still in the HSM, then finalizes the module', () => {
+    // The exit hook used to give up at once on a thread busy in a call (no deadline: nothing marks
+    // it stuck), and the module's static destructors then raced that call (a crash in about one
+    // exit in ten with 1000 jobs in flight). Now it waits, within the grace period, for the call.
+    const { token: ft, faults } = useFaultyModule(token);
+    faults.set('delay C_Encrypt 150');
+    try {
+      const r = runChild(`
+        const e = new Engine(${JSON.stringify(options({ modulePath: ft.modulePath, threads: 1, poolMaxSize: 1 }))});
+        e.open().then(() => {
+          e.encrypt(${JSON.stringify(TEST_KEYS.ordinary)}, Buffer.alloc(100), Buffer.alloc(0)).catch(() => {});
+          setTimeout(() => process.exit(7), 30);
+        });
+      `);
+      expect(r.signal).toBeNull();
+      expect(r.status).toBe(7);
+      const st = faults.status();
+      expect(st.calls_by_fn['C_Encrypt']).toBe(1);
+      expect(st.calls_by_fn['C_Finalize']).toBe(1);
+      expect(st.initialized).toBe(0);
+    } finally {
+      faults.clear();
+    }
+  });
 });
 
 function runChild(body: string): ReturnType<typeof spawnSync> & { stdout: string } {

@@ -8,8 +8,21 @@
       "sources": [
         "native/addon.cc",
         "native/engine.cc",
+        "native/iv_check.cc",
+        "native/key_cache.cc",
         "native/module.cc",
-        "native/names.cc"
+        "native/module_link.cc",
+        "native/names.cc",
+        "native/op_create_key.cc",
+        "native/op_decrypt.cc",
+        "native/op_encrypt.cc",
+        "native/op_key_info.cc",
+        "native/op_random.cc",
+        "native/op_token_info.cc",
+        "native/registry.cc",
+        "native/sessions.cc",
+        "native/status.cc",
+        "native/workers.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -293,7 +293,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       case Op::Random:
         return bufferOf(env, j->output);
       case Op::KeyInfo: {
-        const auto& k = j->keyInfo;
+        const auto& k = j->as<KeyInfoResult>();
         Napi::Object o = Napi::Object::New(env);
         o.Set("keyType", Napi::String::New(env, k.keyType));
         o.Set("bits", Napi::Number::New(env, static_cast<double>(k.bits)));
@@ -306,7 +306,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         return o;
       }
       case Op::TokenInfo: {
-        const auto& t = j->tokenInfo;
+        const auto& t = j->as<TokenInfoResult>();
         auto version = [&](unsigned major, unsigned minor) {
           Napi::Object v = Napi::Object::New(env);
           v.Set("major", Napi::Number::New(env, major));
@@ -511,8 +511,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::HandleScope scope(env);
     core_->joinOpenThread();
     const bool ok = !j->failed();
-    if (ok) openResult_ = j->openResult;
-    napi_value value = ok ? static_cast<napi_value>(openResultFor(env, j->openResult)) : static_cast<napi_value>(errorFor(env, j));
+    if (ok) openResult_ = j->as<OpenResult>();
+    napi_value value = ok ? static_cast<napi_value>(openResultFor(env, j->as<OpenResult>())) : static_cast<napi_value>(errorFor(env, j));
     recycle(j);
     inFlightDone(env);
     if (ok) {
@@ -602,8 +602,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Job* j = newJob(Op::Encrypt);
     try {
       readLabel(env, info[0], j);
-      j->input.assign(pt.data, pt.size);
-      j->aad.assign(aad.data, aad.size);
+      CryptArgs& a = j->as<CryptArgs>();
+      a.input.assign(pt.data, pt.size);
+      a.aad.assign(aad.data, aad.size);
     } catch (...) {
       recycle(j);
       throw;
@@ -626,11 +627,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Job* j = newJob(Op::Decrypt);
     try {
       readLabel(env, info[0], j);
-      j->input.resize(ct.size + tag.size);
-      if (ct.size != 0) std::memcpy(j->input.data(), ct.data, ct.size);
-      std::memcpy(j->input.data() + ct.size, tag.data, tag.size);
-      j->iv.assign(iv.data, iv.size);
-      j->aad.assign(aad.data, aad.size);
+      CryptArgs& a = j->as<CryptArgs>();
+      a.input.resize(ct.size + tag.size);
+      if (ct.size != 0) std::memcpy(a.input.data(), ct.data, ct.size);
+      std::memcpy(a.input.data() + ct.size, tag.data, tag.size);
+      a.iv.assign(iv.data, iv.size);
+      a.aad.assign(aad.data, aad.size);
     } catch (...) {
       recycle(j);
       throw;
@@ -669,7 +671,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     if (notOpen()) return notOpenRejection(env);
     Job* j = newJob(Op::Random);
-    j->randomLength = static_cast<size_t>(n);
+    j->as<RandomArgs>().length = static_cast<size_t>(n);
     return submit(env, j);
   }
 
@@ -697,12 +699,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Job* j = newJob(Op::CreateKey);
     try {
       readLabel(env, info[0], j);
-      j->hasValue = hasValue;
-      if (hasValue) j->input.assign(key.data, key.size);
-      j->keyEncrypt = enc;
-      j->keyDecrypt = dec;
-      j->keyWrap = wrap;
-      j->keyUnwrap = unwrap;
+      CreateKeyArgs& a = j->as<CreateKeyArgs>();
+      a.hasValue = hasValue;
+      if (hasValue) a.value.assign(key.data, key.size);
+      a.encrypt = enc;
+      a.decrypt = dec;
+      a.wrap = wrap;
+      a.unwrap = unwrap;
     } catch (...) {
       recycle(j);
       throw;

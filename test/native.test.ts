@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
+import { useFaultyModule } from './helpers/faulty.js';
 import { createTestKeys, KNOWN_KEY, makeToken, rejection, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
@@ -211,6 +212,49 @@ describe('pool and concurrency', () => {
     expect(s.sessionsIdle).toBe(s.sessionsOpen);
   });
 
+  it('recycled jobs serve every other operation: interleaved calls all get their own answers', async () => {
+    // One thread, so finished jobs go back to the free list and the next call of another kind
+    // takes them: each operation's payload (inputs, results) must be its own, never a leftover.
+    const e = await openEngine({ poolMaxSize: 1, threads: 1 });
+    const aad = Buffer.from('payload aad');
+    const sizes = [16, 24, 32] as const;
+    for (let round = 0; round < 3; round++) {
+      const calls: Promise<void>[] = [];
+      for (let i = 0; i < 40; i++) {
+        const plaintext = Buffer.from(`round ${round} message ${i}`);
+        calls.push(
+          e.encrypt(TEST_KEYS.known, plaintext, aad).then((sealed) => {
+            const out = splitSealed(sealed);
+            const d = crypto.createDecipheriv('aes-256-gcm', KNOWN_KEY, out.iv);
+            d.setAAD(aad);
+            d.setAuthTag(out.tag);
+            expect(Buffer.concat([d.update(out.ct), d.final()]).equals(plaintext)).toBe(true);
+          }),
+        );
+        calls.push(e.keyInfo(TEST_KEYS.encryptOnly).then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: false })));
+        calls.push(e.random(i).then((r) => expect(r.length).toBe(i)));
+        calls.push(e.tokenInfo().then((t) => expect(t.label).toBe('xks-native')));
+        const iv = crypto.randomBytes(12);
+        const c = crypto.createCipheriv('aes-256-gcm', KNOWN_KEY, iv);
+        c.setAAD(aad);
+        const ct = Buffer.concat([c.update(plaintext), c.final()]);
+        calls.push(e.decrypt(TEST_KEYS.known, ct, c.getAuthTag(), iv, aad).then((p) => expect(p.equals(plaintext)).toBe(true)));
+        if (i % 10 === 0) {
+          const label = `xks-payload-${round}-${i}`;
+          const size = sizes[(i / 10) % 3]!;
+          calls.push(
+            e
+              .createKey(label, { value: crypto.randomBytes(size), encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })
+              .then(() => e.keyInfo(label))
+              .then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: size * 8, encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })),
+          );
+        }
+      }
+      await Promise.all(calls);
+    }
+    expect(e.stats().inFlight).toBe(0);
+  });
+
   it('fails with XKS_POOL_EXHAUSTED when no session frees up in time (poolTimeoutMs 0)', async () => {
     const e = await openEngine({ poolMaxSize: 1, threads: 4, poolTimeoutMs: 0 });
     const results = await Promise.allSettled(Array.from({ length: 400 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))));
@@ -365,6 +409,31 @@ describe('life cycle and arguments', () => {
     `);
     expect(r.signal).toBeNull();
     expect(r.status).toBe(7);
+  });
+
+  it('process exit without a deadline waits for the call still in the HSM, then finalizes the module', () => {
+    // The exit hook used to give up at once on a thread busy in a call (no deadline: nothing marks
+    // it stuck), and the module's static destructors then raced that call (a crash in about one
+    // exit in ten with 1000 jobs in flight). Now it waits, within the grace period, for the call.
+    const { token: ft, faults } = useFaultyModule(token);
+    faults.set('delay C_Encrypt 150');
+    try {
+      const r = runChild(`
+        const e = new Engine(${JSON.stringify(options({ modulePath: ft.modulePath, threads: 1, poolMaxSize: 1 }))});
+        e.open().then(() => {
+          e.encrypt(${JSON.stringify(TEST_KEYS.ordinary)}, Buffer.alloc(100), Buffer.alloc(0)).catch(() => {});
+          setTimeout(() => process.exit(7), 30);
+        });
+      `);
+      expect(r.signal).toBeNull();
+      expect(r.status).toBe(7);
+      const st = faults.status();
+      expect(st.calls_by_fn['C_Encrypt']).toBe(1);
+      expect(st.calls_by_fn['C_Finalize']).toBe(1);
+      expect(st.initialized).toBe(0);
+    } finally {
+      faults.clear();
+    }
   });
 });
 

@@ -1,0 +1,75 @@
+#include "ops.h"
+
+#include <cstring>
+
+namespace xks {
+
+Status encrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, IvMode mode, IvHistory& ivs,
+               const std::string& label, CryptArgs& a, SecureBuffer& out, bool& dirty) {
+  const bool appended = mode == IvMode::HsmAppended;
+  a.iv.resize(kGcmIvBytes);
+  CK_BYTE* iv = a.iv.data();
+  if (mode == IvMode::Random) {
+    CK_RV rv = f->C_GenerateRandom(s, iv, kGcmIvBytes);
+    if (rv != CKR_OK) {
+      dirty = true;
+      return Status{rv, "C_GenerateRandom"};
+    }
+  } else {
+    std::memset(iv, 0, kGcmIvBytes);  // zero buffer for the HSM to fill (or unused)
+  }
+  CK_GCM_PARAMS params;
+  std::memset(&params, 0, sizeof params);
+  params.pIv = appended ? nullptr : iv;
+  params.ulIvLen = appended ? 0 : kGcmIvBytes;
+  params.ulIvBits = appended ? 0 : kGcmIvBytes * 8;
+  params.pAAD = a.aad.empty() ? nullptr : a.aad.data();
+  params.ulAADLen = a.aad.size();
+  params.ulTagBits = kGcmTagBytes * 8;
+  CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof params};
+  CK_RV rv = f->C_EncryptInit(s, &mech, k);
+  if (rv != CKR_OK) {
+    dirty = dirty || !keepsSession(rv, "C_EncryptInit");
+    return Status{rv, "C_EncryptInit"};
+  }
+  const size_t pt = a.input.size();
+  const size_t want = pt + kGcmTagBytes + (appended ? kGcmIvBytes : 0);
+  // Room for ciphertext || tag || iv in every mode.
+  out.resize(pt + kGcmTagBytes + kGcmIvBytes);
+  CK_BYTE* in = pt != 0 ? a.input.data() : g_empty;
+  CK_ULONG outLen = want;
+  rv = f->C_Encrypt(s, in, pt, out.data(), &outLen);
+  if (rv == CKR_BUFFER_TOO_SMALL) {
+    // The operation is still active; the module told us the size it needs.
+    if (outLen <= want || outLen > want + 4096) {
+      dirty = true;
+      return Status{rv, "C_Encrypt"};
+    }
+    out.resize(outLen + (appended ? 0 : kGcmIvBytes));
+    rv = f->C_Encrypt(s, in, pt, out.data(), &outLen);
+  }
+  if (rv != CKR_OK) {
+    dirty = dirty || !keepsSession(rv, "C_Encrypt");
+    return Status{rv, "C_Encrypt"};
+  }
+  if (outLen != want) {
+    dirty = true;
+    return Status{CKR_OK, "C_Encrypt", kBadOutput};
+  }
+  if (!appended) {
+    // hsm-zero-buffer: the module filled `iv`; random: we generated it.
+    std::memcpy(out.data() + pt + kGcmTagBytes, iv, kGcmIvBytes);
+  }
+  out.resize(pt + kGcmTagBytes + kGcmIvBytes);
+  if (mode != IvMode::Random) {
+    Status st = ivs.check(label, out.data() + pt + kGcmTagBytes);
+    if (!st.ok()) {
+      dirty = true;  // an HSM that hands out such IVs is not trusted with this session either
+      out.wipe();
+      return st;
+    }
+  }
+  return Status{};
+}
+
+}  // namespace xks

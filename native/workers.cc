@@ -1,0 +1,261 @@
+#include "workers.h"
+
+#include <algorithm>
+
+#include <pthread.h>
+
+namespace xks {
+
+void nameThread(std::thread& t, const char* name) {
+#ifdef __linux__
+  pthread_setname_np(t.native_handle(), name);
+#else
+  (void)t;
+  (void)name;
+#endif
+}
+
+Workers::Workers(const EngineConfig& cfg, SessionPool& pool, Host& host, const std::atomic<bool>& aborting)
+    : cfg_(cfg), pool_(pool), host_(host), aborting_(aborting) {
+  maxStuck_ = cfg_.opTimeoutMs != 0 ? std::max<uint32_t>(cfg_.threads, 2) : 0;
+}
+
+void Workers::complete(Job* j) {
+  if (!done_.push(j)) return;
+  // Announced before the check, so that disableNotify() waits for a call already past it.
+  notifying_.fetch_add(1, std::memory_order_seq_cst);
+  if (notifyEnabled_.load(std::memory_order_seq_cst) && notify_ != nullptr) notify_(notifyCtx_);
+  notifying_.fetch_sub(1, std::memory_order_release);
+}
+
+void Workers::disableNotify() {
+  notifyEnabled_.store(false, std::memory_order_seq_cst);
+  while (notifying_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+}
+
+void Workers::start() {
+  queue_.restart();
+  std::lock_guard<std::mutex> lk(workersMu_);
+  workersStarted_ = true;
+  watchdogStop_ = false;
+  for (uint32_t i = 0; i < cfg_.threads; ++i) spawnWorker();
+  activeWorkers_ = cfg_.threads;
+  watchdog_ = std::thread([this] { watchdogMain(); });
+  nameThread(watchdog_, "xks-hsm-watch");
+}
+
+void Workers::spawnWorker() {
+  Worker* w = nullptr;
+  for (auto& slot : workers_) {
+    if (slot->exited) {
+      w = slot.get();
+      break;
+    }
+  }
+  if (w == nullptr) {
+    workers_.push_back(std::make_unique<Worker>());
+    w = workers_.back().get();
+  }
+  w->exited = false;
+  w->job = nullptr;
+  w->session = SessionPool::kNil;
+  w->expired = w->stuck = w->sessionQuarantined = false;
+  threadsAlive_.fetch_add(1, std::memory_order_acq_rel);
+  std::thread t([this, w] { workerMain(w); });
+  nameThread(t, "xks-hsm");
+  t.detach();
+}
+
+void Workers::workerMain(Worker* w) {
+  for (;;) {
+    Job* j = queue_.pop();
+    if (j == nullptr) break;
+    {
+      std::lock_guard<std::mutex> lk(w->mu);
+      w->job = j;
+    }
+    try {
+      host_.run(j, w);
+    } catch (...) {
+      j->clearResult();
+      j->rv = CKR_HOST_MEMORY;
+    }
+    if (!finishJob(w, j)) {
+      // A stuck thread came back while enough others serve: leave.
+      {
+        std::lock_guard<std::mutex> lk(workersMu_);
+        w->exited = true;
+        workersCv_.notify_all();
+      }
+      // Last touch of this engine: once threadsAlive() reads 0 its owner may delete it (the
+      // mutex and condition variable included), so the count drops after the unlock.
+      threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
+      return;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(workersMu_);
+    w->exited = true;
+    if (w->stuck) {
+      w->stuck = false;
+      --stuckThreads_;
+    } else {
+      --activeWorkers_;
+    }
+    workersCv_.notify_all();
+  }
+  threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);  // last touch (see above)
+}
+
+bool Workers::finishJob(Worker* w, Job* j) {
+  bool expired, stuck;
+  {
+    std::lock_guard<std::mutex> lk(w->mu);
+    expired = w->expired;
+    stuck = w->stuck;
+    w->job = nullptr;
+    w->expired = false;
+  }
+  if (!expired) {
+    j->wipeInput();  // plaintext / key value: not needed any more
+    if (j->xks == kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    complete(j);
+  } else {
+    // The watchdog settled this job already; dispose of it with the JS thread.
+    j->wipeInput();
+    j->output.wipe();
+    if (j->handoff.fetch_or(Job::kWorkerDone, std::memory_order_acq_rel) & Job::kJsSeen) complete(j);
+  }
+  if (!stuck) return true;
+  std::lock_guard<std::mutex> lk(workersMu_);
+  {
+    std::lock_guard<std::mutex> wl(w->mu);
+    w->stuck = false;
+  }
+  --stuckThreads_;
+  stuckCount_.store(stuckThreads_, std::memory_order_relaxed);
+  if (activeWorkers_ < cfg_.threads && !watchdogStop_) {
+    ++activeWorkers_;  // rejoin
+    return true;
+  }
+  return false;
+}
+
+void Workers::expireRunning(Clock::time_point now) {
+  std::vector<Job*> expired;
+  {
+    std::lock_guard<std::mutex> lk(workersMu_);
+    uint32_t newlyStuck = 0;
+    for (auto& slot : workers_) {
+      Worker* w = slot.get();
+      std::lock_guard<std::mutex> wl(w->mu);
+      if (w->exited || w->job == nullptr || w->expired || w->job->deadline > now) continue;
+      Job* j = w->job;
+      w->expired = true;
+      j->timedOut = true;
+      expired.push_back(j);
+      if (w->session != SessionPool::kNil && !w->sessionQuarantined && pool_.quarantine()) {
+        w->sessionQuarantined = true;
+      }
+      if (!w->stuck) {
+        w->stuck = true;
+        ++stuckThreads_;
+        --activeWorkers_;
+        ++newlyStuck;
+      }
+    }
+    // Replacement threads, as long as the stuck ones stay within bounds.
+    for (uint32_t i = 0; i < newlyStuck; ++i) {
+      // At most threads + max(threads, 2) threads in all.
+      if (threadsAlive_.load(std::memory_order_acquire) >= cfg_.threads + maxStuck_ || activeWorkers_ >= cfg_.threads ||
+          watchdogStop_) {
+        break;
+      }
+      spawnWorker();
+      ++activeWorkers_;
+    }
+    stuckCount_.store(stuckThreads_, std::memory_order_relaxed);
+  }
+  for (Job* j : expired) {
+    timeouts_.fetch_add(1, std::memory_order_relaxed);
+    complete(j);
+  }
+}
+
+void Workers::watchdogMain() {
+  using namespace std::chrono;
+  const milliseconds tick =
+      cfg_.opTimeoutMs == 0 ? milliseconds(50) : std::clamp(milliseconds(cfg_.opTimeoutMs / 20), milliseconds(1), milliseconds(5));
+  const milliseconds grace = std::max(milliseconds(500), milliseconds(2 * cfg_.opTimeoutMs));
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lk(workersMu_);
+      workersCv_.wait_for(lk, tick);
+      if (watchdogStop_) {
+        const bool allGone = threadsAlive_.load(std::memory_order_acquire) == 0;
+        const bool onlyStuck = threadsAlive_.load(std::memory_order_acquire) == stuckThreads_;
+        // Without a deadline nothing marks a thread stuck: every thread still alive past the
+        // grace period is inside a PKCS#11 call that has not returned (idle workers leave at
+        // once), so close must not wait for it either, or a call blocked in the HSM would
+        // hold up shutdown and process exit for as long as it stays blocked. Abort (process
+        // exit, environment teardown) gives up at once on stuck threads only: a thread that is
+        // merely finishing its job gets the grace period too, or the module's static
+        // destructors, which run right after the exit hook, would race its calls.
+        const bool onlyBusy = onlyStuck || cfg_.opTimeoutMs == 0;
+        if (allGone || (onlyStuck && aborting_.load()) || (onlyBusy && Clock::now() - closeBegan_ > grace)) {
+          lk.unlock();
+          if (allGone) host_.shutdown();
+          // else: a PKCS#11 call is still running; the module stays loaded (the process is
+          // most likely exiting) and the engine is leaked by its owner.
+          Job* cj = closeJob_.exchange(nullptr);
+          if (cj != nullptr) complete(cj);
+          return;
+        }
+      }
+    }
+    if (cfg_.opTimeoutMs == 0) continue;
+    const auto now = Clock::now();
+    for (Job* j = queue_.popExpired(now); j != nullptr;) {
+      Job* next = j->next;
+      j->next = nullptr;
+      j->clearResult();
+      j->xks = kTimeout;
+      j->wipeInput();
+      timeouts_.fetch_add(1, std::memory_order_relaxed);
+      complete(j);
+      j = next;
+    }
+    expireRunning(now);
+  }
+}
+
+Job* Workers::beginClose(Job* closeJob) {
+  closeJob_.store(closeJob);
+  Job* drained = queue_.stopAndDrain();
+  std::lock_guard<std::mutex> lk(workersMu_);
+  closeBegan_ = Clock::now();
+  watchdogStop_ = true;
+  if (!workersStarted_) {
+    // never opened: nothing to wait for
+    Job* cj = closeJob_.exchange(nullptr);
+    if (cj != nullptr) complete(cj);
+  }
+  workersCv_.notify_all();
+  return drained;
+}
+
+Job* Workers::stop(bool& started) {
+  Job* drained = queue_.stopAndDrain();
+  std::lock_guard<std::mutex> lk(workersMu_);
+  started = workersStarted_;
+  if (!watchdogStop_) closeBegan_ = Clock::now();
+  watchdogStop_ = true;
+  workersCv_.notify_all();
+  return drained;
+}
+
+void Workers::join() {
+  if (watchdog_.joinable()) watchdog_.join();
+}
+
+}  // namespace xks

@@ -75,14 +75,16 @@ uint32_t intOption(Napi::Env env, const Napi::Object& o, const char* name, uint3
   if (!v.IsNumber()) badArgument(env, std::string("options.") + name + " must be a number");
   double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d) || std::floor(d) != d || d < min || d > max) {
-    badArgument(env, std::string("options.") + name + " must be an integer in [" + std::to_string(min) +
-                         ", " + std::to_string(max) + "]");
+    badArgument(env, std::string("options.") + name + " must be an integer in [" + std::to_string(min) + ", " +
+                         std::to_string(max) + "]");
   }
   return static_cast<uint32_t>(d);
 }
 
 // An option bounded by native/limits.h.
-uint32_t intOption(Napi::Env env, const Napi::Object& o, const limits::Range& r) { return intOption(env, o, r.option, r.min, r.max); }
+uint32_t intOption(Napi::Env env, const Napi::Object& o, const limits::Range& r) {
+  return intOption(env, o, r.option, r.min, r.max);
+}
 
 bool boolOption(Napi::Env env, const Napi::Object& o, const char* name, bool optional, bool dflt) {
   Napi::Value v = o.Get(name);
@@ -236,8 +238,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   // Non-null when calls cannot run now (the rejected promise to return).
   bool notOpen() const { return state_ != State::Open; }
   Napi::Value notOpenRejection(Napi::Env env) {
-    return rejected(env, kClosed, state_ == State::Closing || state_ == State::Closed ? "the engine is closed"
-                                                                                          : "the engine is not open");
+    return rejected(
+        env, kClosed,
+        state_ == State::Closing || state_ == State::Closed ? "the engine is closed" : "the engine is not open");
   }
 
   static Napi::Value errorFor(Napi::Env env, const Job* j) {
@@ -512,7 +515,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     core_->joinOpenThread();
     const bool ok = !j->failed();
     if (ok) openResult_ = j->as<OpenResult>();
-    napi_value value = ok ? static_cast<napi_value>(openResultFor(env, j->as<OpenResult>())) : static_cast<napi_value>(errorFor(env, j));
+    napi_value value = ok ? static_cast<napi_value>(openResultFor(env, j->as<OpenResult>()))
+                          : static_cast<napi_value>(errorFor(env, j));
     recycle(j);
     inFlightDone(env);
     if (ok) {

@@ -121,8 +121,7 @@ void Core::runTokenInfo(Job* j) {
 }
 
 void Core::runSessionJob(Job* j, Worker* w) {
-  if (cfg_.poolTimeoutMs > 0 &&
-      Clock::now() - j->submitted > std::chrono::milliseconds(cfg_.poolTimeoutMs)) {
+  if (cfg_.poolTimeoutMs > 0 && Clock::now() - j->submitted > std::chrono::milliseconds(cfg_.poolTimeoutMs)) {
     j->xks = kPoolExhausted;  // waited in the queue past the pool timeout
     return;
   }
@@ -161,9 +160,8 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
         return decrypt(f, s, k, decryptSlack_, j->as<CryptArgs>(), j->output, dirty);
       });
     case Op::KeyInfo:
-      return keys_.withKey(j->label, s, KeyCache::Use::Token, dirty, [&](CK_OBJECT_HANDLE k) {
-        return keyInfo(f, s, k, j->as<KeyInfoResult>(), dirty);
-      });
+      return keys_.withKey(j->label, s, KeyCache::Use::Token, dirty,
+                           [&](CK_OBJECT_HANDLE k) { return keyInfo(f, s, k, j->as<KeyInfoResult>(), dirty); });
     case Op::Random:
       return random(f, s, j->as<RandomArgs>().length, j->output, dirty);
     case Op::CreateKey: {

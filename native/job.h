@@ -56,11 +56,11 @@ struct TokenInfoResult {
 
 // What open() found (besides failing): the module's state and the start-up checks.
 struct OpenResult {
-  bool ready = true;                    // false: the HSM is down; calls fail fast until it returns
-  CK_RV downRv = CKR_OK;                // why not ready
+  bool ready = true;      // false: the HSM is down; calls fail fast until it returns
+  CK_RV downRv = CKR_OK;  // why not ready
   const char* downFn = nullptr;
-  bool serialized = false;              // the module refused OS locking: one PKCS#11 call at a time
-  CK_RV lockingRv = CKR_OK;             // its answer to C_Initialize with CKF_OS_LOCKING_OK
+  bool serialized = false;   // the module refused OS locking: one PKCS#11 call at a time
+  CK_RV lockingRv = CKR_OK;  // its answer to C_Initialize with CKF_OS_LOCKING_OK
   // HSM-generated IV modes: "passed", or "skipped" (the HSM would not make the temporary key;
   // ivCheckRv, ivCheckFn say why); nullptr in the random mode and when not ready.
   const char* ivCheck = nullptr;
@@ -69,8 +69,8 @@ struct OpenResult {
 };
 
 // Inputs of Encrypt/Decrypt, Random, CreateKey; results of KeyInfo, TokenInfo, Open.
-using Payload = std::variant<std::monostate, CryptArgs, RandomArgs, CreateKeyArgs, KeyInfoResult, TokenInfoResult,
-                             OpenResult>;
+using Payload =
+    std::variant<std::monostate, CryptArgs, RandomArgs, CreateKeyArgs, KeyInfoResult, TokenInfoResult, OpenResult>;
 
 struct Job {
   Job* next = nullptr;  // queue / completion stack / free list link

@@ -79,8 +79,7 @@ void KeyCache::forgetUnlessHeld() {
   keys_.clear();
 }
 
-Status KeyCache::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key,
-                             bool& dirty) {
+Status KeyCache::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty) {
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
   CK_BBOOL token = CK_TRUE;
   CK_ATTRIBUTE tmpl[] = {
@@ -138,8 +137,7 @@ Status KeyCache::readKeyAttrs(CK_SESSION_HANDLE s, Entry& e, bool& dirty) {
   return Status{};
 }
 
-Status KeyCache::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec,
-                           bool& dirty) {
+Status KeyCache::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty) {
   CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &enc, 1}, {CKA_DECRYPT, &dec, 1}};
   CK_RV rv = t_.f->C_GetAttributeValue(s, token, flags, 2);
   if (rv != CKR_OK) {
@@ -184,8 +182,8 @@ void KeyCache::copyKey(CK_OBJECT_HANDLE token, Entry& e) {
   if (sessionCopies_ == 0) closeSession();
 }
 
-Status KeyCache::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token,
-                              CK_BBOOL enc, CK_BBOOL dec, bool& same, bool& dirty) {
+Status KeyCache::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
+                              CK_BBOOL dec, bool& same, bool& dirty) {
   same = false;
   CK_OBJECT_HANDLE now = CK_INVALID_HANDLE;
   Status st = lookupLabel(s, label, now, dirty);

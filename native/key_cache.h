@@ -48,12 +48,12 @@ class KeyCache {
  private:
   struct Entry {
     CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
-    CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;  // == token, or a copy in session_
-    uint64_t generation = 0;                     // sessionGen_ the copy was made in
+    CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;       // == token, or a copy in session_
+    uint64_t generation = 0;                          // sessionGen_ the copy was made in
     CK_BBOOL encrypt = CK_FALSE, decrypt = CK_FALSE;  // the token key's, when copied
-    bool aes256 = false;                         // CKK_AES with CKA_VALUE_LEN 32 (read with the lookup)
-    bool retryCopy = false;  // the key session could not be opened: try again at the next check
-    std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
+    bool aes256 = false;                              // CKK_AES with CKA_VALUE_LEN 32 (read with the lookup)
+    bool retryCopy = false;             // the key session could not be opened: try again at the next check
+    std::atomic<int64_t> checkedNs{0};  // last confirmation that the token key is unchanged
     bool copied() const { return crypt != token; }
   };
   // The handle a call uses, and whether it is a copy (made in key session `generation`).
@@ -76,9 +76,9 @@ class KeyCache {
   // CKA_ENCRYPT and CKA_DECRYPT of a key.
   Status readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty);
   void copyKey(CK_OBJECT_HANDLE token, Entry& e);
-  Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
-                      CK_BBOOL dec, bool& same, bool& dirty);
-  void closeSession();  // sessionMu_ held
+  Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc, CK_BBOOL dec,
+                      bool& same, bool& dirty);
+  void closeSession();                                           // sessionMu_ held
   void destroyCopy(CK_OBJECT_HANDLE copy, uint64_t generation);  // takes sessionMu_
 
   const Token& t_;
@@ -91,7 +91,7 @@ class KeyCache {
   // while it is open the user stays logged in, so cached handles stay valid.
   std::mutex sessionMu_;
   CK_SESSION_HANDLE session_ = CK_INVALID_HANDLE;
-  uint32_t sessionCopies_ = 0;  // live copies in session_ (sessionMu_)
+  uint32_t sessionCopies_ = 0;           // live copies in session_ (sessionMu_)
   std::atomic<uint64_t> sessionGen_{1};  // bumped whenever session_ closes
   std::atomic<bool> sessionOpen_{false};
 };

@@ -13,9 +13,9 @@ struct Module {
   void* dl = nullptr;
   CK_FUNCTION_LIST_PTR f = nullptr;
   int refs = 0;
-  bool initialized = false;      // by us or by someone else in the process
+  bool initialized = false;  // by us or by someone else in the process
   bool initializedByUs = false;
-  bool serialized = false;       // initialized with NULL arguments
+  bool serialized = false;  // initialized with NULL arguments
   CK_RV lockingRv = CKR_OK;
   std::timed_mutex serialMu;
 };

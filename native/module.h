@@ -17,9 +17,9 @@ struct Module;
 
 struct LoadError {
   CK_RV rv = CKR_OK;
-  const char* fn = nullptr;    // PKCS#11 function (or "dlopen"/"C_GetFunctionList")
-  const char* xks = nullptr;   // XKS_LOAD_FAILED when the library could not be loaded
-  std::string detail;          // dlerror() text; never secret
+  const char* fn = nullptr;   // PKCS#11 function (or "dlopen"/"C_GetFunctionList")
+  const char* xks = nullptr;  // XKS_LOAD_FAILED when the library could not be loaded
+  std::string detail;         // dlerror() text; never secret
 };
 
 // dlopen (RTLD_NOW|RTLD_LOCAL), C_GetFunctionList, C_Initialize unless initialized already.

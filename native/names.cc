@@ -14,7 +14,8 @@ struct Entry {
   const char* name;
 };
 
-#define XKS_CKR(n) {n, #n}
+#define XKS_CKR(n) \
+  { n, #n }
 
 // Every CKR_ constant of the p11-kit header (PKCS#11 2.40), plus the PKCS#11 3.0
 // return values it does not define yet (numeric values from the 3.0 standard).
@@ -130,7 +131,8 @@ const Entry kCkr[] = {
 
 #undef XKS_CKR
 
-#define XKS_CKK(n) {CKK_##n, #n}
+#define XKS_CKK(n) \
+  { CKK_##n, #n }
 
 const Entry kCkk[] = {
     XKS_CKK(RSA),

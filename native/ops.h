@@ -28,7 +28,6 @@ Status keyInfo(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
 Status tokenInfo(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID slot, TokenInfoResult& r);
 Status random(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, size_t n, SecureBuffer& out, bool& dirty);
 // A token AES key labelled `label`: imported (a.value, wiped here) or generated.
-Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string& label, CreateKeyArgs& a,
-                 bool& dirty);
+Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string& label, CreateKeyArgs& a, bool& dirty);
 
 }  // namespace xks

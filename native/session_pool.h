@@ -71,8 +71,7 @@ class SessionPool {
     uint32_t n = open_.value.load(std::memory_order_relaxed);
     do {
       if (n >= capacity_) return false;
-    } while (!open_.value.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed));
+    } while (!open_.value.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel, std::memory_order_relaxed));
     if (!pop(free_, idx)) {
       // Unreachable by the invariant above; fail rather than spin on a bug.
       open_.value.fetch_sub(1, std::memory_order_acq_rel);
@@ -94,8 +93,7 @@ class SessionPool {
     uint32_t q = quarantined_.value.load(std::memory_order_relaxed);
     do {
       if (q >= quarantineMax_) return false;
-    } while (!quarantined_.value.compare_exchange_weak(q, q + 1, std::memory_order_acq_rel,
-                                                       std::memory_order_relaxed));
+    } while (!quarantined_.value.compare_exchange_weak(q, q + 1, std::memory_order_acq_rel, std::memory_order_relaxed));
     open_.value.fetch_sub(1, std::memory_order_acq_rel);
     return true;
   }

@@ -184,8 +184,9 @@ void Workers::expireRunning(Clock::time_point now) {
 
 void Workers::watchdogMain() {
   using namespace std::chrono;
-  const milliseconds tick =
-      cfg_.opTimeoutMs == 0 ? milliseconds(50) : std::clamp(milliseconds(cfg_.opTimeoutMs / 20), milliseconds(1), milliseconds(5));
+  const milliseconds tick = cfg_.opTimeoutMs == 0
+                                ? milliseconds(50)
+                                : std::clamp(milliseconds(cfg_.opTimeoutMs / 20), milliseconds(1), milliseconds(5));
   const milliseconds grace = std::max(milliseconds(500), milliseconds(2 * cfg_.opTimeoutMs));
   for (;;) {
     {

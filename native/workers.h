@@ -25,12 +25,12 @@ namespace xks {
 // One per worker thread; guarded by its mutex (the worker and the watchdog).
 struct Worker {
   std::mutex mu;
-  Job* job = nullptr;                 // running job
-  uint32_t session = 0xffffffffu;     // pool slot in use
-  bool expired = false;               // the watchdog settled `job` (timeout)
-  bool stuck = false;                 // counted in stuckThreads_
-  bool sessionQuarantined = false;    // `session` moved to the pool's quarantine
-  bool exited = true;                 // slot free for a new thread
+  Job* job = nullptr;               // running job
+  uint32_t session = 0xffffffffu;   // pool slot in use
+  bool expired = false;             // the watchdog settled `job` (timeout)
+  bool stuck = false;               // counted in stuckThreads_
+  bool sessionQuarantined = false;  // `session` moved to the pool's quarantine
+  bool exited = true;               // slot free for a new thread
 };
 
 // The name `top -H`, perf and /proc/PID/task/TID/comm show for an engine thread (Linux: at

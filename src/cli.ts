@@ -166,7 +166,9 @@ function kmsConfig(args: string[]): number {
     const credentials = store.sigv4_credentials;
     const credential = accessKeyId === undefined ? credentials[0] : credentials.find((c) => c.access_key_id === accessKeyId);
     if (!credential) {
-      process.stderr.write(`xks-proxy kms-config: the key store "${prefix}" has no ${accessKeyId === undefined ? '' : 'such '}credential\n`);
+      process.stderr.write(
+        `xks-proxy kms-config: the key store "${prefix}" has no ${accessKeyId === undefined ? '' : 'such '}credential\n`,
+      );
       return 1;
     }
     const file_ = `${JSON.stringify(proxyConfigurationFile(store, credential, o.showSecret), null, 2)}\n`;
@@ -225,7 +227,8 @@ async function serve(): Promise<number | undefined> {
   }
   const t = loaded.config.tracing;
   // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
-  if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled) for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
+  if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled)
+    for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
   const proxy = await startProxy(loaded);
   const stop = (signal: string): void => {
     proxy.log.info('stopping', { signal });

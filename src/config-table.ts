@@ -233,7 +233,8 @@ export function readField(r: Reader, t: Table, path: string, key: string, f: Any
     case 'custom':
       throw new Error(`${dotted} is read by its section's reader`);
   }
-  if (v === undefined && f.default !== undefined) v = typeof f.default === 'function' ? (f.default as (s: Seen, c: Seen) => unknown)(seen, ctx) : f.default;
+  if (v === undefined && f.default !== undefined)
+    v = typeof f.default === 'function' ? (f.default as (s: Seen, c: Seen) => unknown)(seen, ctx) : f.default;
   if (v !== undefined) (f.check as ((v: unknown, at: At, seen: Seen, ctx: Seen) => void) | undefined)?.(v, at, seen, ctx);
   return v;
 }

@@ -275,8 +275,10 @@ export function resolveSettingsPath(env: NodeJS.ProcessEnv = process.env, cwd: s
   }
   const doc = parseToml(text, bootstrap);
   const v = doc[XKS_PROXY_SETTINGS_TOML];
-  if (v === undefined) throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, 'missing key (and env XKS_PROXY_SETTINGS_TOML is not set)');
-  if (typeof v !== 'string' || v === '') throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, `expected a non-empty string, got ${describe(v)}`);
+  if (v === undefined)
+    throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, 'missing key (and env XKS_PROXY_SETTINGS_TOML is not set)');
+  if (typeof v !== 'string' || v === '')
+    throw new ConfigError(bootstrap, XKS_PROXY_SETTINGS_TOML, `expected a non-empty string, got ${describe(v)}`);
   return resolvePath(cwd, v);
 }
 
@@ -371,8 +373,12 @@ const SERVER: Fields<Omit<ServerSection, 'ciphertext_metadata'>> = {
     kind: 'str',
     check: (v, at) => {
       const md = decodeBase64Strict(v);
-      if (md === undefined) return at.fail(`expected canonical padded base64 (${base64Refusal(v) === 'alphabet' ? 'A-Z a-z 0-9 + / =' : 'non-zero trailing bits'})`);
-      if (md.length > CIPHERTEXT_METADATA_MAX_BYTES) at.fail(`decodes to ${md.length} bytes, at most ${CIPHERTEXT_METADATA_MAX_BYTES} allowed`);
+      if (md === undefined)
+        return at.fail(
+          `expected canonical padded base64 (${base64Refusal(v) === 'alphabet' ? 'A-Z a-z 0-9 + / =' : 'non-zero trailing bits'})`,
+        );
+      if (md.length > CIPHERTEXT_METADATA_MAX_BYTES)
+        at.fail(`decodes to ${md.length} bytes, at most ${CIPHERTEXT_METADATA_MAX_BYTES} allowed`);
     },
     summary: (v, s) => ({ ciphertext_metadata_b64: v, ciphertext_metadata_bytes: (s.ciphertext_metadata as Buffer | undefined)?.length }),
   },
@@ -426,7 +432,12 @@ const TRACING: Fields<TracingSection> = {
       return undefined;
     },
   },
-  file_mode: { kind: 'str', default: DEFAULT_LOG_FILE_MODE, parse: fileMode, summary: (v) => ({ file_mode: `0${(v ?? DEFAULT_LOG_FILE_MODE).toString(8)}` }) },
+  file_mode: {
+    kind: 'str',
+    default: DEFAULT_LOG_FILE_MODE,
+    parse: fileMode,
+    summary: (v) => ({ file_mode: `0${(v ?? DEFAULT_LOG_FILE_MODE).toString(8)}` }),
+  },
   directory: {
     kind: 'str',
     required: fileWriter,
@@ -445,7 +456,8 @@ const TRACING: Fields<TracingSection> = {
 
 function readTracing(r: Reader, doc: Table): TracingSection {
   const out = readFields(r, r.table(doc, '', 'tracing', true), 'tracing', TRACING);
-  if (!out.is_stdout_writer_enabled && !out.is_file_writer_enabled) r.warn('tracing', 'both the stdout and the file writer are disabled: nothing will be logged');
+  if (!out.is_stdout_writer_enabled && !out.is_file_writer_enabled)
+    r.warn('tracing', 'both the stdout and the file writer are disabled: nothing will be logged');
   return out;
 }
 
@@ -546,7 +558,9 @@ const KEY_STORE: Fields<KeyStore> = {
   sigv4_secret_access_key: { kind: 'str', secret: true, byHand: true },
   sigv4_credentials: {
     kind: 'custom',
-    summary: (v) => ({ sigv4_credentials: (v as Sigv4Credential[]).map((c) => ({ access_key_id: c.access_key_id, secret_access_key: '<redacted>' })) }),
+    summary: (v) => ({
+      sigv4_credentials: (v as Sigv4Credential[]).map((c) => ({ access_key_id: c.access_key_id, secret_access_key: '<redacted>' })),
+    }),
   },
   xks_key_id_set: { kind: 'custom', summary: (v) => ({ xks_key_id_set: [...(v as ReadonlySet<string>)].sort() }) },
   requests_per_second: { kind: 'int', range: QUOTA, byHand: true },
@@ -580,7 +594,8 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     const legacyRequired = listed.length === 0;
     const legacyId = r.str(item, IP, 'sigv4_access_key_id', legacyRequired);
     const legacySecret = r.str(item, IP, 'sigv4_secret_access_key', legacyRequired || legacyId !== undefined, { secret: true });
-    if (legacyId === undefined && legacySecret !== undefined) r.fail(`${IP}.sigv4_access_key_id`, 'missing key (sigv4_secret_access_key is set)');
+    if (legacyId === undefined && legacySecret !== undefined)
+      r.fail(`${IP}.sigv4_access_key_id`, 'missing key (sigv4_secret_access_key is set)');
     const creds: Sigv4Credential[] = [];
     if (legacyId !== undefined && legacySecret !== undefined) {
       if (sec.is_sigv4_auth_enabled) {
@@ -593,7 +608,10 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
       const same = creds.find((o) => o.access_key_id === c.access_key_id);
       if (same === undefined) creds.push(c);
       else if (same.secret_access_key !== c.secret_access_key) {
-        r.fail(`${IP}.sigv4_credentials[${j}].access_key_id`, `access key id ${describe(c.access_key_id)} is listed twice with different secrets`);
+        r.fail(
+          `${IP}.sigv4_credentials[${j}].access_key_id`,
+          `access key id ${describe(c.access_key_id)} is listed twice with different secrets`,
+        );
       }
     });
     for (const c of creds) {
@@ -616,14 +634,18 @@ function readKeyStores(r: Reader, doc: Table, sec: SecuritySection): KeyStore[] 
     const set = new Set<string>();
     ids.forEach((id: unknown, j: number) => {
       if (typeof id !== 'string') r.fail(`${ik}[${j}]`, `expected a string, got ${describe(id)}`);
-      if (!KEY_ID_RE.test(id)) r.warn(`${ik}[${j}]`, `key id ${describe(id)} can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _`);
+      if (!KEY_ID_RE.test(id))
+        r.warn(`${ik}[${j}]`, `key id ${describe(id)} can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _`);
       if (set.has(id)) r.warn(`${ik}[${j}]`, `duplicate key id ${describe(id)}`);
       set.add(id);
     });
     if (set.size === 0) r.warn(ik, 'empty: every key operation on this keystore will fail with KeyNotFoundException');
 
     const ks = withHidden(
-      { uri_path_prefix: prefix, sigv4_access_key_id: first.access_key_id, sigv4_credentials: creds, xks_key_id_set: set } as Omit<KeyStore, 'sigv4_secret_access_key'>,
+      { uri_path_prefix: prefix, sigv4_access_key_id: first.access_key_id, sigv4_credentials: creds, xks_key_id_set: set } as Omit<
+        KeyStore,
+        'sigv4_secret_access_key'
+      >,
       'sigv4_secret_access_key',
       first.secret_access_key,
     );
@@ -648,11 +670,13 @@ function checkPrefix(r: Reader, key: string, prefix: string): void {
   if (prefix === '') return;
   if (!prefix.startsWith('/')) r.fail(key, `must be empty or start with "/", got ${describe(prefix)}`);
   if (prefix.includes('?')) r.fail(key, `cannot be routed: "?" starts the query string, got ${describe(prefix)}`);
-  if (/[\s\x00-\x1f\x7f]/.test(prefix)) r.fail(key, `cannot be routed: no request path contains white space or control characters, got ${describe(prefix)}`);
+  if (/[\s\x00-\x1f\x7f]/.test(prefix))
+    r.fail(key, `cannot be routed: no request path contains white space or control characters, got ${describe(prefix)}`);
   if (prefix.split('/').some((seg) => seg.startsWith(':') || seg.startsWith('*'))) {
     r.fail(key, `cannot be routed: a path segment starting with ":" or "*" is a route pattern, got ${describe(prefix)}`);
   }
-  if (!PREFIX_CHARS_RE.test(prefix)) r.warn(key, `${describe(prefix)} has characters KMS does not allow in a URI path (only a-z A-Z 0-9 / - _)`);
+  if (!PREFIX_CHARS_RE.test(prefix))
+    r.warn(key, `${describe(prefix)} has characters KMS does not allow in a URI path (only a-z A-Z 0-9 / - _)`);
   const uriPath = `${prefix}/kms/xks/v1`;
   if (uriPath.length > MAX_URI_PATH) {
     r.warn(key, `KMS allows at most ${MAX_URI_PATH} characters in the URI path ${describe(uriPath)}, this one has ${uriPath.length}`);
@@ -772,7 +796,11 @@ const HEALTH_CHECK: Fields<HealthCheckSection> = {
     range: { min: 1, max: 60, what: 'an integer in 1..60 (the spec caches health for at most 60 s)' },
     default: DEFAULT_HEALTH_CHECK_INTERVAL_SECS,
   },
-  degraded_latency_milli: { kind: 'int', range: { min: 1, max: 60000, what: 'an integer in 1..60000' }, default: DEFAULT_HEALTH_CHECK_DEGRADED_MILLI },
+  degraded_latency_milli: {
+    kind: 'int',
+    range: { min: 1, max: 60000, what: 'an integer in 1..60000' },
+    default: DEFAULT_HEALTH_CHECK_DEGRADED_MILLI,
+  },
 };
 
 function readHealthCheck(r: Reader, doc: Table, stores: readonly KeyStore[]): HealthCheckSection | undefined {
@@ -782,7 +810,10 @@ function readHealthCheck(r: Reader, doc: Table, stores: readonly KeyStore[]): He
   const out = readFields(r, t, P, HEALTH_CHECK);
   const users = stores.filter((s) => s.xks_key_id_set.has(out.key_id)).map((s) => describe(s.uri_path_prefix));
   if (users.length > 0) {
-    r.warn(`${P}.key_id`, `${describe(out.key_id)} is also in the xks_key_id_set of ${users.join(', ')}: use a key reserved for health checks`);
+    r.warn(
+      `${P}.key_id`,
+      `${describe(out.key_id)} is also in the xks_key_id_set of ${users.join(', ')}: use a key reserved for health checks`,
+    );
   }
   return out;
 }
@@ -828,7 +859,10 @@ function readMetrics(r: Reader, doc: Table, server: ServerSection): MetricsSecti
     r.fail(`${P}.port`, `${port} is also ${port === server.port ? 'server.port' : 'server.port_http_ping'}: /metrics needs its own port`);
   }
   if (!isLoopback(ip)) {
-    r.warn(`${P}.ip`, `${describe(ip)} is not a loopback address: anyone who reaches it reads every key store prefix and its traffic (no authentication)`);
+    r.warn(
+      `${P}.ip`,
+      `${describe(ip)} is not a loopback address: anyone who reaches it reads every key store prefix and its traffic (no authentication)`,
+    );
   }
   return { enabled, ip, port };
 }
@@ -846,7 +880,10 @@ function configFields(): Fields<Config> {
     tracing: { kind: 'table', fields: TRACING },
     security: { kind: 'table', fields: SECURITY },
     tls: { kind: 'table', fields: TLS },
-    external_key_stores: { kind: 'custom', summary: (v) => ({ external_key_stores: (v as KeyStore[]).map((ks) => summarize(ks, KEY_STORE)) }) },
+    external_key_stores: {
+      kind: 'custom',
+      summary: (v) => ({ external_key_stores: (v as KeyStore[]).map((ks) => summarize(ks, KEY_STORE)) }),
+    },
     pkcs11: { kind: 'table', fields: PKCS11() as unknown as Fields<Pkcs11Section> },
     pkcs11_logger: { kind: 'table', fields: PKCS11_LOGGER },
     limits: { kind: 'table', fields: LIMITS },
@@ -913,7 +950,8 @@ export function reviveConfig(clone: Config, secrets: ConfigSecrets): Config {
   withHidden(clone.pkcs11, 'user_pin', secrets.user_pin);
   clone.external_key_stores.forEach((ks, i) => {
     const s = secrets.key_stores[i];
-    if (s === undefined || s.secret_access_keys.length !== ks.sigv4_credentials.length) throw new Error('configuration secrets do not match the configuration');
+    if (s === undefined || s.secret_access_keys.length !== ks.sigv4_credentials.length)
+      throw new Error('configuration secrets do not match the configuration');
     withHidden(ks, 'sigv4_secret_access_key', s.sigv4_secret_access_key);
     ks.sigv4_credentials.forEach((c, j) => withHidden(c, 'secret_access_key', s.secret_access_keys[j]!));
   });

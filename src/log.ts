@@ -145,8 +145,9 @@ function escapeText(s: string): string {
   // Lone surrogates are escaped by UNSAFE_RE too; valid pairs are re-joined below.
   let out = s.replace(/\\/g, '\\\\').replace(/"/g, '\\"');
   if (UNSAFE_RE.test(out)) {
-    out = out.replace(/[\ud800-\udbff][\udc00-\udfff]|[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]/g, (c) =>
-      c.length === 2 ? c : escapeChar(c),
+    out = out.replace(
+      /[\ud800-\udbff][\udc00-\udfff]|[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]/g,
+      (c) => (c.length === 2 ? c : escapeChar(c)),
     );
   }
   return out;

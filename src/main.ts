@@ -73,7 +73,11 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
   if (config.health_check) {
     // Deep health check (README, "HSM failures"); stopped by hsm.close().
     const hc = config.health_check;
-    checker = new HealthChecker(hsm, { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli }, log);
+    checker = new HealthChecker(
+      hsm,
+      { keyId: hc.key_id, intervalMs: hc.interval_secs * 1000, degradedLatencyMs: hc.degraded_latency_milli },
+      log,
+    );
     hsm.setHealthSource(checker);
     const first = await checker.start();
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });

@@ -175,7 +175,8 @@ export class Metrics {
     out.push('# HELP xks_request_duration_seconds Whole-request processing time, body received to response written.');
     out.push('# TYPE xks_request_duration_seconds histogram');
     for (const r of this.routes) {
-      if (r.latency.count > 0) r.latency.render('xks_request_duration_seconds', `operation="${r.op}",prefix="${labelValue(r.prefix)}"`, out);
+      if (r.latency.count > 0)
+        r.latency.render('xks_request_duration_seconds', `operation="${r.op}",prefix="${labelValue(r.prefix)}"`, out);
     }
 
     out.push('# HELP xks_hsm_call_duration_seconds Time of each HSM call, submit to settle (queueing included).');
@@ -192,7 +193,10 @@ export class Metrics {
     out.push('# HELP xks_hsm_reinitializations_total Times the PKCS#11 module was finalized and re-initialized.');
     out.push('# TYPE xks_hsm_reinitializations_total counter');
     out.push(`xks_hsm_reinitializations_total ${g.reinitializations}`);
-    out.push('# HELP xks_hsm_key_copies Keys used through a session copy made inside the HSM (session_key_copies).', '# TYPE xks_hsm_key_copies gauge');
+    out.push(
+      '# HELP xks_hsm_key_copies Keys used through a session copy made inside the HSM (session_key_copies).',
+      '# TYPE xks_hsm_key_copies gauge',
+    );
     out.push(`xks_hsm_key_copies ${g.keyCopies ?? 0}`);
     if (g.health !== undefined) {
       out.push('# HELP xks_health_status HSM health: 1 ACTIVE, 0.5 DEGRADED, 0 UNAVAILABLE.', '# TYPE xks_health_status gauge');

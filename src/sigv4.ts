@@ -127,10 +127,7 @@ export function canonicalUri(rawPath: string): string {
     if (seg === '..') segments.pop();
     else segments.push(seg);
   }
-  const normalized =
-    (rawPath.startsWith('/') ? '/' : '') +
-    segments.join('/') +
-    (segments.length > 0 && rawPath.endsWith('/') ? '/' : '');
+  const normalized = (rawPath.startsWith('/') ? '/' : '') + segments.join('/') + (segments.length > 0 && rawPath.endsWith('/') ? '/' : '');
   return uriEncode(normalized).replace(/%2F/g, '/');
 }
 
@@ -164,7 +161,10 @@ const NEEDS_HEADER_NORMALIZATION = /^[ \t]|[ \t]$|[ \t]{2}|\t|[\r\n]/;
 /** Canonical header value: CR/LF and tab to space, runs of spaces collapsed, trimmed. */
 export function canonicalHeaderValue(value: string): string {
   if (!NEEDS_HEADER_NORMALIZATION.test(value)) return value;
-  return value.replace(/[\r\n]/g, ' ').replace(/[ \t]+/g, ' ').replace(/^ | $/g, '');
+  return value
+    .replace(/[\r\n]/g, ' ')
+    .replace(/[ \t]+/g, ' ')
+    .replace(/^ | $/g, '');
 }
 
 const HEADER_NAME = /^[a-z0-9!#$%&'*+\-.^_`|~]+$/;
@@ -361,11 +361,7 @@ export class SigV4Verifier {
    * Phase 2, once the whole body is in. `lookup` must only know the credentials of
    * the keystore whose prefix the request path carries.
    */
-  finish(
-    pending: PendingSignature,
-    body: Buffer,
-    lookup: (accessKeyId: string) => Credential | undefined,
-  ): SigV4Success | SigV4Failure {
+  finish(pending: PendingSignature, body: Buffer, lookup: (accessKeyId: string) => Credential | undefined): SigV4Success | SigV4Failure {
     const credential = lookup(pending.accessKeyId);
     // An empty secret (a settings.toml placeholder left as "") is known to everyone: it never verifies.
     if (credential === undefined || credential.secretAccessKey === '') return F_UNKNOWN_KEY;
@@ -399,7 +395,9 @@ export class SigV4Verifier {
     const cacheKey = date + '/' + memo.fp;
     const cached = this.keyCache.get(cacheKey);
     if (cached !== undefined) return cached;
-    let k = createHmac('sha256', 'AWS4' + secret).update(date).digest();
+    let k = createHmac('sha256', 'AWS4' + secret)
+      .update(date)
+      .digest();
     k = createHmac('sha256', k).update(this.region).digest();
     k = createHmac('sha256', k).update(this.service).digest();
     k = createHmac('sha256', k).update('aws4_request').digest();

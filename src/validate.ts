@@ -108,6 +108,7 @@ const MAX_AAD_BYTES = 0xffff; // its length travels in two bytes
 export function decodeAad(value: string | undefined): Buffer | undefined {
   if (value === undefined) return undefined;
   const b = decode(value, 'additionalAuthenticatedData');
-  if (b.length > MAX_AAD_BYTES) throw new XksError('UnsupportedOperationException', 'additionalAuthenticatedData is longer than 65535 bytes');
+  if (b.length > MAX_AAD_BYTES)
+    throw new XksError('UnsupportedOperationException', 'additionalAuthenticatedData is longer than 65535 bytes');
   return b;
 }

@@ -80,11 +80,13 @@ describe('xks-proxy CLI', () => {
     // The module does not exist here: start-up stops after the warnings, with one line.
     const r = await cli([], { XKS_PROXY_SETTINGS_TOML: quiet, PKCS11_HSM_MODULE: '/nonexistent/libpkcs11.so' });
     expect(r.code).toBe(1);
-    expect(r.stderr).toContain(`xks-proxy: warning: ${quiet}: tracing: both the stdout and the file writer are disabled: nothing will be logged\n`);
+    expect(r.stderr).toContain(
+      `xks-proxy: warning: ${quiet}: tracing: both the stdout and the file writer are disabled: nothing will be logged\n`,
+    );
     expect(r.stdout).toBe('');
   });
 
-  it('kms-config prints the guide\'s aws kms create-custom-key-store command; the secret only with --show-secret', async () => {
+  it("kms-config prints the guide's aws kms create-custom-key-store command; the secret only with --show-secret", async () => {
     const r = await cli(['kms-config', '--prefix', '/xyz', '--endpoint', 'https://xks.example.com', '--name', 'my xks', GUIDE]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).not.toContain(GUIDE_SECRET);
@@ -103,14 +105,29 @@ describe('xks-proxy CLI', () => {
     const json = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'), r.stdout.indexOf('}\n}') + 3)) as Record<string, unknown>;
     expect(json).toEqual({
       XksProxyUriPath: '/xyz/kms/xks/v1',
-      XksProxyAuthenticationCredential: { AccessKeyId: 'AKIA4GBY3I6JCE5M2HPM', RawSecretAccessKey: '<secret access key: add --show-secret>' },
+      XksProxyAuthenticationCredential: {
+        AccessKeyId: 'AKIA4GBY3I6JCE5M2HPM',
+        RawSecretAccessKey: '<secret access key: add --show-secret>',
+      },
     });
 
-    const shown = await cli(['kms-config', '--prefix', '/xyz', '--show-secret', '--vpc-endpoint-service', 'com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc', GUIDE]);
+    const shown = await cli([
+      'kms-config',
+      '--prefix',
+      '/xyz',
+      '--show-secret',
+      '--vpc-endpoint-service',
+      'com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc',
+      GUIDE,
+    ]);
     expect(shown.code, shown.stderr).toBe(0);
-    expect(shown.stdout).toContain(`  --xks-proxy-authentication-credential AccessKeyId=AKIA4GBY3I6JCE5M2HPM,RawSecretAccessKey=${GUIDE_SECRET}\n`);
+    expect(shown.stdout).toContain(
+      `  --xks-proxy-authentication-credential AccessKeyId=AKIA4GBY3I6JCE5M2HPM,RawSecretAccessKey=${GUIDE_SECRET}\n`,
+    );
     expect(shown.stdout).toContain(`"RawSecretAccessKey": "${GUIDE_SECRET}"`);
-    expect(shown.stdout).toContain(' \\\n  --xks-proxy-connectivity VPC_ENDPOINT_SERVICE \\\n  --xks-proxy-vpc-endpoint-service-name com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc \\\n');
+    expect(shown.stdout).toContain(
+      ' \\\n  --xks-proxy-connectivity VPC_ENDPOINT_SERVICE \\\n  --xks-proxy-vpc-endpoint-service-name com.amazonaws.vpce.ap-northeast-2.vpce-svc-0abc \\\n',
+    );
     // Without --endpoint, a placeholder the shell does not take for a redirection.
     expect(shown.stdout).toContain("  --xks-proxy-uri-endpoint 'https://<host name of the proxy or its load balancer>' \\\n");
 
@@ -196,7 +213,10 @@ describe('xks-proxy CLI', () => {
     const file = path.join(dir, 'broken.toml');
     writeFileSync(
       file,
-      readFileSync('test/fixtures/config/settings_softhsmv2.toml', 'utf8').replace(/session_pool_max_size = \d+/, 'session_pool_max_size = "abc"'),
+      readFileSync('test/fixtures/config/settings_softhsmv2.toml', 'utf8').replace(
+        /session_pool_max_size = \d+/,
+        'session_pool_max_size = "abc"',
+      ),
     );
     const serve = await cli([], { XKS_PROXY_SETTINGS_TOML: file });
     expect(serve.code).toBe(1);

@@ -10,7 +10,22 @@ describe('strict base64', () => {
     }
   });
   it('rejects junk, missing padding, url-safe alphabet and non-canonical trailing bits', () => {
-    for (const s of ['abc', 'ab=c', 'a b=', 'SGVsbG8gV29ybGQh!', '-_-_', 'QQ', 'QR==', 'QUI=', 'QUJ=', '====', 'é===', 'QUI=QUI=', ' QUI', 'QU\nI']) {
+    for (const s of [
+      'abc',
+      'ab=c',
+      'a b=',
+      'SGVsbG8gV29ybGQh!',
+      '-_-_',
+      'QQ',
+      'QR==',
+      'QUI=',
+      'QUJ=',
+      '====',
+      'é===',
+      'QUI=QUI=',
+      ' QUI',
+      'QU\nI',
+    ]) {
       expect(decodeBase64Strict(s) !== undefined, s).toBe(s === 'QUI=');
     }
   });
@@ -58,7 +73,9 @@ describe('CDIV', () => {
     const iv = Buffer.alloc(12, 1);
     const ct = Buffer.alloc(5, 2);
     const tag = Buffer.alloc(16, 3);
-    const expected = createHash('sha256').update(Buffer.concat([iv, ct, tag])).digest('base64');
+    const expected = createHash('sha256')
+      .update(Buffer.concat([iv, ct, tag]))
+      .digest('base64');
     expect(cdivSha256(undefined, undefined, iv, ct, tag)).toBe(expected);
   });
 });

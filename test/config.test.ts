@@ -3,15 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import {
-  ConfigError,
-  loadConfig,
-  parseConfig,
-  pkcs11LoggerEnv,
-  redactedSummary,
-  resolveSettingsPath,
-  type Config,
-} from '../src/config.js';
+import { ConfigError, loadConfig, parseConfig, pkcs11LoggerEnv, redactedSummary, resolveSettingsPath, type Config } from '../src/config.js';
 
 const FIX = resolve(import.meta.dirname, 'fixtures/config');
 const fixture = (name: string): string => join(FIX, name);
@@ -160,7 +152,9 @@ describe('defaults and our extension', () => {
     expect(two.config.server.workers).toBe(2);
     expect(two.warnings).toEqual([]);
     expect((redactedSummary(two.config) as { server: { workers?: number } }).server.workers).toBe(2);
-    expect(failure(edit(MIN, 'port = 8443', 'port = 8443\nworkers = 0')).message).toBe('settings.toml: server.workers: expected an integer in 1..1024, got 0');
+    expect(failure(edit(MIN, 'port = 8443', 'port = 8443\nworkers = 0')).message).toBe(
+      'settings.toml: server.workers: expected an integer in 1..1024, got 0',
+    );
     expect(failure(edit(MIN, 'port = 8443', 'port = 8443\nworkers = "all"')).message).toBe(
       'settings.toml: server.workers: expected an integer in 1..1024, got "all"',
     );
@@ -168,7 +162,11 @@ describe('defaults and our extension', () => {
 
   it('port_http_ping, level and rotation are read (case-insensitive like Rust)', () => {
     let src = edit(MIN, 'port = 8443', 'port = 8443\nport_http_ping = 8080');
-    src = edit(src, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nlevel = "warn"\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "daily"');
+    src = edit(
+      src,
+      'is_file_writer_enabled = false',
+      'is_file_writer_enabled = true\nlevel = "warn"\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "daily"',
+    );
     const { config } = parseConfig(src, 'f', NO_ENV);
     expect(config.server.port_http_ping).toBe(8080);
     expect(config.tracing.level).toBe('WARN');
@@ -227,19 +225,25 @@ describe('resolveSettingsPath', () => {
     const empty = mkdtempSync(join(tmpdir(), 'xks-cfg-'));
     try {
       expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(ConfigError);
-      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/configuration\/bootstrap\.toml: env XKS_PROXY_SETTINGS_TOML is not set .*ENOENT/);
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(
+        /configuration\/bootstrap\.toml: env XKS_PROXY_SETTINGS_TOML is not set .*ENOENT/,
+      );
       mkdirSync(join(empty, 'configuration'));
       writeFileSync(join(empty, 'configuration/bootstrap.toml'), 'OTHER = "x"\n');
       expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/bootstrap\.toml: XKS_PROXY_SETTINGS_TOML: missing key/);
       writeFileSync(join(empty, 'configuration/bootstrap.toml'), 'XKS_PROXY_SETTINGS_TOML = 3\n');
-      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(/bootstrap\.toml: XKS_PROXY_SETTINGS_TOML: expected a non-empty string, got 3/);
+      expect(() => resolveSettingsPath(NO_ENV, empty)).toThrow(
+        /bootstrap\.toml: XKS_PROXY_SETTINGS_TOML: expected a non-empty string, got 3/,
+      );
     } finally {
       rmSync(empty, { recursive: true, force: true });
     }
   });
 
   it('unreadable settings file names the file', () => {
-    expect(() => loadConfig('/nonexistent/settings.toml', NO_ENV)).toThrow('/nonexistent/settings.toml: cannot read the settings file (ENOENT)');
+    expect(() => loadConfig('/nonexistent/settings.toml', NO_ENV)).toThrow(
+      '/nonexistent/settings.toml: cannot read the settings file (ENOENT)',
+    );
   });
 });
 
@@ -247,74 +251,199 @@ describe('broken files name the key', () => {
   const cases: Array<[string, string, string]> = [
     ['missing required key', edit(MIN, /^region = .*$/m, ''), 'settings.toml: server.region: missing key'],
     ['missing table', edit(MIN, /\[hsm_capabilities\][^[]*$/, ''), 'settings.toml: hsm_capabilities: missing table'],
-    ['wrong type (string for integer)', edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = "abc"'),
-      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got "abc"'],
-    ['zero pool', edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 0'),
-      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got 0'],
-    ['float port', edit(MIN, 'port = 8443', 'port = 8443.5'), 'settings.toml: server.port: expected a port number (0..65535; 0 picks a free port), got 8443.5'],
-    ['port out of range', edit(MIN, 'port = 8443', 'port = 70000'), 'settings.toml: server.port: expected a port number (0..65535; 0 picks a free port), got 70000'],
-    ['bool as string', edit(MIN, 'session_eager_close = false', 'session_eager_close = "false"'),
-      'settings.toml: pkcs11.session_eager_close: expected a boolean (true or false), got "false"'],
-    ['bad ip', edit(MIN, 'ip = "127.0.0.1"', 'ip = "localhost"'), 'settings.toml: server.ip: expected an IPv4 or IPv6 address, got "localhost"'],
-    ['bad level', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "LOUD"'),
-      'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD"'],
-    ['bad rotation', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "WEEKLY"'),
-      'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY"'],
-    ['file writer without directory', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nfile_prefix = "x"'),
-      'settings.toml: tracing.directory: missing key'],
-    ['prefix without leading slash', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "example/prefix"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or start with "/", got "example/prefix"'],
-    ['prefix with a route parameter', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/tenant/:id"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/tenant/:id"'],
-    ['prefix with a wildcard', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/*"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/*"'],
-    ['prefix with a query', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a?b"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: "?" starts the query string, got "/a?b"'],
-    ['prefix with a space', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/my prefix"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/my prefix"'],
-    ['prefix with a newline', edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a\\nb"'),
-      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/a\\nb"'],
-    ['file_mode not octal', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "rw-r-----"'),
-      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "rw-r-----"'],
-    ['file_mode an integer', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = 640'),
-      'settings.toml: tracing.file_mode: expected a string, got 640'],
-    ['file_mode writable by others', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0666"'),
-      'settings.toml: tracing.file_mode: "0666" lets group or others write the log: anyone could forge lines (use "0640" or "0644")'],
-    ['file_mode setuid', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "4640"'),
-      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "4640"'],
-    ['file_mode owner cannot write', edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0440"'),
-      'settings.toml: tracing.file_mode: "0440": the owner (the proxy) must be able to read and write its log files'],
-    ['duplicate prefix', edit(SOFT, 'uri_path_prefix = "/example/uri/path/prefix"', 'uri_path_prefix = ""'),
-      'settings.toml: external_key_stores[1].uri_path_prefix: duplicate prefix "" (also external_key_stores[0])'],
-    ['metadata not base64', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "not base64!"'),
-      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)'],
-    ['metadata unpadded', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djAuMC4"'),
-      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)'],
-    ['metadata non-canonical', edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djB="'),
-      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (non-zero trailing bits)'],
-    ['metadata too long', edit(MIN, 'service = "kms-xks-proxy"', `service = "kms-xks-proxy"\nciphertext_metadata_b64 = "${Buffer.alloc(21, 7).toString('base64')}"`),
-      'settings.toml: server.ciphertext_metadata_b64: decodes to 21 bytes, at most 20 allowed'],
-    ['key id not a string', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", 2]'),
-      'settings.toml: external_key_stores[0].xks_key_id_set[1]: expected a string, got 2'],
-    ['key id set not an array', edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = "k1"'),
-      'settings.toml: external_key_stores[0].xks_key_id_set: expected an array of key id strings, got "k1"'],
-    ['no keystores', edit(MIN, /\[\[external_key_stores\]\][^[]*/, ''),
-      'settings.toml: external_key_stores: missing: at least one [[external_key_stores]] table is required'],
-    ['secondary_auth other than Oso', edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "OPA"'),
-      'settings.toml: security.secondary_auth: expected "Oso" (or no key), got "OPA"'],
-    ['Oso without [security.oso]', edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "Oso"'),
-      'settings.toml: security.oso: missing table'],
+    [
+      'wrong type (string for integer)',
+      edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = "abc"'),
+      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got "abc"',
+    ],
+    [
+      'zero pool',
+      edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 0'),
+      'settings.toml: pkcs11.session_pool_max_size: expected a positive integer, got 0',
+    ],
+    [
+      'float port',
+      edit(MIN, 'port = 8443', 'port = 8443.5'),
+      'settings.toml: server.port: expected a port number (0..65535; 0 picks a free port), got 8443.5',
+    ],
+    [
+      'port out of range',
+      edit(MIN, 'port = 8443', 'port = 70000'),
+      'settings.toml: server.port: expected a port number (0..65535; 0 picks a free port), got 70000',
+    ],
+    [
+      'bool as string',
+      edit(MIN, 'session_eager_close = false', 'session_eager_close = "false"'),
+      'settings.toml: pkcs11.session_eager_close: expected a boolean (true or false), got "false"',
+    ],
+    [
+      'bad ip',
+      edit(MIN, 'ip = "127.0.0.1"', 'ip = "localhost"'),
+      'settings.toml: server.ip: expected an IPv4 or IPv6 address, got "localhost"',
+    ],
+    [
+      'bad level',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nlevel = "LOUD"'),
+      'settings.toml: tracing.level: expected one of TRACE, DEBUG, INFO, WARN, ERROR, got "LOUD"',
+    ],
+    [
+      'bad rotation',
+      edit(
+        MIN,
+        'is_file_writer_enabled = false',
+        'is_file_writer_enabled = true\ndirectory = "/tmp/x"\nfile_prefix = "p"\nrotation_kind = "WEEKLY"',
+      ),
+      'settings.toml: tracing.rotation_kind: expected one of MINUTELY, HOURLY, DAILY, NEVER, got "WEEKLY"',
+    ],
+    [
+      'file writer without directory',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\nfile_prefix = "x"'),
+      'settings.toml: tracing.directory: missing key',
+    ],
+    [
+      'prefix without leading slash',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "example/prefix"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: must be empty or start with "/", got "example/prefix"',
+    ],
+    [
+      'prefix with a route parameter',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/tenant/:id"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/tenant/:id"',
+    ],
+    [
+      'prefix with a wildcard',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/*"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: a path segment starting with ":" or "*" is a route pattern, got "/*"',
+    ],
+    [
+      'prefix with a query',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a?b"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: "?" starts the query string, got "/a?b"',
+    ],
+    [
+      'prefix with a space',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/my prefix"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/my prefix"',
+    ],
+    [
+      'prefix with a newline',
+      edit(MIN, 'uri_path_prefix = ""', 'uri_path_prefix = "/a\\nb"'),
+      'settings.toml: external_key_stores[0].uri_path_prefix: cannot be routed: no request path contains white space or control characters, got "/a\\nb"',
+    ],
+    [
+      'file_mode not octal',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "rw-r-----"'),
+      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "rw-r-----"',
+    ],
+    [
+      'file_mode an integer',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = 640'),
+      'settings.toml: tracing.file_mode: expected a string, got 640',
+    ],
+    [
+      'file_mode writable by others',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0666"'),
+      'settings.toml: tracing.file_mode: "0666" lets group or others write the log: anyone could forge lines (use "0640" or "0644")',
+    ],
+    [
+      'file_mode setuid',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "4640"'),
+      'settings.toml: tracing.file_mode: expected an octal mode such as "0640" or "0644", got "4640"',
+    ],
+    [
+      'file_mode owner cannot write',
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0440"'),
+      'settings.toml: tracing.file_mode: "0440": the owner (the proxy) must be able to read and write its log files',
+    ],
+    [
+      'duplicate prefix',
+      edit(SOFT, 'uri_path_prefix = "/example/uri/path/prefix"', 'uri_path_prefix = ""'),
+      'settings.toml: external_key_stores[1].uri_path_prefix: duplicate prefix "" (also external_key_stores[0])',
+    ],
+    [
+      'metadata not base64',
+      edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "not base64!"'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)',
+    ],
+    [
+      'metadata unpadded',
+      edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djAuMC4"'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (A-Z a-z 0-9 + / =)',
+    ],
+    [
+      'metadata non-canonical',
+      edit(MIN, 'service = "kms-xks-proxy"', 'service = "kms-xks-proxy"\nciphertext_metadata_b64 = "djB="'),
+      'settings.toml: server.ciphertext_metadata_b64: expected canonical padded base64 (non-zero trailing bits)',
+    ],
+    [
+      'metadata too long',
+      edit(
+        MIN,
+        'service = "kms-xks-proxy"',
+        `service = "kms-xks-proxy"\nciphertext_metadata_b64 = "${Buffer.alloc(21, 7).toString('base64')}"`,
+      ),
+      'settings.toml: server.ciphertext_metadata_b64: decodes to 21 bytes, at most 20 allowed',
+    ],
+    [
+      'key id not a string',
+      edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = ["k1", 2]'),
+      'settings.toml: external_key_stores[0].xks_key_id_set[1]: expected a string, got 2',
+    ],
+    [
+      'key id set not an array',
+      edit(MIN, 'xks_key_id_set = ["k1"]', 'xks_key_id_set = "k1"'),
+      'settings.toml: external_key_stores[0].xks_key_id_set: expected an array of key id strings, got "k1"',
+    ],
+    [
+      'no keystores',
+      edit(MIN, /\[\[external_key_stores\]\][^[]*/, ''),
+      'settings.toml: external_key_stores: missing: at least one [[external_key_stores]] table is required',
+    ],
+    [
+      'secondary_auth other than Oso',
+      edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "OPA"'),
+      'settings.toml: security.secondary_auth: expected "Oso" (or no key), got "OPA"',
+    ],
+    [
+      'Oso without [security.oso]',
+      edit(MIN, 'is_mtls_enabled = false', 'is_mtls_enabled = false\nsecondary_auth = "Oso"'),
+      'settings.toml: security.oso: missing table',
+    ],
     ['TLS without [tls]', edit(MIN, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'settings.toml: tls: missing table'],
-    ['TLS with empty cert path', edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'tls_cert_pem = "tls/server_cert.pem"', 'tls_cert_pem = ""'),
-      'settings.toml: tls.tls_cert_pem: must not be empty'],
-    ['mTLS without DNS name', edit(edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'), /^mtls_client_dns_name = .*$/m, ''),
-      'settings.toml: tls.mtls_client_dns_name: missing key'],
-    ['mTLS without CA', edit(edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'), /^mtls_client_ca_pem = .*$/m, ''),
-      'settings.toml: tls.mtls_client_ca_pem: missing key'],
-    ['pkcs11_logger incomplete', edit(SOFT, /^PKCS11_LOGGER_FLAGS = .*$/m, ''), 'settings.toml: pkcs11_logger.PKCS11_LOGGER_FLAGS: missing key'],
+    [
+      'TLS with empty cert path',
+      edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'tls_cert_pem = "tls/server_cert.pem"', 'tls_cert_pem = ""'),
+      'settings.toml: tls.tls_cert_pem: must not be empty',
+    ],
+    [
+      'mTLS without DNS name',
+      edit(
+        edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'),
+        /^mtls_client_dns_name = .*$/m,
+        '',
+      ),
+      'settings.toml: tls.mtls_client_dns_name: missing key',
+    ],
+    [
+      'mTLS without CA',
+      edit(
+        edit(edit(SOFT, 'is_tls_enabled = false', 'is_tls_enabled = true'), 'is_mtls_enabled = false', 'is_mtls_enabled = true'),
+        /^mtls_client_ca_pem = .*$/m,
+        '',
+      ),
+      'settings.toml: tls.mtls_client_ca_pem: missing key',
+    ],
+    [
+      'pkcs11_logger incomplete',
+      edit(SOFT, /^PKCS11_LOGGER_FLAGS = .*$/m, ''),
+      'settings.toml: pkcs11_logger.PKCS11_LOGGER_FLAGS: missing key',
+    ],
     ['section of wrong type', 'limits = 5\n' + edit(MIN, /\[limits\][^[]*/, ''), 'settings.toml: limits: expected a table, got 5'],
-    ['external_key_stores as a table', edit(MIN, '[[external_key_stores]]', '[external_key_stores]'),
-      'settings.toml: external_key_stores: expected an array of tables ([[external_key_stores]]), got a table'],
+    [
+      'external_key_stores as a table',
+      edit(MIN, '[[external_key_stores]]', '[external_key_stores]'),
+      'settings.toml: external_key_stores: expected an array of tables ([[external_key_stores]]), got a table',
+    ],
   ];
 
   it.each(cases)('%s', (_name, src, message) => {
@@ -336,7 +465,11 @@ describe('broken files name the key', () => {
     const PIN = 'S3cr3t-PIN-value';
     const SECRET = 'ZZsecretZZ/abcdefghijklmnopqrstuvwxyz0123456789+=';
     let src = edit(CLOUD, 'user_pin = "xks_proxy:1234567"', `user_pin = "${PIN}"`);
-    src = edit(src, 'sigv4_secret_access_key = "CloudHsmFixtureSecretNotRealButLongEnough0123456789"', `sigv4_secret_access_key = "${SECRET}"`);
+    src = edit(
+      src,
+      'sigv4_secret_access_key = "CloudHsmFixtureSecretNotRealButLongEnough0123456789"',
+      `sigv4_secret_access_key = "${SECRET}"`,
+    );
 
     const ok = parseConfig(src, 'settings.toml', NO_ENV);
     expect(ok.config.pkcs11.user_pin).toBe(PIN);
@@ -360,7 +493,11 @@ describe('broken files name the key', () => {
     const badSecret = failure(edit(src, `sigv4_secret_access_key = "${SECRET}"`, 'sigv4_secret_access_key = 123456789'));
     expect(badSecret.message).toBe('settings.toml: external_key_stores[0].sigv4_secret_access_key: expected a string, got an integer');
     // A secret that KMS would not accept: warned about by key, without the value.
-    const weak = parseConfig(edit(src, `sigv4_secret_access_key = "${SECRET}"`, 'sigv4_secret_access_key = "short-secret"'), 'settings.toml', NO_ENV);
+    const weak = parseConfig(
+      edit(src, `sigv4_secret_access_key = "${SECRET}"`, 'sigv4_secret_access_key = "short-secret"'),
+      'settings.toml',
+      NO_ENV,
+    );
     const w = weak.warnings.find((x) => x.includes('sigv4_secret_access_key'));
     expect(w).toBeDefined();
     expect(w).not.toContain('short-secret');
@@ -386,14 +523,17 @@ describe('broken files name the key', () => {
   });
 });
 
-
 describe('rotation and quotas (our extensions)', () => {
   const LEGACY = 'sigv4_secret_access_key = "minimalFixtureSecretValue0123456789abcdefghijk"';
   const S2 = 'secondFixtureSecretValue0123456789abcdefghijkl';
   const withList = (list: string): string => edit(MIN, LEGACY, `${LEGACY}\nsigv4_credentials = [${list}]`);
 
   it('accepts sigv4_credentials besides the legacy pair, secrets hidden', () => {
-    const { config, warnings } = parseConfig(withList(`{ access_key_id = "ABCDEFGHIJKLMNOPQRS2", secret_access_key = "${S2}" }`), 'f', NO_ENV);
+    const { config, warnings } = parseConfig(
+      withList(`{ access_key_id = "ABCDEFGHIJKLMNOPQRS2", secret_access_key = "${S2}" }`),
+      'f',
+      NO_ENV,
+    );
     const ks = config.external_key_stores[0]!;
     expect(ks.sigv4_credentials.map((c) => c.access_key_id)).toEqual(['ABCDEFGHIJKLMNOPQRST', 'ABCDEFGHIJKLMNOPQRS2']);
     expect(ks.sigv4_credentials[1]!.secret_access_key).toBe(S2);
@@ -478,13 +618,17 @@ describe('deadlines and the deep health check (our extensions)', () => {
       interval_secs: 10,
       degraded_latency_milli: 100,
     });
-    expect(parseConfig(withHealth('key_id = "hc"\ninterval_secs = 60\ndegraded_latency_milli = 20'), 'f', NO_ENV).config.health_check).toEqual({
+    expect(
+      parseConfig(withHealth('key_id = "hc"\ninterval_secs = 60\ndegraded_latency_milli = 20'), 'f', NO_ENV).config.health_check,
+    ).toEqual({
       key_id: 'hc',
       interval_secs: 60,
       degraded_latency_milli: 20,
     });
     expect(failure(withHealth('interval_secs = 5')).message).toBe('settings.toml: health_check.key_id: missing key');
-    expect(failure(withHealth('key_id = "hc"\ninterval_secs = 61')).message).toMatch(/^settings\.toml: health_check\.interval_secs: expected an integer in 1\.\.60/);
+    expect(failure(withHealth('key_id = "hc"\ninterval_secs = 61')).message).toMatch(
+      /^settings\.toml: health_check\.interval_secs: expected an integer in 1\.\.60/,
+    );
     expect(failure(withHealth('key_id = "bad key"')).message).toMatch(/^settings\.toml: health_check\.key_id: key ids are/);
   });
 
@@ -523,7 +667,11 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
 
   it('xks_key_id_set: an id KMS can never send is a warning naming it, and the file loads', () => {
     const long = 'k'.repeat(129);
-    const { config, warnings } = parseConfig(edit(MIN, 'xks_key_id_set = ["k1"]', `xks_key_id_set = ["k1", "bad/id", "", "${long}"]`), 'settings.toml', NO_ENV);
+    const { config, warnings } = parseConfig(
+      edit(MIN, 'xks_key_id_set = ["k1"]', `xks_key_id_set = ["k1", "bad/id", "", "${long}"]`),
+      'settings.toml',
+      NO_ENV,
+    );
     expect([...config.external_key_stores[0]!.xks_key_id_set]).toEqual(['k1', 'bad/id', '', long]);
     expect(warnings).toEqual([
       'settings.toml: external_key_stores[0].xks_key_id_set[1]: key id "bad/id" can never be used: KMS key ids are 1..128 characters of A-Z a-z 0-9 - . _',
@@ -536,10 +684,20 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
     expect(warningsOf(edit(MIN, 'region = "eu-west-1"', 'region = ""'))).toEqual([
       'settings.toml: server.region: empty: no signed request can verify (KMS signs with its AWS region)',
     ]);
-    const none = parseConfig(`external_key_stores = []\n${edit(MIN, /\[\[external_key_stores\]\][\s\S]*?(?=\[pkcs11\])/, '')}`, 'settings.toml', NO_ENV);
+    const none = parseConfig(
+      `external_key_stores = []\n${edit(MIN, /\[\[external_key_stores\]\][\s\S]*?(?=\[pkcs11\])/, '')}`,
+      'settings.toml',
+      NO_ENV,
+    );
     expect(none.config.external_key_stores).toEqual([]);
-    expect(none.warnings).toEqual(['settings.toml: external_key_stores: empty: no key store, every XKS request is answered 404 (the Rust proxy starts with it too)']);
-    const fileWriter = edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = true\ndirectory = ""\nfile_prefix = "xks-proxy.log"');
+    expect(none.warnings).toEqual([
+      'settings.toml: external_key_stores: empty: no key store, every XKS request is answered 404 (the Rust proxy starts with it too)',
+    ]);
+    const fileWriter = edit(
+      MIN,
+      'is_file_writer_enabled = false',
+      'is_file_writer_enabled = true\ndirectory = ""\nfile_prefix = "xks-proxy.log"',
+    );
     expect(warningsOf(fileWriter)).toEqual(['settings.toml: tracing.directory: empty: log files are written to the working directory']);
     const zero = parseConfig(edit(MIN, 'max_aad_in_base64 = 16384', 'max_aad_in_base64 = 0'), 'settings.toml', NO_ENV);
     expect(zero.config.limits.max_aad_in_base64).toBe(0);
@@ -547,7 +705,11 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
   });
 
   it('a session pool or pool wait beyond what the engine holds is capped with a warning (Rust takes any usize/u64)', () => {
-    const big = edit(edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 50000'), 'session_pool_timeout_milli = 0', 'session_pool_timeout_milli = 3000000000');
+    const big = edit(
+      edit(MIN, 'session_pool_max_size = 4', 'session_pool_max_size = 50000'),
+      'session_pool_timeout_milli = 0',
+      'session_pool_timeout_milli = 3000000000',
+    );
     const { config, warnings } = parseConfig(big, 'settings.toml', NO_ENV);
     expect(config.pkcs11.session_pool_max_size).toBe(4096);
     expect(config.pkcs11.session_pool_timeout_milli).toBe(2147483647);
@@ -573,11 +735,18 @@ describe('what the Rust proxy accepts starts here too (issue 11, A.1-A.3)', () =
 
   it('[tracing] file_mode: default 0640, "0644" and "644" accepted, shown in the summary', () => {
     expect(parseConfig(MIN, 'settings.toml', NO_ENV).config.tracing.file_mode).toBe(0o640);
-    const open = parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0644"'), 'settings.toml', NO_ENV);
+    const open = parseConfig(
+      edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "0644"'),
+      'settings.toml',
+      NO_ENV,
+    );
     expect(open.config.tracing.file_mode).toBe(0o644);
     expect(open.warnings).toEqual([]);
     expect((redactedSummary(open.config) as { tracing: { file_mode: string } }).tracing.file_mode).toBe('0644');
-    expect(parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "600"'), 'settings.toml', NO_ENV).config.tracing.file_mode).toBe(0o600);
+    expect(
+      parseConfig(edit(MIN, 'is_file_writer_enabled = false', 'is_file_writer_enabled = false\nfile_mode = "600"'), 'settings.toml', NO_ENV)
+        .config.tracing.file_mode,
+    ).toBe(0o600);
   });
 });
 
@@ -605,16 +774,30 @@ describe("every key of the Rust settings.rs, on the guide's file", () => {
 
   // Required in Rust (a non-Option field): required here.
   const required = [
-    ['ip', 'server.ip'], ['port', 'server.port'], ['region', 'server.region'], ['service', 'server.service'],
-    ['is_stdout_writer_enabled', 'tracing.is_stdout_writer_enabled'], ['is_file_writer_enabled', 'tracing.is_file_writer_enabled'],
-    ['is_sigv4_auth_enabled', 'security.is_sigv4_auth_enabled'], ['is_tls_enabled', 'security.is_tls_enabled'],
-    ['is_mtls_enabled', 'security.is_mtls_enabled'], ['tls_cert_pem', 'tls.tls_cert_pem'], ['tls_key_pem', 'tls.tls_key_pem'],
-    ['uri_path_prefix', 'external_key_stores[0].uri_path_prefix'], ['sigv4_access_key_id', 'external_key_stores[0].sigv4_access_key_id'],
-    ['sigv4_secret_access_key', 'external_key_stores[0].sigv4_secret_access_key'], ['xks_key_id_set', 'external_key_stores[0].xks_key_id_set'],
-    ['session_pool_max_size', 'pkcs11.session_pool_max_size'], ['session_pool_timeout_milli', 'pkcs11.session_pool_timeout_milli'],
-    ['user_pin', 'pkcs11.user_pin'], ['session_eager_close', 'pkcs11.session_eager_close'], ['PKCS11_HSM_MODULE', 'pkcs11.PKCS11_HSM_MODULE'],
-    ['context_read_timeout_milli', 'pkcs11.context_read_timeout_milli'], ['max_plaintext_in_base64', 'limits.max_plaintext_in_base64'],
-    ['max_aad_in_base64', 'limits.max_aad_in_base64'], ['can_generate_iv', 'hsm_capabilities.can_generate_iv'],
+    ['ip', 'server.ip'],
+    ['port', 'server.port'],
+    ['region', 'server.region'],
+    ['service', 'server.service'],
+    ['is_stdout_writer_enabled', 'tracing.is_stdout_writer_enabled'],
+    ['is_file_writer_enabled', 'tracing.is_file_writer_enabled'],
+    ['is_sigv4_auth_enabled', 'security.is_sigv4_auth_enabled'],
+    ['is_tls_enabled', 'security.is_tls_enabled'],
+    ['is_mtls_enabled', 'security.is_mtls_enabled'],
+    ['tls_cert_pem', 'tls.tls_cert_pem'],
+    ['tls_key_pem', 'tls.tls_key_pem'],
+    ['uri_path_prefix', 'external_key_stores[0].uri_path_prefix'],
+    ['sigv4_access_key_id', 'external_key_stores[0].sigv4_access_key_id'],
+    ['sigv4_secret_access_key', 'external_key_stores[0].sigv4_secret_access_key'],
+    ['xks_key_id_set', 'external_key_stores[0].xks_key_id_set'],
+    ['session_pool_max_size', 'pkcs11.session_pool_max_size'],
+    ['session_pool_timeout_milli', 'pkcs11.session_pool_timeout_milli'],
+    ['user_pin', 'pkcs11.user_pin'],
+    ['session_eager_close', 'pkcs11.session_eager_close'],
+    ['PKCS11_HSM_MODULE', 'pkcs11.PKCS11_HSM_MODULE'],
+    ['context_read_timeout_milli', 'pkcs11.context_read_timeout_milli'],
+    ['max_plaintext_in_base64', 'limits.max_plaintext_in_base64'],
+    ['max_aad_in_base64', 'limits.max_aad_in_base64'],
+    ['can_generate_iv', 'hsm_capabilities.can_generate_iv'],
     ['is_zero_iv_required', 'hsm_capabilities.is_zero_iv_required'],
   ] as const;
   it.each(required)('%s is required in both', (key, dotted) => {

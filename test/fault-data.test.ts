@@ -35,7 +35,17 @@ let faults: FaultControl;
 let engines: NativeEngine[] = [];
 
 function options(o: Partial<EngineOptions> = {}): EngineOptions {
-  return { modulePath: token.modulePath, userPin: token.pin, poolMaxSize: 2, poolTimeoutMs: 2000, eagerClose: false, threads: 2, ivMode: 'random', operationTimeoutMs: 0, ...o };
+  return {
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 2,
+    poolTimeoutMs: 2000,
+    eagerClose: false,
+    threads: 2,
+    ivMode: 'random',
+    operationTimeoutMs: 0,
+    ...o,
+  };
 }
 
 async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
@@ -70,7 +80,21 @@ beforeAll(async () => {
   await e.createKey(AES128, { value: Buffer.alloc(16, 7), encrypt: true, decrypt: true });
   execFileSync(
     'pkcs11-tool',
-    ['--module', base.modulePath, '--token-label', base.label, '--login', '--pin', base.pin, '--keygen', '--key-type', 'GENERIC:32', '--label', GENERIC, '--usage-decrypt'],
+    [
+      '--module',
+      base.modulePath,
+      '--token-label',
+      base.label,
+      '--login',
+      '--pin',
+      base.pin,
+      '--keygen',
+      '--key-type',
+      'GENERIC:32',
+      '--label',
+      GENERIC,
+      '--usage-decrypt',
+    ],
     { env: { ...process.env, ...base.env }, stdio: 'pipe' },
   );
   await e.close();
@@ -104,7 +128,11 @@ describe('round trips of the normal path', () => {
     });
     // The engine's first decrypt learns how much output room SoftHSM2 wants (one extra C_Decrypt).
     await e.decrypt(KEY, sealed.ct, sealed.tag, sealed.iv, AAD);
-    expect(await counted(async () => (sealed = splitSealed(await e.encrypt(KEY, Buffer.from('count me'), AAD))))).toEqual({ C_GenerateRandom: 1, C_EncryptInit: 1, C_Encrypt: 1 });
+    expect(await counted(async () => (sealed = splitSealed(await e.encrypt(KEY, Buffer.from('count me'), AAD))))).toEqual({
+      C_GenerateRandom: 1,
+      C_EncryptInit: 1,
+      C_Encrypt: 1,
+    });
     expect(await counted(() => e.decrypt(KEY, sealed.ct, sealed.tag, sealed.iv, AAD))).toEqual({ C_DecryptInit: 1, C_Decrypt: 1 });
   });
 });
@@ -175,7 +203,13 @@ describe('data errors keep their session (B.6)', () => {
           // wrong tag, wrong ciphertext, wrong AAD, wrong IV
           const variant = i % 4;
           return rejection(
-            e.decrypt(KEY, variant === 1 ? tamper(s.ct) : s.ct, variant === 0 ? tamper(s.tag) : s.tag, variant === 3 ? tamper(s.iv) : s.iv, variant === 2 ? tamper(AAD) : AAD),
+            e.decrypt(
+              KEY,
+              variant === 1 ? tamper(s.ct) : s.ct,
+              variant === 0 ? tamper(s.tag) : s.tag,
+              variant === 3 ? tamper(s.iv) : s.iv,
+              variant === 2 ? tamper(AAD) : AAD,
+            ),
           );
         }),
       );
@@ -198,7 +232,13 @@ describe('data errors keep their session (B.6)', () => {
     const opens = faults.calls('C_OpenSession');
     // Real: SoftHSM2 refuses C_DecryptInit on a key without CKA_DECRYPT.
     expect((await rejection(e.decrypt(ENC_ONLY, s.ct, s.tag, s.iv, AAD))).code).toBe('CKR_KEY_FUNCTION_NOT_PERMITTED');
-    for (const code of ['CKR_ENCRYPTED_DATA_INVALID', 'CKR_ENCRYPTED_DATA_LEN_RANGE', 'CKR_DATA_INVALID', 'CKR_DATA_LEN_RANGE', 'CKR_AEAD_DECRYPT_FAILED']) {
+    for (const code of [
+      'CKR_ENCRYPTED_DATA_INVALID',
+      'CKR_ENCRYPTED_DATA_LEN_RANGE',
+      'CKR_DATA_INVALID',
+      'CKR_DATA_LEN_RANGE',
+      'CKR_AEAD_DECRYPT_FAILED',
+    ]) {
       faults.set(`fail C_DecryptInit ${code} times=1`);
       expect((await rejection(e.decrypt(KEY, s.ct, s.tag, s.iv, AAD))).code).toBe(code);
       expect((await e.decrypt(KEY, s.ct, s.tag, s.iv, AAD)).toString()).toBe('kept');
@@ -256,14 +296,18 @@ describe('keys that are not AES-256 (B.11)', () => {
 });
 
 describe('over HTTP', () => {
-  const stores: SettingsSpec['stores'] = [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY, AES128, GENERIC] }];
+  const stores: SettingsSpec['stores'] = [
+    { prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY, AES128, GENERIC] },
+  ];
   let proxy: RunningProxy | undefined;
   let logText = '';
 
   async function start(spec: Partial<SettingsSpec>, capabilities?: { canGenerateIv: boolean; isZeroIvRequired: boolean }): Promise<string> {
     let toml = settingsToml({ token, stores, operationTimeoutMs: 0, ...spec });
     if (capabilities) {
-      toml = toml.replace('can_generate_iv = false', `can_generate_iv = ${capabilities.canGenerateIv}`).replace('is_zero_iv_required = false', `is_zero_iv_required = ${capabilities.isZeroIvRequired}`);
+      toml = toml
+        .replace('can_generate_iv = false', `can_generate_iv = ${capabilities.canGenerateIv}`)
+        .replace('is_zero_iv_required = false', `is_zero_iv_required = ${capabilities.isZeroIvRequired}`);
     }
     const file = path.join(token.dir, 'data-settings.toml');
     writeFileSync(file, toml);
@@ -310,7 +354,9 @@ describe('over HTTP', () => {
     faults.set('iv C_EncryptInit random');
     const url = await start({}, { canGenerateIv: true, isZeroIvRequired: true });
     await proxy!.log.flush();
-    expect(logText).toMatch(/INFO.*\[hsm_capabilities\] can_generate_iv = true, is_zero_iv_required = true: test encryptions got HSM-generated IVs/);
+    expect(logText).toMatch(
+      /INFO.*\[hsm_capabilities\] can_generate_iv = true, is_zero_iv_required = true: test encryptions got HSM-generated IVs/,
+    );
     expect((await call(url, `${API}/keys/${KEY}/encrypt`, encryptBody('ok'), CREDS)).status).toBe(200);
     faults.clear();
     for (let i = 0; i < 3; i++) {
@@ -330,7 +376,9 @@ describe('over HTTP', () => {
     // The plain SoftHSM2 module (no fault module): its real behaviour.
     writeFileSync(
       file,
-      settingsToml({ token: base, stores }).replace('can_generate_iv = false', 'can_generate_iv = true').replace('is_zero_iv_required = false', 'is_zero_iv_required = true'),
+      settingsToml({ token: base, stores })
+        .replace('can_generate_iv = false', 'can_generate_iv = true')
+        .replace('is_zero_iv_required = false', 'is_zero_iv_required = true'),
     );
     const err = await spawnProxyCli({ ...base.env, XKS_PROXY_SETTINGS_TOML: file }).then(
       () => 'started',

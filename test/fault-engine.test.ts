@@ -84,7 +84,14 @@ describe('the fault module', () => {
 });
 
 describe('session-fatal codes drop the session and the service carries on', () => {
-  const codes = ['CKR_DEVICE_ERROR', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_SESSION_HANDLE_INVALID', 'CKR_SESSION_CLOSED', 'CKR_CRYPTOKI_NOT_INITIALIZED'];
+  const codes = [
+    'CKR_DEVICE_ERROR',
+    'CKR_DEVICE_REMOVED',
+    'CKR_TOKEN_NOT_PRESENT',
+    'CKR_SESSION_HANDLE_INVALID',
+    'CKR_SESSION_CLOSED',
+    'CKR_CRYPTOKI_NOT_INITIALIZED',
+  ];
   for (const code of codes) {
     it(code, async () => {
       faults.clear();
@@ -306,7 +313,13 @@ describe('several engines on one module (event loops)', () => {
   async function within(p: Promise<unknown>, ms: number): Promise<'settled' | 'pending'> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<'pending'>((r) => (timer = setTimeout(() => r('pending'), ms)));
-    const r = await Promise.race([p.then(() => 'settled' as const, () => 'settled' as const), late]);
+    const r = await Promise.race([
+      p.then(
+        () => 'settled' as const,
+        () => 'settled' as const,
+      ),
+      late,
+    ]);
     clearTimeout(timer);
     return r;
   }
@@ -377,7 +390,13 @@ w.on('exit', () => {
 });
 `,
     );
-    const data = { control: faults.controlPath, addon: path.resolve('build/Release/xks_pkcs11.node'), key: KEY, options: options({ threads: 1, poolMaxSize: 1, operationTimeoutMs: 300 }), mainLoads };
+    const data = {
+      control: faults.controlPath,
+      addon: path.resolve('build/Release/xks_pkcs11.node'),
+      key: KEY,
+      options: options({ threads: 1, poolMaxSize: 1, operationTimeoutMs: 300 }),
+      mainLoads,
+    };
     const r = spawnSync(process.execPath, [script, JSON.stringify(data)], {
       env: { ...process.env, MALLOC_PERTURB_: '165', GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0' },
       encoding: 'utf8',

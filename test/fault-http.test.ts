@@ -34,8 +34,10 @@ async function timed<T>(p: Promise<T>): Promise<[T, number]> {
 }
 
 const encrypt = (text: string) => call(proxy.base, `${API}/keys/${KEY}/encrypt`, encryptBody(Buffer.from(text)), CREDS);
-const metadata = () => call(proxy.base, `${API}/keys/${KEY}/metadata`, { requestMetadata: { ...META, kmsOperation: 'DescribeKey' } }, CREDS);
-const health = () => call(proxy.base, `${API}/health`, { requestMetadata: { kmsOperation: 'CreateCustomKeyStore', kmsRequestId: META.kmsRequestId } }, CREDS);
+const metadata = () =>
+  call(proxy.base, `${API}/keys/${KEY}/metadata`, { requestMetadata: { ...META, kmsOperation: 'DescribeKey' } }, CREDS);
+const health = () =>
+  call(proxy.base, `${API}/health`, { requestMetadata: { kmsOperation: 'CreateCustomKeyStore', kmsRequestId: META.kmsRequestId } }, CREDS);
 const ping = () => fetch(`${proxy.base}/ping`).then((r) => r.status);
 
 function healthState(r: { json: Record<string, unknown> }): string {
@@ -67,7 +69,15 @@ beforeAll(async () => {
   let token: TestToken;
   ({ token, faults } = useFaultyModule(base));
   const { Engine } = loadAddon();
-  const e = new Engine({ modulePath: token.modulePath, userPin: token.pin, poolMaxSize: 1, poolTimeoutMs: 1000, eagerClose: false, threads: 1, ivMode: 'random' });
+  const e = new Engine({
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 1,
+    poolTimeoutMs: 1000,
+    eagerClose: false,
+    threads: 1,
+    ivMode: 'random',
+  });
   await e.open();
   await e.createKey(KEY, { encrypt: true, decrypt: true });
   await e.createKey(HEALTH_KEY, { encrypt: true, decrypt: true });

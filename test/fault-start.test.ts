@@ -106,7 +106,16 @@ describe('C_Initialize without OS locking (B.7)', () => {
     expect(faults.calls('C_Initialize') - before).toBe(1); // no retry with NULL arguments
     faults.clear();
     // The next call re-initializes with OS locking (after the engine's back-off) and is not serialized.
-    expect(await waitFor(async () => (await e.encrypt(KEY, Buffer.from('back'), AAD).then(() => true, () => false)), 5000)).toBe(true);
+    expect(
+      await waitFor(
+        async () =>
+          await e.encrypt(KEY, Buffer.from('back'), AAD).then(
+            () => true,
+            () => false,
+          ),
+        5000,
+      ),
+    ).toBe(true);
     expect(e.stats().ready).toBe(true);
     expect(await overlapRun(e)).toBeGreaterThan(1);
   });
@@ -153,7 +162,16 @@ describe('an HSM that is down at start-up (B.10)', () => {
       expect(err.code).toBe(code);
       faults.clear();
       // Retried with backoff (25 ms doubling to 1 s) by the next calls.
-      expect(await waitFor(async () => (await e.encrypt(KEY, Buffer.from('up'), AAD).then(() => true, () => false)), 5000)).toBe(true);
+      expect(
+        await waitFor(
+          async () =>
+            await e.encrypt(KEY, Buffer.from('up'), AAD).then(
+              () => true,
+              () => false,
+            ),
+          5000,
+        ),
+      ).toBe(true);
       expect(e.stats().ready).toBe(true);
       await roundTrip(e, 'back');
     });
@@ -175,11 +193,22 @@ describe('an HSM that is down at start-up (B.10)', () => {
     faults.set('fail C_OpenSession CKR_DEVICE_ERROR');
     let proxy: TestProxy | undefined;
     try {
-      proxy = await startTestProxy({ token, operationTimeoutMs: 0, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }] });
+      proxy = await startTestProxy({
+        token,
+        operationTimeoutMs: 0,
+        stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }],
+      });
       await proxy.log.flush();
       expect(proxy.logText()).toMatch(/WARN.*HSM unavailable at start-up \(C_OpenSession: CKR_DEVICE_ERROR\)/);
-      const encrypt = () => call(proxy!.base, `${API}/keys/${KEY}/encrypt`, { requestMetadata: META, plaintext: Buffer.from('x').toString('base64'), encryptionAlgorithm: 'AES_GCM' }, CREDS);
-      const health = () => call(proxy!.base, `${API}/health`, { requestMetadata: { kmsOperation: 'KmsHealthCheck', kmsRequestId: META.kmsRequestId } }, CREDS);
+      const encrypt = () =>
+        call(
+          proxy!.base,
+          `${API}/keys/${KEY}/encrypt`,
+          { requestMetadata: META, plaintext: Buffer.from('x').toString('base64'), encryptionAlgorithm: 'AES_GCM' },
+          CREDS,
+        );
+      const health = () =>
+        call(proxy!.base, `${API}/health`, { requestMetadata: { kmsOperation: 'KmsHealthCheck', kmsRequestId: META.kmsRequestId } }, CREDS);
       const down = await encrypt();
       expect([down.status, down.json.errorName]).toEqual([500, 'InternalException']);
       const h = await health();
@@ -197,8 +226,20 @@ describe('an HSM that is down at start-up (B.10)', () => {
 
   it('the real CLI: a wrong PIN stops start-up with one line', async () => {
     const settings = path.join(token.dir, 'wrong-pin.toml');
-    writeFileSync(settings, settingsToml({ token: { ...token, pin: 'wrong-pin-1234' }, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }] }));
-    const env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings, FAULTY_PKCS11_TARGET: base.modulePath, FAULTY_PKCS11_CONTROL: faults.controlPath, FAULTY_PKCS11_STATUS: faults.statusPath };
+    writeFileSync(
+      settings,
+      settingsToml({
+        token: { ...token, pin: 'wrong-pin-1234' },
+        stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [KEY] }],
+      }),
+    );
+    const env = {
+      ...token.env,
+      XKS_PROXY_SETTINGS_TOML: settings,
+      FAULTY_PKCS11_TARGET: base.modulePath,
+      FAULTY_PKCS11_CONTROL: faults.controlPath,
+      FAULTY_PKCS11_STATUS: faults.statusPath,
+    };
     const err = await spawnProxyCli(env).then(
       () => undefined,
       (e: unknown) => (e instanceof Error ? e.message : String(e)),

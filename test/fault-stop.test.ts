@@ -34,7 +34,14 @@ afterAll(() => {
 
 it('SIGTERM ends the process within the bound while C_Encrypt is blocked in the HSM', async () => {
   const settings = path.join(token.dir, 'stop.toml');
-  writeFileSync(settings, settingsToml({ token, operationTimeoutMs: 0, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] }));
+  writeFileSync(
+    settings,
+    settingsToml({
+      token,
+      operationTimeoutMs: 0,
+      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+    }),
+  );
   const proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings });
   const base = `http://127.0.0.1:${proxy.port}`;
   const body = { requestMetadata: META, plaintext: Buffer.from('stuck').toString('base64'), encryptionAlgorithm: 'AES_GCM' };

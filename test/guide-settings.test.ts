@@ -54,7 +54,11 @@ function assertPort80Free(): Promise<void> {
   return new Promise((resolve, reject) => {
     const s = createServer();
     s.once('error', (e: NodeJS.ErrnoException) =>
-      reject(new Error(`this test needs port 80 (the guide's port_http_ping default) but cannot bind it: ${e.code ?? e.message}; run it as root or free the port`)),
+      reject(
+        new Error(
+          `this test needs port 80 (the guide's port_http_ping default) but cannot bind it: ${e.code ?? e.message}; run it as root or free the port`,
+        ),
+      ),
     );
     s.listen(80, '0.0.0.0', () => s.close(() => resolve()));
   });
@@ -108,7 +112,12 @@ const b64 = (b: Buffer | string): string => Buffer.from(b).toString('base64');
 
 describe("the guide's settings.toml", () => {
   it('serves health, metadata, encrypt and decrypt of key abc123 under /xyz, signed with its credentials', async () => {
-    const health = await call(base, `${API}/health`, { requestMetadata: { kmsRequestId: 'guide-h', kmsOperation: 'CreateCustomKeyStore' } }, GUIDE_STORE);
+    const health = await call(
+      base,
+      `${API}/health`,
+      { requestMetadata: { kmsRequestId: 'guide-h', kmsOperation: 'CreateCustomKeyStore' } },
+      GUIDE_STORE,
+    );
     expect(health.status, health.text).toBe(200);
     expect(health.json.xksProxyFleetSize).toBe(1);
 
@@ -122,7 +131,12 @@ describe("the guide's settings.toml", () => {
     const enc = await call(
       base,
       `${API}/keys/${KEY}/encrypt`,
-      { requestMetadata: { ...META, kmsOperation: 'Encrypt' }, plaintext: b64(plaintext), additionalAuthenticatedData: b64(aad), encryptionAlgorithm: 'AES_GCM' },
+      {
+        requestMetadata: { ...META, kmsOperation: 'Encrypt' },
+        plaintext: b64(plaintext),
+        additionalAuthenticatedData: b64(aad),
+        encryptionAlgorithm: 'AES_GCM',
+      },
       GUIDE_STORE,
     );
     expect(enc.status, enc.text).toBe(200);
@@ -143,10 +157,15 @@ describe("the guide's settings.toml", () => {
     expect(Buffer.from(String(dec.json.plaintext), 'base64')).toEqual(plaintext);
 
     // Another secret for the guide's access key id is refused: SigV4 is really on.
-    const forged = await call(base, `${API}/health`, { requestMetadata: { kmsRequestId: 'guide-f', kmsOperation: 'CreateCustomKeyStore' } }, {
-      ...GUIDE_STORE,
-      secret: 'x'.repeat(44),
-    });
+    const forged = await call(
+      base,
+      `${API}/health`,
+      { requestMetadata: { kmsRequestId: 'guide-f', kmsOperation: 'CreateCustomKeyStore' } },
+      {
+        ...GUIDE_STORE,
+        secret: 'x'.repeat(44),
+      },
+    );
     expect(forged.status).toBe(401);
   });
 
@@ -171,7 +190,9 @@ describe("the guide's settings.toml", () => {
     }
     const port = proxy!.port;
     // Rust: Tracing level="DEBUG" is_file_writer_enabled=true / Tracing file rotation_kind="HOURLY"
-    expect(log).toMatch(line(' INFO tracing level=DEBUG is_stdout_writer_enabled=true is_file_writer_enabled=true rotation_kind=HOURLY file_mode=0640'));
+    expect(log).toMatch(
+      line(' INFO tracing level=DEBUG is_stdout_writer_enabled=true is_file_writer_enabled=true rotation_kind=HOURLY file_mode=0640'),
+    );
     // Rust: Starting service=... region=... / is_sigv4_enabled=true is_tls_enabled=false ... /
     // Ciphertext Metadata is not configured. / TCP Keepalive secs=Some(60s) interval_secs=Some(1s) retries=Some(3)
     expect(log).toMatch(

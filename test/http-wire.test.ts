@@ -172,9 +172,13 @@ describe('/ping for health checkers (port_http_ping)', () => {
     expect(replies(keep.text).map((r) => r.status)).toEqual([200, 200]);
   });
 
-  it('HEAD /ping: the GET answer\'s status and headers, no body, on the ping port and on the API port', async () => {
+  it("HEAD /ping: the GET answer's status and headers, no body, on the ping port and on the API port", async () => {
     for (const port of [pingPort, proxy.port]) {
-      const w = await wire(port, ['HEAD /ping HTTP/1.1\r\nHost: lb\r\n\r\nGET /ping HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n'], 2000);
+      const w = await wire(
+        port,
+        ['HEAD /ping HTTP/1.1\r\nHost: lb\r\n\r\nGET /ping HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n'],
+        2000,
+      );
       const [head, get] = replies(w.text, 1);
       expect(head?.status, `port ${port}`).toBe(200);
       expect(head?.body).toBe('');
@@ -184,7 +188,11 @@ describe('/ping for health checkers (port_http_ping)', () => {
   });
 
   it('HEAD of any other path on the API port: 404 / 405 headers without a body, so the next answer is read right', async () => {
-    const w = await wire(proxy.port, [`HEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\nHEAD ${API}/health HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n`], 1000);
+    const w = await wire(
+      proxy.port,
+      [`HEAD /nowhere HTTP/1.1\r\nHost: x\r\n\r\nHEAD ${API}/health HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n`],
+      1000,
+    );
     const [missing, notAllowed, ping] = replies(w.text, 2);
     expect(missing?.status).toBe(404);
     expect(Number(missing?.headers['content-length'])).toBeGreaterThan(0);
@@ -227,7 +235,12 @@ describe('pipelining', () => {
     faults.set('delay C_Encrypt 300');
     try {
       const data = randomBytes(24);
-      const w = await wire(proxy.port, [await signedRequest(`${API}/keys/${KEY}/encrypt`, encryptJson(data)), 'GET /ping HTTP/1.1\r\nHost: x\r\n\r\n'], 2500, 100);
+      const w = await wire(
+        proxy.port,
+        [await signedRequest(`${API}/keys/${KEY}/encrypt`, encryptJson(data)), 'GET /ping HTTP/1.1\r\nHost: x\r\n\r\n'],
+        2500,
+        100,
+      );
       const [enc, ping] = replies(w.text);
       expect(enc?.status).toBe(200);
       expect(ping?.status).toBe(200);
@@ -255,7 +268,9 @@ describe('pipelining', () => {
   it('two requests queued behind an encrypt that waits on the HSM (one write): uWS closes the connection; the log names pipelining', async () => {
     faults.set('delay C_Encrypt 200');
     try {
-      const reqs = await Promise.all(Array.from({ length: 3 }, () => signedRequest(`${API}/keys/${KEY}/encrypt`, encryptJson(randomBytes(8)))));
+      const reqs = await Promise.all(
+        Array.from({ length: 3 }, () => signedRequest(`${API}/keys/${KEY}/encrypt`, encryptJson(randomBytes(8)))),
+      );
       const w = await wire(proxy.port, [reqs.join('')], 2000);
       expect(w.text).toBe('');
       await new Promise((r) => setTimeout(r, 400));
@@ -270,7 +285,11 @@ describe('pipelining', () => {
 
   it('requests answered at once (ping, 404, 401) pipelined in one write are all answered in order', async () => {
     const bad = await signedRequest(`${API}/health`, '{}', { ...CREDS, secret: 'b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldC1vdGhlci1zZWM=' });
-    const w = await wire(proxy.port, ['GET /ping HTTP/1.1\r\nHost: x\r\n\r\n' + bad + 'GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n'], 1000);
+    const w = await wire(
+      proxy.port,
+      ['GET /ping HTTP/1.1\r\nHost: x\r\n\r\n' + bad + 'GET /x HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n'],
+      1000,
+    );
     expect(replies(w.text).map((r) => r.status)).toEqual([200, 401, 404, 200]);
   });
 });
@@ -294,8 +313,17 @@ describe('framing (RFC 9112 section 6.3)', () => {
   });
 
   it('a Transfer-Encoding other than chunked: 400 and the connection closed, never a guess', async () => {
-    const { headers } = await signRequest({ url: `http://127.0.0.1:${proxy.port}${API}/health`, body: health, accessKeyId: CREDS.accessKeyId, secretAccessKey: CREDS.secret, region: REGION, service: SERVICE });
-    const block = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const { headers } = await signRequest({
+      url: `http://127.0.0.1:${proxy.port}${API}/health`,
+      body: health,
+      accessKeyId: CREDS.accessKeyId,
+      secretAccessKey: CREDS.secret,
+      region: REGION,
+      service: SERVICE,
+    });
+    const block = Object.entries(headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
     const chunks = `${health.length.toString(16)}\r\n${health}\r\n0\r\n\r\n`;
     for (const te of ['gzip, chunked', 'chunked, chunked', 'identity', 'xchunked']) {
       const w = await wire(proxy.port, [`POST ${API}/health HTTP/1.1\r\n${block}transfer-encoding: ${te}\r\n\r\n`, chunks], 1500, 50);
@@ -310,7 +338,12 @@ describe('framing (RFC 9112 section 6.3)', () => {
     expect(one.text).toBe('');
     expect(one.closed).toBe(true);
     // Two Transfer-Encoding headers.
-    const w = await wire(proxy.port, [`POST ${API}/health HTTP/1.1\r\n${block}transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n`, chunks], 1500, 50);
+    const w = await wire(
+      proxy.port,
+      [`POST ${API}/health HTTP/1.1\r\n${block}transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n`, chunks],
+      1500,
+      50,
+    );
     expect(replies(w.text)[0]?.status).toBe(400);
     // "chunked" in any case is chunked (transfer coding names are case-insensitive).
     const ok = await wire(proxy.port, [`POST ${API}/health HTTP/1.1\r\n${block}transfer-encoding: Chunked\r\n\r\n`, chunks], 1500, 50);
@@ -321,7 +354,11 @@ describe('framing (RFC 9112 section 6.3)', () => {
 describe('refused before the body: the client reads the answer', () => {
   it('fetch of a 4 MiB body gets the 413 PayloadTooLargeException (not a connection reset)', async () => {
     const body = JSON.stringify({ requestMetadata: META, plaintext: 'A'.repeat(4 * 1024 * 1024), encryptionAlgorithm: 'AES_GCM' });
-    const res = await fetch(`${proxy.base}${API}/keys/${KEY}/encrypt`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const res = await fetch(`${proxy.base}${API}/keys/${KEY}/encrypt`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+    });
     expect(res.status).toBe(413);
     expect(((await res.json()) as { errorName: string }).errorName).toBe('PayloadTooLargeException');
     expect(res.headers.get('connection')).toBe('close');
@@ -352,7 +389,16 @@ describe('refused before the body: the client reads the answer', () => {
     // 4 MiB in one write: more than uWS reads at once (512 KiB), so most of it is still unread when
     // the 413 is due. Closing then would reset the connection and the client would lose the 413.
     const n = 4 * 1024 * 1024;
-    const w = await wire(proxy.port, [Buffer.concat([Buffer.from(`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${n}\r\n\r\n`), Buffer.alloc(n, 0x41)])], 5000);
+    const w = await wire(
+      proxy.port,
+      [
+        Buffer.concat([
+          Buffer.from(`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${n}\r\n\r\n`),
+          Buffer.alloc(n, 0x41),
+        ]),
+      ],
+      5000,
+    );
     const [r] = replies(w.text);
     expect(r?.status).toBe(413);
     expect(JSON.parse(r!.body)).toMatchObject({ errorName: 'PayloadTooLargeException' });
@@ -362,8 +408,17 @@ describe('refused before the body: the client reads the answer', () => {
 
   it('raw: a signed chunked body that grows over the limit: 413 after its last chunk', async () => {
     const chunk = 'B'.repeat(16 * 1024);
-    const { headers } = await signRequest({ url: `http://127.0.0.1:${proxy.port}${API}/keys/${KEY}/encrypt`, body: chunk.repeat(6), accessKeyId: CREDS.accessKeyId, secretAccessKey: CREDS.secret, region: REGION, service: SERVICE });
-    const block = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const { headers } = await signRequest({
+      url: `http://127.0.0.1:${proxy.port}${API}/keys/${KEY}/encrypt`,
+      body: chunk.repeat(6),
+      accessKeyId: CREDS.accessKeyId,
+      secretAccessKey: CREDS.secret,
+      region: REGION,
+      service: SERVICE,
+    });
+    const block = Object.entries(headers)
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
     const parts = [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\n${block}transfer-encoding: chunked\r\n\r\n`];
     for (let i = 0; i < 6; i++) parts.push(`${chunk.length.toString(16)}\r\n${chunk}\r\n`);
     parts.push('0\r\n\r\n');
@@ -375,14 +430,22 @@ describe('refused before the body: the client reads the answer', () => {
   });
 
   it('a declared body beyond the drain bound (8 MiB) is refused at once, before it is sent', async () => {
-    const w = await wire(proxy.port, [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${64 * 1024 * 1024}\r\n\r\n`], 1500);
+    const w = await wire(
+      proxy.port,
+      [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${64 * 1024 * 1024}\r\n\r\n`],
+      1500,
+    );
     expect(replies(w.text)[0]?.status).toBe(413);
     expect(w.closed).toBe(true);
   });
 
   it('a body over the limit that stalls is answered 413 after the drain time bound (5 s), before uWS drops it (10 s)', async () => {
     const t0 = Date.now();
-    const w = await wire(proxy.port, [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${MAX_BODY * 4}\r\n\r\n`, Buffer.alloc(MAX_BODY + 10, 0x41)], 9000);
+    const w = await wire(
+      proxy.port,
+      [`POST ${API}/keys/${KEY}/encrypt HTTP/1.1\r\nHost: x\r\ncontent-length: ${MAX_BODY * 4}\r\n\r\n`, Buffer.alloc(MAX_BODY + 10, 0x41)],
+      9000,
+    );
     const elapsed = Date.now() - t0;
     expect(replies(w.text)[0]?.status).toBe(413);
     expect(elapsed).toBeGreaterThanOrEqual(4500);

@@ -148,7 +148,12 @@ describe('routes', () => {
   it('4,300 bytes of plaintext and 8,192 bytes of AAD work', async () => {
     const plaintext = randomBytes(4300);
     const aad = randomBytes(8192);
-    const e = await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(plaintext, { additionalAuthenticatedData: b64(aad) }), CREDS);
+    const e = await call(
+      proxy.base,
+      `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
+      encryptBody(plaintext, { additionalAuthenticatedData: b64(aad) }),
+      CREDS,
+    );
     expect(e.status).toBe(200);
     const d = await call(
       proxy.base,
@@ -166,12 +171,27 @@ describe('routes', () => {
   });
 
   it('the second keystore answers on its own prefix with its own credentials only', async () => {
-    const ok = await call(proxy.base, `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(Buffer.from('x')), OTHER);
+    const ok = await call(
+      proxy.base,
+      `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.ordinary}/encrypt`,
+      encryptBody(Buffer.from('x')),
+      OTHER,
+    );
     expect(ok.status).toBe(200);
-    const crossed = await call(proxy.base, `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(Buffer.from('x')), CREDS);
+    const crossed = await call(
+      proxy.base,
+      `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.ordinary}/encrypt`,
+      encryptBody(Buffer.from('x')),
+      CREDS,
+    );
     expect(crossed.status).toBe(401);
     expect(crossed.json.errorName).toBe('AuthenticationFailedException');
-    const notInStore = await call(proxy.base, `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.encryptOnly}/encrypt`, encryptBody(Buffer.from('x')), OTHER);
+    const notInStore = await call(
+      proxy.base,
+      `${OTHER_PREFIX}/kms/xks/v1/keys/${TEST_KEYS.encryptOnly}/encrypt`,
+      encryptBody(Buffer.from('x')),
+      OTHER,
+    );
     expect(notInStore.json.errorName).toBe('KeyNotFoundException');
   });
 });
@@ -187,7 +207,11 @@ describe('byte compatibility with the Rust proxy (known key, node:crypto)', () =
     it(`node:crypto ciphertext decrypts through the proxy: ${name}`, async () => {
       const plaintext = randomBytes(48);
       const s = nodeSeal(plaintext, aad, ctm);
-      const fields: Record<string, unknown> = { ciphertext: b64(s.ciphertext), initializationVector: b64(s.iv), authenticationTag: b64(s.tag) };
+      const fields: Record<string, unknown> = {
+        ciphertext: b64(s.ciphertext),
+        initializationVector: b64(s.iv),
+        authenticationTag: b64(s.tag),
+      };
       if (aad) fields.additionalAuthenticatedData = b64(aad);
       if (ctm) fields.ciphertextMetadata = b64(ctm);
       const d = await call(proxy.base, `${API}/keys/${TEST_KEYS.known}/decrypt`, decryptBody(fields), CREDS);
@@ -214,7 +238,12 @@ describe('byte compatibility with the Rust proxy (known key, node:crypto)', () =
     const d = await call(
       proxy.base,
       `${API}/keys/${TEST_KEYS.known}/decrypt`,
-      decryptBody({ ciphertext: b64(s.ciphertext), initializationVector: b64(s.iv), authenticationTag: b64(s.tag), additionalAuthenticatedData: '' }),
+      decryptBody({
+        ciphertext: b64(s.ciphertext),
+        initializationVector: b64(s.iv),
+        authenticationTag: b64(s.tag),
+        additionalAuthenticatedData: '',
+      }),
       CREDS,
     );
     expect(d.json.errorName).toBe('InvalidCiphertextException');
@@ -234,7 +263,12 @@ describe('errors, each over HTTP with the typed JSON body', () => {
   }
 
   async function sealed(aad?: Buffer) {
-    const e = await call(proxy.base, enc, encryptBody(Buffer.from('secret data'), aad ? { additionalAuthenticatedData: b64(aad) } : {}), CREDS);
+    const e = await call(
+      proxy.base,
+      enc,
+      encryptBody(Buffer.from('secret data'), aad ? { additionalAuthenticatedData: b64(aad) } : {}),
+      CREDS,
+    );
     return e.json as Record<string, string>;
   }
 
@@ -268,7 +302,17 @@ describe('errors, each over HTTP with the typed JSON body', () => {
     ];
     for (const c of cases) {
       await expectError(
-        call(proxy.base, dec, decryptBody({ ciphertext: s.ciphertext, initializationVector: s.initializationVector, authenticationTag: s.authenticationTag, ...c }), CREDS),
+        call(
+          proxy.base,
+          dec,
+          decryptBody({
+            ciphertext: s.ciphertext,
+            initializationVector: s.initializationVector,
+            authenticationTag: s.authenticationTag,
+            ...c,
+          }),
+          CREDS,
+        ),
         400,
         'ValidationException',
       );
@@ -301,21 +345,40 @@ describe('errors, each over HTTP with the typed JSON body', () => {
       { ciphertextMetadata: b64('key_version=2') },
       { ciphertextMetadata: undefined },
     ];
-    for (const v of variants) await expectError(call(proxy.base, dec, decryptBody({ ...good, ...v }), CREDS), 400, 'InvalidCiphertextException');
+    for (const v of variants)
+      await expectError(call(proxy.base, dec, decryptBody({ ...good, ...v }), CREDS), 400, 'InvalidCiphertextException');
   });
 
   it('400 InvalidKeyUsageException when the key cannot do the operation', async () => {
-    await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.decryptOnly}/encrypt`, encryptBody(Buffer.from('x')), CREDS), 400, 'InvalidKeyUsageException');
-    await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.impotent}/encrypt`, encryptBody(Buffer.from('x')), CREDS), 400, 'InvalidKeyUsageException');
+    await expectError(
+      call(proxy.base, `${API}/keys/${TEST_KEYS.decryptOnly}/encrypt`, encryptBody(Buffer.from('x')), CREDS),
+      400,
+      'InvalidKeyUsageException',
+    );
+    await expectError(
+      call(proxy.base, `${API}/keys/${TEST_KEYS.impotent}/encrypt`, encryptBody(Buffer.from('x')), CREDS),
+      400,
+      'InvalidKeyUsageException',
+    );
     // The CDIV's verifying decrypt needs a key that can decrypt (as the AWS test client expects).
     await expectError(
-      call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/encrypt`, encryptBody(Buffer.from('x'), { ciphertextDataIntegrityValueAlgorithm: 'SHA_256' }), CREDS),
+      call(
+        proxy.base,
+        `${API}/keys/${TEST_KEYS.encryptOnly}/encrypt`,
+        encryptBody(Buffer.from('x'), { ciphertextDataIntegrityValueAlgorithm: 'SHA_256' }),
+        CREDS,
+      ),
       400,
       'InvalidKeyUsageException',
     );
     expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/encrypt`, encryptBody(Buffer.from('x')), CREDS)).status).toBe(200);
     const s = await sealed();
-    const body = decryptBody({ ciphertext: s.ciphertext, ciphertextMetadata: s.ciphertextMetadata, initializationVector: s.initializationVector, authenticationTag: s.authenticationTag });
+    const body = decryptBody({
+      ciphertext: s.ciphertext,
+      ciphertextMetadata: s.ciphertextMetadata,
+      initializationVector: s.initializationVector,
+      authenticationTag: s.authenticationTag,
+    });
     await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.encryptOnly}/decrypt`, body, CREDS), 400, 'InvalidKeyUsageException');
     await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.impotent}/decrypt`, body, CREDS), 400, 'InvalidKeyUsageException');
   });
@@ -327,9 +390,21 @@ describe('errors, each over HTTP with the typed JSON body', () => {
     await expectError(call(proxy.base, enc, body, { ...CREDS, accessKeyId: 'AKIDUNKNOWN' }), 401, 'AuthenticationFailedException');
     await expectError(call(proxy.base, enc, body, { ...CREDS, region: 'eu-west-1' }), 401, 'AuthenticationFailedException');
     await expectError(call(proxy.base, enc, body, { ...CREDS, service: 'kms' }), 401, 'AuthenticationFailedException');
-    await expectError(call(proxy.base, enc, body, { ...CREDS, tamperBody: (b) => b.replace('AES_GCM', 'AES_GCM ') }), 401, 'AuthenticationFailedException');
-    await expectError(call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() - 6 * 60_000) }), 401, 'AuthenticationFailedException');
-    await expectError(call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() + 6 * 60_000) }), 401, 'AuthenticationFailedException');
+    await expectError(
+      call(proxy.base, enc, body, { ...CREDS, tamperBody: (b) => b.replace('AES_GCM', 'AES_GCM ') }),
+      401,
+      'AuthenticationFailedException',
+    );
+    await expectError(
+      call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() - 6 * 60_000) }),
+      401,
+      'AuthenticationFailedException',
+    );
+    await expectError(
+      call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() + 6 * 60_000) }),
+      401,
+      'AuthenticationFailedException',
+    );
     expect((await call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() - 4 * 60_000) })).status).toBe(200);
     expect((await call(proxy.base, enc, body, { ...CREDS, date: new Date(Date.now() + 4 * 60_000) })).status).toBe(200);
   });
@@ -347,8 +422,16 @@ describe('errors, each over HTTP with the typed JSON body', () => {
   });
 
   it('404 InvalidUriPathException for unknown paths and prefixes, even when well signed', async () => {
-    await expectError(call(proxy.base, `/wrong/prefix/path/kms/xks/v1/health`, { requestMetadata: META }, CREDS), 404, 'InvalidUriPathException');
-    await expectError(call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/sign`, encryptBody(Buffer.from('x')), CREDS), 404, 'InvalidUriPathException');
+    await expectError(
+      call(proxy.base, `/wrong/prefix/path/kms/xks/v1/health`, { requestMetadata: META }, CREDS),
+      404,
+      'InvalidUriPathException',
+    );
+    await expectError(
+      call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/sign`, encryptBody(Buffer.from('x')), CREDS),
+      404,
+      'InvalidUriPathException',
+    );
     await expectError(call(proxy.base, `/kms/xks/v1/health`, { requestMetadata: META }, CREDS), 404, 'InvalidUriPathException');
   });
 
@@ -360,12 +443,18 @@ describe('errors, each over HTTP with the typed JSON body', () => {
 
   it('501 UnsupportedOperationException above [limits]', async () => {
     await expectError(call(proxy.base, enc, encryptBody(randomBytes(4400)), CREDS), 501, 'UnsupportedOperationException');
-    await expectError(call(proxy.base, enc, encryptBody(Buffer.from('x'), { additionalAuthenticatedData: b64(randomBytes(8300)) }), CREDS), 501, 'UnsupportedOperationException');
+    await expectError(
+      call(proxy.base, enc, encryptBody(Buffer.from('x'), { additionalAuthenticatedData: b64(randomBytes(8300)) }), CREDS),
+      501,
+      'UnsupportedOperationException',
+    );
   });
 
   it('413 for a body far over the limits; the server carries on', async () => {
     const huge = 'A'.repeat(2 * 1024 * 1024);
-    const r = await fetch(`${proxy.base}${enc}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge }).catch(() => undefined);
+    const r = await fetch(`${proxy.base}${enc}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: huge }).catch(
+      () => undefined,
+    );
     if (r) {
       expect(r.status).toBe(413);
       expect(((await r.json()) as { errorName: string }).errorName).toBe('PayloadTooLargeException');
@@ -414,7 +503,9 @@ describe('other clients', () => {
 
   it('many concurrent requests on keep-alive connections all succeed', async () => {
     const all = await Promise.all(
-      Array.from({ length: 200 }, (_, i) => call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(Buffer.from(`n${i}`)), CREDS)),
+      Array.from({ length: 200 }, (_, i) =>
+        call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(Buffer.from(`n${i}`)), CREDS),
+      ),
     );
     expect(all.filter((r) => r.status !== 200)).toEqual([]);
   });

@@ -59,7 +59,20 @@ async function open_(e: NativeEngine, key: string, s: Sealed): Promise<string> {
 function deleteKey(label: string): void {
   execFileSync(
     'pkcs11-tool',
-    ['--module', base.modulePath, '--token-label', base.label, '--login', '--pin', base.pin, '--delete-object', '--type', 'secrkey', '--label', label],
+    [
+      '--module',
+      base.modulePath,
+      '--token-label',
+      base.label,
+      '--login',
+      '--pin',
+      base.pin,
+      '--delete-object',
+      '--type',
+      'secrkey',
+      '--label',
+      label,
+    ],
     { env: { ...process.env, ...base.env }, stdio: 'pipe' },
   );
 }
@@ -172,7 +185,7 @@ describe('session key copies', () => {
     await plain.close();
   });
 
-  it('when the copies\' session cannot be opened (CKR_SESSION_COUNT) the token key serves, and the copy comes at a later check', async () => {
+  it("when the copies' session cannot be opened (CKR_SESSION_COUNT) the token key serves, and the copy comes at a later check", async () => {
     faults.clear();
     const e = await open({ poolMaxSize: 2, threads: 1 });
     // The engine's first session is open already: the only C_OpenSession left is the copies' session.

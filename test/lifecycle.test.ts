@@ -28,7 +28,11 @@ beforeAll(async () => {
 
 afterAll(() => token?.cleanup());
 
-const encryptBody = (n: number) => ({ requestMetadata: META, plaintext: randomBytes(n).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
+const encryptBody = (n: number) => ({
+  requestMetadata: META,
+  plaintext: randomBytes(n).toString('base64'),
+  encryptionAlgorithm: 'AES_GCM',
+});
 
 /** Signs `n` encrypt requests up front, so that sending them takes no time. */
 async function presign(base: string, n: number): Promise<{ url: string; headers: Record<string, string>; body: string }[]> {
@@ -36,7 +40,14 @@ async function presign(base: string, n: number): Promise<{ url: string; headers:
   const out = [];
   for (let i = 0; i < n; i++) {
     const body = JSON.stringify(encryptBody(4300));
-    const { headers } = await signRequest({ url, body, accessKeyId: CREDS.accessKeyId, secretAccessKey: CREDS.secret, region: REGION, service: SERVICE });
+    const { headers } = await signRequest({
+      url,
+      body,
+      accessKeyId: CREDS.accessKeyId,
+      secretAccessKey: CREDS.secret,
+      region: REGION,
+      service: SERVICE,
+    });
     delete headers.host;
     out.push({ url, headers, body });
   }
@@ -70,7 +81,9 @@ function parsePrometheus(text: string): Map<string, number> {
       types.set(m![1]!, m![2]!);
       continue;
     }
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+]+|\+Inf|NaN)$/.exec(line);
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})? (-?[0-9.e+]+|\+Inf|NaN)$/.exec(
+      line,
+    );
     expect(m, line).not.toBeNull();
     samples.set(`${m![1]}${m![2] ?? ''}`, Number(m![3]));
   }
@@ -82,14 +95,21 @@ function parsePrometheus(text: string): Map<string, number> {
 describe('metrics', () => {
   let proxy: TestProxy;
   beforeAll(async () => {
-    proxy = await startTestProxy({ token, metrics: { port: 0 }, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] });
+    proxy = await startTestProxy({
+      token,
+      metrics: { port: 0 },
+      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+    });
   });
   afterAll(async () => proxy?.stop());
 
   it('GET /metrics on the [metrics] listener is Prometheus text with requests by operation, prefix and outcome, latency and pool gauges, no secrets', async () => {
-    for (let i = 0; i < 3; i++) expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
+    for (let i = 0; i < 3; i++)
+      expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), CREDS)).status).toBe(200);
     expect((await call(proxy.base, `${API}/keys/unknown-key/encrypt`, encryptBody(32), CREDS)).status).toBe(404);
-    expect((await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), { ...CREDS, secret: 'wrong' })).status).toBe(401);
+    expect(
+      (await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(32), { ...CREDS, secret: 'wrong' })).status,
+    ).toBe(401);
     const res = await fetch(`${proxy.metricsBase!}/metrics`);
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toMatch(/^text\/plain/);
@@ -156,7 +176,9 @@ describe('metrics: only where the operator asks ([metrics])', () => {
   });
 
   it('[metrics] in settings.toml: defaults, a warning for a non-loopback address, a clash with server.port refused', () => {
-    const base = settingsToml({ token, stores: [store] }).replace(/^port = 0$/m, 'port = 8000').replace(/^port_http_ping = 0$/m, 'port_http_ping = 8080');
+    const base = settingsToml({ token, stores: [store] })
+      .replace(/^port = 0$/m, 'port = 8000')
+      .replace(/^port_http_ping = 0$/m, 'port_http_ping = 8080');
     const off = parseConfig(base, 'settings.toml');
     expect(off.config.metrics).toEqual({ enabled: false, ip: '127.0.0.1', port: 9464 });
     expect(redactedSummary(off.config)).toMatchObject({ metrics: { enabled: false, ip: '127.0.0.1', port: 9464 } });
@@ -169,7 +191,9 @@ describe('metrics: only where the operator asks ([metrics])', () => {
     const idle = parseConfig(`${base}\n[metrics]\nport = 9100\n`, 'settings.toml');
     expect(idle.config.metrics.enabled).toBe(false);
     expect(idle.warnings.join('\n')).toMatch(/metrics\.enabled: is not true/);
-    expect(() => parseConfig(`${base}\n[metrics]\nenabled = true\nip = "0.0.0.0"\nport = 8080\n`, 'settings.toml')).toThrow(/metrics\.port: 8080 is also server\.port_http_ping/);
+    expect(() => parseConfig(`${base}\n[metrics]\nenabled = true\nip = "0.0.0.0"\nport = 8080\n`, 'settings.toml')).toThrow(
+      /metrics\.port: 8080 is also server\.port_http_ping/,
+    );
     expect(() => parseConfig(`${base}\n[metrics]\nenabled = "yes"\n`, 'settings.toml')).toThrow(/metrics\.enabled: expected a boolean/);
     // A SIGHUP cannot open or move the listener: the change is reported as needing a restart.
     expect(restartNeeded(off.config, wide.config)).toEqual(['metrics.enabled', 'metrics.ip', 'metrics.port']);
@@ -187,10 +211,12 @@ describe('graceful stop', () => {
     const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
     const ping = (): Promise<number> =>
       new Promise((resolve, reject) => {
-        http.get(`${proxy.base}/ping`, { agent }, (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode ?? 0));
-        }).on('error', reject);
+        http
+          .get(`${proxy.base}/ping`, { agent }, (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          })
+          .on('error', reject);
       });
     expect(await ping()).toBe(200);
     const requests = await presign(proxy.base, 300);
@@ -213,7 +239,12 @@ describe('graceful stop', () => {
     const settings = path.join(token.dir, 'sigterm.toml');
     writeFileSync(
       settings,
-      settingsToml({ token, poolMaxSize: 1, workerThreads: 1, stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }] }),
+      settingsToml({
+        token,
+        poolMaxSize: 1,
+        workerThreads: 1,
+        stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+      }),
     );
     const proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings });
     const { child, port, exited } = proxy;

@@ -117,15 +117,49 @@ describe('request lines', () => {
   it('formatRequestLine is formatLine of the same fields in the same order, hostile values included', () => {
     const t = new Date('2026-11-30T05:00:00.123Z');
     const lines: RequestLogLine[] = [
-      { op: 'Encrypt', prefix: '/p', keyId: 'k1', kmsRequestId: 'r-1', outcome: 'ok', status: 200, micros: 321, kmsOperation: 'GenerateDataKey', awsPrincipalArn: 'arn:aws:iam::1:role/x' },
+      {
+        op: 'Encrypt',
+        prefix: '/p',
+        keyId: 'k1',
+        kmsRequestId: 'r-1',
+        outcome: 'ok',
+        status: 200,
+        micros: 321,
+        kmsOperation: 'GenerateDataKey',
+        awsPrincipalArn: 'arn:aws:iam::1:role/x',
+      },
       { op: 'Decrypt', prefix: '', outcome: 'ValidationException', status: 400, micros: 0, detail: 'bad "x"\nINFO forged=1' },
-      { op: 'Encrypt', prefix: '/p', keyId: 'k\u2028', kmsRequestId: 'a b', outcome: 'InternalException', status: 500, micros: 7, kmsKeyArn: '\u0000', kmsViaService: 'x'.repeat(2000), awsSourceVpc: 'vpc', awsSourceVpce: '\ud800' },
+      {
+        op: 'Encrypt',
+        prefix: '/p',
+        keyId: 'k\u2028',
+        kmsRequestId: 'a b',
+        outcome: 'InternalException',
+        status: 500,
+        micros: 7,
+        kmsKeyArn: '\u0000',
+        kmsViaService: 'x'.repeat(2000),
+        awsSourceVpc: 'vpc',
+        awsSourceVpce: '\ud800',
+      },
     ];
     for (const l of lines) {
       const level = l.status >= 500 ? 'ERROR' : 'INFO';
       const fields = {
-        op: l.op, prefix: l.prefix, keyId: l.keyId, kmsRequestId: l.kmsRequestId, outcome: l.outcome, status: l.status, micros: l.micros, detail: l.detail,
-        kmsOperation: l.kmsOperation, awsPrincipalArn: l.awsPrincipalArn, kmsKeyArn: l.kmsKeyArn, kmsViaService: l.kmsViaService, awsSourceVpc: l.awsSourceVpc, awsSourceVpce: l.awsSourceVpce,
+        op: l.op,
+        prefix: l.prefix,
+        keyId: l.keyId,
+        kmsRequestId: l.kmsRequestId,
+        outcome: l.outcome,
+        status: l.status,
+        micros: l.micros,
+        detail: l.detail,
+        kmsOperation: l.kmsOperation,
+        awsPrincipalArn: l.awsPrincipalArn,
+        kmsKeyArn: l.kmsKeyArn,
+        kmsViaService: l.kmsViaService,
+        awsSourceVpc: l.awsSourceVpc,
+        awsSourceVpce: l.awsSourceVpce,
       };
       expect(formatRequestLine(t, level, l)).toBe(formatLine(t, level, 'request', fields));
     }
@@ -134,7 +168,15 @@ describe('request lines', () => {
   it('INFO for success and 4xx, ERROR for 5xx, one line each', async () => {
     const out = new Capture();
     const log = make(stdoutOnly('INFO'), { stdout: out, now: () => T0 });
-    log.request({ op: 'encrypt', prefix: '/example/uri/path/prefix', keyId: 'foo', kmsRequestId: 'a1b2-c3', outcome: 'ok', status: 200, micros: 412 });
+    log.request({
+      op: 'encrypt',
+      prefix: '/example/uri/path/prefix',
+      keyId: 'foo',
+      kmsRequestId: 'a1b2-c3',
+      outcome: 'ok',
+      status: 200,
+      micros: 412,
+    });
     log.request({ op: 'decrypt', prefix: '', keyId: 'foo', outcome: 'InvalidCiphertextException', status: 400, micros: 90 });
     log.request({ op: 'health', prefix: '', outcome: 'InternalException', status: 500, micros: 5, detail: 'Session pool exhaustion' });
     await log.flush();
@@ -185,18 +227,33 @@ describe('buffering', () => {
   });
 
   it('no drop under normal load (2,000 request lines per 100 ms tick for 1 s)', async () => {
-    const log = make(
-      { is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: dir, file_prefix: 'load.log', rotation_kind: 'NEVER' },
-    );
+    const log = make({
+      is_stdout_writer_enabled: false,
+      is_file_writer_enabled: true,
+      level: 'INFO',
+      directory: dir,
+      file_prefix: 'load.log',
+      rotation_kind: 'NEVER',
+    });
     for (let tick = 0; tick < 10; tick++) {
       for (let i = 0; i < 2000; i++) {
-        log.request({ op: 'encrypt', prefix: '/example/uri/path/prefix', keyId: 'foo', kmsRequestId: `req-${tick}-${i}`, outcome: 'ok', status: 200, micros: 300 + i });
+        log.request({
+          op: 'encrypt',
+          prefix: '/example/uri/path/prefix',
+          keyId: 'foo',
+          kmsRequestId: `req-${tick}-${i}`,
+          outcome: 'ok',
+          status: 200,
+          micros: 300 + i,
+        });
       }
       await new Promise((r) => setTimeout(r, 100));
     }
     await log.flush();
     expect(log.stats().dropped).toBe(0);
-    const lines = readFileSync(join(dir, 'load.log'), 'utf8').split('\n').filter((l) => l !== '');
+    const lines = readFileSync(join(dir, 'load.log'), 'utf8')
+      .split('\n')
+      .filter((l) => l !== '');
     expect(lines).toHaveLength(20_000);
     expect(lines[19_999]).toContain('kmsRequestId=req-9-1999');
   });
@@ -244,7 +301,14 @@ describe('file writer', () => {
     const logDir = join(dir, 'nested', 'logs');
     const out = new Capture();
     const log = make(
-      { is_stdout_writer_enabled: true, is_file_writer_enabled: true, level: 'DEBUG', directory: logDir, file_prefix: 'xks-proxy.log', rotation_kind: 'HOURLY' },
+      {
+        is_stdout_writer_enabled: true,
+        is_file_writer_enabled: true,
+        level: 'DEBUG',
+        directory: logDir,
+        file_prefix: 'xks-proxy.log',
+        rotation_kind: 'HOURLY',
+      },
       { stdout: out, now: () => clock, flushIntervalMs: 60_000 },
     );
     expect(existsSync(join(logDir, 'xks-proxy.log.2026-11-30-02'))).toBe(true); // opened at start-up
@@ -265,24 +329,44 @@ describe('file writer', () => {
     clock = new Date('2026-12-01T00:00:00.000Z');
     log.warn('next day');
     await log.flush();
-    expect(readdirSync(logDir).sort()).toEqual(['xks-proxy.log.2026-11-30-02', 'xks-proxy.log.2026-11-30-03', 'xks-proxy.log.2026-12-01-00']);
+    expect(readdirSync(logDir).sort()).toEqual([
+      'xks-proxy.log.2026-11-30-02',
+      'xks-proxy.log.2026-11-30-03',
+      'xks-proxy.log.2026-12-01-00',
+    ]);
   });
 
   it('appends to an existing file (restart within the same period)', async () => {
-    const tracing: TracingSection = { is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: dir, file_prefix: 'a.log', rotation_kind: 'DAILY' };
+    const tracing: TracingSection = {
+      is_stdout_writer_enabled: false,
+      is_file_writer_enabled: true,
+      level: 'INFO',
+      directory: dir,
+      file_prefix: 'a.log',
+      rotation_kind: 'DAILY',
+    };
     const a = createLogger(tracing, { now: () => T0 });
     a.info('first run');
     await a.close();
     const b = createLogger(tracing, { now: () => T0 });
     b.info('second run');
     await b.close();
-    expect(readFileSync(join(dir, 'a.log.2026-11-30'), 'utf8')).toBe('2026-11-30T02:56:26.123Z INFO first run\n2026-11-30T02:56:26.123Z INFO second run\n');
+    expect(readFileSync(join(dir, 'a.log.2026-11-30'), 'utf8')).toBe(
+      '2026-11-30T02:56:26.123Z INFO first run\n2026-11-30T02:56:26.123Z INFO second run\n',
+    );
   });
 
   it('MINUTELY rotation', async () => {
     let clock = new Date('2026-11-30T02:56:59.999Z');
     const log = make(
-      { is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: dir, file_prefix: 'm', rotation_kind: 'MINUTELY' },
+      {
+        is_stdout_writer_enabled: false,
+        is_file_writer_enabled: true,
+        level: 'INFO',
+        directory: dir,
+        file_prefix: 'm',
+        rotation_kind: 'MINUTELY',
+      },
       { now: () => clock },
     );
     log.info('a');
@@ -294,9 +378,23 @@ describe('file writer', () => {
 
   it('an unusable directory fails createLogger at start-up', async () => {
     const blocker = join(dir, 'file');
-    await createLogger({ is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: dir, file_prefix: 'file', rotation_kind: 'NEVER' }).close();
+    await createLogger({
+      is_stdout_writer_enabled: false,
+      is_file_writer_enabled: true,
+      level: 'INFO',
+      directory: dir,
+      file_prefix: 'file',
+      rotation_kind: 'NEVER',
+    }).close();
     expect(() =>
-      createLogger({ is_stdout_writer_enabled: false, is_file_writer_enabled: true, level: 'INFO', directory: join(blocker, 'sub'), file_prefix: 'x', rotation_kind: 'NEVER' }),
+      createLogger({
+        is_stdout_writer_enabled: false,
+        is_file_writer_enabled: true,
+        level: 'INFO',
+        directory: join(blocker, 'sub'),
+        file_prefix: 'x',
+        rotation_kind: 'NEVER',
+      }),
     ).toThrow(/ENOTDIR|EEXIST/);
   });
 });
@@ -367,7 +465,9 @@ describe('request lines', () => {
     log.request({ ...base, outcome: 'InternalException', status: 500 });
     await log.flush();
     expect(out.lines).toHaveLength(2);
-    expect(out.lines[0]).toMatch(/ WARN request op=Encrypt prefix=\/xyz keyId=abc123 outcome=AuthenticationFailedException status=401 micros=10 detail="signature does not match"$/);
+    expect(out.lines[0]).toMatch(
+      / WARN request op=Encrypt prefix=\/xyz keyId=abc123 outcome=AuthenticationFailedException status=401 micros=10 detail="signature does not match"$/,
+    );
     expect(out.lines[1]).toMatch(/ ERROR request op=Encrypt .* outcome=InternalException status=500/);
   });
 });

@@ -50,7 +50,14 @@ afterAll(async () => {
 async function encrypt(): Promise<{ sent: Promise<void>; status: Promise<number | string> }> {
   const path = `${PREFIX}/kms/xks/v1/keys/${TEST_KEYS.ordinary}/encrypt`;
   const body = JSON.stringify({ requestMetadata: META, plaintext: randomBytes(32).toString('base64'), encryptionAlgorithm: 'AES_GCM' });
-  const { headers } = await signRequest({ url: `https://127.0.0.1:${proxy.port}${path}`, body, accessKeyId: AKID, secretAccessKey: SECRET, region: REGION, service: SERVICE });
+  const { headers } = await signRequest({
+    url: `https://127.0.0.1:${proxy.port}${path}`,
+    body,
+    accessKeyId: AKID,
+    secretAccessKey: SECRET,
+    region: REGION,
+    service: SERVICE,
+  });
   let sent!: () => void;
   const sentP = new Promise<void>((resolve) => (sent = resolve));
   const status = new Promise<number | string>((resolve) => {

@@ -217,7 +217,13 @@ describe('native mTLS terminator', () => {
     const t = await startMtlsTerminator(options(), log);
     for (let i = 0; i < 10; i++) {
       const good = await goodClient(t.port);
-      const bad = tlsConnect({ host: '127.0.0.1', port: t.port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.expired.cert), key: readFileSync(pki.clients.expired.key) });
+      const bad = tlsConnect({
+        host: '127.0.0.1',
+        port: t.port,
+        ca: readFileSync(pki.ca),
+        cert: readFileSync(pki.clients.expired.cert),
+        key: readFileSync(pki.clients.expired.key),
+      });
       bad.on('error', () => undefined);
       const silent = tcpConnect(t.port, '127.0.0.1');
       silent.on('connect', () => silent.end());
@@ -234,10 +240,15 @@ describe('native mTLS terminator', () => {
   it('takes every certificate in mtls_client_ca_pem as a trust anchor, an intermediate too (as rustls/webpki do)', async () => {
     const client = (port: number): Promise<string> =>
       ending(
-        tlsConnect({ host: '127.0.0.1', port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.viaIntermediate.cert), key: readFileSync(pki.clients.viaIntermediate.key) })
-          .on('secureConnect', function (this: TLSSocket) {
-            this.end();
-          }),
+        tlsConnect({
+          host: '127.0.0.1',
+          port,
+          ca: readFileSync(pki.ca),
+          cert: readFileSync(pki.clients.viaIntermediate.cert),
+          key: readFileSync(pki.clients.viaIntermediate.key),
+        }).on('secureConnect', function (this: TLSSocket) {
+          this.end();
+        }),
       );
     // The root as CA: the client sends its chain (leaf, intermediate).
     const root = await startMtlsTerminator(options(), capture().log);
@@ -253,7 +264,13 @@ describe('native mTLS terminator', () => {
     const inter = await startMtlsTerminator(options({ caFile: pki.intermediate }), log);
     try {
       expect(await client(inter.port)).toBe('end');
-      const other = tlsConnect({ host: '127.0.0.1', port: inter.port, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.good.cert), key: readFileSync(pki.clients.good.key) });
+      const other = tlsConnect({
+        host: '127.0.0.1',
+        port: inter.port,
+        ca: readFileSync(pki.ca),
+        cert: readFileSync(pki.clients.good.cert),
+        key: readFileSync(pki.clients.good.key),
+      });
       other.on('data', () => undefined);
       expect(await ending(other)).toMatch(/ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE/);
       expect(inter.stats()).toMatchObject({ served: 1, refused: 1 });
@@ -287,7 +304,9 @@ describe('native mTLS terminator', () => {
 
   it('refuses bad settings with the file or key at fault', async () => {
     const log = capture().log;
-    await expect(startMtlsTerminator(options({ certFile: '/nonexistent/cert.pem' }), log)).rejects.toThrow(/tls_cert_pem \/nonexistent\/cert.pem/);
+    await expect(startMtlsTerminator(options({ certFile: '/nonexistent/cert.pem' }), log)).rejects.toThrow(
+      /tls_cert_pem \/nonexistent\/cert.pem/,
+    );
     await expect(startMtlsTerminator(options({ keyFile: pki.clients.good.key }), log)).rejects.toThrow(/tls_key_pem .*key values mismatch/);
     await expect(startMtlsTerminator(options({ caFile: '/nonexistent/ca.pem' }), log)).rejects.toThrow(/mtls_client_ca_pem/);
     await expect(startMtlsTerminator(options({ dnsName: '' }), log)).rejects.toThrow(/mtls_client_dns_name must not be empty/);
@@ -313,7 +332,10 @@ describe('native mTLS terminator', () => {
   });
 
   it('applies [server.tcp_keepalive] in full (SO_KEEPALIVE, idle, interval, count) and TCP_NODELAY to client sockets', async () => {
-    const t = await startMtlsTerminator(options({ tcpKeepalive: { tcp_keepalive_secs: 77, tcp_keepalive_interval_secs: 5, tcp_keepalive_retries: 4 } }), capture().log);
+    const t = await startMtlsTerminator(
+      options({ tcpKeepalive: { tcp_keepalive_secs: 77, tcp_keepalive_interval_secs: 5, tcp_keepalive_retries: 4 } }),
+      capture().log,
+    );
     try {
       const s = await goodClient(t.port);
       // ss shows the server side's keepalive timer (SO_KEEPALIVE on, TCP_KEEPIDLE 77 s).
@@ -332,7 +354,9 @@ describe('native mTLS terminator', () => {
       'process.stdout.write(`port=${t.port}\\n`);',
       'process.stdin.resume(); process.stdin.on("end", () => { t.close(); });',
     ].join('\n');
-    const child = spawn('strace', ['-f', '-qq', '-e', 'trace=setsockopt', process.execPath, '--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn('strace', ['-f', '-qq', '-e', 'trace=setsockopt', process.execPath, '--input-type=module', '-e', script], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
     let traced = '';
     child.stderr.on('data', (c: Buffer) => (traced += c.toString()));
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

@@ -42,7 +42,14 @@ afterAll(async () => {
 async function healthBody(id: string): Promise<{ body: string; headers: Record<string, string>; path: string }> {
   const path = `${PREFIX}/kms/xks/v1/health`;
   const body = JSON.stringify({ requestMetadata: { kmsRequestId: id, kmsOperation: 'KmsHealthCheck' } });
-  const { headers } = await signRequest({ url: `https://127.0.0.1:${proxy.port}${path}`, body, accessKeyId: AKID, secretAccessKey: SECRET, region: REGION, service: SERVICE });
+  const { headers } = await signRequest({
+    url: `https://127.0.0.1:${proxy.port}${path}`,
+    body,
+    accessKeyId: AKID,
+    secretAccessKey: SECRET,
+    region: REGION,
+    service: SERVICE,
+  });
   return { body, headers, path };
 }
 
@@ -131,7 +138,13 @@ describe('mTLS', () => {
     await proxy.log.flush();
     const text = proxy.logText();
     expect(text).toMatch(/mTLS client refused.*certificate is not valid for kms-xks-client\.example\.com/);
-    const reasons = ['no client certificate', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY'];
+    const reasons = [
+      'no client certificate',
+      'CERT_HAS_EXPIRED',
+      'CERT_NOT_YET_VALID',
+      'DEPTH_ZERO_SELF_SIGNED_CERT',
+      'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+    ];
     for (const reason of reasons) {
       expect(text).toMatch(new RegExp(`mTLS client refused .*reason="?${reason}`));
     }
@@ -144,11 +157,30 @@ describe('mTLS', () => {
       child.stdin?.end();
     });
   const curlVerbose = (client: Pair | undefined, version: '1.2' | '1.3'): Promise<string> =>
-    output('curl', ['-v', '-s', '-o', '/dev/null', '--max-time', '8', '--cacert', pki.ca, ...(client ? ['--cert', client.cert, '--key', client.key] : []),
-      ...(version === '1.2' ? ['--tlsv1.2', '--tls-max', '1.2'] : ['--tlsv1.3']), `https://127.0.0.1:${proxy.port}/ping`]);
+    output('curl', [
+      '-v',
+      '-s',
+      '-o',
+      '/dev/null',
+      '--max-time',
+      '8',
+      '--cacert',
+      pki.ca,
+      ...(client ? ['--cert', client.cert, '--key', client.key] : []),
+      ...(version === '1.2' ? ['--tlsv1.2', '--tls-max', '1.2'] : ['--tlsv1.3']),
+      `https://127.0.0.1:${proxy.port}/ping`,
+    ]);
   const sClient = (client: Pair | undefined, version: '1.2' | '1.3'): Promise<string> =>
-    output('openssl', ['s_client', '-connect', `127.0.0.1:${proxy.port}`, '-CAfile', pki.ca, '-ign_eof', version === '1.2' ? '-tls1_2' : '-tls1_3',
-      ...(client ? ['-cert', client.cert, '-key', client.key] : [])]);
+    output('openssl', [
+      's_client',
+      '-connect',
+      `127.0.0.1:${proxy.port}`,
+      '-CAfile',
+      pki.ca,
+      '-ign_eof',
+      version === '1.2' ? '-tls1_2' : '-tls1_3',
+      ...(client ? ['-cert', client.cert, '-key', client.key] : []),
+    ]);
 
   // What the AWS test client's negative mTLS probes look for, and what rustls sends.
   const badCertificates: [string, () => Pair][] = [
@@ -180,16 +212,36 @@ describe('mTLS', () => {
 
   it('serves several requests on one kept-alive connection, with bodies over one TLS record each way (TLS 1.3 and 1.2)', async () => {
     for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
-      const agent = new Agent({ keepAlive: true, maxSockets: 1, ca: readFileSync(pki.ca), cert: readFileSync(pki.clients.good.cert), key: readFileSync(pki.clients.good.key), maxVersion });
+      const agent = new Agent({
+        keepAlive: true,
+        maxSockets: 1,
+        ca: readFileSync(pki.ca),
+        cert: readFileSync(pki.clients.good.cert),
+        key: readFileSync(pki.clients.good.key),
+        maxVersion,
+      });
       try {
         const post = async (p: string, payload: unknown): Promise<{ status: number; json: Record<string, unknown>; reused: boolean }> => {
           const body = JSON.stringify(payload);
-          const { headers } = await signRequest({ url: `https://127.0.0.1:${proxy.port}${p}`, body, accessKeyId: AKID, secretAccessKey: SECRET, region: REGION, service: SERVICE });
+          const { headers } = await signRequest({
+            url: `https://127.0.0.1:${proxy.port}${p}`,
+            body,
+            accessKeyId: AKID,
+            secretAccessKey: SECRET,
+            region: REGION,
+            service: SERVICE,
+          });
           return new Promise((resolve, reject) => {
             const req = request({ host: '127.0.0.1', port: proxy.port, method: 'POST', path: p, headers, agent }, (res) => {
               const chunks: Buffer[] = [];
               res.on('data', (c: Buffer) => chunks.push(c));
-              res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown>, reused: req.reusedSocket }));
+              res.on('end', () =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  json: JSON.parse(Buffer.concat(chunks).toString()) as Record<string, unknown>,
+                  reused: req.reusedSocket,
+                }),
+              );
             });
             req.on('error', reject);
             req.end(body);
@@ -201,8 +253,20 @@ describe('mTLS', () => {
           // 4,096 bytes of plaintext and 8,192 of AAD: a request body of about 16.5 KiB (more than one TLS record).
           const plaintext = Buffer.alloc(4096, i + 1).toString('base64');
           const aad = Buffer.alloc(8192, 0x41 + i).toString('base64');
-          const meta = { requestMetadata: { kmsRequestId: `ka-${maxVersion}-${i}`, kmsOperation: 'Encrypt', awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice', kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/k' } };
-          const enc = await post(`${keyPath}/encrypt`, { ...meta, plaintext, additionalAuthenticatedData: aad, encryptionAlgorithm: 'AES_GCM' });
+          const meta = {
+            requestMetadata: {
+              kmsRequestId: `ka-${maxVersion}-${i}`,
+              kmsOperation: 'Encrypt',
+              awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice',
+              kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/k',
+            },
+          };
+          const enc = await post(`${keyPath}/encrypt`, {
+            ...meta,
+            plaintext,
+            additionalAuthenticatedData: aad,
+            encryptionAlgorithm: 'AES_GCM',
+          });
           expect(enc.status).toBe(200);
           reused.push(enc.reused);
           const dec = await post(`${keyPath}/decrypt`, {
@@ -228,8 +292,19 @@ describe('mTLS', () => {
 
   it('never resumes a session: every connection verifies its certificate (TLS 1.2 and 1.3)', async () => {
     for (const version of ['-tls1_2', '-tls1_3']) {
-      const out = await output('openssl', ['s_client', '-connect', `127.0.0.1:${proxy.port}`, '-CAfile', pki.ca, version, '-reconnect',
-        '-cert', pki.clients.good.cert, '-key', pki.clients.good.key]);
+      const out = await output('openssl', [
+        's_client',
+        '-connect',
+        `127.0.0.1:${proxy.port}`,
+        '-CAfile',
+        pki.ca,
+        version,
+        '-reconnect',
+        '-cert',
+        pki.clients.good.cert,
+        '-key',
+        pki.clients.good.key,
+      ]);
       expect(out).toMatch(/^New, /m);
       expect(out).not.toMatch(/^Reused, /m);
     }

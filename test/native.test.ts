@@ -204,7 +204,9 @@ describe('pool and concurrency', () => {
     const pending = plaintexts.map((p) => e.encrypt(TEST_KEYS.ordinary, p, Buffer.from('aad')));
     expect(e.stats().inFlight).toBe(2000);
     const outs = await Promise.all(pending);
-    const back = await Promise.all(outs.map((o) => splitSealed(o)).map(({ ct, tag, iv }) => e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.from('aad'))));
+    const back = await Promise.all(
+      outs.map((o) => splitSealed(o)).map(({ ct, tag, iv }) => e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.from('aad'))),
+    );
     back.forEach((b, i) => expect(b.equals(plaintexts[i]!)).toBe(true));
     const s = e.stats();
     expect(s.inFlight).toBe(0);
@@ -231,7 +233,11 @@ describe('pool and concurrency', () => {
             expect(Buffer.concat([d.update(out.ct), d.final()]).equals(plaintext)).toBe(true);
           }),
         );
-        calls.push(e.keyInfo(TEST_KEYS.encryptOnly).then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: false })));
+        calls.push(
+          e
+            .keyInfo(TEST_KEYS.encryptOnly)
+            .then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: false })),
+        );
         calls.push(e.random(i).then((r) => expect(r.length).toBe(i)));
         calls.push(e.tokenInfo().then((t) => expect(t.label).toBe('xks-native')));
         const iv = crypto.randomBytes(12);
@@ -244,9 +250,24 @@ describe('pool and concurrency', () => {
           const size = sizes[(i / 10) % 3]!;
           calls.push(
             e
-              .createKey(label, { value: crypto.randomBytes(size), encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })
+              .createKey(label, {
+                value: crypto.randomBytes(size),
+                encrypt: i % 20 === 0,
+                decrypt: true,
+                wrap: false,
+                unwrap: i % 20 !== 0,
+              })
               .then(() => e.keyInfo(label))
-              .then((k) => expect(k).toMatchObject({ keyType: 'AES', bits: size * 8, encrypt: i % 20 === 0, decrypt: true, wrap: false, unwrap: i % 20 !== 0 })),
+              .then((k) =>
+                expect(k).toMatchObject({
+                  keyType: 'AES',
+                  bits: size * 8,
+                  encrypt: i % 20 === 0,
+                  decrypt: true,
+                  wrap: false,
+                  unwrap: i % 20 !== 0,
+                }),
+              ),
           );
         }
       }
@@ -257,7 +278,9 @@ describe('pool and concurrency', () => {
 
   it('fails with XKS_POOL_EXHAUSTED when no session frees up in time (poolTimeoutMs 0)', async () => {
     const e = await openEngine({ poolMaxSize: 1, threads: 4, poolTimeoutMs: 0 });
-    const results = await Promise.allSettled(Array.from({ length: 400 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))));
+    const results = await Promise.allSettled(
+      Array.from({ length: 400 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))),
+    );
     const codes = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected').map((r) => (r.reason as NativeError).code);
     expect(codes.length).toBeGreaterThan(0);
     expect(new Set(codes)).toEqual(new Set(['XKS_POOL_EXHAUSTED']));
@@ -269,7 +292,9 @@ describe('pool and concurrency', () => {
   it('fails jobs that waited in the queue longer than poolTimeoutMs', async () => {
     // ~3000 jobs on one thread take far longer than 20 ms; the first ones start at once.
     const e = await openEngine({ poolMaxSize: 1, threads: 1, poolTimeoutMs: 20 });
-    const results = await Promise.allSettled(Array.from({ length: 3000 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))));
+    const results = await Promise.allSettled(
+      Array.from({ length: 3000 }, () => e.encrypt(TEST_KEYS.ordinary, Buffer.alloc(64), Buffer.alloc(0))),
+    );
     const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(rejected.length).toBeGreaterThan(0);
     expect(rejected.every((r) => (r.reason as NativeError).code === 'XKS_POOL_EXHAUSTED')).toBe(true);
@@ -440,5 +465,9 @@ describe('life cycle and arguments', () => {
 function runChild(body: string): ReturnType<typeof spawnSync> & { stdout: string } {
   const addonPath = new URL('../build/Release/xks_pkcs11.node', import.meta.url).pathname;
   const script = `const { Engine } = require(${JSON.stringify(addonPath)});\n${body}`;
-  return spawnSync(process.execPath, ['-e', script], { env: { ...process.env, ...token.env }, encoding: 'utf8', timeout: 20_000 }) as ReturnType<typeof spawnSync> & { stdout: string };
+  return spawnSync(process.execPath, ['-e', script], {
+    env: { ...process.env, ...token.env },
+    encoding: 'utf8',
+    timeout: 20_000,
+  }) as ReturnType<typeof spawnSync> & { stdout: string };
 }

@@ -97,7 +97,9 @@ describe('OsoAuthorizer with the sample rules', () => {
   });
 
   it('a file that does not parse is refused with the file named', async () => {
-    await expect(OsoAuthorizer.fromFile(path.join(FIX, 'syntax-error.polar'))).rejects.toThrow(/syntax-error\.polar: cannot load the Oso policy/);
+    await expect(OsoAuthorizer.fromFile(path.join(FIX, 'syntax-error.polar'))).rejects.toThrow(
+      /syntax-error\.polar: cannot load the Oso policy/,
+    );
   });
 });
 
@@ -138,7 +140,9 @@ describe('over HTTP', () => {
     const m = await call(proxy.base, `${API}/keys/xks-key/metadata`, { requestMetadata: { ...META, kmsOperation: 'Encrypt' } }, CREDS);
     expect(m.status).toBe(403);
     await proxy.log.flush();
-    expect(proxy.logText()).toMatch(/op=Encrypt .*keyId=xks-key .*kmsRequestId=oso-denied-1 .*outcome=AccessDeniedException .*status=403 .*no allow rule/);
+    expect(proxy.logText()).toMatch(
+      /op=Encrypt .*keyId=xks-key .*kmsRequestId=oso-denied-1 .*outcome=AccessDeniedException .*status=403 .*no allow rule/,
+    );
   });
 
   it('GetHealthStatus is never subject to the policy (spec; unlike the Rust proxy)', async () => {

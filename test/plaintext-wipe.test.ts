@@ -58,9 +58,18 @@ afterAll(async () => {
 async function encryptRequest(prefix: string, body: string, parts: number, chunked = false): Promise<string[]> {
   const urlPath = `${prefix}/kms/xks/v1/keys/${KEY}/encrypt`;
   const c = prefix === QUOTA_PREFIX ? QUOTA : CREDS;
-  const { headers } = await signRequest({ url: `http://127.0.0.1:${proxy.port}${urlPath}`, body, accessKeyId: c.accessKeyId, secretAccessKey: c.secret, region: REGION, service: SERVICE });
+  const { headers } = await signRequest({
+    url: `http://127.0.0.1:${proxy.port}${urlPath}`,
+    body,
+    accessKeyId: c.accessKeyId,
+    secretAccessKey: c.secret,
+    region: REGION,
+    service: SERVICE,
+  });
   const framing = chunked ? 'transfer-encoding: chunked' : `content-length: ${Buffer.byteLength(body)}`;
-  const head = `POST ${urlPath} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}${framing}\r\n\r\n`;
+  const head = `POST ${urlPath} HTTP/1.1\r\n${Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}${framing}\r\n\r\n`;
   const size = Math.ceil(body.length / parts);
   const out = [head];
   for (let i = 0; i < body.length; i += size) {
@@ -104,7 +113,11 @@ const encryptBody = (plaintext: string, extra: Record<string, unknown> = {}): st
 /** The copies seen: at least `n` of them, every one all zero. */
 function expectWiped(n: number): void {
   expect(copies.length).toBeGreaterThanOrEqual(n);
-  for (const [i, c] of copies.entries()) expect(c.every((b) => b === 0), `copy ${i} of ${copies.length} (${c.length} bytes)`).toBe(true);
+  for (const [i, c] of copies.entries())
+    expect(
+      c.every((b) => b === 0),
+      `copy ${i} of ${copies.length} (${c.length} bytes)`,
+    ).toBe(true);
 }
 
 describe('every plaintext copy is zero once the answer is out', () => {
@@ -117,7 +130,9 @@ describe('every plaintext copy is zero once the answer is out', () => {
 
   it('a bad AAD after a good plaintext: 400, and the decoded plaintext is wiped too', async () => {
     const plaintext = randomBytes(64);
-    expect(await send(await encryptRequest(PREFIX, encryptBody(plaintext.toString('base64'), { additionalAuthenticatedData: 'not*base64' }), 1))).toBe(400);
+    expect(
+      await send(await encryptRequest(PREFIX, encryptBody(plaintext.toString('base64'), { additionalAuthenticatedData: 'not*base64' }), 1)),
+    ).toBe(400);
     expectWiped(2);
     expect(copies.some((c) => c.length === plaintext.length)).toBe(true);
   });
@@ -151,7 +166,7 @@ describe('every plaintext copy is zero once the answer is out', () => {
 });
 
 describe('a non-canonical Base64 plaintext', () => {
-  it('is refused and what it decoded to is wiped (no copy left in Buffer\'s pool)', () => {
+  it("is refused and what it decoded to is wiped (no copy left in Buffer's pool)", () => {
     const marker = randomBytes(48);
     // Canonical Base64 of the marker plus a character the decoder skips: decodes to the marker, is refused.
     const b64 = marker.toString('base64');

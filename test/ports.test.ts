@@ -15,7 +15,12 @@ import { makeKeyedToken } from './helpers/keyed-token.js';
 import { settingsToml, startTestProxy, type SettingsSpec } from './helpers/proxy.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
-const STORE = { prefix: '/ports/test/prefix', accessKeyId: 'AKIDPORTSTEST0000001', secret: 'cG9ydHMtcG9ydHMtcG9ydHMtcG9ydHMtcG9ydHMtcG9ydHM=', keys: [TEST_KEYS.ordinary] };
+const STORE = {
+  prefix: '/ports/test/prefix',
+  accessKeyId: 'AKIDPORTSTEST0000001',
+  secret: 'cG9ydHMtcG9ydHMtcG9ydHMtcG9ydHMtcG9ydHMtcG9ydHM=',
+  keys: [TEST_KEYS.ordinary],
+};
 
 let token: TestToken;
 
@@ -36,7 +41,10 @@ function settingsFile(name: string, s: SettingsSpec): string {
 /** Runs the real CLI, which must exit on its own (within 20 s); its exit code and everything it printed. */
 function runToExit(settings: string): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN], { env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [BIN], {
+      env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let output = '';
     child.stdout.on('data', (c: Buffer) => (output += c.toString()));
     child.stderr.on('data', (c: Buffer) => (output += c.toString()));
@@ -53,11 +61,15 @@ function runToExit(settings: string): Promise<{ code: number | null; output: str
 
 /** A uWS listener (SO_REUSEPORT, as uSockets sets it by default) in another process. */
 function reusePortHolder(port: number): Promise<{ stop(): void }> {
-  const uws = path.resolve(`node_modules/@trufflesuite/uws-js-unofficial/binaries/uws_${process.platform}_${process.arch}_${process.versions.modules}.node`);
+  const uws = path.resolve(
+    `node_modules/@trufflesuite/uws-js-unofficial/binaries/uws_${process.platform}_${process.arch}_${process.versions.modules}.node`,
+  );
   const script = `const u = require(${JSON.stringify(uws)}); u.App().get('/*', (res) => res.end('holder')).listen('127.0.0.1', ${port}, (s) => console.log(s ? 'ready' : 'failed'));`;
   const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
-    child.stdout.on('data', (c: Buffer) => (c.toString().includes('ready') ? resolve({ stop: () => child.kill('SIGKILL') }) : reject(new Error(c.toString()))));
+    child.stdout.on('data', (c: Buffer) =>
+      c.toString().includes('ready') ? resolve({ stop: () => child.kill('SIGKILL') }) : reject(new Error(c.toString())),
+    );
     child.once('exit', (code) => reject(new Error(`holder exited ${code}`)));
   });
 }
@@ -70,13 +82,17 @@ function holdWithNet(port: number): Promise<Server> {
   });
 }
 
-const inUse = (key: string, port: number): RegExp => new RegExp(`${key.replace('.', '\\.')}: cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`);
+const inUse = (key: string, port: number): RegExp =>
+  new RegExp(`${key.replace('.', '\\.')}: cannot listen on 127\\.0\\.0\\.1:${port}: address already in use`);
 
-describe('a second proxy on a running one\'s port', () => {
+describe("a second proxy on a running one's port", () => {
   for (const workers of [1, 2]) {
     it(`refuses to start and names the port (workers = ${workers}); the first serves on`, async () => {
       const port = await freePort('127.0.0.1');
-      const first = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settingsFile(`first-${workers}.toml`, spec({ port, workers })) });
+      const first = await spawnProxyCli({
+        ...token.env,
+        XKS_PROXY_SETTINGS_TOML: settingsFile(`first-${workers}.toml`, spec({ port, workers })),
+      });
       try {
         const second = await runToExit(settingsFile(`second-${workers}.toml`, spec({ port, workers })));
         expect(second.code).toBe(1);
@@ -93,7 +109,7 @@ describe('a second proxy on a running one\'s port', () => {
 });
 
 describe('ports held by other programs', () => {
-  it('an API port held with SO_REUSEPORT (another process\'s uWS listener) is in use, for one event loop and for several', async () => {
+  it("an API port held with SO_REUSEPORT (another process's uWS listener) is in use, for one event loop and for several", async () => {
     const port = await freePort('127.0.0.1');
     const holder = await reusePortHolder(port);
     try {

@@ -35,19 +35,46 @@ afterAll(async () => {
 describe('accepted prefixes are routed', () => {
   it.each(PREFIXES.map((p, i) => [p.length > 40 ? `${p.slice(0, 12)}... (${p.length})` : p, i] as const))('%s', async (_name, i) => {
     const api = `${PREFIXES[i]}/kms/xks/v1`;
-    const health = await call(proxy.base, `${api}/health`, { requestMetadata: { kmsRequestId: `h-${i}`, kmsOperation: 'KmsHealthCheck' } }, cred(i));
+    const health = await call(
+      proxy.base,
+      `${api}/health`,
+      { requestMetadata: { kmsRequestId: `h-${i}`, kmsOperation: 'KmsHealthCheck' } },
+      cred(i),
+    );
     expect(health.status, health.text).toBe(200);
-    const meta = await call(proxy.base, `${api}/keys/${TEST_KEYS.ordinary}/metadata`, { requestMetadata: { kmsRequestId: `m-${i}`, kmsOperation: 'DescribeKey', awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice', kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/k' } }, cred(i));
+    const meta = await call(
+      proxy.base,
+      `${api}/keys/${TEST_KEYS.ordinary}/metadata`,
+      {
+        requestMetadata: {
+          kmsRequestId: `m-${i}`,
+          kmsOperation: 'DescribeKey',
+          awsPrincipalArn: 'arn:aws:iam::123456789012:user/Alice',
+          kmsKeyArn: 'arn:aws:kms:us-east-1:123456789012:key/k',
+        },
+      },
+      cred(i),
+    );
     expect(meta.status, meta.text).toBe(200);
     expect(meta.json.keySpec).toBe('AES_256');
     // Another key store's credential is refused here: the prefix decided the key store.
-    const other = await call(proxy.base, `${api}/health`, { requestMetadata: { kmsRequestId: `o-${i}`, kmsOperation: 'KmsHealthCheck' } }, cred((i + 1) % PREFIXES.length));
+    const other = await call(
+      proxy.base,
+      `${api}/health`,
+      { requestMetadata: { kmsRequestId: `o-${i}`, kmsOperation: 'KmsHealthCheck' } },
+      cred((i + 1) % PREFIXES.length),
+    );
     expect(other.status).toBe(401);
   });
 
   it('a prefix that is not configured is 404 InvalidUriPathException', async () => {
     for (const p of ['/xy', '/xyz/extra', '/b', '/tenant:two', '/v1.0']) {
-      const r = await call(proxy.base, `${p}/kms/xks/v1/health`, { requestMetadata: { kmsRequestId: 'n', kmsOperation: 'KmsHealthCheck' } }, cred(0));
+      const r = await call(
+        proxy.base,
+        `${p}/kms/xks/v1/health`,
+        { requestMetadata: { kmsRequestId: 'n', kmsOperation: 'KmsHealthCheck' } },
+        cred(0),
+      );
       expect(r.status, p).toBe(404);
       expect(r.json.errorName).toBe('InvalidUriPathException');
     }
@@ -57,6 +84,8 @@ describe('accepted prefixes are routed', () => {
     const log = proxy.logText();
     expect(log).toMatch(/WARN .*external_key_stores\[3\]\.uri_path_prefix: \\"\/v1\.0~beta\\" has characters KMS does not allow/);
     expect(log).toMatch(/WARN .*external_key_stores\[4\]\.uri_path_prefix: \\"\/tenant:one\\" has characters KMS does not allow/);
-    expect(log).toMatch(/WARN .*external_key_stores\[5\]\.uri_path_prefix: KMS allows at most 128 characters in the URI path .* this one has 162/);
+    expect(log).toMatch(
+      /WARN .*external_key_stores\[5\]\.uri_path_prefix: KMS allows at most 128 characters in the URI path .* this one has 162/,
+    );
   });
 });

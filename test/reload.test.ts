@@ -26,7 +26,13 @@ interface Reply {
 }
 
 /** A signed POST over node:http through `agent` (keep-alive), reporting whether the socket was reused. */
-async function post(agent: Agent, port: number, urlPath: string, body: unknown, cred: { accessKeyId: string; secret: string }): Promise<Reply> {
+async function post(
+  agent: Agent,
+  port: number,
+  urlPath: string,
+  body: unknown,
+  cred: { accessKeyId: string; secret: string },
+): Promise<Reply> {
   const raw = JSON.stringify(body);
   const { headers } = await signRequest({
     url: `http://127.0.0.1:${port}${urlPath}`,
@@ -106,7 +112,10 @@ describe('rotation and reload (in process)', () => {
 
   it('applies key id sets, adds and removes prefixes', async () => {
     expect((await post(agent, proxy.port, `${PREFIX}/kms/xks/v1/keys/xks-known/metadata`, metadata, A)).status).toBe(200);
-    rewrite({ token, stores: [store({ keys: ['xks-key'] }), { prefix: NEW_PREFIX, accessKeyId: C.accessKeyId, secret: C.secret, keys: ['xks-known'] }] });
+    rewrite({
+      token,
+      stores: [store({ keys: ['xks-key'] }), { prefix: NEW_PREFIX, accessKeyId: C.accessKeyId, secret: C.secret, keys: ['xks-known'] }],
+    });
     expect((await proxy.reload()).ok).toBe(true);
     const gone = await post(agent, proxy.port, `${PREFIX}/kms/xks/v1/keys/xks-known/metadata`, metadata, A);
     expect(gone.errorName).toBe('KeyNotFoundException');
@@ -126,7 +135,10 @@ describe('rotation and reload (in process)', () => {
 
   it('an invalid file is refused with one log line and the running configuration stays', async () => {
     const before = proxy.logText().length;
-    writeFileSync(proxy.settingsPath, `${settingsToml({ token, stores: [store()] })}\n[[external_key_stores]]\nuri_path_prefix = "bad prefix"\n`);
+    writeFileSync(
+      proxy.settingsPath,
+      `${settingsToml({ token, stores: [store()] })}\n[[external_key_stores]]\nuri_path_prefix = "bad prefix"\n`,
+    );
     const out = await proxy.reload();
     expect(out.ok).toBe(false);
     expect(out.error).toMatch(/external_key_stores\[\d\]\.uri_path_prefix/);
@@ -136,7 +148,11 @@ describe('rotation and reload (in process)', () => {
     expect(dup.ok).toBe(false);
     expect(dup.error).toMatch(/access key id "AKIDRELOADBBBBBBBBBB2" is also used by external_key_stores\[0\]/);
     await proxy.log.flush();
-    const lines = proxy.logText().slice(before).split('\n').filter((l) => l.includes('reload refused'));
+    const lines = proxy
+      .logText()
+      .slice(before)
+      .split('\n')
+      .filter((l) => l.includes('reload refused'));
     expect(lines).toHaveLength(2);
     expect(proxy.logText()).not.toContain(B.secret);
     expect((await post(agent, proxy.port, `${NEW_PREFIX}/kms/xks/v1/keys/xks-known/metadata`, metadata, C)).status).toBe(200);
@@ -156,11 +172,23 @@ describe('rotation and reload (in process)', () => {
     const policy = path.resolve('test/fixtures/oso/policy.polar');
     rewrite({ token, stores: [store()], osoPolicy: policy });
     expect((await proxy.reload()).ok).toBe(true);
-    const denied = await post(agent, proxy.port, `${PREFIX}/kms/xks/v1/keys/xks-key/metadata`, { requestMetadata: { ...META, kmsOperation: 'Encrypt' } }, A);
+    const denied = await post(
+      agent,
+      proxy.port,
+      `${PREFIX}/kms/xks/v1/keys/xks-key/metadata`,
+      { requestMetadata: { ...META, kmsOperation: 'Encrypt' } },
+      A,
+    );
     expect(denied.errorName).toBe('AccessDeniedException');
     rewrite({ token, stores: [store()] });
     expect((await proxy.reload()).ok).toBe(true);
-    const allowed = await post(agent, proxy.port, `${PREFIX}/kms/xks/v1/keys/xks-key/metadata`, { requestMetadata: { ...META, kmsOperation: 'Encrypt' } }, A);
+    const allowed = await post(
+      agent,
+      proxy.port,
+      `${PREFIX}/kms/xks/v1/keys/xks-key/metadata`,
+      { requestMetadata: { ...META, kmsOperation: 'Encrypt' } },
+      A,
+    );
     expect(allowed.status).toBe(200);
   });
 });
@@ -173,7 +201,7 @@ describe('SIGHUP to the real CLI', () => {
 
   it('re-reads settings.toml: a removed credential is refused on the open keep-alive connection', async () => {
     const file = path.join(token.dir, 'sighup-settings.toml');
-    const spec = (creds: typeof B[]): SettingsSpec => ({
+    const spec = (creds: (typeof B)[]): SettingsSpec => ({
       token,
       level: 'INFO',
       stores: [{ prefix: PREFIX, accessKeyId: A.accessKeyId, secret: A.secret, keys: ['xks-key'], credentials: creds }],

@@ -31,7 +31,14 @@ beforeAll(async () => {
       token,
       stores: [
         { prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] },
-        { prefix: QUOTA_PREFIX, accessKeyId: QUOTA.accessKeyId, secret: QUOTA.secret, keys: [TEST_KEYS.ordinary], requestsPerSecond: 1, burst: 5 },
+        {
+          prefix: QUOTA_PREFIX,
+          accessKeyId: QUOTA.accessKeyId,
+          secret: QUOTA.secret,
+          keys: [TEST_KEYS.ordinary],
+          requestsPerSecond: 1,
+          burst: 5,
+        },
         { prefix: EMPTY_PREFIX, accessKeyId: EMPTY.accessKeyId, secret: '', keys: [TEST_KEYS.ordinary] },
       ],
     },
@@ -134,10 +141,12 @@ describe('SigV4: a credential with an empty secret', () => {
 });
 
 describe('quota', () => {
-  it('unauthenticated traffic (bad secret, another keystore\'s credential, no signature) takes no token', async () => {
+  it("unauthenticated traffic (bad secret, another keystore's credential, no signature) takes no token", async () => {
     const url = `${QUOTA_PREFIX}/kms/xks/v1/health`;
     for (let i = 0; i < 10; i++) {
-      expect((await call(proxy.base, url, health(), { ...QUOTA, secret: 'd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=' })).status).toBe(401);
+      expect((await call(proxy.base, url, health(), { ...QUOTA, secret: 'd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmc=' })).status).toBe(
+        401,
+      );
       expect((await call(proxy.base, url, health(), CREDS)).status).toBe(401);
       expect((await call(proxy.base, url, health(), { ...QUOTA, unsigned: true })).status).toBe(401);
     }
@@ -226,7 +235,10 @@ describe('aborted requests', () => {
   it('requests aborted mid-body leave nothing in flight: stop() does not wait for them', async () => {
     const h = await signedHeaders(`${API}/health`, healthBody);
     for (let i = 0; i < 5; i++) {
-      await raw([`POST ${API}/health HTTP/1.1\r\n${headerBlock(h)}content-length: ${healthBody.length}\r\n\r\n${healthBody.slice(0, 10)}`], 100);
+      await raw(
+        [`POST ${API}/health HTTP/1.1\r\n${headerBlock(h)}content-length: ${healthBody.length}\r\n\r\n${healthBody.slice(0, 10)}`],
+        100,
+      );
     }
     await new Promise((r) => setTimeout(r, 200));
     const t0 = Date.now();

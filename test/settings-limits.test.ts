@@ -32,7 +32,9 @@ function load(p: Partial<Pkcs11Spec>, workers?: number): LoadedConfig {
     region: 'us-east-1',
     service: 'kms-xks-proxy',
     tracing: { stdout: false, level: 'INFO', directory: 'logs', rotation: 'NEVER' },
-    stores: [{ prefix: '', accessKeyId: 'AKIA4GBY3I6JCE5M2HPM', secretAccessKey: '1234567890123456789012345678901234567890123=', keys: ['k1'] }],
+    stores: [
+      { prefix: '', accessKeyId: 'AKIA4GBY3I6JCE5M2HPM', secretAccessKey: '1234567890123456789012345678901234567890123=', keys: ['k1'] },
+    ],
     pkcs11: { pin: token.pin, modulePath: token.modulePath, poolMaxSize: 2, poolTimeoutMs: 100, ...p },
   };
   return parseConfig(settingsToml(spec), 'settings.toml', {});
@@ -124,7 +126,16 @@ describe('[pkcs11] bounds are the engine bounds', () => {
 
   it('one past a bound: refused by the settings reader, and by the addon too', () => {
     const engine = (o: Partial<EngineOptions>): unknown =>
-      new Engine({ modulePath: token.modulePath, userPin: token.pin, poolMaxSize: 1, poolTimeoutMs: 0, eagerClose: false, threads: 1, ivMode: 'random', ...o });
+      new Engine({
+        modulePath: token.modulePath,
+        userPin: token.pin,
+        poolMaxSize: 1,
+        poolTimeoutMs: 0,
+        eagerClose: false,
+        threads: 1,
+        ivMode: 'random',
+        ...o,
+      });
     expect(refusal({ workerThreads: limits.threads.max + 1 })).toBe(
       `settings.toml: pkcs11.worker_threads: expected an integer in ${limits.threads.min}..${limits.threads.max}, got ${limits.threads.max + 1}`,
     );

@@ -25,7 +25,15 @@ const FULL: SettingsSpec = {
       burst: 200,
     },
   ],
-  pkcs11: { pin: 'p"in', modulePath: '/usr/lib/softhsm/libsofthsm2.so', poolMaxSize: 6, poolTimeoutMs: 250, eagerClose: true, workerThreads: 3, operationTimeoutMs: 90 },
+  pkcs11: {
+    pin: 'p"in',
+    modulePath: '/usr/lib/softhsm/libsofthsm2.so',
+    poolMaxSize: 6,
+    poolTimeoutMs: 250,
+    eagerClose: true,
+    workerThreads: 3,
+    operationTimeoutMs: 90,
+  },
   maxPlaintextB64: 6000,
   maxAadB64: 12000,
   healthCheck: { keyId: 'probe', intervalSecs: 5, degradedLatencyMs: 30 },
@@ -37,14 +45,25 @@ describe('the settings.toml writer of init-dev, the tests and the bench', () => 
     expect(warnings.filter((w) => /unknown/.test(w))).toEqual([]);
     expect(config.server).toMatchObject({ port: 8443, port_http_ping: 8080, workers: 2, region: 'eu-west-1' });
     expect(config.server.ciphertext_metadata?.toString()).toBe('v1');
-    expect(config.tracing).toMatchObject({ is_stdout_writer_enabled: false, level: 'WARN', directory: '/tmp/logs "quoted"', rotation_kind: 'DAILY' });
+    expect(config.tracing).toMatchObject({
+      is_stdout_writer_enabled: false,
+      level: 'WARN',
+      directory: '/tmp/logs "quoted"',
+      rotation_kind: 'DAILY',
+    });
     expect(config.security).toMatchObject({ is_tls_enabled: true, is_mtls_enabled: true, secondary_auth: 'Oso' });
     expect(config.tls).toMatchObject({ mtls_client_dns_name: 'client.example.com' });
     const ks = config.external_key_stores[0]!;
     expect([...ks.xks_key_id_set]).toEqual(['k1', 'k2']);
     expect(ks.sigv4_credentials.map((c) => c.access_key_id)).toEqual(['AKIAAAAAAAAAAAAAAAAA', 'AKIABBBBBBBBBBBBBBBB']);
     expect(ks).toMatchObject({ requests_per_second: 100, burst: 200 });
-    expect(config.pkcs11).toMatchObject({ session_pool_max_size: 6, session_pool_timeout_milli: 250, session_eager_close: true, worker_threads: 3, operation_timeout_milli: 90 });
+    expect(config.pkcs11).toMatchObject({
+      session_pool_max_size: 6,
+      session_pool_timeout_milli: 250,
+      session_eager_close: true,
+      worker_threads: 3,
+      operation_timeout_milli: 90,
+    });
     expect(config.pkcs11.user_pin).toBe('p"in');
     expect(config.limits).toEqual({ max_plaintext_in_base64: 6000, max_aad_in_base64: 12000 });
     expect(config.health_check).toMatchObject({ key_id: 'probe', interval_secs: 5, degraded_latency_milli: 30 });
@@ -56,10 +75,25 @@ describe('the settings.toml writer of init-dev, the tests and the bench', () => 
       region: 'us-east-1',
       service: 'kms-xks-proxy',
       tracing: { stdout: true, level: 'INFO', directory: 'logs', rotation: 'NEVER' },
-      stores: [{ prefix: '', accessKeyId: 'AKIAAAAAAAAAAAAAAAAA', secretAccessKey: 'c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==', keys: ['k'] }],
+      stores: [
+        {
+          prefix: '',
+          accessKeyId: 'AKIAAAAAAAAAAAAAAAAA',
+          secretAccessKey: 'c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==',
+          keys: ['k'],
+        },
+      ],
       pkcs11: { pin: '1234', modulePath: '/m.so', poolMaxSize: 4, poolTimeoutMs: 100 },
     });
-    for (const key of ['workers', 'worker_threads', 'operation_timeout_milli', 'health_check', '[tls]', 'secondary_auth', 'ciphertext_metadata_b64']) {
+    for (const key of [
+      'workers',
+      'worker_threads',
+      'operation_timeout_milli',
+      'health_check',
+      '[tls]',
+      'secondary_auth',
+      'ciphertext_metadata_b64',
+    ]) {
       expect(text.includes(key), key).toBe(false);
     }
     const { config } = parseConfig(text, 'minimal.toml', {});

@@ -128,9 +128,7 @@ describe('SigV4Verifier: valid requests from @smithy/signature-v4', () => {
     expect(pending.amzDate).toBe('20240305T123456Z');
     expect(pending.scope).toBe(`20240305/${REGION}/${SERVICE}/aws4_request`);
     expect(pending.signedHeaders).toBe('host;x-amz-date');
-    expect(pending.canonicalRequestPrefix).toBe(
-      `POST\n${PATH}\n\nhost:${HOST}\nx-amz-date:20240305T123456Z\n\nhost;x-amz-date\n`,
-    );
+    expect(pending.canonicalRequestPrefix).toBe(`POST\n${PATH}\n\nhost:${HOST}\nx-amz-date:20240305T123456Z\n\nhost;x-amz-date\n`);
     expectOk(v.finish(pending, Buffer.from(BODY), lookup));
     // A pending signature carries no state that finish consumes: verifying it again gives the same answer.
     expectOk(v.finish(pending, Buffer.from(BODY), lookup));
@@ -319,7 +317,12 @@ describe('SigV4Verifier: clock skew', () => {
 
   it('requests signed 4 minutes in the past and future pass, 6 fail', async () => {
     const v = verifierAt(T0);
-    for (const [off, ok] of [[-4, true], [4, true], [-6, false], [6, false]] as const) {
+    for (const [off, ok] of [
+      [-4, true],
+      [4, true],
+      [-6, false],
+      [6, false],
+    ] as const) {
       const hh = await sign({ date: new Date(T0.getTime() + off * MIN) });
       const r = verify({ headers: hh, verifier: v });
       if (ok) expectOk(r);
@@ -394,17 +397,44 @@ describe('SigV4Verifier: malformed requests', () => {
       [`AWS4-HMAC-SHA256 Credential=${cred}; SignedHeaders=${SH}; Signature=${sig}`, /lacks SignedHeaders/],
       // Credential
       [`AWS4-HMAC-SHA256 Credential=${AKID}, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
-      [`AWS4-HMAC-SHA256 Credential=/20240305/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
+      [
+        `AWS4-HMAC-SHA256 Credential=/20240305/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /malformed Credential/,
+      ],
       [`AWS4-HMAC-SHA256 Credential=${AKID}/20240305/${REGION}/${SERVICE}, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
       [`AWS4-HMAC-SHA256 Credential=${cred}/extra, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/2024035/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/2024030x/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240305//${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /malformed Credential/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240305/${REGION}/${SERVICE}/aws4_requests, SignedHeaders=${SH}, Signature=${sig}`, /aws4_request/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240305/${REGION}/${SERVICE}/AWS4_REQUEST, SignedHeaders=${SH}, Signature=${sig}`, /aws4_request/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240305/US-EAST-1/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /scope region/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240306/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /scope date/],
-      [`AWS4-HMAC-SHA256 Credential=${AKID}/20240304/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`, /scope date/],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/2024035/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /malformed Credential/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/2024030x/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /malformed Credential/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240305//${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /malformed Credential/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240305/${REGION}/${SERVICE}/aws4_requests, SignedHeaders=${SH}, Signature=${sig}`,
+        /aws4_request/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240305/${REGION}/${SERVICE}/AWS4_REQUEST, SignedHeaders=${SH}, Signature=${sig}`,
+        /aws4_request/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240305/US-EAST-1/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /scope region/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240306/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /scope date/,
+      ],
+      [
+        `AWS4-HMAC-SHA256 Credential=${AKID}/20240304/${REGION}/${SERVICE}/aws4_request, SignedHeaders=${SH}, Signature=${sig}`,
+        /scope date/,
+      ],
       // SignedHeaders
       [`AWS4-HMAC-SHA256 Credential=${cred}, SignedHeaders=host;content-type;x-amz-date, Signature=${sig}`, /not sorted/],
       [`AWS4-HMAC-SHA256 Credential=${cred}, SignedHeaders=content-type;host;host;x-amz-date, Signature=${sig}`, /not sorted/],
@@ -601,7 +631,10 @@ describe('derived signing key cache', () => {
     expect(v2.signingKeyCacheSize).toBe(2);
     // A next-day signature is not valid under the previous day's key.
     const forged = { ...h1, authorization: h1['authorization']!.replace('/20240306/', '/20240305/') };
-    expectFail(verify({ headers: { ...forged, 'x-amz-date': '20240305T123456Z' }, verifier: v2, lookup: () => cred0 }), /signature does not match/);
+    expectFail(
+      verify({ headers: { ...forged, 'x-amz-date': '20240305T123456Z' }, verifier: v2, lookup: () => cred0 }),
+      /signature does not match/,
+    );
   });
 
   it('a credential whose secret changes in place is not served a stale key', async () => {
@@ -705,7 +738,9 @@ describe('curl --aws-sigv4 against a real socket', () => {
   it('verifies what curl signs (health, prefixed encrypt)', async () => {
     const c1 = await curl('/kms/xks/v1/health');
     expect(c1.method).toBe('POST');
-    expect(c1.headers['authorization']).toMatch(/^AWS4-HMAC-SHA256 Credential=AKIA4GBY3I6JCE5M2HPM\/\d{8}\/us-east-1\/kms-xks-proxy\/aws4_request, ?SignedHeaders=[a-z0-9;-]*host[a-z0-9;-]*, ?Signature=[0-9a-f]{64}$/);
+    expect(c1.headers['authorization']).toMatch(
+      /^AWS4-HMAC-SHA256 Credential=AKIA4GBY3I6JCE5M2HPM\/\d{8}\/us-east-1\/kms-xks-proxy\/aws4_request, ?SignedHeaders=[a-z0-9;-]*host[a-z0-9;-]*, ?Signature=[0-9a-f]{64}$/,
+    );
     expect(c1.headers['authorization']).toContain('x-amz-date');
     expectOk(verifyCapture(c1));
     const c2 = await curl(PATH);

@@ -46,12 +46,22 @@ describe('TLS', () => {
     const path = `${PREFIX}/kms/xks/v1/health`;
     for (const maxVersion of ['TLSv1.3', 'TLSv1.2'] as const) {
       const body = JSON.stringify({ requestMetadata: { kmsRequestId: `tls-${maxVersion}`, kmsOperation: 'KmsHealthCheck' } });
-      const { headers } = await signRequest({ url: `${proxy.base}${path}`, body, accessKeyId: AKID, secretAccessKey: SECRET, region: REGION, service: SERVICE });
+      const { headers } = await signRequest({
+        url: `${proxy.base}${path}`,
+        body,
+        accessKeyId: AKID,
+        secretAccessKey: SECRET,
+        region: REGION,
+        service: SERVICE,
+      });
       const status = await new Promise<number>((resolve, reject) => {
-        const req = request({ host: '127.0.0.1', port: proxy.port, method: 'POST', path, headers, ca: readFileSync(pki.ca), maxVersion, agent: false }, (res) => {
-          res.resume();
-          res.on('end', () => resolve(res.statusCode ?? 0));
-        });
+        const req = request(
+          { host: '127.0.0.1', port: proxy.port, method: 'POST', path, headers, ca: readFileSync(pki.ca), maxVersion, agent: false },
+          (res) => {
+            res.resume();
+            res.on('end', () => resolve(res.statusCode ?? 0));
+          },
+        );
         req.on('error', reject);
         req.end(body);
       });
@@ -70,7 +80,9 @@ describe('TLS', () => {
 
   it('curl gets /ping over https', async () => {
     const out = await new Promise<string>((resolve, reject) =>
-      execFile('curl', ['-s', '--cacert', pki.ca, `https://127.0.0.1:${proxy.port}/ping`], (e, stdout) => (e ? reject(e) : resolve(stdout))),
+      execFile('curl', ['-s', '--cacert', pki.ca, `https://127.0.0.1:${proxy.port}/ping`], (e, stdout) =>
+        e ? reject(e) : resolve(stdout),
+      ),
     );
     expect(out).toMatch(/^pong from xks-proxy v/);
   });

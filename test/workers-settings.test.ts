@@ -32,7 +32,14 @@ const health = { requestMetadata: { kmsRequestId: 'loops-h', kmsOperation: 'KmsH
 async function healthStatus(port: number, cred: { accessKeyId: string; secret: string }): Promise<string> {
   const urlPath = `${PREFIX}/kms/xks/v1/health`;
   const raw = JSON.stringify(health);
-  const { headers } = await signRequest({ url: `http://127.0.0.1:${port}${urlPath}`, body: raw, accessKeyId: cred.accessKeyId, secretAccessKey: cred.secret, region: REGION, service: SERVICE });
+  const { headers } = await signRequest({
+    url: `http://127.0.0.1:${port}${urlPath}`,
+    body: raw,
+    accessKeyId: cred.accessKeyId,
+    secretAccessKey: cred.secret,
+    region: REGION,
+    service: SERVICE,
+  });
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, method: 'POST', path: urlPath, headers, agent: false }, (res) => {
       let text = '';
@@ -70,7 +77,13 @@ let token: TestToken;
 let proxy: RunningProxy | undefined;
 let spec: SettingsSpec;
 let file: string;
-const store = (credentials: StoreSpec['credentials']): StoreSpec => ({ prefix: PREFIX, accessKeyId: 'AKIDLOOPSLEGACYAAAA0', secret: X.secret, keys: [], credentials });
+const store = (credentials: StoreSpec['credentials']): StoreSpec => ({
+  prefix: PREFIX,
+  accessKeyId: 'AKIDLOOPSLEGACYAAAA0',
+  secret: X.secret,
+  keys: [],
+  credentials,
+});
 
 beforeAll(async () => {
   token = await makeKeyedToken('xks-loops');

@@ -33,9 +33,22 @@ interface Reply {
 }
 
 /** A signed POST; `agent` false: a fresh connection per request (the kernel picks the event loop). */
-async function post(port: number, urlPath: string, body: unknown, cred: { accessKeyId: string; secret: string }, agent: Agent | false = false): Promise<Reply> {
+async function post(
+  port: number,
+  urlPath: string,
+  body: unknown,
+  cred: { accessKeyId: string; secret: string },
+  agent: Agent | false = false,
+): Promise<Reply> {
   const raw = JSON.stringify(body);
-  const { headers } = await signRequest({ url: `http://127.0.0.1:${port}${urlPath}`, body: raw, accessKeyId: cred.accessKeyId, secretAccessKey: cred.secret, region: REGION, service: SERVICE });
+  const { headers } = await signRequest({
+    url: `http://127.0.0.1:${port}${urlPath}`,
+    body: raw,
+    accessKeyId: cred.accessKeyId,
+    secretAccessKey: cred.secret,
+    region: REGION,
+    service: SERVICE,
+  });
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, method: 'POST', path: urlPath, headers, agent }, (res) => {
       let text = '';
@@ -103,8 +116,21 @@ describe('planning (pure)', () => {
           region: 'us-east-1',
           service: 'kms-xks-proxy',
           tracing: { stdout: true, level: 'INFO', directory: 'logs', rotation: 'NEVER' },
-          stores: [{ prefix: '', accessKeyId: 'AKIA4GBY3I6JCE5M2HPM', secretAccessKey: '1234567890123456789012345678901234567890123=', keys: ['k1'] }],
-          pkcs11: { pin: '1234', modulePath: '/usr/lib/softhsm/libsofthsm2.so', poolMaxSize: pool, poolTimeoutMs: 0, workerThreads: threads },
+          stores: [
+            {
+              prefix: '',
+              accessKeyId: 'AKIA4GBY3I6JCE5M2HPM',
+              secretAccessKey: '1234567890123456789012345678901234567890123=',
+              keys: ['k1'],
+            },
+          ],
+          pkcs11: {
+            pin: '1234',
+            modulePath: '/usr/lib/softhsm/libsofthsm2.so',
+            poolMaxSize: pool,
+            poolTimeoutMs: 0,
+            workerThreads: threads,
+          },
         }),
         'f',
         {},
@@ -136,7 +162,10 @@ describe('one writer for all threads, one /metrics for all loops (pure)', () => 
         cb();
       },
     });
-    const log = createLogger({ is_stdout_writer_enabled: true, is_file_writer_enabled: false, level: 'INFO', rotation_kind: 'NEVER' }, { stdout: out, context: { worker: 0 } });
+    const log = createLogger(
+      { is_stdout_writer_enabled: true, is_file_writer_enabled: false, level: 'INFO', rotation_kind: 'NEVER' },
+      { stdout: out, context: { worker: 0 } },
+    );
     log.info('hello', { a: 1 });
     log.raw('2026-01-01T00:00:00.000Z INFO request op=Encrypt worker=1\n2026-01-01T00:00:00.001Z INFO x worker=1\n');
     log.debug('hidden');
@@ -192,7 +221,24 @@ describe('two event loops in process', () => {
   });
 
   beforeAll(async () => {
-    spec = { token, workers: 2, poolMaxSize: 4, workerThreads: 2, metrics: { port: 0 }, stores: [store(), { prefix: '/workers/quota/prefix', accessKeyId: 'AKIDWORKERSQQQQQQQQQ3', secret: A.secret, keys: [], requestsPerSecond: 1, burst: 4 }] };
+    spec = {
+      token,
+      workers: 2,
+      poolMaxSize: 4,
+      workerThreads: 2,
+      metrics: { port: 0 },
+      stores: [
+        store(),
+        {
+          prefix: '/workers/quota/prefix',
+          accessKeyId: 'AKIDWORKERSQQQQQQQQQ3',
+          secret: A.secret,
+          keys: [],
+          requestsPerSecond: 1,
+          burst: 4,
+        },
+      ],
+    };
     proxy = await startTestProxy(spec, 'workers-settings.toml');
   });
   afterAll(async () => proxy?.stop());
@@ -202,7 +248,9 @@ describe('two event loops in process', () => {
     const N = 40;
     const data = Array.from({ length: N }, () => randomBytes(100));
     const aad = randomBytes(20);
-    const sealed = await Promise.all(data.map((d) => post(proxy.port, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(d, aad), A)));
+    const sealed = await Promise.all(
+      data.map((d) => post(proxy.port, `${API}/keys/${TEST_KEYS.ordinary}/encrypt`, encryptBody(d, aad), A)),
+    );
     expect(sealed.map((r) => r.status)).toEqual(Array(N).fill(200));
     // Each ciphertext decrypted on another fresh connection (often the other thread).
     const opened = await Promise.all(
@@ -223,7 +271,9 @@ describe('two event loops in process', () => {
       ),
     );
     expect(opened.map((r) => r.status)).toEqual(Array(N).fill(200));
-    expect(opened.map((r) => Buffer.from(String(r.json.plaintext), 'base64').equals(data[opened.indexOf(r)]!))).toEqual(Array(N).fill(true));
+    expect(opened.map((r) => Buffer.from(String(r.json.plaintext), 'base64').equals(data[opened.indexOf(r)]!))).toEqual(
+      Array(N).fill(true),
+    );
 
     // /metrics (the main thread's [metrics] listener): the sum over both loops.
     for (let i = 0; i < 6; i++) {
@@ -246,12 +296,19 @@ describe('two event loops in process', () => {
     await proxy.log.flush();
     await new Promise((r) => setTimeout(r, 100));
     await proxy.log.flush();
-    const lines = proxy.logText().split('\n').filter((l) => / INFO request .*op=Encrypt/.test(l));
+    const lines = proxy
+      .logText()
+      .split('\n')
+      .filter((l) => / INFO request .*op=Encrypt/.test(l));
     expect(lines).toHaveLength(N);
     expect(lines.some((l) => l.endsWith(' worker=1'))).toBe(true);
     expect(lines.some((l) => l.endsWith(' worker=0'))).toBe(true);
     // Every line is whole: timestamp first, worker last.
-    for (const l of proxy.logText().split('\n').filter((x) => x !== '')) expect(l).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z (TRACE|DEBUG|INFO|WARN|ERROR) .* worker=[01]$/);
+    for (const l of proxy
+      .logText()
+      .split('\n')
+      .filter((x) => x !== ''))
+      expect(l).toMatch(/^\d{4}-\d\d-\d\dT[\d:.]+Z (TRACE|DEBUG|INFO|WARN|ERROR) .* worker=[01]$/);
   });
 
   it('quotas are split between the loops: the keystore never takes more than its burst in total', async () => {
@@ -268,7 +325,10 @@ describe('two event loops in process', () => {
 
   it('reload applies in both threads: a removed credential is refused on connections of either', async () => {
     expect((await post(proxy.port, `${API}/health`, health, B)).status).toBe(200);
-    writeFileSync(proxy.settingsPath, settingsToml({ ...spec, stores: [store({ credentials: [] as StoreSpec['credentials'] }), spec.stores[1]!] }));
+    writeFileSync(
+      proxy.settingsPath,
+      settingsToml({ ...spec, stores: [store({ credentials: [] as StoreSpec['credentials'] }), spec.stores[1]!] }),
+    );
     const before = samples((await get(proxy.metricsPort!, '/metrics')).text);
     const out = await proxy.reload();
     expect(out).toEqual({ ok: true, restartNeeded: [] });
@@ -290,9 +350,16 @@ describe('two event loops in process', () => {
     const agents = Array.from({ length: 8 }, () => new Agent({ keepAlive: true, maxSockets: 1 }));
     try {
       for (const agent of agents) expect((await post(proxy.port, `${API}/health`, health, A, agent)).status).toBe(200);
-      writeFileSync(proxy.settingsPath, settingsToml({ ...spec, stores: [store({ accessKeyId: B.accessKeyId, secret: B.secret, credentials: [] as StoreSpec['credentials'] }), spec.stores[1]!] }));
+      writeFileSync(
+        proxy.settingsPath,
+        settingsToml({
+          ...spec,
+          stores: [store({ accessKeyId: B.accessKeyId, secret: B.secret, credentials: [] as StoreSpec['credentials'] }), spec.stores[1]!],
+        }),
+      );
       expect((await proxy.reload()).ok).toBe(true);
-      for (const agent of agents) expect((await post(proxy.port, `${API}/health`, health, A, agent)).json.errorName).toBe('AuthenticationFailedException');
+      for (const agent of agents)
+        expect((await post(proxy.port, `${API}/health`, health, A, agent)).json.errorName).toBe('AuthenticationFailedException');
     } finally {
       for (const a of agents) a.destroy();
     }
@@ -302,7 +369,16 @@ describe('two event loops in process', () => {
 describe('SIGTERM with two event loops', () => {
   it('requests in flight on both threads finish; the exit code is 0', async () => {
     const settings = path.join(token.dir, 'workers-sigterm.toml');
-    writeFileSync(settings, settingsToml({ token, workers: 2, poolMaxSize: 2, workerThreads: 2, stores: [{ prefix: PREFIX, accessKeyId: A.accessKeyId, secret: A.secret, keys: [TEST_KEYS.ordinary] }] }));
+    writeFileSync(
+      settings,
+      settingsToml({
+        token,
+        workers: 2,
+        poolMaxSize: 2,
+        workerThreads: 2,
+        stores: [{ prefix: PREFIX, accessKeyId: A.accessKeyId, secret: A.secret, keys: [TEST_KEYS.ordinary] }],
+      }),
+    );
     const proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings });
     const { child, port, exited } = proxy;
     // Idle keep-alive connections too: the stop must close them on the worker thread.
@@ -319,7 +395,10 @@ describe('SIGTERM with two event loops', () => {
     const results = await Promise.all(inFlight);
     expect(await exited).toBe(0);
     for (const a of idle) a.destroy();
-    expect(results.every((s) => s === 200 || s === 'refused'), JSON.stringify(results)).toBe(true);
+    expect(
+      results.every((s) => s === 200 || s === 'refused'),
+      JSON.stringify(results),
+    ).toBe(true);
     expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
     const out = proxy.output();
     expect(out).toMatch(/workers=2/);

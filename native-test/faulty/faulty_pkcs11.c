@@ -35,9 +35,9 @@
  * max_open_sessions, injected, calls, initialized, max_in_flight (most wrapped calls inside
  * this module at once since the control file was last re-read, delays included: 1 means the
  * application never overlapped two calls),
- * and calls.<FN> (calls of each function called at least once, faulted ones included). Sessions are counted as the real module
- * reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after
- * C_CloseAllSessions / C_Finalize / C_Initialize.
+ * and calls.<FN> (calls of each function called at least once, faulted ones included). Sessions are counted as the real
+ * module reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after C_CloseAllSessions /
+ * C_Finalize / C_Initialize.
  *
  * Allocation failures (B.8 tests; only when this library is also LD_PRELOADed, so that its
  * malloc interposes): FAULTY_MALLOC_FAIL="<size>:<thread name>[:<times>]" makes malloc(size)
@@ -76,15 +76,15 @@ struct rule {
 /* One call as the rules see it: the function and what a rule may match on or change. */
 struct call {
   const char* fn;
-  enum args_match args;   /* C_Initialize: which kind of pInitArgs */
-  CK_MECHANISM_PTR mech;  /* C_EncryptInit / C_DecryptInit */
+  enum args_match args;  /* C_Initialize: which kind of pInitArgs */
+  CK_MECHANISM_PTR mech; /* C_EncryptInit / C_DecryptInit */
 };
 
 /* What the rules decided for one call (besides "go on"). */
 struct outcome {
-  CK_RV rv;           /* != CKR_OK: return it instead of calling the real function */
-  enum iv_fill iv;    /* fill the GCM IV before the real call */
-  int flip;           /* invert the first output byte after the real call */
+  CK_RV rv;        /* != CKR_OK: return it instead of calling the real function */
+  enum iv_fill iv; /* fill the GCM IV before the real call */
+  int flip;        /* invert the first output byte after the real call */
 };
 
 #define MAX_RULES 64
@@ -385,7 +385,8 @@ static CK_RV inject(const char* fn) {
 
 /* Writes the IV an HSM would generate into the GCM parameters of `mech`. */
 static void fill_iv(CK_MECHANISM_PTR mech, enum iv_fill how) {
-  if (how == IV_NONE || mech == NULL || mech->pParameter == NULL || mech->ulParameterLen < sizeof(CK_GCM_PARAMS)) return;
+  if (how == IV_NONE || mech == NULL || mech->pParameter == NULL || mech->ulParameterLen < sizeof(CK_GCM_PARAMS))
+    return;
   CK_GCM_PARAMS* p = (CK_GCM_PARAMS*)mech->pParameter;
   if (p->pIv == NULL || p->ulIvLen == 0) return;
   /* A fixed field and an invocation counter, as HSMs build GCM nonces: distinct per call. */
@@ -418,9 +419,9 @@ static void sessions_changed(long delta, int reset) {
   pthread_mutex_unlock(&g_mu);
 }
 
-#define INJECT(name)               \
-  do {                             \
-    CK_RV injected_ = inject(name); \
+#define INJECT(name)                           \
+  do {                                         \
+    CK_RV injected_ = inject(name);            \
     if (injected_ != CKR_OK) return injected_; \
   } while (0)
 
@@ -515,7 +516,8 @@ static CK_RV w_CreateObject(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR t, CK_ULONG n,
   return finish(g_real->C_CreateObject(h, t, n, o));
 }
 
-static CK_RV w_CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR c) {
+static CK_RV w_CopyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                          CK_OBJECT_HANDLE_PTR c) {
   INJECT("C_CopyObject");
   return finish(g_real->C_CopyObject(h, o, t, n, c));
 }
@@ -581,7 +583,8 @@ static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_B
   return flipped(finish(g_real->C_Decrypt(h, in, inLen, out, outLen)), o.flip, out, outLen);
 }
 
-static CK_RV w_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE_PTR k) {
+static CK_RV w_GenerateKey(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                           CK_OBJECT_HANDLE_PTR k) {
   INJECT("C_GenerateKey");
   return finish(g_real->C_GenerateKey(h, m, t, n, k));
 }

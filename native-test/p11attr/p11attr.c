@@ -42,7 +42,8 @@ int main(int argc, char** argv) {
   if (nslots == 0) return fail("C_GetSlotList", CKR_TOKEN_NOT_PRESENT);
   CK_SLOT_ID slot = slots[0];
   CK_SESSION_HANDLE s;
-  if ((rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK) return fail("C_OpenSession", rv);
+  if ((rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s)) != CKR_OK)
+    return fail("C_OpenSession", rv);
   if ((rv = f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)argv[2], strlen(argv[2]))) != CKR_OK) return fail("C_Login", rv);
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
   CK_BBOOL yes = CK_TRUE;

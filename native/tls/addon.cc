@@ -70,11 +70,10 @@ int Int(const Napi::Object& o, const char* key, int fallback) {
 class TerminatorWrap : public Napi::ObjectWrap<TerminatorWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "Terminator",
-                       {InstanceMethod<&TerminatorWrap::Port>("port"),
-                        InstanceMethod<&TerminatorWrap::StopAccepting>("stopAccepting"),
-                        InstanceMethod<&TerminatorWrap::Close>("close"),
-                        InstanceMethod<&TerminatorWrap::Stats>("stats")});
+    return DefineClass(
+        env, "Terminator",
+        {InstanceMethod<&TerminatorWrap::Port>("port"), InstanceMethod<&TerminatorWrap::StopAccepting>("stopAccepting"),
+         InstanceMethod<&TerminatorWrap::Close>("close"), InstanceMethod<&TerminatorWrap::Stats>("stats")});
   }
 
   explicit TerminatorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TerminatorWrap>(info) {

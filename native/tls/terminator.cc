@@ -1,11 +1,11 @@
 #include "terminator.h"
 
 #include <arpa/inet.h>
-#include <pthread.h>
-#include <signal.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -94,7 +94,9 @@ struct Conn {
 std::string Errno(int e) { return std::strerror(e); }
 
 // close_notify, or (SSL_OP_IGNORE_UNEXPECTED_EOF) a TCP FIN without one.
-bool IsEof(int err) { return err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0); }
+bool IsEof(int err) {
+  return err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0);
+}
 
 std::string Address(const sockaddr_storage& ss) {
   char buf[INET6_ADDRSTRLEN] = {0};
@@ -216,9 +218,11 @@ void Terminator::Impl::Listen() {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = Key(0, kWake);
-  if (epoll_ctl(epfd, EPOLL_CTL_ADD, wakefd, &ev) != 0) throw std::system_error(errno, std::generic_category(), "epoll_ctl");
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, wakefd, &ev) != 0)
+    throw std::system_error(errno, std::generic_category(), "epoll_ctl");
   ev.data.u64 = Key(0, kListener);
-  if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev) != 0) throw std::system_error(errno, std::generic_category(), "epoll_ctl");
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev) != 0)
+    throw std::system_error(errno, std::generic_category(), "epoll_ctl");
   listening = true;
 }
 

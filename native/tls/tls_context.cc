@@ -35,9 +35,7 @@ std::string OpensslError() {
   return out.empty() ? "unknown OpenSSL error" : out;
 }
 
-[[noreturn]] void Fail(const std::string& what) {
-  throw std::runtime_error(what + ": " + OpensslError());
-}
+[[noreturn]] void Fail(const std::string& what) { throw std::runtime_error(what + ": " + OpensslError()); }
 
 // OpenSSL has checked one certificate of the chain (and the name, through the verify param). When
 // it found a fault, remember it for the log and fail with X509_V_ERR_APPLICATION_VERIFICATION:
@@ -57,7 +55,8 @@ int VerifyCallback(int preverifyOk, X509_STORE_CTX* store) {
   return 0;
 }
 
-int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outLen, const unsigned char* in, unsigned int inLen, void*) {
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outLen, const unsigned char* in, unsigned int inLen,
+               void*) {
   static const unsigned char kHttp11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
   unsigned char* selected = nullptr;
   unsigned char selectedLen = 0;
@@ -85,17 +84,19 @@ SslCtxPtr MakeContext(const ContextOptions& o) {
     Fail("TLS versions");
   }
   if (SSL_CTX_set_cipher_list(c, o.cipherList.c_str()) != 1) Fail("TLS 1.2 cipher list \"" + o.cipherList + "\"");
-  if (SSL_CTX_set_ciphersuites(c, o.cipherSuites.c_str()) != 1) Fail("TLS 1.3 cipher suites \"" + o.cipherSuites + "\"");
+  if (SSL_CTX_set_ciphersuites(c, o.cipherSuites.c_str()) != 1)
+    Fail("TLS 1.3 cipher suites \"" + o.cipherSuites + "\"");
   // No renegotiation; no resumption (tickets or cache): every connection verifies its certificate.
-  SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION |
-                             SSL_OP_IGNORE_UNEXPECTED_EOF);
+  SSL_CTX_set_options(c, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET |
+                             SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_num_tickets(c, 0);
   SSL_CTX_set_mode(c, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 
   if (SSL_CTX_use_certificate_chain_file(c, o.certFile.c_str()) != 1) Fail("tls_cert_pem " + o.certFile);
   if (SSL_CTX_use_PrivateKey_file(c, o.keyFile.c_str(), SSL_FILETYPE_PEM) != 1) Fail("tls_key_pem " + o.keyFile);
-  if (SSL_CTX_check_private_key(c) != 1) Fail("tls_key_pem " + o.keyFile + " does not match tls_cert_pem " + o.certFile);
+  if (SSL_CTX_check_private_key(c) != 1)
+    Fail("tls_key_pem " + o.keyFile + " does not match tls_cert_pem " + o.certFile);
 
   // Only the configured CA: no default verify paths.
   if (SSL_CTX_load_verify_locations(c, o.caFile.c_str(), nullptr) != 1) Fail("mtls_client_ca_pem " + o.caFile);

@@ -15,10 +15,10 @@ struct SslCtxFree {
 using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxFree>;
 
 struct ContextOptions {
-  std::string certFile;  // PEM: the server certificate, then any intermediates
-  std::string keyFile;   // PEM private key (not encrypted)
-  std::string caFile;    // PEM: the CA(s) client certificates must chain to
-  std::string dnsName;   // a client certificate must have a subject alternative DNS name matching it
+  std::string certFile;      // PEM: the server certificate, then any intermediates
+  std::string keyFile;       // PEM private key (not encrypted)
+  std::string caFile;        // PEM: the CA(s) client certificates must chain to
+  std::string dnsName;       // a client certificate must have a subject alternative DNS name matching it
   std::string cipherList;    // TLS 1.2 (OpenSSL names)
   std::string cipherSuites;  // TLS 1.3
 };

@@ -11,7 +11,8 @@ struct Entry {
   const char* name;
 };
 
-#define XKS_V(n) {X509_V_ERR_##n, #n}
+#define XKS_V(n) \
+  { X509_V_ERR_##n, #n }
 const Entry kNames[] = {
     XKS_V(UNABLE_TO_GET_ISSUER_CERT),
     XKS_V(UNABLE_TO_GET_CRL),

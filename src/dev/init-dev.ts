@@ -65,9 +65,19 @@ export async function initDev(dirArg: string, port = 8000): Promise<DevEnvironme
   return { dir, settingsPath, softhsmConf, accessKeyId, secretAccessKey, port };
 }
 
-function demoSettings(o: { modulePath: string; pin: string; accessKeyId: string; secretAccessKey: string; port: number; logDir: string }): string {
+function demoSettings(o: {
+  modulePath: string;
+  pin: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  port: number;
+  logDir: string;
+}): string {
   return settingsToml({
-    header: ['Made by "xks-proxy init-dev" for local trials against SoftHSM2. Not for production.', "Same format as the Rust xks-proxy's settings.toml."],
+    header: [
+      'Made by "xks-proxy init-dev" for local trials against SoftHSM2. Not for production.',
+      "Same format as the Rust xks-proxy's settings.toml.",
+    ],
     port: o.port,
     region: 'us-east-1',
     service: 'kms-xks-proxy',

@@ -57,7 +57,9 @@ function line(key: string, value: string | number | boolean | undefined): string
 }
 
 function keyStore(k: KeyStoreSettings): string {
-  const creds = k.credentials?.map((c) => `{ access_key_id = ${tomlString(c.accessKeyId)}, secret_access_key = ${tomlString(c.secretAccessKey)} }`);
+  const creds = k.credentials?.map(
+    (c) => `{ access_key_id = ${tomlString(c.accessKeyId)}, secret_access_key = ${tomlString(c.secretAccessKey)} }`,
+  );
   return (
     '[[external_key_stores]]\n' +
     line('uri_path_prefix', k.prefix) +
@@ -101,13 +103,13 @@ ${line('level', s.tracing.level)}${line('directory', s.tracing.directory)}file_p
 ${line('rotation_kind', s.tracing.rotation)}
 [security]
 ${line('is_sigv4_auth_enabled', s.sigv4 ?? true)}${line('is_tls_enabled', s.tls !== undefined)}${line('is_mtls_enabled', s.tls?.mtls !== undefined)}${
-    s.osoPolicy !== undefined ? `secondary_auth = "Oso"\n\n[security.oso]\n${line('polar_file_path', s.osoPolicy)}` : ''
-  }
+  s.osoPolicy !== undefined ? `secondary_auth = "Oso"\n\n[security.oso]\n${line('polar_file_path', s.osoPolicy)}` : ''
+}
 ${tls}${s.stores.map(keyStore).join('')}[pkcs11]
 ${line('session_pool_max_size', s.pkcs11.poolMaxSize)}${line('session_pool_timeout_milli', s.pkcs11.poolTimeoutMs)}${line(
-    'session_eager_close',
-    s.pkcs11.eagerClose ?? false,
-  )}${line('user_pin', s.pkcs11.pin)}${line('PKCS11_HSM_MODULE', s.pkcs11.modulePath)}context_read_timeout_milli = 100
+  'session_eager_close',
+  s.pkcs11.eagerClose ?? false,
+)}${line('user_pin', s.pkcs11.pin)}${line('PKCS11_HSM_MODULE', s.pkcs11.modulePath)}context_read_timeout_milli = 100
 ${line('worker_threads', s.pkcs11.workerThreads)}${line('operation_timeout_milli', s.pkcs11.operationTimeoutMs)}${line('session_key_copies', s.pkcs11.keyCopies)}${line('session_key_check_milli', s.pkcs11.keyCheckMs)}
 [limits]
 ${line('max_plaintext_in_base64', s.maxPlaintextB64 ?? 8192)}${line('max_aad_in_base64', s.maxAadB64 ?? 16384)}

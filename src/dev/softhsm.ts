@@ -32,7 +32,9 @@ export function initSoftHsmToken(dir: string, label: string, pin: string, soPin:
   const tokens = path.join(dir, 'tokens');
   mkdirSync(tokens, { recursive: true, mode: 0o700 });
   const confPath = path.join(dir, 'softhsm2.conf');
-  writeFileSync(confPath, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`, { mode: 0o600 });
+  writeFileSync(confPath, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`, {
+    mode: 0o600,
+  });
   try {
     execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', pin, '--so-pin', soPin], {
       env: { ...process.env, SOFTHSM2_CONF: confPath },

@@ -42,7 +42,13 @@ function troubles(s: EngineStats): number {
 }
 
 export class HealthChecker implements HealthSource {
-  private report: HealthReport = { state: 'UNAVAILABLE', token: undefined, checkedAt: 0, latencyMs: Number.NaN, reason: 'no check finished yet' };
+  private report: HealthReport = {
+    state: 'UNAVAILABLE',
+    token: undefined,
+    checkedAt: 0,
+    latencyMs: Number.NaN,
+    reason: 'no check finished yet',
+  };
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<HealthReport> | undefined;
   private stopped = false;
@@ -125,7 +131,11 @@ export class HealthChecker implements HealthSource {
     }
     this.report = next;
     if (next.state !== previous) {
-      const fields = { key_id: this.options.keyId, reason: next.reason, latency_ms: Number.isNaN(next.latencyMs) ? undefined : Math.round(next.latencyMs * 10) / 10 };
+      const fields = {
+        key_id: this.options.keyId,
+        reason: next.reason,
+        latency_ms: Number.isNaN(next.latencyMs) ? undefined : Math.round(next.latencyMs * 10) / 10,
+      };
       if (next.state === 'ACTIVE') this.log?.info(`HSM health: ${previous} -> ACTIVE`, fields);
       else this.log?.warn(`HSM health: ${previous} -> ${next.state}`, fields);
     }

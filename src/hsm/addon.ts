@@ -226,7 +226,10 @@ export function loadAddon(): NativeAddon {
   if (addon) return addon;
   const here = path.dirname(fileURLToPath(import.meta.url));
   const require = createRequire(import.meta.url);
-  const candidates = [path.resolve(here, '../../build/Release/xks_pkcs11.node'), path.resolve(here, '../../../build/Release/xks_pkcs11.node')];
+  const candidates = [
+    path.resolve(here, '../../build/Release/xks_pkcs11.node'),
+    path.resolve(here, '../../../build/Release/xks_pkcs11.node'),
+  ];
   let lastError: unknown;
   for (const candidate of candidates) {
     try {

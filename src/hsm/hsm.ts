@@ -131,14 +131,23 @@ export class Hsm {
     const o = this.opened;
     const notes: ['warn' | 'info', string][] = [];
     if (!o.ready) {
-      notes.push(['warn', `HSM unavailable at start-up (${o.downFn ?? 'C_Initialize'}: ${o.downCode ?? 'unknown'}): serving anyway; key operations answer 500 and health UNAVAILABLE until the HSM answers, retried with backoff`]);
+      notes.push([
+        'warn',
+        `HSM unavailable at start-up (${o.downFn ?? 'C_Initialize'}: ${o.downCode ?? 'unknown'}): serving anyway; key operations answer 500 and health UNAVAILABLE until the HSM answers, retried with backoff`,
+      ]);
     }
     if (o.serialized) {
-      notes.push(['warn', `the PKCS#11 module refused OS locking (C_Initialize: ${o.lockingCode ?? 'error'}) and was initialized for single-threaded use: every HSM call of this process now runs one at a time`]);
+      notes.push([
+        'warn',
+        `the PKCS#11 module refused OS locking (C_Initialize: ${o.lockingCode ?? 'error'}) and was initialized for single-threaded use: every HSM call of this process now runs one at a time`,
+      ]);
     }
     if (o.ivCheck === 'passed') notes.push(['info', `${capabilities(this.mode)}: test encryptions got HSM-generated IVs`]);
     if (o.ivCheck === 'skipped') {
-      notes.push(['warn', `${capabilities(this.mode)}: the start-up IV test was skipped (${o.ivCheckFn ?? 'PKCS#11'}: ${o.ivCheckCode ?? 'error'}); every encryption's IV is still checked`]);
+      notes.push([
+        'warn',
+        `${capabilities(this.mode)}: the start-up IV test was skipped (${o.ivCheckFn ?? 'PKCS#11'}: ${o.ivCheckCode ?? 'error'}); every encryption's IV is still checked`,
+      ]);
     }
     return notes;
   }
@@ -252,7 +261,12 @@ export class Hsm {
    */
   async createKey(label: string, usage: { encrypt: boolean; decrypt: boolean; value?: Buffer }): Promise<void> {
     try {
-      await this.engine.createKey(label, usage.value ? { value: usage.value, encrypt: usage.encrypt, decrypt: usage.decrypt } : { encrypt: usage.encrypt, decrypt: usage.decrypt });
+      await this.engine.createKey(
+        label,
+        usage.value
+          ? { value: usage.value, encrypt: usage.encrypt, decrypt: usage.decrypt }
+          : { encrypt: usage.encrypt, decrypt: usage.decrypt },
+      );
     } catch (e) {
       throw common(e);
     }

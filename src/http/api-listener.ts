@@ -36,7 +36,10 @@ export class ApiListener {
     // LIBUS_LISTEN_EXCLUSIVE_PORT (the binary exports it; the types have it only in an enum): no SO_REUSEPORT.
     const flags = sharing === 'exclusive' ? (uws as unknown as { LIBUS_LISTEN_EXCLUSIVE_PORT: number }).LIBUS_LISTEN_EXCLUSIVE_PORT : 0;
     const socket = await new Promise<us_listen_socket | false>((resolve) => listenWithFlags(this.app, host, port, flags, resolve));
-    if (!socket) throw sharing === 'join' ? new Error(`cannot join the main thread's listener on port ${port}`) : await explainUwsFailure('server.port', host, port);
+    if (!socket)
+      throw sharing === 'join'
+        ? new Error(`cannot join the main thread's listener on port ${port}`)
+        : await explainUwsFailure('server.port', host, port);
     this.sockets.push(socket);
     return uws.us_socket_local_port(socket as unknown as Parameters<Uws['us_socket_local_port']>[0]);
   }
@@ -69,12 +72,9 @@ export class ApiListener {
 
 /** TemplatedApp.listen(host, port, options, cb): in the binary, missing from the package's types. */
 function listenWithFlags(app: TemplatedApp, host: string, port: number, flags: number, cb: (s: us_listen_socket | false) => void): void {
-  (app as TemplatedApp & { listen(host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void): TemplatedApp }).listen(
-    host,
-    port,
-    flags,
-    cb,
-  );
+  (
+    app as TemplatedApp & { listen(host: string, port: number, options: number, cb: (s: us_listen_socket | false) => void): TemplatedApp }
+  ).listen(host, port, flags, cb);
 }
 
 /** TemplatedApp.close() (in the binary, missing from the package's types): closes its listen sockets and every connection. */

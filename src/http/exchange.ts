@@ -55,7 +55,8 @@ const framing = {
 };
 function scanHeader(name: string, value: string): void {
   if (name === 'content-length') {
-    if (framing.contentLength !== undefined && value !== framing.contentLength) framing.problem = 'Content-Length headers with different values';
+    if (framing.contentLength !== undefined && value !== framing.contentLength)
+      framing.problem = 'Content-Length headers with different values';
     framing.contentLength = value;
   } else if (name === 'transfer-encoding') {
     // uWS takes any Transfer-Encoding for chunked: only a single "chunked" (any case, RFC 9112 section 7) means that.

@@ -55,7 +55,10 @@ export interface NativeTerminator {
 }
 
 export interface TlsAddon {
-  Terminator: new (o: NativeTerminatorOptions, onEvent: (kind: NativeEventKind, remote: string, reason: string) => void) => NativeTerminator;
+  Terminator: new (
+    o: NativeTerminatorOptions,
+    onEvent: (kind: NativeEventKind, remote: string, reason: string) => void,
+  ) => NativeTerminator;
   /** OpenSSL version string (node's own OpenSSL). */
   openssl: string;
 }

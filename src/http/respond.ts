@@ -55,7 +55,10 @@ export class Responder {
       x.res.cork(() => {
         // Read the connection again (a pipelined request waits there), before end() may close it.
         if (x.paused) x.res.resume();
-        x.res.writeStatus(STATUS_LINE[status] ?? `${status}`).writeHeader('content-type', JSON_TYPE).end(body, close);
+        x.res
+          .writeStatus(STATUS_LINE[status] ?? `${status}`)
+          .writeHeader('content-type', JSON_TYPE)
+          .end(body, close);
       });
     } else if (x.abortDetail !== undefined) {
       detail = x.abortDetail;
@@ -84,9 +87,14 @@ export class Responder {
 
   /** Answers the typed error `e` (anything else: 500 InternalException, its message for the log only). */
   fail(x: Exchange, e: unknown): void {
-    const err =
-      e instanceof XksError ? e : new XksError('InternalException', 'Internal error', e instanceof Error ? e.message : String(e));
-    this.finish(x, err.status, err.toBody(), err.errorName, err.detail ?? (err.status >= 500 || err.status === 401 ? err.message : undefined));
+    const err = e instanceof XksError ? e : new XksError('InternalException', 'Internal error', e instanceof Error ? e.message : String(e));
+    this.finish(
+      x,
+      err.status,
+      err.toBody(),
+      err.errorName,
+      err.detail ?? (err.status >= 500 || err.status === 401 ? err.message : undefined),
+    );
   }
 
   /** Answers a refused request's error (x.refusal) and closes the connection. */

@@ -63,6 +63,9 @@ export function addPing(app: TemplatedApp, pong: string, r: Responder): void {
     // endWithoutBody(length) of this uWS never marks the answer done: the length goes in as a header.
     const body = r.draining ? 'stopping\n' : pong;
     if (r.draining) res.writeStatus(STATUS_LINE[503]!);
-    res.writeHeader('content-type', 'text/plain').writeHeader('content-length', String(Buffer.byteLength(body))).endWithoutBody();
+    res
+      .writeHeader('content-type', 'text/plain')
+      .writeHeader('content-length', String(Buffer.byteLength(body)))
+      .endWithoutBody();
   });
 }

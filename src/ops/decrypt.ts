@@ -52,7 +52,8 @@ export function decryptShape(o: Json): DecryptShape {
 export function decryptInput(s: DecryptShape, limits: Limits): DecryptInput {
   // The ciphertext is as long as the plaintext it came from; bound it like a plaintext.
   checkLimit(s.ciphertext, limits.max_plaintext_in_base64, 'ciphertext');
-  if (s.additionalAuthenticatedData !== undefined) checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
+  if (s.additionalAuthenticatedData !== undefined)
+    checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
   const ciphertext = decode(s.ciphertext, 'ciphertext');
   let ctm: Buffer | undefined;
   if (s.ciphertextMetadata !== undefined) {

@@ -45,7 +45,8 @@ export function encryptShape(o: Json): EncryptShape {
 
 export function encryptInput(s: EncryptShape, limits: Limits): EncryptInput {
   checkLimit(s.plaintext, limits.max_plaintext_in_base64, 'plaintext');
-  if (s.additionalAuthenticatedData !== undefined) checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
+  if (s.additionalAuthenticatedData !== undefined)
+    checkLimit(s.additionalAuthenticatedData, limits.max_aad_in_base64, 'additionalAuthenticatedData');
   const plaintext = plaintextCopy(decode(s.plaintext, 'plaintext'));
   try {
     if (plaintext.length === 0) throw validation('plaintext must not be empty');
@@ -120,11 +121,16 @@ async function verifyDecrypt(ctx: OpContext, keyId: string, sealed: Sealed, aad:
     // AWS test client expect InvalidKeyUsageException); any other failure means the
     // fresh ciphertext is not safe to hand out.
     if (e instanceof XksError && (e.errorName === 'InvalidKeyUsageException' || e.errorName === 'KeyNotFoundException')) throw e;
-    const why = e instanceof XksError ? e.detail ?? e.errorName : String(e);
+    const why = e instanceof XksError ? (e.detail ?? e.errorName) : String(e);
     throw new XksError('InternalException', 'The verifying decrypt of the new ciphertext failed', why);
   }
   // The length is not secret (the ciphertext has it); the contents are compared in constant time.
   const same = check.length === plaintext.length && timingSafeEqual(check, plaintext);
   check.fill(0);
-  if (!same) throw new XksError('InternalException', 'The verifying decrypt of the new ciphertext failed', 'CDIV: the decrypted ciphertext differs from the plaintext');
+  if (!same)
+    throw new XksError(
+      'InternalException',
+      'The verifying decrypt of the new ciphertext failed',
+      'CDIV: the decrypted ciphertext differs from the plaintext',
+    );
 }

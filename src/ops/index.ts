@@ -9,9 +9,4 @@ import { healthOperation } from './health.js';
 import { metadataOperation } from './metadata.js';
 import type { Operation } from './operation.js';
 
-export const OPERATIONS: readonly Operation[] = [
-  healthOperation,
-  metadataOperation,
-  encryptOperation,
-  decryptOperation,
-];
+export const OPERATIONS: readonly Operation[] = [healthOperation, metadataOperation, encryptOperation, decryptOperation];

@@ -14,7 +14,13 @@ import { VERSION } from '../version.js';
 export function metricsFor(hsm: Hsm): Metrics {
   const metrics = new Metrics(VERSION, () => {
     const st = hsm.stats();
-    return { sessionsOpen: st.sessionsOpen, sessionsIdle: st.sessionsIdle, inFlight: st.inFlight, reinitializations: st.reinitializations, keyCopies: st.keyCopies };
+    return {
+      sessionsOpen: st.sessionsOpen,
+      sessionsIdle: st.sessionsIdle,
+      inFlight: st.inFlight,
+      reinitializations: st.reinitializations,
+      keyCopies: st.keyCopies,
+    };
   });
   hsm.timeCalls({
     encrypt: metrics.hsm('encrypt'),
@@ -95,7 +101,11 @@ export const DRAIN_GRACE_MS = 100;
  * requests that were still arriving on open connections; true when none was left. After this,
  * closeConnections() resets only idle connections.
  */
-export async function drainWithGrace(server: Pick<RunningServer, 'drained'>, timeoutMs: number, graceMs = DRAIN_GRACE_MS): Promise<boolean> {
+export async function drainWithGrace(
+  server: Pick<RunningServer, 'drained'>,
+  timeoutMs: number,
+  graceMs = DRAIN_GRACE_MS,
+): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   if (!(await server.drained(timeoutMs))) return false;
   await new Promise((r) => setTimeout(r, Math.min(graceMs, Math.max(0, deadline - Date.now()))));

@@ -31,7 +31,8 @@ export function planWorkers(config: Config, parallelism: number = availableParal
   let count = config.server.workers ?? parallelism;
   const mtls = config.security.is_tls_enabled && config.security.is_mtls_enabled;
   if (mtls && count > 1) {
-    if (config.server.workers !== undefined) notes.push(`server.workers = ${count} ignored: with mTLS one event loop serves behind the TLS terminator`);
+    if (config.server.workers !== undefined)
+      notes.push(`server.workers = ${count} ignored: with mTLS one event loop serves behind the TLS terminator`);
     count = 1;
   }
   const pool = splitEvenly(config.pkcs11.session_pool_max_size, count);
@@ -42,7 +43,9 @@ export function planWorkers(config: Config, parallelism: number = availableParal
     );
   }
   if (count > config.pkcs11.worker_threads) {
-    notes.push(`server.workers = ${count} > pkcs11.worker_threads = ${config.pkcs11.worker_threads}: each event loop gets 1 HSM thread, ${count} in total`);
+    notes.push(
+      `server.workers = ${count} > pkcs11.worker_threads = ${config.pkcs11.worker_threads}: each event loop gets 1 HSM thread, ${count} in total`,
+    );
   }
   return { count, shares: pool.map((p, i) => ({ poolMaxSize: p, threads: threads[i]! })), notes };
 }

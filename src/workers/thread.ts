@@ -93,7 +93,9 @@ async function run(): Promise<void> {
           if (metrics !== undefined) send({ type: 'snapshot', id: m.id, snapshot: metrics.snapshot() });
           break;
         case 'reload':
-          void reloader.apply(fromSettingsMessage(m.settings)).then((o) => send({ type: 'reloaded', id: m.id, ok: o.ok, ...(o.error !== undefined ? { error: o.error } : {}) }));
+          void reloader
+            .apply(fromSettingsMessage(m.settings))
+            .then((o) => send({ type: 'reloaded', id: m.id, ok: o.ok, ...(o.error !== undefined ? { error: o.error } : {}) }));
           break;
         case 'health':
           if (health) health.verdict = m.verdict;

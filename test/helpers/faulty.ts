@@ -50,7 +50,15 @@ export class FaultControl {
   }
 
   status(): FaultStatus {
-    const out: FaultStatus = { open_sessions: 0, max_open_sessions: 0, injected: 0, calls: 0, initialized: 0, max_in_flight: 0, calls_by_fn: {} };
+    const out: FaultStatus = {
+      open_sessions: 0,
+      max_open_sessions: 0,
+      injected: 0,
+      calls: 0,
+      initialized: 0,
+      max_in_flight: 0,
+      calls_by_fn: {},
+    };
     if (!existsSync(this.statusPath)) return out;
     for (const line of readFileSync(this.statusPath, 'utf8').split('\n')) {
       const [k, v] = line.split(' ');
@@ -91,4 +99,3 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, ms = 3000)
     await new Promise((r) => setTimeout(r, 10));
   }
 }
-

@@ -45,19 +45,66 @@ export function makePki(): TestPki {
   const dir = mkdtempSync(path.join(tmpdir(), 'xks-pki-'));
   const p = (f: string): string => path.join(dir, f);
   const ca = (name: string): void => {
-    ossl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.pem`,
-      '-days', '30', '-subj', `/CN=${name}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+    ossl(dir, [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      `${name}.key`,
+      '-out',
+      `${name}.pem`,
+      '-days',
+      '30',
+      '-subj',
+      `/CN=${name}`,
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ]);
   };
   ca('ca');
   ca('other-ca');
   /** A leaf signed by `issuer` with the given SAN extension (or none) and validity. */
   const leaf = (name: string, issuer: string, san: string | undefined, cn: string, eku: string, expired = false): Pair => {
-    ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`]);
+    ossl(dir, [
+      'req',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      `${name}.key`,
+      '-out',
+      `${name}.csr`,
+      '-subj',
+      `/CN=${cn}`,
+    ]);
     const ext = [`basicConstraints=CA:FALSE`, `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
     writeFileSync(p(`${name}.ext`), `${ext}\n`);
     // Expired: `-days -1` puts notAfter one day in the past (OpenSSL 3.0 has no -not_after).
-    ossl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', `${issuer}.pem`, '-CAkey', `${issuer}.key`, '-CAcreateserial', '-out', `${name}.pem`,
-      '-days', String(expired ? -1 : 30), '-extfile', `${name}.ext`]);
+    ossl(dir, [
+      'x509',
+      '-req',
+      '-in',
+      `${name}.csr`,
+      '-CA',
+      `${issuer}.pem`,
+      '-CAkey',
+      `${issuer}.key`,
+      '-CAcreateserial',
+      '-out',
+      `${name}.pem`,
+      '-days',
+      String(expired ? -1 : 30),
+      '-extfile',
+      `${name}.ext`,
+    ]);
     return { cert: p(`${name}.pem`), key: p(`${name}.key`) };
   };
   const server = leaf('server', 'ca', 'DNS:localhost,IP:127.0.0.1', 'localhost', 'serverAuth');
@@ -68,31 +115,138 @@ export function makePki(): TestPki {
   const otherCa = leaf('other', 'other-ca', `DNS:${CLIENT_DNS_NAME}`, 'other', 'clientAuth');
   const expired = leaf('expired', 'ca', `DNS:${CLIENT_DNS_NAME}`, 'expired', 'clientAuth', true);
   // An intermediate CA under ca, and a client under it (cert file: leaf then intermediate).
-  ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'intermediate.key', '-out', 'intermediate.csr', '-subj', '/CN=intermediate']);
+  ossl(dir, [
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'intermediate.key',
+    '-out',
+    'intermediate.csr',
+    '-subj',
+    '/CN=intermediate',
+  ]);
   writeFileSync(p('intermediate.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n');
-  ossl(dir, ['x509', '-req', '-in', 'intermediate.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'intermediate.pem', '-days', '30',
-    '-extfile', 'intermediate.ext']);
+  ossl(dir, [
+    'x509',
+    '-req',
+    '-in',
+    'intermediate.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'intermediate.pem',
+    '-days',
+    '30',
+    '-extfile',
+    'intermediate.ext',
+  ]);
   const viaIntermediateLeaf = leaf('via-intermediate', 'intermediate', `DNS:${CLIENT_DNS_NAME}`, 'via-intermediate', 'clientAuth');
-  writeFileSync(p('via-intermediate-chain.pem'), readFileSync(viaIntermediateLeaf.cert, 'utf8') + readFileSync(p('intermediate.pem'), 'utf8'));
+  writeFileSync(
+    p('via-intermediate-chain.pem'),
+    readFileSync(viaIntermediateLeaf.cert, 'utf8') + readFileSync(p('intermediate.pem'), 'utf8'),
+  );
   const viaIntermediate = { cert: p('via-intermediate-chain.pem'), key: viaIntermediateLeaf.key };
   // Not yet valid: OpenSSL 3.0's `x509 -req` cannot set notBefore, `openssl ca -startdate` can.
-  ossl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'future.key', '-out', 'future.csr', '-subj', '/CN=future']);
+  ossl(dir, [
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'future.key',
+    '-out',
+    'future.csr',
+    '-subj',
+    '/CN=future',
+  ]);
   writeFileSync(p('future.ext'), `basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:${CLIENT_DNS_NAME}\n`);
-  writeFileSync(p('ca.cnf'), ['[ca]', 'default_ca = d', '[d]', 'database = index.txt', 'new_certs_dir = .', 'serial = ca.serial.txt',
-    'default_md = sha256', 'policy = p', 'unique_subject = no', '[p]', 'commonName = supplied', ''].join('\n'));
+  writeFileSync(
+    p('ca.cnf'),
+    [
+      '[ca]',
+      'default_ca = d',
+      '[d]',
+      'database = index.txt',
+      'new_certs_dir = .',
+      'serial = ca.serial.txt',
+      'default_md = sha256',
+      'policy = p',
+      'unique_subject = no',
+      '[p]',
+      'commonName = supplied',
+      '',
+    ].join('\n'),
+  );
   writeFileSync(p('index.txt'), '');
   writeFileSync(p('ca.serial.txt'), '1000\n');
-  ossl(dir, ['ca', '-batch', '-notext', '-config', 'ca.cnf', '-cert', 'ca.pem', '-keyfile', 'ca.key', '-in', 'future.csr', '-out', 'future.pem',
-    '-startdate', '20991231000000Z', '-enddate', '21001231000000Z', '-extfile', 'future.ext']);
+  ossl(dir, [
+    'ca',
+    '-batch',
+    '-notext',
+    '-config',
+    'ca.cnf',
+    '-cert',
+    'ca.pem',
+    '-keyfile',
+    'ca.key',
+    '-in',
+    'future.csr',
+    '-out',
+    'future.pem',
+    '-startdate',
+    '20991231000000Z',
+    '-enddate',
+    '21001231000000Z',
+    '-extfile',
+    'future.ext',
+  ]);
   const notYetValid = { cert: p('future.pem'), key: p('future.key') };
-  ossl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'self.key', '-out', 'self.pem', '-days', '30',
-    '-subj', `/CN=${CLIENT_DNS_NAME}`, '-addext', `subjectAltName=DNS:${CLIENT_DNS_NAME}`, '-addext', 'extendedKeyUsage=clientAuth']);
+  ossl(dir, [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'self.key',
+    '-out',
+    'self.pem',
+    '-days',
+    '30',
+    '-subj',
+    `/CN=${CLIENT_DNS_NAME}`,
+    '-addext',
+    `subjectAltName=DNS:${CLIENT_DNS_NAME}`,
+    '-addext',
+    'extendedKeyUsage=clientAuth',
+  ]);
   return {
     dir,
     ca: p('ca.pem'),
     intermediate: p('intermediate.pem'),
     server,
-    clients: { good, wrongName, wildcard, cnOnly, otherCa, expired, notYetValid, viaIntermediate, selfSigned: { cert: p('self.pem'), key: p('self.key') } },
+    clients: {
+      good,
+      wrongName,
+      wildcard,
+      cnOnly,
+      otherCa,
+      expired,
+      notYetValid,
+      viaIntermediate,
+      selfSigned: { cert: p('self.pem'), key: p('self.key') },
+    },
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
 }

@@ -953,7 +953,9 @@ export function reviveConfig(clone: Config, secrets: ConfigSecrets): Config {
     if (s === undefined || s.secret_access_keys.length !== ks.sigv4_credentials.length)
       throw new Error('configuration secrets do not match the configuration');
     withHidden(ks, 'sigv4_secret_access_key', s.sigv4_secret_access_key);
-    ks.sigv4_credentials.forEach((c, j) => withHidden(c, 'secret_access_key', s.secret_access_keys[j]!));
+    ks.sigv4_credentials.forEach((c, j) => {
+      withHidden(c, 'secret_access_key', s.secret_access_keys[j]!);
+    });
   });
   const md: Uint8Array | undefined = clone.server.ciphertext_metadata;
   if (md !== undefined) clone.server.ciphertext_metadata = Buffer.from(md.buffer, md.byteOffset, md.byteLength);

@@ -217,9 +217,9 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         const workersStopped = pool?.stop(drainMs);
         // With worker threads every loop must close its connections before the process exits; the
         // main thread does too, after the same grace for requests still arriving.
-        const drained = workersStopped ? await drainWithGrace(server, drainMs) : await server.drained(drainMs);
+        const drained = workersStopped !== undefined ? await drainWithGrace(server, drainMs) : await server.drained(drainMs);
         if (!drained) log.warn('stopping with requests still in flight', { waited_ms: drainMs });
-        if (workersStopped) {
+        if (workersStopped !== undefined) {
           await workersStopped;
           server.closeConnections();
         }

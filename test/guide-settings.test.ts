@@ -104,9 +104,9 @@ afterAll(async () => {
 
 /** A line's end: the logger adds ` worker=N` with several event loops. */
 const END = '( worker=\\d+)?\\n';
-const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 /** The whole rest of a line, literally. */
-const line = (text: string): RegExp => new RegExp(`${escape(text)}${END}`);
+const line = (text: string): RegExp => new RegExp(`${escapeRe(text)}${END}`);
 
 const b64 = (b: Buffer | string): string => Buffer.from(b).toString('base64');
 
@@ -204,7 +204,7 @@ describe("the guide's settings.toml", () => {
     // Rust: http://0.0.0.0:80/ping available for health check
     expect(log).toMatch(line(' INFO health check available url=http://0.0.0.0:80/ping'));
     // Rust: v3.1.2-unknown listening on 0.0.0.0:8000 for traffic
-    expect(log).toMatch(new RegExp(escape(` INFO xks-proxy v${VERSION} listening url=http://0.0.0.0:${port} `)));
+    expect(log).toMatch(new RegExp(escapeRe(` INFO xks-proxy v${VERSION} listening url=http://0.0.0.0:${port} `)));
     // ... in the Rust proxy's order: the settings first, the ping listener, then "listening".
     const at = (text: string): number => log.indexOf(text);
     expect(at(' INFO tracing ')).toBeLessThan(at(' INFO settings '));

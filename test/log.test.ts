@@ -101,7 +101,13 @@ describe('level filter', () => {
 
   it('disabled levels do not even read the clock (return before formatting)', () => {
     let calls = 0;
-    const log = make(stdoutOnly('ERROR'), { stdout: new Capture(), now: () => (calls++, T0) });
+    const log = make(stdoutOnly('ERROR'), {
+      stdout: new Capture(),
+      now: () => {
+        calls++;
+        return T0;
+      },
+    });
     calls = 0;
     for (let i = 0; i < 1000; i++) log.debug('x', { i });
     expect(calls).toBe(0);
@@ -454,7 +460,7 @@ describe('[tracing] file_mode', () => {
   });
 });
 
-describe('request lines', () => {
+describe('request lines: levels and outcomes', () => {
   it('a refused signature is a WARN line (as the Rust proxy\'s "SigV4 failure"); 5xx ERROR; the rest INFO', async () => {
     const out = new Capture();
     const log = make(stdoutOnly('WARN'), { stdout: out });

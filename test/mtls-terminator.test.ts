@@ -351,6 +351,7 @@ describe('native mTLS terminator', () => {
       `import { startMtlsTerminator } from ${JSON.stringify(path.resolve('dist/src/http/mtls.js'))};`,
       'const log = { info() {}, warn() {}, error() {} };',
       `const t = await startMtlsTerminator(${JSON.stringify(options({ tcpKeepalive: { tcp_keepalive_secs: 77, tcp_keepalive_interval_secs: 5, tcp_keepalive_retries: 4 } }))}, log);`,
+      // biome-ignore lint/suspicious/noTemplateCurlyInString: source text of the child's script
       'process.stdout.write(`port=${t.port}\\n`);',
       'process.stdin.resume(); process.stdin.on("end", () => { t.close(); });',
     ].join('\n');

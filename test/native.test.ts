@@ -207,7 +207,9 @@ describe('pool and concurrency', () => {
     const back = await Promise.all(
       outs.map((o) => splitSealed(o)).map(({ ct, tag, iv }) => e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.from('aad'))),
     );
-    back.forEach((b, i) => expect(b.equals(plaintexts[i]!)).toBe(true));
+    back.forEach((b, i) => {
+      expect(b.equals(plaintexts[i]!)).toBe(true);
+    });
     const s = e.stats();
     expect(s.inFlight).toBe(0);
     expect(s.sessionsOpen).toBeLessThanOrEqual(2);

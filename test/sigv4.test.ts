@@ -53,7 +53,7 @@ function verifierAt(time: Date | number, extra: Partial<VerifierOptions> = {}): 
 function getterOf(headers: Record<string, string>): HeaderGetter {
   const lower: Record<string, string> = {};
   for (const [k, v] of Object.entries(headers)) lower[k.toLowerCase()] = v;
-  return (name) => (Object.prototype.hasOwnProperty.call(lower, name) ? lower[name]! : '');
+  return (name) => (Object.hasOwn(lower, name) ? lower[name]! : '');
 }
 
 async function sign(over: Partial<SignRequestOptions> = {}): Promise<Record<string, string>> {

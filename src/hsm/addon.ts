@@ -2,9 +2,7 @@
  * The shape of the C++ addon (native/, built to build/Release/xks_pkcs11.node).
  * Only src/hsm/ imports this; everything above talks to the facade in src/hsm/hsm.ts.
  */
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
+import { loadBuilt } from '../native-build.js';
 
 /** How the HSM gets its GCM IV ([hsm_capabilities] of settings.toml). */
 export type IvMode =
@@ -223,21 +221,6 @@ let addon: NativeAddon | undefined;
 
 /** Loads build/Release/xks_pkcs11.node (relative to the package root, from src/ or dist/src/). */
 export function loadAddon(): NativeAddon {
-  if (addon) return addon;
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const require = createRequire(import.meta.url);
-  const candidates = [
-    path.resolve(here, '../../build/Release/xks_pkcs11.node'),
-    path.resolve(here, '../../../build/Release/xks_pkcs11.node'),
-  ];
-  let lastError: unknown;
-  for (const candidate of candidates) {
-    try {
-      addon = require(candidate) as NativeAddon;
-      return addon;
-    } catch (e) {
-      lastError = e;
-    }
-  }
-  throw new Error(`cannot load the native addon (run npm run build:native): ${String(lastError)}`);
+  addon ??= loadBuilt<NativeAddon>('xks_pkcs11.node', 'the native addon');
+  return addon;
 }

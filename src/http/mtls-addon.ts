@@ -2,9 +2,7 @@
  * The shape of the mTLS terminator addon (native/tls/, built to build/Release/xks_tls.node).
  * Only src/http/mtls.ts imports this.
  */
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
+import { loadBuilt } from '../native-build.js';
 
 export interface NativeTerminatorOptions {
   host: string;
@@ -67,18 +65,6 @@ let addon: TlsAddon | undefined;
 
 /** Loads build/Release/xks_tls.node (relative to the package root, from src/ or dist/src/). */
 export function loadTlsAddon(): TlsAddon {
-  if (addon) return addon;
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  const require = createRequire(import.meta.url);
-  const candidates = [path.resolve(here, '../../build/Release/xks_tls.node'), path.resolve(here, '../../../build/Release/xks_tls.node')];
-  let lastError: unknown;
-  for (const candidate of candidates) {
-    try {
-      addon = require(candidate) as TlsAddon;
-      return addon;
-    } catch (e) {
-      lastError = e;
-    }
-  }
-  throw new Error(`cannot load the mTLS addon (run npm run build:native): ${String(lastError)}`);
+  addon ??= loadBuilt<TlsAddon>('xks_tls.node', 'the mTLS addon');
+  return addon;
 }

@@ -72,7 +72,7 @@ export interface ServerSection {
   ciphertext_metadata: Buffer | undefined;
   /** `[server.tcp_keepalive]`; an empty object when the table is absent. */
   tcp_keepalive: TcpKeepaliveSection;
-  /** Event loops (threads) serving the port; absent = os.availableParallelism() (README, "All cores"). */
+  /** Event loops (threads) serving the port; absent = os.availableParallelism() (docs/operating.md, "All cores"). */
   workers?: number;
 }
 
@@ -192,7 +192,7 @@ export interface HsmCapabilities {
   is_zero_iv_required: boolean;
 }
 
-/** Our extension (optional table): the deep health check (README, "HSM failures"). */
+/** Our extension (optional table): the deep health check (docs/hsm-failures.md). */
 export interface HealthCheckSection {
   /** Label of the AES key the background encrypt + decrypt uses. */
   key_id: string;

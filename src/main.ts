@@ -40,7 +40,7 @@ export interface StartOptions {
 
 export async function startProxy(loaded: LoadedConfig, options: StartOptions = {}): Promise<RunningProxy> {
   const { config } = loaded;
-  // [server] workers: the main thread is event loop 0; worker threads 1..count-1 (README, "All cores").
+  // [server] workers: the main thread is event loop 0; worker threads 1..count-1 (docs/operating.md, "All cores").
   const plan = planWorkers(config);
   const log = createLogger(config.tracing, {
     ...(options.stdout ? { stdout: options.stdout } : {}),
@@ -65,13 +65,13 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
 
   for (const [k, v] of Object.entries(pkcs11LoggerEnv(config))) process.env[k] = v;
 
-  // An HSM that is down does not stop start-up (README, "Recovery"); a wrong PIN, a module that
+  // An HSM that is down does not stop start-up (docs/hsm-failures.md, "Recovery"); a wrong PIN, a module that
   // cannot be loaded or an IV mode the HSM cannot do does, with one line.
   const hsm = await Hsm.open(engineOptions(config, plan.shares[0]!), log);
   for (const [level, note] of hsm.startupNotes()) log[level](note);
   let checker: HealthChecker | undefined;
   if (config.health_check) {
-    // Deep health check (README, "HSM failures"); stopped by hsm.close().
+    // Deep health check (docs/hsm-failures.md); stopped by hsm.close().
     const hc = config.health_check;
     checker = new HealthChecker(
       hsm,

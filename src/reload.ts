@@ -18,7 +18,7 @@ import type { Logger } from './log.js';
 /**
  * The routes of a config's keystores. A keystore whose quota did not change keeps its bucket (and so
  * its state) from `previous`. With `share` event loops (`[server] workers`), each loop's bucket gets
- * 1/share of the rate and of the burst (at least 1): the sum is the configured quota (README, "All cores").
+ * 1/share of the rate and of the burst (at least 1): the sum is the configured quota (docs/operating.md, "All cores").
  */
 export function keyStoreRoutes(config: Config, previous?: ReadonlyMap<string, KeyStoreRoute>, share = 1): KeyStoreRoute[] {
   return config.external_key_stores.map((s) => {

@@ -1,7 +1,7 @@
 /**
  * The start-up facts the Rust proxy logs (tracing, service and region, the security switches,
  * ciphertext metadata, TCP keepalive, the ping listener), as our logfmt lines and in its order:
- * operators' parsers and alerts find the same facts (README, "Log lines").
+ * operators' parsers and alerts find the same facts (README.md, "Log lines").
  */
 import { DEFAULT_LOG_FILE_MODE, type Config } from './config.js';
 import { hostPort } from './http/listen.js';

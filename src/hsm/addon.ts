@@ -69,7 +69,7 @@ export interface OpenResult {
   /**
    * False: the HSM was down or unreachable (a device-level code from C_Initialize, the slot
    * list, C_OpenSession or C_Login); calls fail fast with that code and retry the
-   * initialization with backoff until it works (README, "Recovery").
+   * initialization with backoff until it works (docs/hsm-failures.md, "Recovery").
    */
   ready: boolean;
   /** Why not ready (a CKR_ name) and in which function. */
@@ -134,7 +134,7 @@ export interface EngineStats {
   keySessionOpen: boolean;
   /** Calls that failed with XKS_TIMEOUT. */
   timeouts: number;
-  /** Sessions dropped because the HSM failed them (device- or session-level codes, see the README, "HSM failures"). */
+  /** Sessions dropped because the HSM failed them (device- or session-level codes, see docs/hsm-failures.md). */
   sessionErrors: number;
   /** False while the module is down and being re-initialized (with backoff). */
   ready: boolean;

@@ -10,7 +10,7 @@ export type PortSharing = 'exclusive' | 'first' | 'join';
 
 /**
  * The API's uWS app. uSockets refuses TLS < 1.2 by itself; ssl_ciphers limits TLS 1.2 to the spec's
- * suites (TLS 1.3 suites are OpenSSL's defaults: see the README, "Security"). Behind the mTLS
+ * suites (TLS 1.3 suites are OpenSSL's defaults: see docs/security.md). Behind the mTLS
  * terminator (a Unix socket) it is plain.
  */
 export function makeApp(uws: Uws, tls: { certFile: string; keyFile: string } | undefined, unix: boolean): TemplatedApp {

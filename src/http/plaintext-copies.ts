@@ -4,7 +4,7 @@
  * request ends, on every path, the error paths included. Each is passed through plaintextCopy()
  * where it is made, so that a test can hold on to all of them and check that they are zero once
  * the answer is out. (JavaScript strings made from them, such as the one JSON.parse reads, cannot
- * be wiped; see the README, "Security".) Not exported from the command's entry point.
+ * be wiped; see docs/security.md.) Not exported from the command's entry point.
  */
 
 let watcher: ((copy: Buffer) => void) | undefined;

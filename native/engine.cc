@@ -155,7 +155,7 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
       Status st = keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
         return encrypt(f, s, k, cfg_.ivMode, ivs_, j->label, j->as<CryptArgs>(), j->output, dirty, &ivPool_);
       });
-      if (st.ok() && !dirty && cfg_.ivMode == IvMode::Random) refillIvs(s, dirty);
+      if (st.ok() && !dirty && cfg_.ivMode == IvMode::Random) refillIvs(j, s, dirty);
       return st;
     }
     case Op::Decrypt:
@@ -177,12 +177,14 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
   }
 }
 
-void Core::refillIvs(CK_SESSION_HANDLE s, bool& dirty) {
+void Core::refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty) {
   // In the job that already holds a session, after its own calls (its result is ready):
   // one extra round trip for one Encrypt in kBatch, started kLowWater IVs ahead of need, so
   // the Encrypts that follow never wait for it. A failure costs only the batch: the request
   // succeeded, the session is given up as suspect, and later Encrypts generate their own IVs
-  // until a refill succeeds.
+  // until a refill succeeds. A job past half its deadline leaves the refill to a later one, so
+  // a slow refill does not turn a finished Encrypt into a timeout.
+  if (cfg_.opTimeoutMs != 0 && Clock::now() > j->deadline - std::chrono::milliseconds(cfg_.opTimeoutMs / 2)) return;
   if (!ivPool_.claimRefill()) return;
   if (ivPool_.refill(token_.f, s) != CKR_OK) dirty = true;
 }

@@ -84,8 +84,9 @@ class Core : private Workers::Host {
   void runTokenInfo(Job* j);
   // The PKCS#11 calls of j's operation in session s.
   Status call(Job* j, CK_SESSION_HANDLE s, bool& dirty);
-  // After a random-IV Encrypt in session s: the IV buffer's refill, when due and not running.
-  void refillIvs(CK_SESSION_HANDLE s, bool& dirty);
+  // After j, a random-IV Encrypt, in session s: the IV buffer's refill, when due, not running
+  // and j has at least half its deadline left.
+  void refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty);
 
   const EngineConfig cfg_;
   std::atomic<bool> aborting_{false};  // waiting jobs give up at once

@@ -8,6 +8,7 @@
       "sources": [
         "native/addon.cc",
         "native/engine.cc",
+        "native/iv_buffer.cc",
         "native/iv_check.cc",
         "native/key_cache.cc",
         "native/module.cc",

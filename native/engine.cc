@@ -10,7 +10,7 @@ Core::Core(EngineConfig cfg, const uint8_t* pin, size_t pinLen)
     : cfg_(std::move(cfg)),
       keys_(token_, cfg_.keyCopies, cfg_.keyCheckMs),
       sessions_(cfg_, token_, keys_, aborting_, pin, pinLen),
-      link_(cfg_, this, token_, sessions_, keys_, ivs_),
+      link_(cfg_, this, token_, sessions_, keys_, ivs_, ivPool_),
       workers_(cfg_, sessions_.pool(), *this, aborting_) {}
 
 Core::~Core() {
@@ -151,10 +151,13 @@ void Core::runSessionJob(Job* j, Worker* w) {
 Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
   const CK_FUNCTION_LIST_PTR f = token_.f;
   switch (j->op) {
-    case Op::Encrypt:
-      return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
-        return encrypt(f, s, k, cfg_.ivMode, ivs_, j->label, j->as<CryptArgs>(), j->output, dirty);
+    case Op::Encrypt: {
+      Status st = keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
+        return encrypt(f, s, k, cfg_.ivMode, ivs_, j->label, j->as<CryptArgs>(), j->output, dirty, &ivPool_);
       });
+      if (st.ok() && !dirty && cfg_.ivMode == IvMode::Random) refillIvs(j, s, dirty);
+      return st;
+    }
     case Op::Decrypt:
       return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
         return decrypt(f, s, k, decryptSlack_, j->as<CryptArgs>(), j->output, dirty);
@@ -172,6 +175,18 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
     default:
       return Status{CKR_FUNCTION_NOT_SUPPORTED, nullptr};
   }
+}
+
+void Core::refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty) {
+  // In the job that already holds a session, after its own calls (its result is ready):
+  // one extra round trip for one Encrypt in kBatch, started kLowWater IVs ahead of need, so
+  // the Encrypts that follow never wait for it. A failure costs only the batch: the request
+  // succeeded, the session is given up as suspect, and later Encrypts generate their own IVs
+  // until a refill succeeds. A job past half its deadline leaves the refill to a later one, so
+  // a slow refill does not turn a finished Encrypt into a timeout.
+  if (cfg_.opTimeoutMs != 0 && Clock::now() > j->deadline - std::chrono::milliseconds(cfg_.opTimeoutMs / 2)) return;
+  if (!ivPool_.claimRefill()) return;
+  if (ivPool_.refill(token_.f, s) != CKR_OK) dirty = true;
 }
 
 }  // namespace xks

@@ -6,6 +6,7 @@
 //   Sessions    (sessions.h)    the logged-in session pool, leases
 //   KeyCache    (key_cache.h)   label -> key handle, session copies of keys
 //   IvHistory   (iv_check.h)    checks of HSM-generated IVs, the start-up IV test
+//   IvBuffer    (iv_buffer.h)   random-IV mode: IVs from batches of HSM randomness
 //   ops.h       (op_*.cc)       the PKCS#11 calls of each operation
 //   registry.h                  the process-wide context lock and list of engines
 //
@@ -21,6 +22,7 @@
 #include <thread>
 
 #include "engine_config.h"
+#include "iv_buffer.h"
 #include "iv_check.h"
 #include "job.h"
 #include "key_cache.h"
@@ -82,6 +84,9 @@ class Core : private Workers::Host {
   void runTokenInfo(Job* j);
   // The PKCS#11 calls of j's operation in session s.
   Status call(Job* j, CK_SESSION_HANDLE s, bool& dirty);
+  // After j, a random-IV Encrypt, in session s: the IV buffer's refill, when due, not running
+  // and j has at least half its deadline left.
+  void refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty);
 
   const EngineConfig cfg_;
   std::atomic<bool> aborting_{false};  // waiting jobs give up at once
@@ -89,6 +94,7 @@ class Core : private Workers::Host {
   KeyCache keys_;
   Sessions sessions_;
   IvHistory ivs_;
+  IvBuffer ivPool_;
   ModuleLink link_;
   Workers workers_;
   std::thread openThread_;

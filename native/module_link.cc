@@ -16,13 +16,14 @@ constexpr std::chrono::milliseconds kBackoffMax{1000};
 }  // namespace
 
 ModuleLink::ModuleLink(const EngineConfig& cfg, const Core* owner, Token& token, Sessions& sessions, KeyCache& keys,
-                       IvHistory& ivs)
+                       IvHistory& ivs, IvBuffer& ivPool)
     : cfg_(cfg),
       owner_(owner),
       t_(token),
       sessions_(sessions),
       keys_(keys),
       ivs_(ivs),
+      ivPool_(ivPool),
       ctxMu_(registry::contextMutex()),
       exclusivePending_(registry::exclusivePending()) {}
 
@@ -48,6 +49,7 @@ bool ModuleLink::enter(Job* j, ContextLock& lk, SerialGuard& serial) {
 
 void ModuleLink::forgetForReinit(const Module* m) {
   if (m != mod_) return;
+  ivPool_.wipe();
   sessions_.closeAllIdle();
   keys_.clear();
 }
@@ -152,6 +154,7 @@ void ModuleLink::shutdown() {
     serial.acquire(serialMu_, Clock::time_point::max());
     sessions_.closeAllIdle();
     keys_.clear();
+    ivPool_.wipe();
   }
   releaseModule(mod_);
   mod_ = nullptr;
@@ -179,6 +182,7 @@ Status ModuleLink::findSlot() {
 }
 
 void ModuleLink::reinitLocked() {
+  ivPool_.wipe();  // nothing from before the re-initialization is used after it
   sessions_.closeAllIdle();
   keys_.clear();
   // C_Finalize ends the sessions of every engine on this module, and handle numbers are

@@ -25,6 +25,7 @@
 #include <shared_mutex>
 
 #include "engine_config.h"
+#include "iv_buffer.h"
 #include "iv_check.h"
 #include "job.h"
 #include "key_cache.h"
@@ -60,7 +61,7 @@ class ModuleLink {
   using ContextLock = std::shared_lock<std::shared_timed_mutex>;
 
   ModuleLink(const EngineConfig& cfg, const Core* owner, Token& token, Sessions& sessions, KeyCache& keys,
-             IvHistory& ivs);
+             IvHistory& ivs, IvBuffer& ivPool);
   ModuleLink(const ModuleLink&) = delete;
   ModuleLink& operator=(const ModuleLink&) = delete;
 
@@ -80,7 +81,8 @@ class ModuleLink {
   void afterFailure(CK_RV rv);
 
   // Another engine is about to re-initialize module m (exclusive lock held): if it is this
-  // engine's, close the idle sessions while their handles are valid and forget the key handles.
+  // engine's, close the idle sessions while their handles are valid, forget the key handles and
+  // discard the buffered IVs.
   void forgetForReinit(const Module* m);
 
   bool ready() const { return nextRetryNs_.load(std::memory_order_relaxed) == 0; }
@@ -99,6 +101,7 @@ class ModuleLink {
   Sessions& sessions_;
   KeyCache& keys_;
   IvHistory& ivs_;
+  IvBuffer& ivPool_;  // wiped whenever the module is finalized or re-initialized
 
   std::shared_timed_mutex& ctxMu_;           // process-wide (registry)
   std::atomic<uint32_t>& exclusivePending_;  // process-wide, with ctxMu_

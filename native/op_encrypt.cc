@@ -5,17 +5,18 @@
 namespace xks {
 
 Status encrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, IvMode mode, IvHistory& ivs,
-               const std::string& label, CryptArgs& a, SecureBuffer& out, bool& dirty) {
+               const std::string& label, CryptArgs& a, SecureBuffer& out, bool& dirty, IvBuffer* pool) {
   const bool appended = mode == IvMode::HsmAppended;
   a.iv.resize(kGcmIvBytes);
   CK_BYTE* iv = a.iv.data();
-  if (mode == IvMode::Random) {
+  if (mode == IvMode::Random && (pool == nullptr || !pool->take(iv))) {
+    // Buffer empty (cold start, after a re-initialization, a burst): this request's own IV.
     CK_RV rv = f->C_GenerateRandom(s, iv, kGcmIvBytes);
     if (rv != CKR_OK) {
       dirty = true;
       return Status{rv, "C_GenerateRandom"};
     }
-  } else {
+  } else if (mode != IvMode::Random) {
     std::memset(iv, 0, kGcmIvBytes);  // zero buffer for the HSM to fill (or unused)
   }
   CK_GCM_PARAMS params;

@@ -1,0 +1,64 @@
+// Random-IV mode: IVs taken from a batch of HSM randomness (one C_GenerateRandom for
+// kBatch IVs) instead of one C_GenerateRandom per Encrypt. One per engine.
+//
+// - Each IV is handed out once: copied out and wiped from the buffer under a short mutex.
+// - The memory is an anonymous mapping, mlock'ed (never swapped), excluded from core dumps
+//   (MADV_DONTDUMP) and wiped in a forked child (MADV_WIPEONFORK; the count lives in the same
+//   mapping, so a child sees an empty buffer). Without any of these the buffer is disabled and
+//   every Encrypt generates its own IV, as before.
+// - wipe() discards everything (re-initialization of the module, shutdown); a refill that
+//   began before a wipe is discarded too.
+// - A refill is claimed by one caller at a time when the stock falls below kLowWater; it runs
+//   in a job that already holds a session, after that job's own calls. An empty buffer never
+//   blocks anyone: take() fails and the caller generates its own IV.
+#pragma once
+
+#include <p11-kit/pkcs11.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "engine_config.h"
+
+namespace xks {
+
+class IvBuffer {
+ public:
+  static constexpr size_t kBatch = 256;    // IVs per C_GenerateRandom
+  static constexpr size_t kLowWater = 64;  // a refill is due below this many
+  static constexpr size_t kCapacity = kBatch + kLowWater;
+
+  IvBuffer();
+  ~IvBuffer();
+  IvBuffer(const IvBuffer&) = delete;
+  IvBuffer& operator=(const IvBuffer&) = delete;
+
+  bool enabled() const { return area_ != nullptr; }
+  // Copies one IV to `iv` and wipes it from the buffer; false: empty (or disabled).
+  bool take(uint8_t* iv);
+  // True when a refill is due and the caller now owns it: it must call refill() next.
+  bool claimRefill();
+  // The claimed refill: one C_GenerateRandom of kBatch IVs in session s, added to the stock
+  // unless a wipe happened meanwhile. Returns that call's code.
+  CK_RV refill(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s);
+  // Discards every IV (and any refill in progress).
+  void wipe();
+
+ private:
+  struct Area {
+    uint32_t count;  // IVs in stock
+    uint8_t stock[kCapacity * kGcmIvBytes];
+    uint8_t staging[kBatch * kGcmIvBytes];  // the refiller's only
+  };
+
+  Area* area_ = nullptr;
+  size_t mapped_ = 0;
+  std::mutex mu_;
+  uint64_t generation_ = 0;         // mu_; bumped by wipe()
+  std::atomic<uint32_t> level_{0};  // a copy of area_->count for the lock-free check
+  std::atomic<bool> refilling_{false};
+};
+
+}  // namespace xks

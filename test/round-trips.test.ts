@@ -45,16 +45,16 @@ function spec(o: Partial<SettingsSpec> = {}): SettingsSpec {
  * A proxy from the test settings with session_key_check_milli at an hour, so that the periodic
  * re-check of a session key copy (5 round trips per key at most once per period, default 1 s:
  * C_FindObjectsInit, C_FindObjects x2, C_FindObjectsFinal, C_GetAttributeValue) never falls
- * inside a measured window; `cdiv`: can_generate_iv and is_zero_iv_required (the HSM fills the
+ * inside a measured window; `hsmIv`: can_generate_iv and is_zero_iv_required (the HSM fills the
  * zeroed IV, CloudHSM's way).
  */
-async function start(name: string, o: Partial<SettingsSpec>, cdiv = false): Promise<{ base: string; stop(): Promise<void> }> {
+async function start(name: string, o: Partial<SettingsSpec>, hsmIv = false): Promise<{ base: string; stop(): Promise<void> }> {
   const settingsPath = path.join(token.dir, name);
   let text = settingsToml(spec(o)).replace('[pkcs11]\n', '[pkcs11]\nsession_key_check_milli = 3600000\n');
-  if (cdiv)
+  if (hsmIv)
     text = text.replace('can_generate_iv = false\nis_zero_iv_required = false', 'can_generate_iv = true\nis_zero_iv_required = true');
   expect(text).toContain('session_key_check_milli = 3600000');
-  expect(text).toContain(`can_generate_iv = ${cdiv}`);
+  expect(text).toContain(`can_generate_iv = ${hsmIv}`);
   writeFileSync(settingsPath, text);
   Object.assign(process.env, token.env);
   const proxy = await startProxy(loadConfig(settingsPath), { stdout: new PassThrough().resume() });
@@ -65,6 +65,19 @@ type Op = (base: string) => Promise<{ status: number; json: Record<string, unkno
 
 const encrypt: Op = (base) =>
   call(base, `${API}/keys/${KEY}/encrypt`, { requestMetadata: META, plaintext: b64('round trips'), encryptionAlgorithm: 'AES_GCM' }, CREDS);
+/** Encrypt asking for the ciphertext data integrity value: the ciphertext is decrypted before it is returned. */
+const encryptCdiv: Op = (base) =>
+  call(
+    base,
+    `${API}/keys/${KEY}/encrypt`,
+    {
+      requestMetadata: META,
+      plaintext: b64('round trips'),
+      encryptionAlgorithm: 'AES_GCM',
+      ciphertextDataIntegrityValueAlgorithm: 'SHA_256',
+    },
+    CREDS,
+  );
 const metadata: Op = (base) =>
   call(base, `${API}/keys/${KEY}/metadata`, { requestMetadata: { ...META, kmsOperation: 'DescribeKey' } }, CREDS);
 const health: Op = (base) =>
@@ -149,6 +162,15 @@ describe('round trips per request, steady state, the seed settings (random IV, n
     });
   });
 
+  it('Encrypt with CDIV: C_GenerateRandom, C_EncryptInit, C_Encrypt, C_DecryptInit, C_Decrypt', async () => {
+    const r = await encryptCdiv(proxy.base);
+    expect(r.json.ciphertextDataIntegrityValue).toEqual(expect.any(String));
+    expect(await perRequest(proxy.base, encryptCdiv)).toEqual({
+      trips: 5,
+      calls: { C_GenerateRandom: 1, C_EncryptInit: 1, C_Encrypt: 1, C_DecryptInit: 1, C_Decrypt: 1 },
+    });
+  });
+
   it('Decrypt: C_DecryptInit, C_Decrypt', async () => {
     expect(await perRequest(proxy.base, await decryptOf(proxy.base))).toEqual({
       trips: 2,
@@ -165,18 +187,18 @@ describe('round trips per request, steady state, the seed settings (random IV, n
   });
 });
 
-describe('round trips per request, CDIV (the HSM fills the IV)', () => {
+describe('round trips per request, the HSM makes the IV (can_generate_iv, is_zero_iv_required)', () => {
   let proxy: { base: string; stop(): Promise<void> };
   beforeAll(async () => {
     faults.set('iv C_EncryptInit random');
-    proxy = await start('settings-trips-cdiv.toml', {}, true);
+    proxy = await start('settings-trips-hsm-iv.toml', {}, true);
   });
   afterAll(async () => {
     await proxy?.stop();
     faults.clear();
   });
 
-  it('Encrypt with CDIV: C_EncryptInit, C_Encrypt', async () => {
+  it("Encrypt with the HSM's IV: C_EncryptInit, C_Encrypt", async () => {
     expect(await perRequest(proxy.base, encrypt)).toEqual({
       trips: 2,
       calls: { C_EncryptInit: 1, C_Encrypt: 1 },

@@ -171,6 +171,7 @@ describe('sessions max=N', () => {
       );
       const st = faults.status();
       expect(st.open_sessions).toBeLessThanOrEqual(CAP);
+      // today a refused open fails its request (typed, fast) rather than waiting for a pooled session
       for (const { r } of results) {
         if (!r.ok) expect(r.error.message).toContain('CKR_SESSION_COUNT');
       }
@@ -183,6 +184,19 @@ describe('sessions max=N', () => {
       expect(faults.status().open_sessions).toBeLessThanOrEqual(CAP);
     });
     expect(faults.status().session_count_refused).toBeGreaterThan(0);
+    faults.clear();
+  });
+
+  it('a pool that fits the cap serves a whole burst: no open is refused', async () => {
+    const CAP = 2;
+    faults.set(`sessions max=${CAP}`, 'rtt 5');
+    const refused = faults.status().session_count_refused;
+    await withEngine({ poolMaxSize: CAP, threads: 6 }, async (e) => {
+      const sealed = await Promise.all(Array.from({ length: 24 }, (_, i) => e.encrypt(KEY, Buffer.from(`fit-${i}`), AAD)));
+      expect(sealed).toHaveLength(24);
+      expect(faults.status().open_sessions).toBeLessThanOrEqual(CAP);
+    });
+    expect(faults.status().session_count_refused).toBe(refused);
     faults.clear();
   });
 });

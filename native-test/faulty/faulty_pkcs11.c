@@ -23,6 +23,21 @@
  *   flip  <FN>                    [options]   C_Encrypt / C_Decrypt: after a successful real call
  *                                             (with an output buffer), invert the first output byte
  *
+ * The network-HSM model (one of each per file, no options; the last line wins):
+ *
+ *   rtt <ms> [jitter=<ms>]   every call that would cross the network (every wrapped call, faulted
+ *                            ones included; not C_GetFunctionList, not a length-only query) costs
+ *                            ms plus a uniform [0, jitter] ms, slept with clock_nanosleep so the
+ *                            thread blocks as on a socket; fractions allowed (rtt 0.5). The sleep
+ *                            comes before the rules' own delays and before the real call.
+ *   sessions max=<N>         C_OpenSession answers CKR_SESSION_COUNT while N sessions are open
+ *                            (or being opened), as an HSM partition does.
+ *
+ * A length-only query (a NULL output buffer: C_Encrypt / C_Decrypt with pOut NULL,
+ * C_GetAttributeValue with every pValue NULL, C_GetSlotList with pSlotList NULL) is answered by
+ * client libraries without the network: it pays no rtt and is counted as calls.<FN>.len, not
+ * calls.<FN> (rules still match it by FN).
+ *
  * Options: times=N: the rule applies to N calls, then is spent (default: until the file
  * changes). after=N: the first N matching calls pass untouched. args=os_locking|null|other
  * (C_Initialize only): the rule matches only calls whose pInitArgs asks for OS locking
@@ -34,10 +49,12 @@
  * Status file (key value lines), rewritten after every call: open_sessions,
  * max_open_sessions, injected, calls, initialized, max_in_flight (most wrapped calls inside
  * this module at once since the control file was last re-read, delays included: 1 means the
- * application never overlapped two calls),
- * and calls.<FN> (calls of each function called at least once, faulted ones included). Sessions are counted as the real
- * module reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after C_CloseAllSessions /
- * C_Finalize / C_Initialize.
+ * application never overlapped two calls), round_trips (calls that crossed the modelled network:
+ * all calls but length-only queries, whether or not an rtt rule is set), session_count_refused
+ * (C_OpenSession answered CKR_SESSION_COUNT by the sessions rule),
+ * and calls.<FN> / calls.<FN>.len (calls of each function called at least once, faulted ones included). Sessions are
+ * counted as the real module reports them: +1 per successful C_OpenSession, -1 per successful C_CloseSession, 0 after
+ * C_CloseAllSessions / C_Finalize / C_Initialize.
  *
  * Allocation failures (B.8 tests; only when this library is also LD_PRELOADed, so that its
  * malloc interposes): FAULTY_MALLOC_FAIL="<size>:<thread name>[:<times>]" makes malloc(size)
@@ -49,6 +66,7 @@
 #include <fcntl.h>
 #include <p11-kit/pkcs11.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +94,7 @@ struct rule {
 /* One call as the rules see it: the function and what a rule may match on or change. */
 struct call {
   const char* fn;
+  int lenOnly;           /* a length-only query: stays local, counted as <fn>.len */
   enum args_match args;  /* C_Initialize: which kind of pInitArgs */
   CK_MECHANISM_PTR mech; /* C_EncryptInit / C_DecryptInit */
 };
@@ -101,6 +120,10 @@ static struct timespec g_mtime;
 static long g_open = 0, g_maxOpen = 0, g_injected = 0, g_calls = 0;
 static long g_inFlight = 0, g_maxInFlight = 0; /* calls between decide() and finish() */
 static int g_initialized = 0;
+static long g_roundTrips = 0, g_sessionRefused = 0;
+/* The network-HSM model of the current rule set (0 / -1: off). */
+static long long g_rttNs = 0, g_jitterNs = 0;
+static long g_sessionMax = -1, g_opening = 0;
 
 /* Calls per function name (the names are string literals of this file). */
 #define MAX_FNS 64
@@ -151,6 +174,39 @@ static void sleep_ms(long ms) {
   }
 }
 
+/* Parses "<ms>" with an optional fraction into nanoseconds; -1 if not a non-negative number. */
+static long long parse_ms_ns(const char* s) {
+  char* end = NULL;
+  double ms = strtod(s, &end);
+  if (end == s || *end != '\0' || !(ms >= 0) || ms > 60000) return -1;
+  return (long long)(ms * 1e6 + 0.5);
+}
+
+/* Blocks the calling thread for ns nanoseconds, as a thread waiting on a socket does. */
+static void sleep_ns(long long ns) {
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_sec += (time_t)(ns / 1000000000LL);
+  until.tv_nsec += (long)(ns % 1000000000LL);
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_nsec -= 1000000000L;
+    ++until.tv_sec;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
+  }
+}
+
+/* Uniform in [0, max] (per-thread xorshift; quality is irrelevant, only the bounds matter). */
+static long long jitter_ns(long long max) {
+  static __thread unsigned long long x = 0;
+  if (max <= 0) return 0;
+  if (x == 0) x = (unsigned long long)(uintptr_t)&x ^ (unsigned long long)time(NULL) ^ 0x9E3779B97F4A7C15ULL;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return (long long)(x % (unsigned long long)(max + 1));
+}
+
 static int parse_rv(const char* s, CK_RV* out) {
   for (size_t i = 0; i < sizeof g_codes / sizeof g_codes[0]; ++i) {
     if (strcmp(s, g_codes[i].name) == 0) {
@@ -185,15 +241,36 @@ static void write_status(void) {
     strcpy(g_statusPath, path);
   }
   char buf[8192];
-  int n = snprintf(buf, sizeof buf,
-                   "open_sessions %020ld\nmax_open_sessions %020ld\ninjected %020ld\ncalls %020ld\ninitialized %d\n"
-                   "max_in_flight %020ld\n",
-                   g_open, g_maxOpen, g_injected, g_calls, g_initialized, g_maxInFlight);
+  int n =
+      snprintf(buf, sizeof buf,
+               "open_sessions %020ld\nmax_open_sessions %020ld\ninjected %020ld\ncalls %020ld\ninitialized %d\n"
+               "max_in_flight %020ld\nround_trips %020ld\nsession_count_refused %020ld\n",
+               g_open, g_maxOpen, g_injected, g_calls, g_initialized, g_maxInFlight, g_roundTrips, g_sessionRefused);
   for (int i = 0; i < g_nfns && n > 0 && n < (int)sizeof buf; ++i) {
     n += snprintf(buf + n, sizeof buf - (size_t)n, "calls.%s %020ld\n", g_fnCalls[i].fn, g_fnCalls[i].calls);
   }
   if (n <= 0 || n >= (int)sizeof buf) return;
   if (pwrite(g_statusFd, buf, (size_t)n, 0) < 0) return;
+}
+
+/* g_mu held. The model lines: "rtt <ms> [jitter=<ms>]", "sessions max=<N>"; a malformed line is ignored. */
+static void parse_model(const char* verb, char** save) {
+  char* a = strtok_r(NULL, " \t\r\n", save);
+  char* b = a != NULL ? strtok_r(NULL, " \t\r\n", save) : NULL;
+  if (a == NULL || strtok_r(NULL, " \t\r\n", save) != NULL) return;
+  if (strcmp(verb, "rtt") == 0) {
+    long long rtt = parse_ms_ns(a), jitter = 0;
+    if (b != NULL) jitter = strncmp(b, "jitter=", 7) == 0 ? parse_ms_ns(b + 7) : -1;
+    if (rtt < 0 || jitter < 0) return;
+    g_rttNs = rtt;
+    g_jitterNs = jitter;
+    return;
+  }
+  char* end = NULL;
+  if (b != NULL || strncmp(a, "max=", 4) != 0) return;
+  long n = strtol(a + 4, &end, 10);
+  if (end == a + 4 || *end != '\0' || n < 0) return;
+  g_sessionMax = n;
 }
 
 /* g_mu held. Re-reads the control file when it changed. */
@@ -203,6 +280,8 @@ static void reload(void) {
   if (path == NULL || *path == '\0' || stat(path, &st) != 0) {
     if (g_size != -1 || g_nrules != 0) {
       g_nrules = 0;
+      g_rttNs = g_jitterNs = 0;
+      g_sessionMax = -1;
       g_size = -1;
       g_ino = 0;
       ++g_generation;
@@ -220,6 +299,8 @@ static void reload(void) {
   g_mtime = st.st_mtim;
   ++g_generation;
   g_nrules = 0;
+  g_rttNs = g_jitterNs = 0;
+  g_sessionMax = -1;
   g_maxInFlight = g_inFlight; /* measured per rule set */
   char line[512];
   while (fgets(line, sizeof line, f) != NULL && g_nrules < MAX_RULES) {
@@ -228,6 +309,10 @@ static void reload(void) {
     char* save = NULL;
     char* verb = strtok_r(line, " \t\r\n", &save);
     if (verb == NULL) continue;
+    if (strcmp(verb, "rtt") == 0 || strcmp(verb, "sessions") == 0) {
+      parse_model(verb, &save);
+      continue;
+    }
     char* fn = strtok_r(NULL, " \t\r\n", &save);
     if (fn == NULL || strlen(fn) >= sizeof g_rules[0].fn) continue;
     struct rule r;
@@ -291,6 +376,7 @@ static int star_matches(const char* fn) {
 /* g_mu held. */
 static void count_call(const char* fn) {
   ++g_calls;
+  if (strstr(fn, ".len") == NULL) ++g_roundTrips;
   for (int i = 0; i < g_nfns; ++i) {
     if (g_fnCalls[i].fn == fn || strcmp(g_fnCalls[i].fn, fn) == 0) {
       ++g_fnCalls[i].calls;
@@ -311,12 +397,29 @@ static int rule_matches(const struct rule* r, const struct call* c) {
   return 1;
 }
 
+/* The status name of a length-only query of fn (string literals, so count_call may keep them). */
+static const char* len_name(const char* fn) {
+  if (strcmp(fn, "C_Encrypt") == 0) return "C_Encrypt.len";
+  if (strcmp(fn, "C_Decrypt") == 0) return "C_Decrypt.len";
+  if (strcmp(fn, "C_GetAttributeValue") == 0) return "C_GetAttributeValue.len";
+  if (strcmp(fn, "C_GetSlotList") == 0) return "C_GetSlotList.len";
+  return fn;
+}
+
 /* Decides one call; out->rv != CKR_OK: return it instead of calling the real function. */
 static void decide(const struct call* c, struct outcome* out) {
   memset(out, 0, sizeof *out);
   pthread_mutex_lock(&g_mu);
-  count_call(c->fn);
+  reload();
+  count_call(c->lenOnly ? len_name(c->fn) : c->fn);
   if (++g_inFlight > g_maxInFlight) g_maxInFlight = g_inFlight;
+  if (!c->lenOnly && g_rttNs + g_jitterNs > 0) {
+    long long ns = g_rttNs + jitter_ns(g_jitterNs);
+    write_status();
+    pthread_mutex_unlock(&g_mu);
+    sleep_ns(ns); /* the network, outside the lock: calls overlap as on real sockets */
+    pthread_mutex_lock(&g_mu);
+  }
   for (;;) {
     reload();
     struct rule* hit = NULL;
@@ -376,12 +479,14 @@ static CK_RV finish(CK_RV rv) {
 }
 
 /* Returns CKR_OK to go on and call the real function, anything else to return it. */
-static CK_RV inject(const char* fn) {
-  struct call c = {fn, ARGS_ANY, NULL};
+static CK_RV inject_call(const char* fn, int lenOnly) {
+  struct call c = {fn, lenOnly, ARGS_ANY, NULL};
   struct outcome o;
   decide(&c, &o);
   return o.rv;
 }
+
+static CK_RV inject(const char* fn) { return inject_call(fn, 0); }
 
 /* Writes the IV an HSM would generate into the GCM parameters of `mech`. */
 static void fill_iv(CK_MECHANISM_PTR mech, enum iv_fill how) {
@@ -426,7 +531,7 @@ static void sessions_changed(long delta, int reset) {
   } while (0)
 
 static CK_RV w_Initialize(CK_VOID_PTR args) {
-  struct call c = {"C_Initialize", ARGS_NULL, NULL};
+  struct call c = {"C_Initialize", 0, ARGS_NULL, NULL};
   if (args != NULL) {
     c.args = (((CK_C_INITIALIZE_ARGS*)args)->flags & CKF_OS_LOCKING_OK) ? ARGS_OS_LOCKING : ARGS_OTHER;
   }
@@ -461,7 +566,8 @@ static CK_RV w_GetInfo(CK_INFO_PTR p) {
 }
 
 static CK_RV w_GetSlotList(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR n) {
-  INJECT("C_GetSlotList");
+  CK_RV injected = inject_call("C_GetSlotList", list == NULL);
+  if (injected != CKR_OK) return injected;
   return finish(g_real->C_GetSlotList(present, list, n));
 }
 
@@ -477,7 +583,22 @@ static CK_RV w_GetTokenInfo(CK_SLOT_ID s, CK_TOKEN_INFO_PTR p) {
 
 static CK_RV w_OpenSession(CK_SLOT_ID s, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR h) {
   INJECT("C_OpenSession");
+  /* the sessions rule: a slot is reserved before the real call, so concurrent opens cannot overshoot */
+  pthread_mutex_lock(&g_mu);
+  if (g_sessionMax >= 0 && g_open + g_opening >= g_sessionMax) {
+    ++g_injected;
+    ++g_sessionRefused;
+    --g_inFlight; /* not called: finish() will not run */
+    write_status();
+    pthread_mutex_unlock(&g_mu);
+    return CKR_SESSION_COUNT;
+  }
+  ++g_opening;
+  pthread_mutex_unlock(&g_mu);
   CK_RV rv = finish(g_real->C_OpenSession(s, fl, app, notify, h));
+  pthread_mutex_lock(&g_mu);
+  --g_opening;
+  pthread_mutex_unlock(&g_mu);
   if (rv == CKR_OK) sessions_changed(1, 0);
   return rv;
 }
@@ -528,7 +649,10 @@ static CK_RV w_DestroyObject(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o) {
 }
 
 static CK_RV w_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n) {
-  INJECT("C_GetAttributeValue");
+  int lenOnly = t != NULL && n > 0;
+  for (CK_ULONG i = 0; lenOnly && i < n; ++i) lenOnly = t[i].pValue == NULL;
+  CK_RV injected = inject_call("C_GetAttributeValue", lenOnly);
+  if (injected != CKR_OK) return injected;
   return finish(g_real->C_GetAttributeValue(h, o, t, n));
 }
 
@@ -548,7 +672,7 @@ static CK_RV w_FindObjectsFinal(CK_SESSION_HANDLE h) {
 }
 
 static CK_RV w_EncryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k) {
-  struct call c = {"C_EncryptInit", ARGS_ANY, m};
+  struct call c = {"C_EncryptInit", 0, ARGS_ANY, m};
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
@@ -563,7 +687,7 @@ static CK_RV flipped(CK_RV rv, int flip, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
 }
 
 static CK_RV w_Encrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-  struct call c = {"C_Encrypt", ARGS_ANY, NULL};
+  struct call c = {"C_Encrypt", out == NULL, ARGS_ANY, NULL};
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;
@@ -576,7 +700,7 @@ static CK_RV w_DecryptInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR m, CK_OBJECT_HA
 }
 
 static CK_RV w_Decrypt(CK_SESSION_HANDLE h, CK_BYTE_PTR in, CK_ULONG inLen, CK_BYTE_PTR out, CK_ULONG_PTR outLen) {
-  struct call c = {"C_Decrypt", ARGS_ANY, NULL};
+  struct call c = {"C_Decrypt", out == NULL, ARGS_ANY, NULL};
   struct outcome o;
   decide(&c, &o);
   if (o.rv != CKR_OK) return o.rv;

@@ -8,6 +8,8 @@
  *   block <FN|*>            [times=N] [after=N]
  *   iv    C_EncryptInit random|repeat [times=N] [after=N]
  *   flip  C_Encrypt|C_Decrypt [times=N] [after=N]
+ *   rtt   <ms> [jitter=<ms>]      the network-HSM model: every call but a length-only query
+ *   sessions max=<N>              CKR_SESSION_COUNT beyond N open sessions
  */
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -27,7 +29,14 @@ export interface FaultStatus {
   initialized: number;
   /** Most wrapped calls inside the module at once (delays included). */
   max_in_flight: number;
-  /** Calls per PKCS#11 function (faulted ones included), e.g. calls.C_OpenSession. */
+  /** Calls that crossed the modelled network: all calls but length-only queries. */
+  round_trips: number;
+  /** C_OpenSession calls the `sessions max=N` rule refused with CKR_SESSION_COUNT. */
+  session_count_refused: number;
+  /**
+   * Calls per PKCS#11 function (faulted ones included), e.g. calls.C_OpenSession; length-only
+   * queries apart, e.g. calls.C_Encrypt.len.
+   */
   calls_by_fn: Record<string, number>;
 }
 
@@ -57,6 +66,8 @@ export class FaultControl {
       calls: 0,
       initialized: 0,
       max_in_flight: 0,
+      round_trips: 0,
+      session_count_refused: 0,
       calls_by_fn: {},
     };
     if (!existsSync(this.statusPath)) return out;

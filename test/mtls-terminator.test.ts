@@ -175,6 +175,8 @@ describe('native mTLS terminator', () => {
       expect(await ending(silent)).toBe('end');
       expect(await ending(partial)).toBe('end');
       expect(Date.now() - started).toBeLessThan(4000);
+      // Counted by the terminator's thread around the close the client saw: wait for it.
+      await until(() => t.stats().timedOut >= 2 && t.stats().open === 0);
       expect(t.stats()).toMatchObject({ timedOut: 2, open: 0 });
       await until(() => lines.some((l) => l.includes('mTLS client refused')));
       expect(lines.filter((l) => l.includes('mTLS client refused'))).toEqual([
@@ -195,6 +197,7 @@ describe('native mTLS terminator', () => {
       const fourth = tcpConnect(t.port, '127.0.0.1');
       expect(await ending(third, 2000)).not.toBe('still open');
       expect(await ending(fourth, 2000)).not.toBe('still open');
+      await until(() => t.stats().overLimit >= 2);
       expect(t.stats()).toMatchObject({ open: 2, overLimit: 2 });
       await until(() => lines.some((l) => l.includes('connection limit reached')));
       expect(lines.filter((l) => l.includes('connection limit reached'))).toHaveLength(1);
@@ -273,6 +276,8 @@ describe('native mTLS terminator', () => {
       });
       other.on('data', () => undefined);
       expect(await ending(other)).toMatch(/ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE/);
+      // The terminator's thread counts the refusal after the alert has left: the client can be first.
+      await until(() => inter.stats().refused >= 1);
       expect(inter.stats()).toMatchObject({ served: 1, refused: 1 });
       // Reports reach JS through a queue: wait for it. (node's client sends the root along, which is
       // not a trust anchor here.)

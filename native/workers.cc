@@ -1,6 +1,7 @@
 #include "workers.h"
 
 #include <algorithm>
+#include <cmath>
 #include <ctime>
 
 #include <pthread.h>
@@ -74,6 +75,7 @@ void Workers::start() {
   watchdogStop_ = false;
   serving_.store(0);
   lastAdapt_ = Clock::now();
+  avgCpuNs_ = avgBlockedNs_ = -1;
   for (uint32_t i = 0; i < cfg_.threads; ++i) spawnWorker();
   activeWorkers_ = cfg_.threads;
   watchdog_ = std::thread([this] { watchdogMain(); });
@@ -264,23 +266,26 @@ void Workers::leaveGateIfSurplus(Worker* w) {
 }
 
 // Threads needed to keep cfg.adaptCores CPUs busy with calls that spend `cpu` on a CPU and
-// `blocked` waiting for the HSM: adaptCores x (cpu + blocked) / cpu, within
-// [min(adaptCores, threads), threads]. Run-queue delay counts as neither, so threads that merely
-// wait for a CPU (SoftHSM2 on the same cores) do not ask for more threads. Rises at once, falls
-// halfway per decision (one slow burst does not starve the next).
+// `blocked` asleep (waiting for the HSM): adaptCores x (cpu + blocked) / cpu, rounded, within
+// [min(adaptCores, threads), threads]. cpu and blocked per job are averaged over decisions (each
+// new one weighs half), and the target at most doubles or halves the distance per decision, so
+// that one noisy interval (SoftHSM2's own locks sleeping now and then) does not swing it.
 void Workers::adapt(Clock::time_point now) {
   if (now - lastAdapt_ < kAdaptEvery) return;
   lastAdapt_ = now;
-  if (samples_.load(std::memory_order_relaxed) < kMinSamples) return;
+  const uint32_t n = samples_.load(std::memory_order_relaxed);
+  if (n < kMinSamples) return;
   samples_.store(0, std::memory_order_relaxed);
-  const uint64_t cpu = sampleCpuNs_.exchange(0, std::memory_order_relaxed);
-  const uint64_t blocked = sampleBlockedNs_.exchange(0, std::memory_order_relaxed);
+  const double cpu = static_cast<double>(sampleCpuNs_.exchange(0, std::memory_order_relaxed)) / n;
+  const double blocked = static_cast<double>(sampleBlockedNs_.exchange(0, std::memory_order_relaxed)) / n;
+  avgCpuNs_ = avgCpuNs_ < 0 ? cpu : (avgCpuNs_ + cpu) / 2;
+  avgBlockedNs_ = avgBlockedNs_ < 0 ? blocked : (avgBlockedNs_ + blocked) / 2;
   const uint32_t lo = std::min(cfg_.adaptCores, cfg_.threads);
-  uint64_t want = cfg_.threads;
-  if (cpu != 0) want = (static_cast<uint64_t>(cfg_.adaptCores) * (cpu + blocked) + cpu / 2) / cpu;  // rounded
-  want = std::clamp<uint64_t>(want, lo, cfg_.threads);
+  double want = cfg_.threads;
+  if (avgCpuNs_ > 0) want = std::round(cfg_.adaptCores * (avgCpuNs_ + avgBlockedNs_) / avgCpuNs_);
+  const auto w = static_cast<uint32_t>(std::clamp<double>(want, lo, cfg_.threads));
   const uint32_t cur = target_.load();
-  const auto next = static_cast<uint32_t>(want >= cur ? want : cur - (cur - want + 1) / 2);
+  const uint32_t next = w >= cur ? std::min(w, 2 * cur) : cur - (cur - w + 1) / 2;
   if (next == cur) return;
   std::lock_guard<std::mutex> lk(workersMu_);
   target_.store(next);

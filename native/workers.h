@@ -132,6 +132,7 @@ class Workers {
   std::atomic<uint32_t> serving_{0};  // written under workersMu_
   std::atomic<uint32_t> target_{1};
   Clock::time_point lastAdapt_{};
+  double avgCpuNs_ = -1, avgBlockedNs_ = -1;  // per sampled job, watchdog only (-1: none yet)
   // Sampled cost of jobs (ns), summed by the workers, taken by adapt().
   alignas(64) std::atomic<uint64_t> sampleCpuNs_{0};
   std::atomic<uint64_t> sampleBlockedNs_{0};

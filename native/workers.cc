@@ -37,6 +37,11 @@ struct ThreadCost {
 constexpr uint32_t kSampleEvery = 4;  // jobs per thread between two samples
 constexpr uint32_t kMinSamples = 16;  // per decision
 constexpr std::chrono::milliseconds kAdaptEvery{100};
+// Jobs that sleep less than this times their CPU time count as CPU-bound. A module on the same
+// cores sleeps on its own locks, more so the more threads contend (SoftHSM2: ~0.6x its CPU time
+// with 2 threads, 10x with 20), so read as blocking that sleep would keep adding threads; a
+// network HSM's round trips sleep many times a call's CPU time (1 ms against ~0.1 ms).
+constexpr double kSleepOverCpu = 1.5;
 
 }  // namespace
 
@@ -267,9 +272,9 @@ void Workers::leaveGateIfSurplus(Worker* w) {
 
 // Threads needed to keep cfg.adaptCores CPUs busy with calls that spend `cpu` on a CPU and
 // `blocked` asleep (waiting for the HSM): adaptCores x (cpu + blocked) / cpu, rounded, within
-// [min(adaptCores, threads), threads]. cpu and blocked per job are averaged over decisions (each
-// new one weighs half), and the target at most doubles or halves the distance per decision, so
-// that one noisy interval (SoftHSM2's own locks sleeping now and then) does not swing it.
+// [min(adaptCores, threads), threads]; adaptCores while blocked < kSleepOverCpu x cpu. cpu and
+// blocked per job are averaged over decisions (each new one weighs half), and the target at most
+// doubles, or falls half the distance, per decision, so one noisy interval does not swing it.
 void Workers::adapt(Clock::time_point now) {
   if (now - lastAdapt_ < kAdaptEvery) return;
   lastAdapt_ = now;
@@ -282,7 +287,11 @@ void Workers::adapt(Clock::time_point now) {
   avgBlockedNs_ = avgBlockedNs_ < 0 ? blocked : (avgBlockedNs_ + blocked) / 2;
   const uint32_t lo = std::min(cfg_.adaptCores, cfg_.threads);
   double want = cfg_.threads;
-  if (avgCpuNs_ > 0) want = std::round(cfg_.adaptCores * (avgCpuNs_ + avgBlockedNs_) / avgCpuNs_);
+  if (avgBlockedNs_ < kSleepOverCpu * avgCpuNs_) {
+    want = lo;  // CPU-bound, the sleeps are the module's own locks
+  } else if (avgCpuNs_ > 0) {
+    want = std::round(cfg_.adaptCores * (avgCpuNs_ + avgBlockedNs_) / avgCpuNs_);
+  }
   const auto w = static_cast<uint32_t>(std::clamp<double>(want, lo, cfg_.threads));
   const uint32_t cur = target_.load();
   const uint32_t next = w >= cur ? std::min(w, 2 * cur) : cur - (cur - w + 1) / 2;

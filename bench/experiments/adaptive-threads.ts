@@ -4,8 +4,9 @@
  * for two HSMs in the same run: SoftHSM2 directly (CPU-bound on the same cores) and SoftHSM2
  * behind the fault module with `delay * 1` (a 1 ms sleep before every call: a blocking network
  * HSM). Encrypt, random IV, key copies off, pool 30 (the seed's). Each setting warms up first, so
- * the adaptive engine has made its decisions; an untimed run warms the process up per HSM, then
- * the default runs first and last (their mean is compared with the best fixed setting).
+ * the adaptive engine has made its decisions; an untimed run warms the process up per HSM. The
+ * settings run in `--rounds` interleaved rounds and each reports its median, so that the load of
+ * a shared machine drifting during the run biases no setting.
  *
  *   npm run build && node dist/bench/experiments/adaptive-threads.js [--seconds 2] [--clients 64]
  */
@@ -43,6 +44,7 @@ async function main(): Promise<void> {
     seconds: { type: 'number', help: 'measured seconds per setting', default: 2 },
     warmup: { type: 'number', help: 'warm-up seconds per setting', default: 0.6 },
     clients: { type: 'number', help: 'closed-loop callers', default: 64 },
+    rounds: { type: 'number', help: 'interleaved rounds (median reported)', default: 3 },
   });
   const { seconds, clients } = args;
   const warmupMs = args.warmup * 1000;
@@ -63,43 +65,47 @@ async function main(): Promise<void> {
     { label: 'warm-up', threads: 2 },
     { label: 'default', threads: POOL, adaptCores: cores },
     ...FIXED.map((t) => ({ label: `fixed ${t}`, threads: t })),
-    { label: 'default', threads: POOL, adaptCores: cores },
   ];
+  const median = (xs: number[]): number => {
+    const v = [...xs].sort((a, b) => a - b);
+    return v.length % 2 === 1 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+  };
   try {
     for (const kind of kinds) {
-      const rows: { label: string; rps: number }[] = [];
-      for (const s of settings) {
-        const options: EngineOptions = {
-          modulePath: kind.modulePath,
-          userPin: token.pin,
-          poolMaxSize: POOL,
-          poolTimeoutMs: 5000,
-          eagerClose: false,
-          threads: s.threads,
-          ivMode: 'random',
-          keyCopies: false,
-          ...(s.adaptCores !== undefined ? { adaptCores: s.adaptCores } : {}),
-        };
-        const engine = new Engine(options);
-        await engine.open();
-        try {
-          await closedLoop(engine, clients, warmupMs);
-          const done = await closedLoop(engine, clients, seconds * 1000);
-          rows.push({ label: s.label, rps: done / seconds });
-        } finally {
-          await engine.close();
+      const runs = new Map<string, number[]>();
+      for (let round = 0; round < args.rounds; round++) {
+        for (const s of settings) {
+          if (s.label === 'warm-up' && round > 0) continue;
+          const options: EngineOptions = {
+            modulePath: kind.modulePath,
+            userPin: token.pin,
+            poolMaxSize: POOL,
+            poolTimeoutMs: 5000,
+            eagerClose: false,
+            threads: s.threads,
+            ivMode: 'random',
+            keyCopies: false,
+            ...(s.adaptCores !== undefined ? { adaptCores: s.adaptCores } : {}),
+          };
+          const engine = new Engine(options);
+          await engine.open();
+          try {
+            await closedLoop(engine, clients, warmupMs);
+            const done = await closedLoop(engine, clients, seconds * 1000);
+            runs.set(s.label, [...(runs.get(s.label) ?? []), done / seconds]);
+          } finally {
+            await engine.close();
+          }
         }
       }
-      const fixed = rows.filter((r) => r.label.startsWith('fixed'));
-      const best = fixed.reduce((a, b) => (b.rps > a.rps ? b : a));
-      const defaults = rows.filter((r) => r.label === 'default');
-      const mean = defaults.reduce((a, r) => a + r.rps, 0) / defaults.length;
-      console.log(`${kind.name}: ${clients} clients, pool ${POOL}, ${cores} CPUs, ${seconds} s per setting`);
+      const rows = settings.filter((s) => s.label !== 'warm-up').map((s) => ({ label: s.label, rps: median(runs.get(s.label)!) }));
+      const best = rows.filter((r) => r.label !== 'default').reduce((a, b) => (b.rps > a.rps ? b : a));
+      console.log(`${kind.name}: ${clients} clients, pool ${POOL}, ${cores} CPUs, median of ${args.rounds} rounds x ${seconds} s`);
       for (const r of rows.filter((x) => x.label !== 'warm-up'))
         console.log(
           `  ${r.label.padEnd(9)} ${r.rps.toFixed(0).padStart(7)} req/s  ${((100 * r.rps) / best.rps).toFixed(1)} % of best fixed`,
         );
-      console.log(`  best fixed: ${best.label}; default (mean of 2): ${mean.toFixed(0)} req/s, ${((100 * mean) / best.rps).toFixed(1)} %`);
+      console.log(`  best fixed: ${best.label}`);
     }
   } finally {
     token.remove();

@@ -11,8 +11,8 @@ import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/add
 import { parseConfig } from '../src/config.js';
 import { planWorkers } from '../src/workers/split.js';
 import { engineOptions } from '../src/workers/serving.js';
-import { type FaultControl, useFaultyModule } from './helpers/faulty.js';
-import { createTestKeys, makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { type FaultControl, useFaultyModule, waitFor } from './helpers/faulty.js';
+import { createTestKeys, makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 
@@ -107,6 +107,35 @@ describe('adaptive HSM threads', () => {
   it('an explicit thread count is honoured, blocking calls or not', async () => {
     // No adaptCores: exactly `threads` serve (3 of them reach the module at once, never more).
     expect(await maxInFlight({ threads: 3 }, 'delay * 1', 800)).toBe(3);
+  }, 20_000);
+});
+
+describe('adaptive HSM threads and the deadline', () => {
+  it('a stuck serving thread hands its permit to a parked one; deadline and quarantine hold', async () => {
+    // One permit (adaptCores 1) among 4 threads: if the stuck thread kept it, the decrypt below
+    // would wait in the queue and time out too.
+    const e = new Engine(options({ threads: 4, adaptCores: 1, operationTimeoutMs: 150 }));
+    await e.open();
+    try {
+      const { ct, tag, iv } = splitSealed(await e.encrypt(TEST_KEYS.ordinary, Buffer.from('before'), Buffer.alloc(0)));
+      faulty.faults.set('block C_Encrypt');
+      const t0 = Date.now();
+      const err = await e.encrypt(TEST_KEYS.ordinary, Buffer.from('x'), Buffer.alloc(0)).then(
+        () => undefined,
+        (x: unknown) => x as { code?: string },
+      );
+      expect(err?.code).toBe('XKS_TIMEOUT');
+      expect(Date.now() - t0).toBeLessThan(150 + 100);
+      expect(e.stats().workersStuck).toBe(1);
+      expect(e.stats().sessionsQuarantined).toBe(1);
+      expect((await e.decrypt(TEST_KEYS.ordinary, ct, tag, iv, Buffer.alloc(0))).toString()).toBe('before');
+      faulty.faults.clear();
+      expect(await waitFor(() => e.stats().workersStuck === 0)).toBe(true);
+      expect((await e.encrypt(TEST_KEYS.ordinary, Buffer.from('after'), Buffer.alloc(0))).length).toBe(5 + 28);
+    } finally {
+      faulty.faults.clear();
+      await e.close();
+    }
   }, 20_000);
 });
 

@@ -154,10 +154,16 @@ describe('worker_threads in settings.toml', () => {
     expect(config.pkcs11.worker_threads_adaptive).toBe(true);
     const plan = planWorkers({ ...config, server: { ...config.server, workers: 2 } }, 4);
     expect(plan.shares.map((s) => [s.threads, s.adaptCores])).toEqual([
-      [15, 2],
-      [15, 2],
+      [15, 1],
+      [15, 1],
     ]);
-    expect(engineOptions(config, plan.shares[0]!)).toMatchObject({ threads: 15, adaptCores: 2 });
+    expect(engineOptions(config, plan.shares[0]!)).toMatchObject({ threads: 15, adaptCores: 1 });
+    // One loop on 4 CPUs: 3 left to the HSM threads.
+    expect(planWorkers({ ...config, server: { ...config.server, workers: 1 } }, 4).shares[0]).toEqual({
+      poolMaxSize: 30,
+      threads: 30,
+      adaptCores: 3,
+    });
   });
 
   it('set: exactly that many threads, never adapted', () => {

@@ -56,7 +56,8 @@ async function main(): Promise<void> {
   process.env.FAULTY_PKCS11_CONTROL = control;
   process.env.FAULTY_PKCS11_STATUS = path.join(token.dir, 'faults.status');
   const { Engine } = loadAddon();
-  const cores = availableParallelism();
+  const cpus = availableParallelism();
+  const cores = Math.max(1, cpus - 1); // what src/workers/split.ts gives one event loop
   const kinds = [
     { name: 'softhsm2', modulePath: token.modulePath },
     { name: 'delay*1ms', modulePath: FAULTY },
@@ -100,7 +101,9 @@ async function main(): Promise<void> {
       }
       const rows = settings.filter((s) => s.label !== 'warm-up').map((s) => ({ label: s.label, rps: median(runs.get(s.label)!) }));
       const best = rows.filter((r) => r.label !== 'default').reduce((a, b) => (b.rps > a.rps ? b : a));
-      console.log(`${kind.name}: ${clients} clients, pool ${POOL}, ${cores} CPUs, median of ${args.rounds} rounds x ${seconds} s`);
+      console.log(
+        `${kind.name}: ${clients} clients, pool ${POOL}, ${cpus} CPUs (adaptCores ${cores}), median of ${args.rounds} rounds x ${seconds} s`,
+      );
       for (const r of rows.filter((x) => x.label !== 'warm-up'))
         console.log(
           `  ${r.label.padEnd(9)} ${r.rps.toFixed(0).padStart(7)} req/s  ${((100 * r.rps) / best.rps).toFixed(1)} % of best fixed`,

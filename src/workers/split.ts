@@ -3,7 +3,7 @@
  * (session_pool_max_size) and the addon's threads (worker_threads) are split between the loops'
  * engines so that the totals stay as configured (each loop gets at least 1). With worker_threads
  * unset, each engine adapts its serving threads below its share, keeping about its share of the
- * CPUs busy (adaptCores; native/workers.cc).
+ * CPUs that the event loops leave busy (adaptCores; native/workers.cc).
  */
 import { availableParallelism } from 'node:os';
 import type { Config } from '../config.js';
@@ -39,7 +39,9 @@ export function planWorkers(config: Config, parallelism: number = availableParal
   }
   const pool = splitEvenly(config.pkcs11.session_pool_max_size, count);
   const threads = splitEvenly(config.pkcs11.worker_threads, count);
-  const cores = splitEvenly(parallelism, count);
+  // The CPUs left to HSM threads once every event loop has its own (at least 1 per loop): with
+  // one loop on 2 CPUs, 1 SoftHSM2 thread beat 2 by 10-25 % (bench/experiments/adaptive-threads.ts).
+  const cores = splitEvenly(Math.max(count, parallelism - count), count);
   const adaptive = config.pkcs11.worker_threads_adaptive;
   if (count > config.pkcs11.session_pool_max_size) {
     notes.push(

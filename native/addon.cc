@@ -123,6 +123,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.poolTimeoutMs = intOption(env, o, limits::kPoolTimeoutMs);
     cfg.eagerClose = boolOption(env, o, "eagerClose", false, false);
     cfg.threads = intOption(env, o, limits::kThreads);
+    // Absent or 0: `threads` serve. Else `threads` is the ceiling of an adaptive count (CPUs to keep busy).
+    if (!o.Get("adaptCores").IsUndefined()) cfg.adaptCores = intOption(env, o, "adaptCores", 0, limits::kThreads.max);
     if (!o.Get("operationTimeoutMs").IsUndefined()) {
       cfg.opTimeoutMs = intOption(env, o, limits::kOperationTimeoutMs);
     }

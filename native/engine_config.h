@@ -18,6 +18,10 @@ struct EngineConfig {
   uint32_t poolTimeoutMs = 0;
   bool eagerClose = false;
   uint32_t threads = 1;
+  // 0: `threads` threads serve. Otherwise `threads` is a ceiling and the engine adapts how many
+  // serve (the rest park) from what its calls cost: about `adaptCores` while the calls keep a
+  // CPU busy, more while they block (a network HSM), see Workers::adapt().
+  uint32_t adaptCores = 0;
   IvMode ivMode = IvMode::Random;
   // Deadline of every job, from submission (0: none). Overrunning jobs settle with XKS_TIMEOUT.
   uint32_t opTimeoutMs = 0;

@@ -1,10 +1,49 @@
 #include "workers.h"
 
 #include <algorithm>
+#include <cmath>
+#include <ctime>
 
 #include <pthread.h>
+#include <sys/resource.h>
 
 namespace xks {
+
+namespace {
+
+// What a sampled job cost its thread: CPU time (CLOCK_THREAD_CPUTIME_ID) and voluntary context
+// switches (getrusage RUSAGE_THREAD: the thread went to sleep on a socket, a timer or a lock).
+// Wall time off the CPU counts as blocked only when the thread slept: a thread that was merely
+// preempted or waited for a CPU (SoftHSM2 on the same cores, a busy machine) made no voluntary
+// switch, so waiting for a CPU never asks for more threads. (The kernel's run-queue delay in
+// /proc/thread-self/schedstat would be more exact but is not kept on every kernel.)
+struct ThreadCost {
+  uint64_t cpuNs = 0;
+  uint64_t sleeps = 0;
+
+  static ThreadCost now() {
+    ThreadCost c;
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    c.cpuNs = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+#ifdef RUSAGE_THREAD
+    rusage ru{};
+    if (getrusage(RUSAGE_THREAD, &ru) == 0) c.sleeps = static_cast<uint64_t>(ru.ru_nvcsw);
+#endif
+    return c;
+  }
+};
+
+constexpr uint32_t kSampleEvery = 4;  // jobs per thread between two samples
+constexpr uint32_t kMinSamples = 16;  // per decision
+constexpr std::chrono::milliseconds kAdaptEvery{100};
+// Jobs that sleep less than this times their CPU time count as CPU-bound. A module on the same
+// cores sleeps on its own locks, more so the more threads contend (SoftHSM2: ~0.6x its CPU time
+// with 2 threads, 10x with 20), so read as blocking that sleep would keep adding threads; a
+// network HSM's round trips sleep many times a call's CPU time (1 ms against ~0.1 ms).
+constexpr double kSleepOverCpu = 1.5;
+
+}  // namespace
 
 void nameThread(std::thread& t, const char* name) {
 #ifdef __linux__
@@ -18,6 +57,7 @@ void nameThread(std::thread& t, const char* name) {
 Workers::Workers(const EngineConfig& cfg, SessionPool& pool, Host& host, const std::atomic<bool>& aborting)
     : cfg_(cfg), pool_(pool), host_(host), aborting_(aborting) {
   maxStuck_ = cfg_.opTimeoutMs != 0 ? std::max<uint32_t>(cfg_.threads, 2) : 0;
+  target_.store(cfg_.adaptCores != 0 ? std::min(cfg_.adaptCores, cfg_.threads) : cfg_.threads);
 }
 
 void Workers::complete(Job* j) {
@@ -38,6 +78,9 @@ void Workers::start() {
   std::lock_guard<std::mutex> lk(workersMu_);
   workersStarted_ = true;
   watchdogStop_ = false;
+  serving_.store(0);
+  lastAdapt_ = Clock::now();
+  avgCpuNs_ = avgBlockedNs_ = -1;
   for (uint32_t i = 0; i < cfg_.threads; ++i) spawnWorker();
   activeWorkers_ = cfg_.threads;
   watchdog_ = std::thread([this] { watchdogMain(); });
@@ -60,6 +103,7 @@ void Workers::spawnWorker() {
   w->job = nullptr;
   w->session = SessionPool::kNil;
   w->expired = w->stuck = w->sessionQuarantined = false;
+  w->serving.store(false);
   threadsAlive_.fetch_add(1, std::memory_order_acq_rel);
   std::thread t([this, w] { workerMain(w); });
   nameThread(t, "xks-hsm");
@@ -67,12 +111,23 @@ void Workers::spawnWorker() {
 }
 
 void Workers::workerMain(Worker* w) {
+  const bool adaptive = cfg_.adaptCores != 0;
+  uint32_t untilSample = 1;
   for (;;) {
+    if (adaptive && !w->serving.load(std::memory_order_relaxed) && !enterGate(w)) break;
     Job* j = queue_.pop();
     if (j == nullptr) break;
     {
       std::lock_guard<std::mutex> lk(w->mu);
       w->job = j;
+    }
+    const bool sample = adaptive && --untilSample == 0;
+    ThreadCost c0;
+    Clock::time_point t0{};
+    if (sample) {
+      untilSample = kSampleEvery;
+      c0 = ThreadCost::now();
+      t0 = Clock::now();
     }
     try {
       host_.run(j, w);
@@ -80,10 +135,21 @@ void Workers::workerMain(Worker* w) {
       j->clearResult();
       j->rv = CKR_HOST_MEMORY;
     }
+    if (sample) {
+      const auto wall =
+          static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count());
+      const ThreadCost c1 = ThreadCost::now();
+      const uint64_t cpu = c1.cpuNs - c0.cpuNs;
+      const bool slept = c1.sleeps != c0.sleeps;
+      sampleCpuNs_.fetch_add(cpu, std::memory_order_relaxed);
+      sampleBlockedNs_.fetch_add(slept && wall > cpu ? wall - cpu : 0, std::memory_order_relaxed);
+      samples_.fetch_add(1, std::memory_order_relaxed);
+    }
     if (!finishJob(w, j)) {
       // A stuck thread came back while enough others serve: leave.
       {
         std::lock_guard<std::mutex> lk(workersMu_);
+        if (w->serving.exchange(false)) serving_.fetch_sub(1);
         w->exited = true;
         workersCv_.notify_all();
       }
@@ -92,9 +158,11 @@ void Workers::workerMain(Worker* w) {
       threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);
       return;
     }
+    if (adaptive) leaveGateIfSurplus(w);
   }
   {
     std::lock_guard<std::mutex> lk(workersMu_);
+    if (w->serving.exchange(false)) serving_.fetch_sub(1);
     w->exited = true;
     if (w->stuck) {
       w->stuck = false;
@@ -159,6 +227,11 @@ void Workers::expireRunning(Clock::time_point now) {
       }
       if (!w->stuck) {
         w->stuck = true;
+        // Its gate permit goes to a parked thread; back from the HSM, it passes the gate again.
+        if (w->serving.exchange(false)) {
+          serving_.fetch_sub(1);
+          parkCv_.notify_one();
+        }
         ++stuckThreads_;
         --activeWorkers_;
         ++newlyStuck;
@@ -180,6 +253,52 @@ void Workers::expireRunning(Clock::time_point now) {
     timeouts_.fetch_add(1, std::memory_order_relaxed);
     complete(j);
   }
+}
+
+bool Workers::enterGate(Worker* w) {
+  std::unique_lock<std::mutex> lk(workersMu_);
+  parkCv_.wait(lk, [this] { return watchdogStop_ || serving_.load() < target_.load(); });
+  if (watchdogStop_) return false;
+  serving_.fetch_add(1);
+  w->serving.store(true);
+  return true;
+}
+
+void Workers::leaveGateIfSurplus(Worker* w) {
+  if (serving_.load(std::memory_order_relaxed) <= target_.load(std::memory_order_relaxed)) return;
+  std::lock_guard<std::mutex> lk(workersMu_);
+  if (serving_.load() > target_.load() && w->serving.exchange(false)) serving_.fetch_sub(1);
+}
+
+// Threads needed to keep cfg.adaptCores CPUs busy with calls that spend `cpu` on a CPU and
+// `blocked` asleep (waiting for the HSM): adaptCores x (cpu + blocked) / cpu, rounded, within
+// [min(adaptCores, threads), threads]; adaptCores while blocked < kSleepOverCpu x cpu. cpu and
+// blocked per job are averaged over decisions (each new one weighs half), and the target at most
+// doubles, or falls half the distance, per decision, so one noisy interval does not swing it.
+void Workers::adapt(Clock::time_point now) {
+  if (now - lastAdapt_ < kAdaptEvery) return;
+  lastAdapt_ = now;
+  const uint32_t n = samples_.load(std::memory_order_relaxed);
+  if (n < kMinSamples) return;
+  samples_.store(0, std::memory_order_relaxed);
+  const double cpu = static_cast<double>(sampleCpuNs_.exchange(0, std::memory_order_relaxed)) / n;
+  const double blocked = static_cast<double>(sampleBlockedNs_.exchange(0, std::memory_order_relaxed)) / n;
+  avgCpuNs_ = avgCpuNs_ < 0 ? cpu : (avgCpuNs_ + cpu) / 2;
+  avgBlockedNs_ = avgBlockedNs_ < 0 ? blocked : (avgBlockedNs_ + blocked) / 2;
+  const uint32_t lo = std::min(cfg_.adaptCores, cfg_.threads);
+  double want = cfg_.threads;
+  if (avgBlockedNs_ < kSleepOverCpu * avgCpuNs_) {
+    want = lo;  // CPU-bound, the sleeps are the module's own locks
+  } else if (avgCpuNs_ > 0) {
+    want = std::round(cfg_.adaptCores * (avgCpuNs_ + avgBlockedNs_) / avgCpuNs_);
+  }
+  const auto w = static_cast<uint32_t>(std::clamp<double>(want, lo, cfg_.threads));
+  const uint32_t cur = target_.load();
+  const uint32_t next = w >= cur ? std::min(w, 2 * cur) : cur - (cur - w + 1) / 2;
+  if (next == cur) return;
+  std::lock_guard<std::mutex> lk(workersMu_);
+  target_.store(next);
+  if (next > cur) parkCv_.notify_all();
 }
 
 void Workers::watchdogMain() {
@@ -214,8 +333,9 @@ void Workers::watchdogMain() {
         }
       }
     }
-    if (cfg_.opTimeoutMs == 0) continue;
     const auto now = Clock::now();
+    if (cfg_.adaptCores != 0) adapt(now);
+    if (cfg_.opTimeoutMs == 0) continue;
     for (Job* j = queue_.popExpired(now); j != nullptr;) {
       Job* next = j->next;
       j->next = nullptr;
@@ -236,6 +356,7 @@ Job* Workers::beginClose(Job* closeJob) {
   std::lock_guard<std::mutex> lk(workersMu_);
   closeBegan_ = Clock::now();
   watchdogStop_ = true;
+  parkCv_.notify_all();
   if (!workersStarted_) {
     // never opened: nothing to wait for
     Job* cj = closeJob_.exchange(nullptr);
@@ -251,6 +372,7 @@ Job* Workers::stop(bool& started) {
   started = workersStarted_;
   if (!watchdogStop_) closeBegan_ = Clock::now();
   watchdogStop_ = true;
+  parkCv_.notify_all();
   workersCv_.notify_all();
   return drained;
 }

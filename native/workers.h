@@ -1,8 +1,8 @@
 // The engine's threads: `threads` detached workers that pop jobs from the queue and run
-// them, and one watchdog that enforces the operation deadline (opTimeoutMs): it expires
-// queued jobs, settles running jobs that overran with XKS_TIMEOUT, quarantines their thread
-// and session and starts a replacement thread, and finishes close. Also the completion
-// stack every engine thread hands finished jobs back on.
+// them (with cfg.adaptCores, only `target` of them serve and the others park; see adapt()), and one watchdog that
+// enforces the operation deadline (opTimeoutMs): it expires queued jobs, settles running jobs that overran with
+// XKS_TIMEOUT, quarantines their thread and session and starts a replacement thread, and finishes close. Also the
+// completion stack every engine thread hands finished jobs back on.
 #pragma once
 
 #include <atomic>
@@ -25,12 +25,13 @@ namespace xks {
 // One per worker thread; guarded by its mutex (the worker and the watchdog).
 struct Worker {
   std::mutex mu;
-  Job* job = nullptr;               // running job
-  uint32_t session = 0xffffffffu;   // pool slot in use
-  bool expired = false;             // the watchdog settled `job` (timeout)
-  bool stuck = false;               // counted in stuckThreads_
-  bool sessionQuarantined = false;  // `session` moved to the pool's quarantine
-  bool exited = true;               // slot free for a new thread
+  Job* job = nullptr;                // running job
+  uint32_t session = 0xffffffffu;    // pool slot in use
+  bool expired = false;              // the watchdog settled `job` (timeout)
+  bool stuck = false;                // counted in stuckThreads_
+  bool sessionQuarantined = false;   // `session` moved to the pool's quarantine
+  bool exited = true;                // slot free for a new thread
+  std::atomic<bool> serving{false};  // holds an adaptive gate permit (written under workersMu_)
 };
 
 // The name `top -H`, perf and /proc/PID/task/TID/comm show for an engine thread (Linux: at
@@ -83,6 +84,8 @@ class Workers {
   uint32_t threadsAlive() const { return threadsAlive_.load(std::memory_order_acquire); }
   uint32_t stuck() const { return stuckCount_.load(std::memory_order_relaxed); }
   uint64_t timeouts() const { return timeouts_.load(std::memory_order_relaxed); }
+  // Threads allowed to serve (cfg.threads unless adaptive).
+  uint32_t target() const { return target_.load(std::memory_order_relaxed); }
 
  private:
   void spawnWorker();  // workersMu_ held
@@ -90,6 +93,12 @@ class Workers {
   bool finishJob(Worker* w, Job* j);  // false: the thread must exit (surplus)
   void watchdogMain();
   void expireRunning(Clock::time_point now);
+  // Adaptive only: waits (parked) until w may serve; false once the engine stops.
+  bool enterGate(Worker* w);
+  // Adaptive only, after a job: w parks again when more threads serve than the target.
+  void leaveGateIfSurplus(Worker* w);
+  // Adaptive only (watchdog): the target from the calls' CPU, run-queue and blocked time.
+  void adapt(Clock::time_point now);
 
   const EngineConfig& cfg_;
   SessionPool& pool_;
@@ -116,6 +125,18 @@ class Workers {
   bool watchdogStop_ = false;  // workersMu_
   std::atomic<Job*> closeJob_{nullptr};
   Clock::time_point closeBegan_{};
+
+  // The adaptive gate (workersMu_): serving_ threads hold a permit, at most target_ of them
+  // (a stuck thread gives its permit up); the others wait on parkCv_.
+  std::condition_variable parkCv_;
+  std::atomic<uint32_t> serving_{0};  // written under workersMu_
+  std::atomic<uint32_t> target_{1};
+  Clock::time_point lastAdapt_{};
+  double avgCpuNs_ = -1, avgBlockedNs_ = -1;  // per sampled job, watchdog only (-1: none yet)
+  // Sampled cost of jobs (ns), summed by the workers, taken by adapt().
+  alignas(64) std::atomic<uint64_t> sampleCpuNs_{0};
+  std::atomic<uint64_t> sampleBlockedNs_{0};
+  std::atomic<uint32_t> samples_{0};
 
   alignas(64) std::atomic<uint64_t> timeouts_{0};
   std::atomic<uint32_t> stuckCount_{0};

@@ -153,8 +153,14 @@ export interface Pkcs11Section {
   /** As written in the file. */
   PKCS11_HSM_MODULE: string;
   context_read_timeout_milli: number;
-  /** Our extension (optional key): threads running PKCS#11 calls; default min(session_pool_max_size, 32). */
+  /**
+   * Our extension (optional key): threads running PKCS#11 calls. Set: exactly that many. Absent:
+   * at most min(session_pool_max_size, 32), of which the engine lets serve as many as the calls'
+   * cost asks for (about one per CPU while they are CPU-bound, more while they block in the HSM).
+   */
   worker_threads: number;
+  /** Not a key: true when worker_threads was absent (the engine adapts the count below it). */
+  worker_threads_adaptive: boolean;
   /**
    * Our extension (optional key): deadline of every HSM call in ms; a call that overruns answers 503
    * DependencyTimeoutException. Default DEFAULT_OPERATION_TIMEOUT_MILLI; 0 = no deadline.
@@ -700,9 +706,9 @@ function readCredentialList(r: Reader, item: Table, IP: string, sec: SecuritySec
 // [pkcs11] --------------------------------------------------------------------------------------------------
 
 /** The engine's bounds (native/limits.h, exported by the addon): what check-config accepts, the engine takes. */
-let pkcs11Table: Fields<Omit<Pkcs11Section, 'module_path'>> | undefined;
+let pkcs11Table: Fields<Omit<Pkcs11Section, 'module_path' | 'worker_threads_adaptive'>> | undefined;
 
-function PKCS11(): Fields<Omit<Pkcs11Section, 'module_path'>> {
+function PKCS11(): Fields<Omit<Pkcs11Section, 'module_path' | 'worker_threads_adaptive'>> {
   if (pkcs11Table !== undefined) return pkcs11Table;
   const L = loadAddon().limits;
   const opTimeoutMax = Math.min(MAX_OPERATION_TIMEOUT_MILLI, L.operationTimeoutMs.max);
@@ -737,7 +743,9 @@ function PKCS11(): Fields<Omit<Pkcs11Section, 'module_path'>> {
 
 function readPkcs11(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Pkcs11Section {
   const P = 'pkcs11';
-  const out = readFields(r, r.table(doc, '', P, true), P, PKCS11()) as Pkcs11Section;
+  const table = r.table(doc, '', P, true);
+  const out = readFields(r, table, P, PKCS11()) as Pkcs11Section;
+  out.worker_threads_adaptive = table.worker_threads === undefined;
   const fromEnv = env[PKCS11_HSM_MODULE];
   out.module_path = fromEnv !== undefined && fromEnv !== '' ? fromEnv : out.PKCS11_HSM_MODULE;
   if (out.module_path === '') r.fail(`${P}.${PKCS11_HSM_MODULE}`, 'empty, and env PKCS11_HSM_MODULE is not set');

@@ -31,6 +31,12 @@ export interface EngineOptions {
   eagerClose: boolean;
   /** Worker threads owned by the addon that run the PKCS#11 calls (1..256). */
   threads: number;
+  /**
+   * Absent or 0: all `threads` serve. Otherwise `threads` is a ceiling: the engine measures its
+   * calls' CPU time against the time they block in the HSM and lets about
+   * adaptCores x (cpu + blocked) / cpu threads serve (at least adaptCores); the rest park.
+   */
+  adaptCores?: number;
   ivMode: IvMode;
   /**
    * Deadline of every call, in ms from submission (0 or absent: none). A call still queued,

@@ -102,7 +102,7 @@ export interface PoolOptions {
   /** The API port the main thread listens on. */
   port: number;
   /** Session pool and addon threads of loops 1..count-1 (index 0 is the main thread's). */
-  shares: readonly { poolMaxSize: number; threads: number }[];
+  shares: readonly { poolMaxSize: number; threads: number; adaptCores?: number }[];
   health: HealthVerdict | undefined;
   log: BufferedLogger;
   /** The main thread's own metrics (event loop 0); undefined when [metrics] is off. */
@@ -132,6 +132,7 @@ export class WorkerPool {
         port: options.port,
         poolMaxSize: share.poolMaxSize,
         threads: share.threads,
+        adaptCores: share.adaptCores,
         health: options.health,
       };
       const worker = new Worker(script, { workerData: init, execArgv: [] });

@@ -38,6 +38,8 @@ export interface WorkerInit {
   port: number;
   poolMaxSize: number;
   threads: number;
+  /** Absent: `threads` serve; else the engine adapts its serving threads (src/workers/split.ts). */
+  adaptCores?: number;
   /** The deep health check's verdict when the main thread runs one (forwarded on every change). */
   health: HealthVerdict | undefined;
 }

@@ -32,7 +32,7 @@ export function metricsFor(hsm: Hsm): Metrics {
 }
 
 /** The engine options, with this event loop's share of the session pool and of the addon threads. */
-export function engineOptions(config: Config, share: { poolMaxSize: number; threads: number }): EngineOptions {
+export function engineOptions(config: Config, share: { poolMaxSize: number; threads: number; adaptCores?: number }): EngineOptions {
   const p = config.pkcs11;
   return {
     modulePath: p.module_path,
@@ -41,6 +41,7 @@ export function engineOptions(config: Config, share: { poolMaxSize: number; thre
     poolTimeoutMs: p.session_pool_timeout_milli,
     eagerClose: p.session_eager_close,
     threads: share.threads,
+    adaptCores: share.adaptCores,
     ivMode: ivMode(config.hsm_capabilities.can_generate_iv, config.hsm_capabilities.is_zero_iv_required),
     operationTimeoutMs: p.operation_timeout_milli,
     keyCopies: p.session_key_copies,

@@ -332,6 +332,8 @@ describe('native mTLS terminator', () => {
     const ended = ending(s);
     t.close();
     expect(await ended).toBe('end');
+    // The joined thread's /proc/self/task entry can outlive pthread_join by a moment.
+    await until(() => terminatorThreads() === base);
     expect(terminatorThreads()).toBe(base);
     t.close();
   });

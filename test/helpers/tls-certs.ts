@@ -69,8 +69,8 @@ export function makePki(): TestPki {
   };
   ca('ca');
   ca('other-ca');
-  /** A leaf signed by `issuer` with the given SAN extension (or none) and validity. */
-  const leaf = (name: string, issuer: string, san: string | undefined, cn: string, eku: string, expired = false): Pair => {
+  /** A P-256 key `<name>.key` and its CSR `<name>.csr` for `/CN=<cn>`. */
+  const keyAndCsr = (name: string, cn: string): void => {
     ossl(dir, [
       'req',
       '-newkey',
@@ -85,9 +85,10 @@ export function makePki(): TestPki {
       '-subj',
       `/CN=${cn}`,
     ]);
-    const ext = [`basicConstraints=CA:FALSE`, `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])].join('\n');
-    writeFileSync(p(`${name}.ext`), `${ext}\n`);
-    // Expired: `-days -1` puts notAfter one day in the past (OpenSSL 3.0 has no -not_after).
+  };
+  /** `<name>.pem`: `<name>.csr` signed by `issuer` with the extensions `ext`, valid for `days` (-1: expired). */
+  const sign = (name: string, issuer: string, ext: string[], days: number): void => {
+    writeFileSync(p(`${name}.ext`), `${ext.join('\n')}\n`);
     ossl(dir, [
       'x509',
       '-req',
@@ -101,10 +102,21 @@ export function makePki(): TestPki {
       '-out',
       `${name}.pem`,
       '-days',
-      String(expired ? -1 : 30),
+      String(days),
       '-extfile',
       `${name}.ext`,
     ]);
+  };
+  /** A leaf signed by `issuer` with the given SAN extension (or none) and validity. */
+  const leaf = (name: string, issuer: string, san: string | undefined, cn: string, eku: string, expired = false): Pair => {
+    keyAndCsr(name, cn);
+    // Expired: `-days -1` puts notAfter one day in the past (OpenSSL 3.0 has no -not_after).
+    sign(
+      name,
+      issuer,
+      ['basicConstraints=CA:FALSE', `extendedKeyUsage=${eku}`, ...(san ? [`subjectAltName=${san}`] : [])],
+      expired ? -1 : 30,
+    );
     return { cert: p(`${name}.pem`), key: p(`${name}.key`) };
   };
   const server = leaf('server', 'ca', 'DNS:localhost,IP:127.0.0.1', 'localhost', 'serverAuth');
@@ -115,38 +127,8 @@ export function makePki(): TestPki {
   const otherCa = leaf('other', 'other-ca', `DNS:${CLIENT_DNS_NAME}`, 'other', 'clientAuth');
   const expired = leaf('expired', 'ca', `DNS:${CLIENT_DNS_NAME}`, 'expired', 'clientAuth', true);
   // An intermediate CA under ca, and a client under it (cert file: leaf then intermediate).
-  ossl(dir, [
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'intermediate.key',
-    '-out',
-    'intermediate.csr',
-    '-subj',
-    '/CN=intermediate',
-  ]);
-  writeFileSync(p('intermediate.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n');
-  ossl(dir, [
-    'x509',
-    '-req',
-    '-in',
-    'intermediate.csr',
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    'intermediate.pem',
-    '-days',
-    '30',
-    '-extfile',
-    'intermediate.ext',
-  ]);
+  keyAndCsr('intermediate', 'intermediate');
+  sign('intermediate', 'ca', ['basicConstraints=critical,CA:TRUE', 'keyUsage=critical,keyCertSign,cRLSign'], 30);
   const viaIntermediateLeaf = leaf('via-intermediate', 'intermediate', `DNS:${CLIENT_DNS_NAME}`, 'via-intermediate', 'clientAuth');
   writeFileSync(
     p('via-intermediate-chain.pem'),
@@ -154,20 +136,7 @@ export function makePki(): TestPki {
   );
   const viaIntermediate = { cert: p('via-intermediate-chain.pem'), key: viaIntermediateLeaf.key };
   // Not yet valid: OpenSSL 3.0's `x509 -req` cannot set notBefore, `openssl ca -startdate` can.
-  ossl(dir, [
-    'req',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
-    '-keyout',
-    'future.key',
-    '-out',
-    'future.csr',
-    '-subj',
-    '/CN=future',
-  ]);
+  keyAndCsr('future', 'future');
   writeFileSync(p('future.ext'), `basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nsubjectAltName=DNS:${CLIENT_DNS_NAME}\n`);
   writeFileSync(
     p('ca.cnf'),

@@ -90,6 +90,7 @@ export class AuditWriter implements AuditSink {
   private outWritten: Written[] = [];
   private writing = false;
   private idleWaiters: (() => void)[] = [];
+  private writeWaiters: (() => void)[] = [];
   /** batched: lines written since the last fdatasync, and the timer of the next one. */
   private unsynced = false;
   private syncTimer: NodeJS.Timeout | undefined;
@@ -213,7 +214,7 @@ export class AuditWriter implements AuditSink {
       if (i < batch.length) this.pending = batch.slice(i).concat(this.pending);
     }
     this.flush();
-    if (!this.busy && this.pending.length === 0) this.wakeIdle();
+    this.wakeIdle();
   }
 
   /** Runs an asynchronous step of the chain; pending records wait for it. */
@@ -271,7 +272,7 @@ export class AuditWriter implements AuditSink {
     const f = this.file!;
     if (!this.endsInCheckpoint) await this.checkpoint();
     this.flush();
-    await this.idle();
+    await this.written();
     if (this.broken !== undefined) return;
     await this.closeFile();
     await this.openNext({ reason: 'rotate', previousFile: f.name, previousHash: this.head });
@@ -384,8 +385,7 @@ export class AuditWriter implements AuditSink {
         },
         (e: unknown) => {
           this.writing = false;
-          for (const w of written) w(false);
-          this.fail(e);
+          this.fail(e, written);
         },
       );
   }
@@ -409,8 +409,18 @@ export class AuditWriter implements AuditSink {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
+  /** Resolves when every chained line is written (a step of the chain may be running: rotation). */
+  private written(): Promise<void> {
+    if (!this.writing && this.out.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.writeWaiters.push(resolve));
+  }
+
   private wakeIdle(): void {
-    if (this.writing || this.out.length > 0 || this.busy || this.pending.length > 0) return;
+    if (this.writing || this.out.length > 0) return;
+    const lines = this.writeWaiters;
+    this.writeWaiters = [];
+    for (const w of lines) w();
+    if (this.busy || this.pending.length > 0) return;
     const ws = this.idleWaiters;
     this.idleWaiters = [];
     for (const w of ws) w();
@@ -419,14 +429,16 @@ export class AuditWriter implements AuditSink {
   // ------------------------------------------------------------------ failure and recovery
 
   /** The trail cannot be written: refuse records, abandon the file, retry every RETRY_MS. */
-  private fail(e: unknown): void {
-    if (this.broken !== undefined) return;
+  private fail(e: unknown, inFlight: readonly Written[] = []): void {
+    if (this.broken !== undefined) {
+      for (const w of inFlight) w(false);
+      return;
+    }
     this.broken = errText(e);
-    const lost = [...this.pending.map((r) => r.written), ...this.outWritten];
+    const lost = [...inFlight, ...this.pending.map((r) => r.written), ...this.outWritten];
     this.pending = [];
     this.out = [];
     this.outWritten = [];
-    for (const w of lost) w?.(false);
     const f = this.file;
     this.file = undefined;
     clearTimeout(this.checkpointTimer);
@@ -440,6 +452,7 @@ export class AuditWriter implements AuditSink {
       e,
     );
     for (const l of this.listeners) l(true);
+    for (const w of lost) w?.(false);
     this.wakeIdle();
     this.scheduleRetry();
   }

@@ -37,6 +37,7 @@ import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
 import { makeToken, openEngine } from './lib/token.js';
 import { addonRate, runMicro, type MicroRow } from './micro.js';
+import { auditReport, auditRuns, type AuditRow } from './audit.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
 import { cv } from './lib/stats.js';
 
@@ -116,6 +117,8 @@ export interface BenchResult {
   /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
   scaling?: ScalingPoint[];
   profile?: { file: string; totalMs: number; idlePct: number; top: SelfTime[] };
+  /** Encrypt 32 B with the audit trail off, batched, before-response (issue 14). */
+  audit?: AuditRow[];
   metrics: Metric[];
 }
 
@@ -362,6 +365,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
       `(the load generator shares the ${r.machine.availableParallelism} cores with the proxy: "empty uWS handler" above is its ceiling)`,
     );
   }
+  if (r.audit) out.push('', auditReport(r.audit));
   out.push('');
   out.push('Targets (issue 3)');
   out.push(table(targets(r.e2e), ['op', 'target', 'measured', '']));
@@ -484,6 +488,14 @@ async function main(): Promise<number> {
       d,
       log,
     );
+    log('bench: the audit trail (off, batched, before-response)');
+    const audit = await auditRuns(
+      gen,
+      token,
+      { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, workers: args.workers },
+      d,
+      log,
+    );
     let scaling: ScalingPoint[] | undefined;
     if (!args.quick && !args.profile) {
       log('bench: scaling over event loops ([server] workers = 1, 2) and without key copies');
@@ -537,6 +549,7 @@ async function main(): Promise<number> {
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),
+      audit,
     };
     const result: BenchResult = { ...partial, metrics: metricsOf(partial) };
     const comparison = baseline ? compareMetrics(baseline, result.metrics) : undefined;

@@ -41,6 +41,8 @@ export interface ProxySettings {
   workers?: number;
   /** [pkcs11] session_key_copies; default: the proxy's default (true). */
   keyCopies?: boolean;
+  /** [audit] (bench/audit.ts); absent: no trail. */
+  audit?: { directory: string; hmacKeyId: string; durability: string };
 }
 
 /** settings.toml in the Rust proxy's format. */
@@ -60,6 +62,7 @@ export function settingsToml(s: ProxySettings): string {
       workerThreads: s.workerThreads,
       keyCopies: s.keyCopies,
     },
+    audit: s.audit,
   });
 }
 

@@ -89,8 +89,12 @@ export function startLine(c: Common, s: StartFields, prev: string): string {
   return JSON.stringify(o);
 }
 
-export function useLine(c: Common, u: AuditUse, prev: string): string {
-  const o = common('use', c);
+/**
+ * The use-specific fields of a record as a JSON fragment (`"kmsRequestId":...,"client":"..."`),
+ * made on the request's own event loop; the writer only frames it (useLine).
+ */
+export function useFields(u: AuditUse): string {
+  const o: Record<string, unknown> = {};
   put(o, 'kmsRequestId', u.kmsRequestId);
   put(o, 'kmsOperation', u.kmsOperation);
   put(o, 'awsPrincipalArn', u.awsPrincipalArn);
@@ -106,8 +110,12 @@ export function useLine(c: Common, u: AuditUse, prev: string): string {
   o.micros = u.micros;
   put(o, 'accessKeyId', u.accessKeyId);
   o.client = u.client;
-  o.prev = prev;
-  return JSON.stringify(o);
+  return JSON.stringify(o).slice(1, -1);
+}
+
+/** A use record: the common fields, `fields` (useFields), `prev` (the same bytes as JSON.stringify of it all). */
+export function useLine(c: Common, fields: string, prev: string): string {
+  return `{"v":1,"type":"use","seq":${c.seq},"time":"${c.time}","instance":"${c.instance}",${fields},"prev":"${prev}"}`;
 }
 
 export function checkpointLine(c: Common, hmacKeyId: string, hmac: string, head: string): string {

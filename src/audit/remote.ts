@@ -4,15 +4,15 @@
  * the records a 200 waits for, whether they were written; the writer's state (writable or not)
  * is pushed to every worker on each change.
  */
-import type { AuditUse } from './record.js';
 import type { AuditSink, Written } from './sink.js';
 import type { AuditWriter } from './writer.js';
 
 /** Worker -> main. */
 export interface AuditRecordsMessage {
   type: 'audit';
-  /** id: 0 when nobody waits for the record. */
-  records: { id: number; use: AuditUse }[];
+  /** useFields() fragments, and per record an id (0: nobody waits for it). */
+  fields: string[];
+  ids: number[];
 }
 export interface AuditServedWithoutMessage {
   type: 'audit-served-without';
@@ -45,7 +45,8 @@ export class RemoteAuditSink implements AuditSink {
   readonly failClosed: boolean;
   private broken: boolean;
   private nextId = 1;
-  private batch: { id: number; use: AuditUse }[] = [];
+  private fields: string[] = [];
+  private ids: number[] = [];
   private readonly waiting = new Map<number, Written>();
   private scheduled = false;
 
@@ -62,20 +63,22 @@ export class RemoteAuditSink implements AuditSink {
     return this.broken;
   }
 
-  record(use: AuditUse, written?: Written): void {
+  record(fields: string, written?: Written): void {
     let id = 0;
     if (written !== undefined) {
       id = this.nextId++;
       this.waiting.set(id, written);
     }
-    this.batch.push({ id, use });
+    this.fields.push(fields);
+    this.ids.push(id);
     if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      const records = this.batch;
-      this.batch = [];
-      this.send({ type: 'audit', records });
+      const m: AuditRecordsMessage = { type: 'audit', fields: this.fields, ids: this.ids };
+      this.fields = [];
+      this.ids = [];
+      this.send(m);
     });
   }
 
@@ -114,10 +117,11 @@ export class AuditBridge {
       this.writer.servedWithout();
       return;
     }
-    for (const r of m.records) {
-      if (r.id === 0) this.writer.record(r.use);
-      else this.writer.record(r.use, (ok) => this.answer(r.id, ok));
-    }
+    m.fields.forEach((fields, i) => {
+      const id = m.ids[i]!;
+      if (id === 0) this.writer.record(fields);
+      else this.writer.record(fields, (ok) => this.answer(id, ok));
+    });
   }
 
   private answer(id: number, ok: boolean): void {

@@ -4,8 +4,6 @@
  * sink is the writer itself (src/audit/writer.ts); a worker thread's forwards its records to it
  * (src/audit/remote.ts).
  */
-import type { AuditUse } from './record.js';
-
 /** `ok`: the record is written (durably, in the before-response mode); false: it could not be. */
 export type Written = (ok: boolean) => void;
 
@@ -16,8 +14,11 @@ export interface AuditSink {
   readonly failClosed: boolean;
   /** The trail cannot be written now. */
   failed(): boolean;
-  /** Records one request; `written`, when given, is called once its record is on disk (or cannot be). */
-  record(use: AuditUse, written?: Written): void;
+  /**
+   * Records one request: `fields` is its useFields() fragment. `written`, when given, is called once
+   * its record is on disk (or cannot be).
+   */
+  record(fields: string, written?: Written): void;
   /** Logs that a 200 went out without its record (fail-open), at most once a minute. */
   servedWithout(): void;
 }

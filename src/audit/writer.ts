@@ -31,7 +31,6 @@ import {
   rfc3339Micros,
   startLine,
   useLine,
-  type AuditUse,
   type StartFields,
 } from './record.js';
 import type { AuditSink, Written } from './sink.js';
@@ -82,7 +81,7 @@ export class AuditWriter implements AuditSink {
   /** Hash of the last line put in the chain. */
   private head = GENESIS;
   /** Records waiting to be put in the chain (while a checkpoint or a new file is being made). */
-  private pending: { use: AuditUse; written: Written | undefined }[] = [];
+  private pending: { fields: string; written: Written | undefined }[] = [];
   /** An asynchronous step of the chain (checkpoint HMAC, rotation) is running: pending waits. */
   private busy = false;
   /** Lines chained, not yet handed to write(), and the callbacks of their records. */
@@ -149,12 +148,12 @@ export class AuditWriter implements AuditSink {
     this.listeners.push(f);
   }
 
-  record(use: AuditUse, written?: Written): void {
+  record(fields: string, written?: Written): void {
     if (this.broken !== undefined || this.closing) {
       written?.(false);
       return;
     }
-    this.pending.push({ use, written });
+    this.pending.push({ fields, written });
     this.pump();
   }
 
@@ -203,7 +202,7 @@ export class AuditWriter implements AuditSink {
       let i = 0;
       for (; i < batch.length; i++) {
         const r = batch[i]!;
-        this.append(useLine(this.common(now), r.use, this.head), r.written);
+        this.append(useLine(this.common(now), r.fields, this.head), r.written);
         if (++this.sinceCheckpoint === 1) this.armCheckpointTimer();
         if (this.sinceCheckpoint >= this.s.checkpoint_every) {
           i++;

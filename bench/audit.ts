@@ -41,6 +41,7 @@ export async function auditRuns(
   opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number; workers?: number },
   d: Durations,
   log: (s: string) => void,
+  modes: readonly AuditMode[] = MODES,
 ): Promise<AuditRow[]> {
   const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 2, keyCopies: false });
   try {
@@ -49,7 +50,7 @@ export async function auditRuns(
     await engine.close();
   }
   const rows: AuditRow[] = [];
-  for (const mode of MODES) {
+  for (const mode of modes) {
     const port = await freePort();
     const store = benchStore();
     // On the machine's disk (the bench token lives in /dev/shm, where fdatasync costs nothing).
@@ -129,16 +130,17 @@ export function auditReport(rows: readonly AuditRow[]): string {
     `Audit trail ([audit] durability), encrypt 32 B: closed loop ${CLOSED_CONNECTIONS} connections, open loop ${AUDIT_RATE}/s`,
     ...rows.map(
       (r) =>
-        `  ${r.mode.padEnd(16)} ${f0(r.closed.throughput).padStart(8)} req/s  ${off && off.closed.throughput > 0 ? `${((100 * r.closed.throughput) / off.closed.throughput).toFixed(0)}% of off` : ''}  p99 @${AUDIT_RATE}/s ${ms(r.open1800.latencyMs.p99)} ms  errors ${r.closed.errors + r.open1800.errors}`,
+        `  ${r.mode.padEnd(16)} ${f0(r.closed.throughput).padStart(8)} req/s  ${off && off.closed.throughput > 0 ? `${((100 * r.closed.throughput) / off.closed.throughput).toFixed(0)}% of off` : ''}  p99 @${AUDIT_RATE}/s ${ms(r.open1800.latencyMs.p99)} ms  errors ${r.closed.errors + r.open1800.errors}${r.closed.errors + r.open1800.errors > 0 ? ` (closed ${JSON.stringify(r.closed.statusCounts)} sockets ${r.closed.socketErrors}; open ${JSON.stringify(r.open1800.statusCounts)} sockets ${r.open1800.socketErrors} unanswered ${r.open1800.unanswered})` : ''}`,
     ),
     `  targets: batched cost ${t.batchedCostPct.toFixed(1)}% (<= 5), before-response ${t.beforeResponseCostPct.toFixed(1)}% (<= 15), p99 +${ms(t.p99DeltaMs)} ms (<= 1): ${t.met ? 'met' : 'NOT MET'}`,
   ];
   return lines.join('\n');
 }
 
-/** `node dist/bench/audit.js [--quick]`: only these rows (the full bench runs them too). */
+/** `node dist/bench/audit.js [--quick] [off] [batched] [before-response]`: only these rows (the full bench runs them too). */
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  const only = MODES.filter((m) => process.argv.includes(m));
   const log = (m: string): void => void process.stderr.write(`${m}\n`);
   const token = await makeToken();
   const c = buildCGenerator();
@@ -151,6 +153,7 @@ async function main(): Promise<void> {
       { poolMaxSize: 8, workerThreads: 2, level: 'INFO', poolSize: quick ? 200 : 1000 },
       quick ? QUICK : FULL,
       log,
+      only.length > 0 ? only : MODES,
     );
     process.stdout.write(`${auditReport(rows)}\n`);
   } finally {

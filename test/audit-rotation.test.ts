@@ -33,6 +33,8 @@ it('rotates at the period boundary and restarts after it, in one chain', async (
   const s: SettingsSpec = {
     token,
     level: 'INFO',
+    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
+    operationTimeoutMs: 10_000,
     stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
     audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, rotation: 'MINUTELY', checkpointEvery: 1000 },
   };

@@ -35,6 +35,8 @@ function spec(dir: string, audit: Partial<NonNullable<SettingsSpec['audit']>> = 
   return {
     token,
     level: 'INFO',
+    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
+    operationTimeoutMs: 10_000,
     stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary, 'not-in-the-hsm'] }],
     audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, ...audit },
   };

@@ -257,6 +257,42 @@ describe('audit verify: each tampering is found and named', () => {
   });
 });
 
+describe('audit verify: files larger than a read chunk (1 MiB)', () => {
+  it('lines across chunk boundaries hash as written; an edit deep in the file is found at its line', async () => {
+    const dir = path.join(work, 'big');
+    mkdirSync(dir);
+    const hsm = await Hsm.open({
+      modulePath: token.modulePath,
+      userPin: token.pin,
+      poolMaxSize: 2,
+      poolTimeoutMs: 5000,
+      eagerClose: false,
+      threads: 1,
+      ivMode: 'random',
+    });
+    let file: string;
+    try {
+      const b = new TrailBuilder(hsm, HMAC_KEY).start('first', '2026-05-01-00');
+      for (let i = 0; i < 6000; i++) {
+        b.use({ keyId: 'k1', operation: 'Encrypt', kmsRequestId: `big-${i}`, kmsOperation: 'Encrypt', awsPrincipalArn: ALICE });
+        if (i % 1000 === 999) await b.checkpoint();
+      }
+      [file] = b.write(dir);
+    } finally {
+      await hsm.close();
+    }
+    expect(statSync(file!).size).toBeGreaterThan(2 * 1024 * 1024);
+    const ok = await verify(dir);
+    expect(ok.code).toBe(0);
+    expect(ok.v).toMatchObject({ lines: 6007, uses: 6000, checkpoints: 6, hmacsVerified: 6 });
+    const lines = readLines(file!);
+    lines[4321] = withField(lines[4321]!, 'outcome', 'AccessDeniedException');
+    writeLines(file!, lines);
+    const bad = await verify(dir);
+    expect(bad.v.break).toMatchObject({ kind: 'edited', line: 4322 });
+  });
+});
+
 describe('audit verify: usage and I/O errors exit 2', () => {
   it('an unreadable path, no settings, a wrong PIN', async () => {
     expect((await audit(['verify', path.join(work, 'nope')], env)).code).toBe(2);

@@ -10,9 +10,8 @@ import { readCloudTrail, type KmsEvent } from './cloudtrail.js';
 import { AuditSetupError, loadAuditSettings, openCheckpointMac } from './hsm-mac.js';
 import { reconcile, type Reconciliation } from './reconcile.js';
 import { readTrail, TrailReadError } from './trail-files.js';
-import { formatUse, type ListedUse, listUses, parseBound, type UseFilter } from './uses.js';
+import { collectUses, formatUse, type ListedUse, parseBound, type UseFilter } from './uses.js';
 import { type CheckpointMac, type Verdict, verifyTrail } from './verify.js';
-import { orderTrail } from './order.js';
 import type { Config } from '../../config.js';
 
 export const AUDIT_USAGE = `Usage: xks-proxy audit verify [FILE|DIR...] [--config FILE] [filters] [--json]
@@ -114,10 +113,8 @@ export async function auditCommand(argv: readonly string[]): Promise<number> {
     const files = readTrail(paths);
     if (files.length === 0) throw new TrailReadError(`no trail files (*.jsonl) in ${paths.join(', ')}`);
     if (settings !== undefined && a.sub === 'verify') mac = await openCheckpointMac(settings);
-    const verdict = await verifyTrail(files, mac);
-    const ordering = orderTrail(files);
-    const ordered = 'files' in ordering ? ordering.files : files;
-    const uses = listUses(ordered, a.sub === 'reconcile' ? {} : a.filter);
+    const { sink, uses } = collectUses(a.sub === 'reconcile' ? {} : a.filter);
+    const verdict = await verifyTrail(files, mac, sink);
     if (a.sub === 'verify') return reportVerify(verdict, Object.keys(a.filter).length > 0 ? uses : undefined, a.json);
     if (a.sub === 'list') return reportList(verdict, uses, a.json);
     const events: KmsEvent[] = a.cloudtrail.flatMap(readCloudTrail);

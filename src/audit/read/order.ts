@@ -31,7 +31,7 @@ interface Link {
 }
 
 function link(f: TrailFile): Link | undefined {
-  const r = f.lines[0]?.record;
+  const r = f.first?.record;
   if (r === undefined || typeof r === 'string' || r.type !== 'start') return undefined;
   return { reason: r.reason, previousFile: r.previousFile };
 }

@@ -1,10 +1,12 @@
 /**
  * Reading trail files for the verifier, the listing and reconcile: FILE and DIR arguments to files
- * (a directory gives its *.jsonl files), each file to complete lines with their SHA-256 and the
- * byte count of an incomplete tail (bytes after the last "\n": a crash, or a line being written).
+ * (a directory gives its *.jsonl files), and each file as a stream of complete lines with their
+ * SHA-256 (over the bytes as written), then the byte count of an incomplete tail (bytes after the
+ * last "\n": a crash, or a line being written). A file is read in chunks, never whole: an hour of a
+ * busy proxy is gigabytes.
  */
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { type AuditRecord, parseRecord } from './record.js';
 
@@ -22,9 +24,8 @@ export interface TrailFile {
   path: string;
   /** Base name: what start records call `previousFile`. */
   name: string;
-  lines: TrailLine[];
-  /** Bytes after the last "\n" (0 when the file ends in a complete line). */
-  tornBytes: number;
+  /** The first complete line (undefined: the file has none). */
+  first: TrailLine | undefined;
 }
 
 /** A file or directory that cannot be read (exit 2, not a break). */
@@ -32,9 +33,10 @@ export class TrailReadError extends Error {}
 
 export const ZERO_HASH = '0'.repeat(64);
 
-export function sha256Hex(bytes: Buffer): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
+const CHUNK = 1 << 20;
+
+/** The error code of a failed fs call, for a message. */
+const code = (e: unknown, fallback: string): string => (e as NodeJS.ErrnoException).code ?? fallback;
 
 /** The files named (a directory: its *.jsonl files), each once, in no particular order. */
 export function trailPaths(args: readonly string[]): string[] {
@@ -44,14 +46,14 @@ export function trailPaths(args: readonly string[]): string[] {
     try {
       st = statSync(a);
     } catch (e) {
-      throw new TrailReadError(`${a}: ${(e as NodeJS.ErrnoException).code ?? 'cannot stat'}`);
+      throw new TrailReadError(`${a}: ${code(e, 'cannot stat')}`);
     }
     if (st.isDirectory()) {
       let names: string[];
       try {
         names = readdirSync(a);
       } catch (e) {
-        throw new TrailReadError(`${a}: ${(e as NodeJS.ErrnoException).code ?? 'cannot list'}`);
+        throw new TrailReadError(`${a}: ${code(e, 'cannot list')}`);
       }
       for (const n of names) if (n.endsWith('.jsonl')) out.add(path.resolve(a, n));
     } else out.add(path.resolve(a));
@@ -59,27 +61,82 @@ export function trailPaths(args: readonly string[]): string[] {
   return [...out];
 }
 
-export function readTrailFile(file: string): TrailFile {
-  let bytes: Buffer;
-  try {
-    bytes = readFileSync(file);
-  } catch (e) {
-    throw new TrailReadError(`${file}: ${(e as NodeJS.ErrnoException).code ?? 'cannot read'}`);
-  }
-  const lines: TrailLine[] = [];
-  let start = 0;
-  for (let nl = bytes.indexOf(0x0a, start); nl !== -1; nl = bytes.indexOf(0x0a, start)) {
-    const raw = bytes.subarray(start, nl);
-    const text = raw.toString('utf8');
-    lines.push({ line: lines.length + 1, text, hash: sha256Hex(raw), record: parseRecord(text) });
-    start = nl + 1;
-  }
-  return { path: file, name: path.basename(file), lines, tornBytes: bytes.length - start };
+function toLine(raw: Buffer, line: number): TrailLine {
+  const text = raw.toString('utf8');
+  return { line, text, hash: createHash('sha256').update(raw).digest('hex'), record: parseRecord(text) };
 }
 
-/** Every file the arguments name, read. */
+/** One file's lines, in order, read in chunks; `tornBytes` is known once next() returned undefined. */
+export class LineReader {
+  private fd: number | undefined;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private ready: Buffer[] = [];
+  private count = 0;
+  private eof = false;
+  /** Bytes after the last "\n" (valid at the end). */
+  tornBytes = 0;
+
+  constructor(readonly file: string) {
+    try {
+      this.fd = openSync(file, 'r');
+    } catch (e) {
+      throw new TrailReadError(`${file}: ${code(e, 'cannot open')}`);
+    }
+  }
+
+  next(): TrailLine | undefined {
+    while (this.ready.length === 0 && !this.eof) this.fill();
+    const raw = this.ready.shift();
+    return raw === undefined ? undefined : toLine(raw, ++this.count);
+  }
+
+  private fill(): void {
+    const buf = Buffer.allocUnsafe(CHUNK);
+    let n: number;
+    try {
+      n = readSync(this.fd!, buf, 0, CHUNK, null);
+    } catch (e) {
+      this.close();
+      throw new TrailReadError(`${this.file}: ${code(e, 'cannot read')}`);
+    }
+    if (n === 0) {
+      this.eof = true;
+      this.tornBytes = this.pendingBytes;
+      this.close();
+      return;
+    }
+    const chunk = buf.subarray(0, n);
+    let start = 0;
+    for (let nl = chunk.indexOf(0x0a); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
+      const piece = chunk.subarray(start, nl);
+      this.ready.push(this.pending.length === 0 ? Buffer.from(piece) : Buffer.concat([...this.pending, piece]));
+      this.pending = [];
+      this.pendingBytes = 0;
+      start = nl + 1;
+    }
+    if (start < n) {
+      this.pending.push(Buffer.from(chunk.subarray(start)));
+      this.pendingBytes += n - start;
+    }
+  }
+
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
+}
+
+/** Every file the arguments name, with its first line (for the order). */
 export function readTrail(args: readonly string[]): TrailFile[] {
-  const files = trailPaths(args).map(readTrailFile);
+  const files = trailPaths(args).map((p): TrailFile => {
+    const r = new LineReader(p);
+    try {
+      return { path: p, name: path.basename(p), first: r.next() };
+    } finally {
+      r.close();
+    }
+  });
   const seen = new Map<string, string>();
   for (const f of files) {
     const other = seen.get(f.name);

@@ -1,10 +1,10 @@
 /**
  * The listing: the use records of a trail that match an auditor's question ("every use of key K by
  * principal P in March"): a time window, a key (the XKS key id or the KMS key ARN), a principal ARN,
- * an XKS operation. Records come in chain order with their file and line.
+ * an XKS operation. Records come in chain order with their file and line, up to the first break.
  */
 import { timeMicros, type UseRecord } from './record.js';
-import type { TrailFile } from './trail-files.js';
+import type { UseSink } from './verify.js';
 
 export interface UseFilter {
   /** Inclusive, microseconds since the epoch. */
@@ -51,14 +51,15 @@ export function matches(r: UseRecord, q: UseFilter): boolean {
   return true;
 }
 
-/** The matching uses of the files (in the given order, normally chain order). */
-export function listUses(files: readonly TrailFile[], q: UseFilter): ListedUse[] {
-  const out: ListedUse[] = [];
-  for (const f of files)
-    for (const l of f.lines)
-      if (typeof l.record !== 'string' && l.record.type === 'use' && matches(l.record, q))
-        out.push({ file: f.name, line: l.line, record: l.record });
-  return out;
+/** Collects the matching uses the verifier's walk passes (chain order; it stops at a break). */
+export function collectUses(q: UseFilter): { sink: UseSink; uses: ListedUse[] } {
+  const uses: ListedUse[] = [];
+  return {
+    uses,
+    sink: (file, line, record) => {
+      if (matches(record, q)) uses.push({ file, line, record });
+    },
+  };
 }
 
 /** One human line per use: time, operation, outcome, key, principal, KMS request id, where. */

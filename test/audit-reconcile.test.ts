@@ -1,17 +1,19 @@
 /**
  * `xks-proxy audit reconcile` (the real CLI): the trail's uses against CloudTrail KMS events from the
  * AWS documentation's examples (test/fixtures/cloudtrail/, both shapes: lookup-events output and an
- * S3 trail file, plain and gzipped), matched by the KMS request id.
+ * S3 trail file, plain and gzipped), matched by the KMS request id, with a trail the real proxy
+ * (in this process, real sockets, SoftHSM2) wrote while serving signed requests.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Hsm } from '../src/hsm/hsm.js';
 import { audit } from './helpers/audit-tamper.js';
-import { TrailBuilder } from './helpers/audit-trail.js';
-import { makeToken, type TestToken } from './helpers/softhsm.js';
+import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { call, startTestProxy, type CallOptions } from './helpers/proxy.js';
+import type { TestToken } from './helpers/softhsm.js';
 
 const FIXTURES = path.resolve('test/fixtures/cloudtrail');
 const XKS_KEY = 'abc01234567890fe';
@@ -20,14 +22,20 @@ const ENCRYPT_ID = 'e1b881f8-2048-41f8-b6cc-382b7857ec63';
 const DECRYPT_ID = 'f1b881f8-2048-41f8-b6cc-382b7857ec61';
 const FAILED_DECRYPT_ID = 'f1b881f8-2048-41f8-b6cc-382b7857ec62';
 const GDK_ID = 'd1b881f8-2048-41f8-b6cc-382b7857ec64';
+const LEAKED_ID = '7e57a11d-0000-4000-8000-000000000001';
+const KMS_KEY_ARN = 'arn:aws:kms:us-west-2:111122223333:key/0987dcba-09fe-87dc-65ba-ab0987654321';
+const PREFIX = '/reconcile';
+const API = `${PREFIX}/kms/xks/v1`;
+const CREDS: CallOptions = { accessKeyId: 'AKIDRECONCILEEXAMPLE1', secret: 'cmVjb25jaWxlLXJlY29uY2lsZS1yZWNvbmNpbGUtcmVj' };
 
 let token: TestToken;
 let work: string;
 let trail: string;
+let spanTime: string;
 
 type Json = Record<string, unknown>;
 
-/** A fixture with every event's time moved into the trail's span (the fixtures are from 2022). */
+/** A fixture with every event's time moved into the trail's span (the fixtures' are from 2022). */
 function retimed(name: string, time: string): string {
   const doc = JSON.parse(readFileSync(path.join(FIXTURES, name), 'utf8')) as Json;
   if (Array.isArray(doc['Records'])) for (const r of doc['Records'] as Json[]) r['eventTime'] = time;
@@ -43,8 +51,8 @@ function retimed(name: string, time: string): string {
 }
 
 beforeAll(async () => {
-  token = makeToken('xks-audit-reconcile');
-  process.env.SOFTHSM2_CONF = token.confPath;
+  token = await makeAuditToken('xks-audit-reconcile');
+  // The external key of the documentation's examples, in the HSM under its xksKeyId.
   const hsm = await Hsm.open({
     modulePath: token.modulePath,
     userPin: token.pin,
@@ -54,36 +62,83 @@ beforeAll(async () => {
     threads: 1,
     ivMode: 'random',
   });
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-reconcile-'));
-  trail = path.join(work, 'trail');
-  mkdirSync(trail);
   try {
-    await hsm.createHmacKey('xks-audit-hmac');
-    const b = new TrailBuilder(hsm, 'xks-audit-hmac').at('2026-03-01T09:00:00Z').start('first', '2026-03-01-09');
-    const kms = {
-      keyId: XKS_KEY,
-      awsPrincipalArn: ALICE,
-      kmsKeyArn: 'arn:aws:kms:us-west-2:111122223333:key/0987dcba-09fe-87dc-65ba-ab0987654321',
-    };
-    b.use({ ...kms, operation: 'Encrypt', kmsOperation: 'Encrypt', kmsRequestId: ENCRYPT_ID });
-    b.use({ ...kms, operation: 'Decrypt', kmsOperation: 'Decrypt', kmsRequestId: DECRYPT_ID });
-    // A request signed with the proxy's credential that AWS KMS never made.
-    b.use({
-      ...kms,
-      operation: 'Decrypt',
-      kmsOperation: 'Decrypt',
-      kmsRequestId: '7e57a11d-0000-4000-8000-000000000001',
-      accessKeyId: 'AKIALEAKED',
-    });
-    // Refused at authentication: not a use.
-    b.use({ keyId: XKS_KEY, operation: 'Decrypt', outcome: 'AuthenticationFailedException', status: 401 });
-    // KMS's health checks have no CloudTrail event.
-    b.use({ keyId: '', operation: 'GetHealthStatus', kmsOperation: 'CreateCustomKeyStore', kmsRequestId: 'health-1' });
-    await b.checkpoint();
-    b.write(trail);
+    await hsm.createKey(XKS_KEY, { encrypt: true, decrypt: true });
   } finally {
     await hsm.close();
   }
+  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-reconcile-'));
+  trail = path.join(work, 'trail');
+  const proxy = await startTestProxy({
+    token,
+    level: 'INFO',
+    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [XKS_KEY] }],
+    audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL },
+  });
+  try {
+    const meta = { awsPrincipalArn: ALICE, kmsKeyArn: KMS_KEY_ARN };
+    const enc = await call(
+      proxy.base,
+      `${API}/keys/${XKS_KEY}/encrypt`,
+      {
+        requestMetadata: { ...meta, kmsOperation: 'Encrypt', kmsRequestId: ENCRYPT_ID },
+        plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
+        encryptionAlgorithm: 'AES_GCM',
+      },
+      CREDS,
+    );
+    expect(enc.status).toBe(200);
+    const sealed = {
+      ciphertext: enc.json.ciphertext,
+      initializationVector: enc.json.initializationVector,
+      authenticationTag: enc.json.authenticationTag,
+    };
+    const dec = { ...sealed, encryptionAlgorithm: 'AES_GCM' };
+    expect(
+      (
+        await call(
+          proxy.base,
+          `${API}/keys/${XKS_KEY}/decrypt`,
+          { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: DECRYPT_ID }, ...dec },
+          CREDS,
+        )
+      ).status,
+    ).toBe(200);
+    // A request signed with the key store's credential that AWS KMS never made (a leaked credential).
+    expect(
+      (
+        await call(
+          proxy.base,
+          `${API}/keys/${XKS_KEY}/decrypt`,
+          { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: LEAKED_ID }, ...dec },
+          CREDS,
+        )
+      ).status,
+    ).toBe(200);
+    // Refused at authentication (a wrong secret): not a use.
+    const refused = await call(
+      proxy.base,
+      `${API}/keys/${XKS_KEY}/decrypt`,
+      { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: 'refused-1' }, ...dec },
+      { ...CREDS, secret: 'bm90LXRoZS1zZWNyZXQtbm90LXRoZS1zZWNyZXQtbm90' },
+    );
+    expect(refused.status).toBe(401);
+    // KMS's health checks have no CloudTrail event.
+    expect(
+      (
+        await call(
+          proxy.base,
+          `${API}/health`,
+          { requestMetadata: { kmsRequestId: 'health-1', kmsOperation: 'CreateCustomKeyStore' } },
+          CREDS,
+        )
+      ).status,
+    ).toBe(200);
+  } finally {
+    await proxy.stop();
+  }
+  // CloudTrail's times have second resolution: the second the first request was recorded in.
+  spanTime = `${String(checkTrail(trail).uses[0]!.time).slice(0, 19)}Z`;
 });
 
 afterAll(() => {
@@ -123,7 +178,7 @@ describe('audit reconcile', () => {
   });
 
   it('finds the use KMS never made and the KMS event the proxy never saw', async () => {
-    const time = '2026-03-01T09:00:03Z';
+    const time = spanTime;
     const results = [];
     for (const f of ['lookup-events.json', 's3-trail.json']) results.push(await reconcile('--cloudtrail', retimed(f, time), trail));
     const gz = path.join(work, 's3-trail.json.gz');
@@ -134,9 +189,7 @@ describe('audit reconcile', () => {
       expect(r.ok).toBe(false);
       expect(r.matched).toBe(2);
       expect(r.refused).toBe(1);
-      expect(r.unmatchedUses.map((u) => [u['kmsRequestId'], u['accessKeyId']])).toEqual([
-        ['7e57a11d-0000-4000-8000-000000000001', 'AKIALEAKED'],
-      ]);
+      expect(r.unmatchedUses.map((u) => [u['kmsRequestId'], u['accessKeyId']])).toEqual([[LEAKED_ID, CREDS.accessKeyId]]);
       expect(r.unseenEvents.map((e) => [e['requestID'], e['eventName'], e['xksKeyId']])).toEqual([[GDK_ID, 'GenerateDataKey', XKS_KEY]]);
       expect(r.unseenFailedEvents.map((e) => [e['requestID'], e['errorCode']])).toEqual([[FAILED_DECRYPT_ID, 'KMSInvalidStateException']]);
       expect(r.mismatches).toEqual([]);
@@ -145,13 +198,13 @@ describe('audit reconcile', () => {
     const human = await audit(['reconcile', '--cloudtrail', retimed('s3-trail.json', time), trail], {});
     expect(human.code).toBe(1);
     expect(human.stdout).toMatch(
-      /proxy uses with no AWS KMS event[^\n]*\n {2}\S+ Decrypt ok key=abc01234567890fe .*kmsRequestId=7e57a11d-0000-4000-8000-000000000001 .*accessKeyId=AKIALEAKED/,
+      /proxy uses with no AWS KMS event[^\n]*\n {2}\S+ Decrypt ok key=abc01234567890fe .*kmsRequestId=7e57a11d-0000-4000-8000-000000000001 .*accessKeyId=AKIDRECONCILEEXAMPLE1 client=127.0.0.1/,
     );
     expect(human.stdout).toMatch(new RegExp(`never saw: \\n {2}${time} GenerateDataKey requestID=${GDK_ID} xksKeyId=${XKS_KEY}`));
   });
 
   it('a use whose CloudTrail event names another operation is a mismatch; another key store is not expected here', async () => {
-    const time = '2026-03-01T09:00:03Z';
+    const time = spanTime;
     const doc = JSON.parse(readFileSync(retimed('s3-trail.json', time), 'utf8')) as { Records: Json[] };
     for (const e of doc.Records) if (e['requestID'] === ENCRYPT_ID) e['eventName'] = 'ReEncrypt';
     const swapped = path.join(work, 'swapped.json');

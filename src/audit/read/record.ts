@@ -94,6 +94,14 @@ function fits(value: unknown, kind: Kind): boolean {
   return typeof value === 'string';
 }
 
+/** Per type: the required and the optional fields with their kinds (computed once). */
+const CHECKS = Object.fromEntries(
+  (['start', 'use', 'checkpoint'] as const).map((t) => [
+    t,
+    { required: Object.entries({ ...COMMON, ...REQUIRED[t] }), optional: Object.entries(OPTIONAL[t]) },
+  ]),
+) as Record<AuditRecord['type'], { required: [string, Kind][]; optional: [string, Kind][] }>;
+
 /** The record on this line, or why it is not one (a problem for an "edited" verdict). */
 export function parseRecord(text: string): AuditRecord | string {
   let o: unknown;
@@ -109,10 +117,11 @@ export function parseRecord(text: string): AuditRecord | string {
   if (type !== 'start' && type !== 'use' && type !== 'checkpoint') return 'unknown type';
   const keys = Object.keys(r);
   if (keys[keys.length - 1] !== 'prev') return 'prev is not the last field';
-  for (const [k, kind] of Object.entries({ ...COMMON, ...REQUIRED[type] })) {
+  const checks = CHECKS[type];
+  for (const [k, kind] of checks.required) {
     if (!fits(r[k], kind)) return `${k} is missing or not a${kind === 'integer' ? 'n integer' : ` ${kind}`}`;
   }
-  for (const [k, kind] of Object.entries(OPTIONAL[type])) {
+  for (const [k, kind] of checks.optional) {
     if (k in r && !fits(r[k], kind)) return `${k} is not a${kind === 'integer' ? 'n integer' : ` ${kind}`}`;
   }
   if (!TIME.test(r['time'] as string)) return 'time is not RFC 3339 UTC with microseconds';

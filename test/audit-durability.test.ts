@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { audit, type VerifyJson } from './helpers/audit-tamper.js';
 import { spawnProxyCli } from './helpers/cli.js';
 import { call, META, settingsToml, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
@@ -108,6 +109,13 @@ describe('crash', () => {
     });
     expect(trail.files[1]!.records.at(-1)!.type).toBe('checkpoint');
     expect(trail.uses.at(-1)!.kmsRequestId).toBe('after-crash');
+    // `xks-proxy audit verify` (HMACs in the HSM) agrees: verified, the torn tail only a warning.
+    const v = await audit(['verify', dir, '--config', settings, '--json'], token.env);
+    expect(v.code).toBe(0);
+    const verdict = JSON.parse(v.stdout) as VerifyJson;
+    expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length, checkpoints: trail.checkpoints });
+    expect(verdict.hmacsVerified).toBe(trail.checkpoints);
+    expect(verdict.warnings.some((w) => /torn/.test(w.message))).toBe(true);
   }, 60_000);
 });
 
@@ -199,6 +207,11 @@ describe('disk full (a 256 KiB tmpfs)', () => {
       // fail-closed: every 200 has its record (before-response).
       if (mode === 'fail-closed') expect(answered.filter((id) => !recorded.has(id))).toEqual([]);
       expect(recorded.has(`${mode}-after`)).toBe(true);
+      // `xks-proxy audit verify` agrees: one chain; the given-up file is an acknowledged torn tail.
+      const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], token.env);
+      const verdict = JSON.parse(v.stdout) as VerifyJson;
+      expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length });
+      expect(v.code).toBe(0);
     }, 60_000);
   }
 });

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { audit, type VerifyJson } from './helpers/audit-tamper.js';
 import { call, META, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
@@ -65,4 +66,14 @@ it('rotates at the period boundary and restarts after it, in one chain', async (
   expect(b!.records[0]).toMatchObject({ previousFile: a!.name });
   // Both instances' records, in order, none lost at the boundary.
   expect(trail.uses.map((u) => u.kmsRequestId)).toEqual([...Array.from({ length: i }, (_, k) => `r${k}`), 'after-restart']);
+  // `xks-proxy audit verify` (HMACs in the HSM) agrees.
+  const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], token.env);
+  expect(v.code).toBe(0);
+  expect(JSON.parse(v.stdout) as VerifyJson).toMatchObject({
+    ok: true,
+    break: null,
+    warnings: [],
+    uses: i + 1,
+    hmacsVerified: trail.checkpoints,
+  });
 }, 90_000);

@@ -34,6 +34,9 @@ export interface AuditTargets {
   met: boolean;
 }
 
+/** Tokens that hold the HMAC key already (a second key with the label would make it ambiguous). */
+const keyed = new WeakSet<BenchToken>();
+
 /** Runs the three proxies in turn. */
 export async function auditRuns(
   gen: CGenerator,
@@ -43,11 +46,14 @@ export async function auditRuns(
   log: (s: string) => void,
   modes: readonly AuditMode[] = MODES,
 ): Promise<AuditRow[]> {
-  const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 2, keyCopies: false });
-  try {
-    await engine.createKey(AUDIT_HMAC_LABEL, { encrypt: false, decrypt: false, hmac: true });
-  } finally {
-    await engine.close();
+  if (!keyed.has(token)) {
+    const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 2, keyCopies: false });
+    try {
+      await engine.createKey(AUDIT_HMAC_LABEL, { encrypt: false, decrypt: false, hmac: true });
+    } finally {
+      await engine.close();
+    }
+    keyed.add(token);
   }
   const rows: AuditRow[] = [];
   for (const mode of modes) {
@@ -137,9 +143,14 @@ export function auditReport(rows: readonly AuditRow[]): string {
   return lines.join('\n');
 }
 
-/** `node dist/bench/audit.js [--quick] [off] [batched] [before-response]`: only these rows (the full bench runs them too). */
+/**
+ * `node dist/bench/audit.js [--quick] [--rounds N] [off] [batched] [before-response]`: only these rows
+ * (the full bench runs them too); N rounds of all modes in turn (on a shared machine, look at each round).
+ */
 async function main(): Promise<void> {
   const quick = process.argv.includes('--quick');
+  const r = process.argv.indexOf('--rounds');
+  const rounds = r > 0 ? Math.max(1, Number(process.argv[r + 1]) || 1) : 1;
   const only = MODES.filter((m) => process.argv.includes(m));
   const log = (m: string): void => void process.stderr.write(`${m}\n`);
   const token = await makeToken();
@@ -147,15 +158,17 @@ async function main(): Promise<void> {
   if ('error' in c) throw new Error(`cannot compile the load generator: ${c.error}`);
   const gen = new CGenerator(c.binary);
   try {
-    const rows = await auditRuns(
-      gen,
-      token,
-      { poolMaxSize: 8, workerThreads: 2, level: 'INFO', poolSize: quick ? 200 : 1000 },
-      quick ? QUICK : FULL,
-      log,
-      only.length > 0 ? only : MODES,
-    );
-    process.stdout.write(`${auditReport(rows)}\n`);
+    for (let i = 0; i < rounds; i++) {
+      const rows = await auditRuns(
+        gen,
+        token,
+        { poolMaxSize: 8, workerThreads: 2, level: 'INFO', poolSize: quick ? 200 : 1000 },
+        quick ? QUICK : FULL,
+        log,
+        only.length > 0 ? only : MODES,
+      );
+      process.stdout.write(`round ${i + 1}: ${auditReport(rows)}\n`);
+    }
   } finally {
     await gen.close();
     token.remove();

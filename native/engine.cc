@@ -130,6 +130,14 @@ void Core::runSessionJob(Job* j, Worker* w) {
     ModuleLink::ContextLock lk = link_.deferredLock();
     SerialGuard serial;
     if (!link_.enter(j, lk, serial)) return;
+    KeyAttrs cached;
+    if (j->op == Op::KeyInfo && keys_.cachedAttrs(j->label, cached)) {
+      // Key metadata the HSM told us less than keyCheckMs ago: no session, no PKCS#11 call.
+      const Status st = keyInfo(cached, j->as<KeyInfoResult>());
+      j->rv = st.rv;
+      j->fn = st.ok() ? nullptr : st.fn;
+      return;
+    }
     uint32_t idx = SessionPool::kNil;
     Status st = sessions_.acquire(j, w, idx);
     if (st.ok()) {
@@ -162,9 +170,11 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
       return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
         return decrypt(f, s, k, decryptSlack_, j->as<CryptArgs>(), j->output, dirty);
       });
-    case Op::KeyInfo:
-      return keys_.withKey(j->label, s, KeyCache::Use::Token, dirty,
-                           [&](CK_OBJECT_HANDLE k) { return keyInfo(f, s, k, j->as<KeyInfoResult>(), dirty); });
+    case Op::KeyInfo: {
+      KeyAttrs attrs;
+      Status st = keys_.attrsOf(j->label, s, dirty, attrs);
+      return st.ok() ? keyInfo(attrs, j->as<KeyInfoResult>()) : st;
+    }
     case Op::Random:
       return random(f, s, j->as<RandomArgs>().length, j->output, dirty);
     case Op::CreateKey: {

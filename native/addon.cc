@@ -141,6 +141,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     } else {
       badArgument(env, "options.ivMode must be 'random', 'hsm-appended' or 'hsm-zero-buffer'");
     }
+    Napi::Value onLimit = o.Get("onSessionLimit");
+    if (!onLimit.IsUndefined()) {
+      if (!onLimit.IsFunction()) badArgument(env, "options.onSessionLimit must be a function");
+      onSessionLimit_ = Napi::Persistent(onLimit.As<Napi::Function>());
+    }
     SecureBuffer pin;
     utf8Arg(env, o.Get("userPin"), "options.userPin", kMaxPin, pin);
     core_ = std::make_unique<Core>(std::move(cfg), pin.data(), pin.size());
@@ -410,6 +415,20 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         // Never let an exception cross into Node; the job is lost but the engine lives.
       }
       j = next;
+    }
+    noteSessionLimit(env);
+  }
+
+  // Tells options.onSessionLimit of a session cap the pool learned (once per new cap).
+  void noteSessionLimit(Napi::Env env) {
+    if (onSessionLimit_.IsEmpty()) return;
+    const uint32_t cap = core_->takeCapNote();
+    if (cap == 0) return;
+    Napi::HandleScope scope(env);
+    try {
+      onSessionLimit_.Call({Napi::Number::New(env, cap)});
+    } catch (...) {
+      // A throwing callback must not cross into Node from here.
     }
   }
 
@@ -734,6 +753,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("ready", Napi::Boolean::New(env, s.ready));
     o.Set("keyCopies", Napi::Number::New(env, s.keyCopies));
     o.Set("keySessionOpen", Napi::Boolean::New(env, s.keySessionOpen));
+    o.Set("sessionLimit", Napi::Number::New(env, s.sessionLimit));
+    o.Set("sessionCountRefused", Napi::Number::New(env, static_cast<double>(s.sessionCountRefused)));
     return o;
   }
 
@@ -749,6 +770,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   napi_env env_;
+  Napi::FunctionReference onSessionLimit_;
   std::unique_ptr<Core> core_;
   napi_threadsafe_function tsfn_ = nullptr;
   bool cleanupHook_ = false;

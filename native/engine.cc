@@ -36,7 +36,9 @@ EngineStats Core::stats() const {
                      sessions_.errors(),
                      link_.ready(),
                      keys_.copies(),
-                     keys_.sessionOpen()};
+                     keys_.sessionOpen(),
+                     sessions_.sessionLimit(),
+                     sessions_.sessionCountRefused()};
 }
 
 void Core::startOpen(Job* j) {

@@ -37,8 +37,10 @@ struct EngineStats {
   uint32_t sessionsOpen, sessionsIdle, sessionsQuarantined, workersStuck;
   uint64_t reinitializations, timeouts, sessionErrors;
   bool ready;
-  uint32_t keyCopies;   // cached keys that use a session copy
-  bool keySessionOpen;  // the session that holds the copies
+  uint32_t keyCopies;            // cached keys that use a session copy
+  bool keySessionOpen;           // the session that holds the copies
+  uint32_t sessionLimit;         // the HSM's session cap the pool keeps to (0: none learned)
+  uint64_t sessionCountRefused;  // C_OpenSession calls the HSM refused with CKR_SESSION_COUNT
 };
 
 class Core : private Workers::Host {
@@ -72,6 +74,8 @@ class Core : private Workers::Host {
   // Idempotent; the JS thread (or the exiting thread) only.
   Job* abort();
   void wipePin() { sessions_.wipePin(); }
+  // A session cap the pool learned and nobody was told of yet (0: none); see sessions.h.
+  uint32_t takeCapNote() { return sessions_.takeCapNote(); }
   EngineStats stats() const;
 
   // Another engine is about to re-initialize module m (registry.h).

@@ -168,7 +168,14 @@ export class Hsm {
    */
   static async open(options: EngineOptions, log?: Logger): Promise<Hsm> {
     const { Engine } = loadAddon();
-    const engine = new Engine(options);
+    const engine = new Engine({
+      ...options,
+      onSessionLimit: (sessions) =>
+        log?.warn(
+          `the HSM refused a new session (C_OpenSession: CKR_SESSION_COUNT) with ${sessions} of this event loop's sessions open: the session pool stays at ${sessions} (requests wait for one of them, up to session_pool_timeout_milli) and tries to grow again in a minute`,
+          { sessions },
+        ),
+    });
     let opened: OpenResult;
     try {
       opened = await engine.open();

@@ -528,6 +528,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (r.ivCheckRv != CKR_OK) o.Set("ivCheckCode", Napi::String::New(env, ckrName(r.ivCheckRv)));
       if (r.ivCheckFn != nullptr) o.Set("ivCheckFn", Napi::String::New(env, r.ivCheckFn));
     }
+    if (r.ivBufferStep != nullptr) {
+      Napi::Object b = Napi::Object::New(env);
+      b.Set("step", Napi::String::New(env, r.ivBufferStep));
+      b.Set("error", Napi::String::New(env, errnoName(r.ivBufferErrno)));
+      b.Set("bytes", Napi::Number::New(env, static_cast<double>(r.ivBufferBytes)));
+      if (r.memlockKnown) b.Set("memlockLimit", Napi::Number::New(env, static_cast<double>(r.memlockLimit)));
+      o.Set("ivBufferOff", b);
+    }
     return o;
   }
 
@@ -753,6 +761,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("ready", Napi::Boolean::New(env, s.ready));
     o.Set("keyCopies", Napi::Number::New(env, s.keyCopies));
     o.Set("keySessionOpen", Napi::Boolean::New(env, s.keySessionOpen));
+    o.Set("ivBuffer", Napi::Boolean::New(env, s.ivBuffer));
     o.Set("sessionLimit", Napi::Number::New(env, s.sessionLimit));
     o.Set("sessionCountRefused", Napi::Number::New(env, static_cast<double>(s.sessionCountRefused)));
     return o;

@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include <sys/resource.h>
+
 #include "ops.h"
 #include "registry.h"
 #include "status.h"
@@ -37,6 +39,7 @@ EngineStats Core::stats() const {
                      link_.ready(),
                      keys_.copies(),
                      keys_.sessionOpen(),
+                     cfg_.ivMode == IvMode::Random && ivPool_.enabled(),
                      sessions_.sessionLimit(),
                      sessions_.sessionCountRefused()};
 }
@@ -46,6 +49,7 @@ void Core::startOpen(Job* j) {
   openThread_ = std::thread([this, j] {
     try {
       link_.open(j);
+      if (!j->failed()) noteIvBuffer(j->as<OpenResult>());
     } catch (...) {
       j->rv = CKR_HOST_MEMORY;
       j->fn = nullptr;
@@ -53,6 +57,19 @@ void Core::startOpen(Job* j) {
     workers_.complete(j);
   });
   nameThread(openThread_, "xks-hsm-open");
+}
+
+void Core::noteIvBuffer(OpenResult& r) const {
+  const IvBuffer::Failure& f = ivPool_.failure();
+  if (cfg_.ivMode != IvMode::Random || f.step == nullptr) return;
+  r.ivBufferStep = f.step;
+  r.ivBufferErrno = f.error;
+  r.ivBufferBytes = f.bytes;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    r.memlockKnown = true;
+    r.memlockLimit = rl.rlim_cur;
+  }
 }
 
 void Core::joinOpenThread() {

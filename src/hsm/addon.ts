@@ -106,6 +106,13 @@ export interface OpenResult {
   ivCheck?: 'passed' | 'skipped';
   ivCheckCode?: string;
   ivCheckFn?: string;
+  /**
+   * 'random' IV mode only: the IV buffer is off, and every encrypt makes its own
+   * C_GenerateRandom, because this step of setting up its memory failed (`error`: an errno
+   * name, or "unsupported"); `bytes` it needed; `memlockLimit`: RLIMIT_MEMLOCK's soft limit in
+   * bytes (absent: unlimited). Absent: the buffer is in use (or another IV mode).
+   */
+  ivBufferOff?: { step: string; error: string; bytes: number; memlockLimit?: number };
 }
 
 export interface Version {
@@ -154,6 +161,8 @@ export interface EngineStats {
   sessionErrors: number;
   /** False while the module is down and being re-initialized (with backoff). */
   ready: boolean;
+  /** 'random' IV mode with the IV buffer in use (false: see OpenResult.ivBufferOff; other modes). */
+  ivBuffer: boolean;
   /** The session cap the HSM imposed (CKR_SESSION_COUNT) that the pool keeps to now; 0: none. */
   sessionLimit: number;
   /** C_OpenSession calls the HSM refused with CKR_SESSION_COUNT. */

@@ -143,6 +143,14 @@ export class Hsm {
       ]);
     }
     if (o.ivCheck === 'passed') notes.push(['info', `${capabilities(this.mode)}: test encryptions got HSM-generated IVs`]);
+    const b = o.ivBufferOff;
+    if (b !== undefined) {
+      const limit = b.memlockLimit === undefined ? 'unlimited' : `${b.memlockLimit} bytes`;
+      notes.push([
+        'warn',
+        `the IV buffer is off: ${b.step} of its ${b.bytes} bytes failed (${b.error}; RLIMIT_MEMLOCK is ${limit}) and IVs are buffered only in memory that is never swapped or dumped; instead every Encrypt generates its own IV with C_GenerateRandom (one more HSM round trip each). Allow at least ${b.bytes} bytes of locked memory per event loop (systemd LimitMEMLOCK=, ulimit -l) to turn it on`,
+      ]);
+    }
     if (o.ivCheck === 'skipped') {
       notes.push([
         'warn',

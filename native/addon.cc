@@ -130,6 +130,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     cfg.keyCopies = boolOption(env, o, "keyCopies", true, false);
     if (!o.Get("keyCheckMs").IsUndefined()) cfg.keyCheckMs = intOption(env, o, limits::kKeyCheckMs);
+    if (!o.Get("sessionRegrowMs").IsUndefined()) cfg.sessionRegrowMs = intOption(env, o, "sessionRegrowMs", 1, 3600000);
     std::string mode;
     utf8Arg(env, o.Get("ivMode"), "options.ivMode", 64, mode);
     if (mode == "random") {

@@ -68,7 +68,7 @@ bool Sessions::learnCap() {
   uint32_t cur = pool_.limit();
   while (!pool_.lowerLimit(cur, cur < pool_.capacity() && cur < cap ? cur : cap)) {
   }
-  capUntilNs_.store(nanos(Clock::now()) + kRegrowMs * 1000000, std::memory_order_relaxed);
+  capUntilNs_.store(nanos(Clock::now()) + int64_t{cfg_.sessionRegrowMs} * 1000000, std::memory_order_relaxed);
   capNote_.store(true, std::memory_order_release);
   return true;
 }

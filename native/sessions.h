@@ -6,7 +6,7 @@
 // sessions open does not fail the job. The pool stops growing at the number it has (the cap,
 // reported once through takeCapNote() for the operator's WARN) and the job waits for one of
 // them like any job that finds the pool full (until the pool timeout or its deadline). The
-// cap is lifted kRegrowMs later, and the pool tries to grow again (learning it anew if the
+// cap is lifted cfg.sessionRegrowMs later, and the pool tries to grow again (learning it anew if the
 // HSM still refuses). With no session of its own open, the refusal fails the job as before.
 #pragma once
 
@@ -54,8 +54,6 @@ class Sessions {
   // All below: the caller holds the context lock (shared for jobs, open and shutdown,
   // exclusive for re-initialization).
 
-  static constexpr int64_t kRegrowMs = 60000;
-
   // A session for job j on worker w: an idle one, a new one, or (waiting until the pool
   // timeout or the job's deadline) the next one given back.
   Status acquire(const Job* j, Worker* w, uint32_t& idx);
@@ -88,7 +86,7 @@ class Sessions {
   // After a C_OpenSession refused with CKR_SESSION_COUNT (its slot given back): caps the pool
   // at the sessions open now; false when there are none (nothing to wait for).
   bool learnCap();
-  // The cap's kRegrowMs are over: let the pool try to grow again.
+  // The cap's sessionRegrowMs are over: let the pool try to grow again.
   void regrowIfDue();
 
   const EngineConfig& cfg_;

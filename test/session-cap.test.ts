@@ -99,6 +99,51 @@ describe(`the HSM allows ${MAX} sessions, the pool ${CONCURRENT}`, () => {
     faults.clear();
   });
 
+  it('after sessionRegrowMs the pool tries to grow again: the same cap is learned anew silently, a larger one is taken and told', async () => {
+    faults.set('rtt 1', 'sessions max=3');
+    const notes: number[] = [];
+    const e = new Engine({
+      modulePath: token.modulePath,
+      userPin: token.pin,
+      poolMaxSize: CONCURRENT,
+      poolTimeoutMs: 5000,
+      eagerClose: false,
+      threads: CONCURRENT,
+      ivMode: 'random',
+      operationTimeoutMs: 10_000,
+      keyCopies: false,
+      sessionRegrowMs: 300,
+      onSessionLimit: (n) => notes.push(n),
+    });
+    engines.push(e);
+    await e.open();
+    const burst = async (): Promise<void> => {
+      const all = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => e.encrypt(KEY, Buffer.from(`regrow-${i}`), AAD)));
+      // ciphertext || tag (16) || iv (12) of each plaintext
+      expect(all.map((b) => b.length - 28)).toEqual(Array.from({ length: CONCURRENT }, (_, i) => `regrow-${i}`.length));
+    };
+    await burst();
+    expect(notes).toEqual([3]);
+    expect(e.stats()).toMatchObject({ sessionLimit: 3, sessionsOpen: 3 });
+    // Still refused once the period is over: tried again, the same cap, no second note.
+    await new Promise((r) => setTimeout(r, 400));
+    const opens = faults.calls('C_OpenSession');
+    const refused = faults.status().session_count_refused;
+    await burst();
+    expect(faults.calls('C_OpenSession')).toBeGreaterThan(opens);
+    expect(faults.status().session_count_refused).toBeGreaterThan(refused);
+    expect(notes).toEqual([3]);
+    expect(e.stats()).toMatchObject({ sessionLimit: 3, sessionsOpen: 3 });
+    // The HSM allows more now: the pool grows to it and says so.
+    faults.set('rtt 1', 'sessions max=6');
+    await new Promise((r) => setTimeout(r, 400));
+    await burst();
+    expect(notes).toEqual([3, 6]);
+    expect(e.stats()).toMatchObject({ sessionLimit: 6, sessionsOpen: 6, sessionErrors: 0, timeouts: 0 });
+    await e.close();
+    faults.clear();
+  });
+
   it('through the proxy: 16 concurrent Encrypts all answer 200, and the log has one WARN naming the number', async () => {
     faults.set('rtt 1', `sessions max=${MAX}`);
     const settingsPath = path.join(token.dir, 'settings-cap.toml');

@@ -65,6 +65,8 @@ export interface EngineOptions {
    * pooled session instead of failing; the pool tries to grow again a minute later.
    */
   onSessionLimit?: (sessions: number) => void;
+  /** How long the pool keeps to a session cap the HSM imposed before it tries to grow again (1..3600000 ms, default 60000). */
+  sessionRegrowMs?: number;
 }
 
 export interface KeyInfo {

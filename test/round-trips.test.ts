@@ -2,7 +2,7 @@
  * PKCS#11 round trips per request, counted by the fault module's network-HSM model
  * (calls that cross the network; length-only queries apart) through real HTTP, in steady
  * state (sessions open, key handles cached, the IV buffer filled). These are today's counts: a
- * change that removes a round trip updates this test deliberately (the table in docs/hsm-failures.md).
+ * change that removes a round trip updates this test deliberately (the table in README.md, "Round trips per request").
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';

@@ -76,11 +76,11 @@ export interface NetOpRow {
   loggedRtt0: LoggedRequests;
   /** sequentialRtt0 p50 + roundTrips x the measured cost of one modelled call (ms). */
   floorMs: number;
-  closed: LoadResult;
+  closed: ClosedRun;
   /** 30 / (roundTrips x rtt), requests/s (Infinity with no round trip). */
   ceiling: number;
   /** The same closed loop on SoftHSM2 directly. */
-  softhsm: LoadResult;
+  softhsm: ClosedRun;
   p50Met: boolean;
   throughputMet: boolean;
   errorsMet: boolean;
@@ -90,7 +90,7 @@ export interface BackgroundHalf {
   /** What the proxy ran in the background. */
   what: string;
   sequential: LoadResult;
-  closed: LoadResult;
+  closed: ClosedRun;
   /** Round trips per second of an idle proxy (background work alone), over 2 s. */
   idleRoundTripsPerS: number;
   /** Most sessions the module saw open at once. */
@@ -134,15 +134,25 @@ const pctl = (xs: number[], q: number): number => {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))]!;
 };
 
-/** Request lines the proxy wrote to its log after byte `from`; waits until the log stops growing. */
-async function loggedSince(logFile: string, from: number): Promise<LoggedRequests> {
-  let size = -1;
+/**
+ * The log's size once it has stopped growing, so that the request lines of every answered
+ * request are in: the proxy's log drains its buffer every 50 ms (src/log.ts), so 150 ms
+ * without growth.
+ */
+async function settledSize(logFile: string): Promise<number> {
+  let size = statSync(logFile).size;
   for (let i = 0; i < 20; i++) {
-    await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 150));
     const now = statSync(logFile).size;
-    if (now === size) break;
+    if (now === size) return now;
     size = now;
   }
+  return size;
+}
+
+/** Request lines the proxy wrote to its log after byte `from`, once it has stopped growing. */
+async function loggedSince(logFile: string, from: number): Promise<LoggedRequests> {
+  await settledSize(logFile);
   const text = readFileSync(logFile).subarray(from).toString('utf8');
   const micros: number[] = [];
   for (const m of text.matchAll(/ request op=\S+.* micros=(\d+)/g)) micros.push(Number(m[1]) / 1000);
@@ -151,9 +161,30 @@ async function loggedSince(logFile: string, from: number): Promise<LoggedRequest
 
 interface ProxyUnderTest {
   port: number;
+  pid: number;
   store: Store;
   logFile: string;
   stop(): Promise<number | null>;
+}
+
+/** CPU time of a process so far (user + system, ms; USER_HZ is 100 on Linux). */
+function processCpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** Idle and total jiffies of the whole machine so far. */
+function machineCpu(): { idle: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { idle: f[3]! + f[4]!, total: f.reduce((a, b) => a + b, 0) };
+}
+
+/** A closed loop, with the proxy's CPU per request and how busy the machine was meanwhile. */
+export interface ClosedRun extends LoadResult {
+  /** The proxy process's CPU time per completed request (µs). */
+  proxyCpuUsPerRequest: number;
+  /** Share of the machine's CPU time not idle during the window (all processes). */
+  machineBusy: number;
 }
 
 async function startNetProxy(
@@ -174,7 +205,7 @@ async function startNetProxy(
     ...(o.keyCheckMs !== undefined ? { keyCheckMs: o.keyCheckMs } : {}),
     ...(o.healthCheck ? { healthCheck: o.healthCheck } : {}),
   });
-  return { port, store, logFile: p.logFile, stop: p.stop };
+  return { port, pid: p.proc.pid!, store, logFile: p.logFile, stop: p.stop };
 }
 
 /** Pre-signed pools of every operation for one proxy (decrypt: of ciphertexts this proxy made). */
@@ -235,6 +266,21 @@ function run(
   });
 }
 
+async function closedRun(gen: CGenerator, p: ProxyUnderTest, reqs: SignedRequest[], d: NetDurations): Promise<ClosedRun> {
+  const raw = reqs.map((r) => r.raw);
+  await run(gen, p.port, raw, NET_CONNECTIONS, 0, d.warmupMs);
+  const c0 = processCpuMs(p.pid);
+  const m0 = machineCpu();
+  const load = await run(gen, p.port, raw, NET_CONNECTIONS, 0, d.closedMs);
+  const c1 = processCpuMs(p.pid);
+  const m1 = machineCpu();
+  return {
+    ...load,
+    proxyCpuUsPerRequest: ((c1 - c0) * 1000) / Math.max(1, load.completed),
+    machineBusy: 1 - (m1.idle - m0.idle) / Math.max(1, m1.total - m0.total),
+  };
+}
+
 /** A sequential run (warmed up first) and the model's round trips and the proxy's log over its window. */
 async function sequential(
   gen: CGenerator,
@@ -246,8 +292,8 @@ async function sequential(
 ): Promise<{ load: LoadResult; logged: LoggedRequests; s0: ModelStatus; s1: ModelStatus }> {
   const raw = reqs.map((r) => r.raw);
   await run(gen, p.port, raw, 1, 0, d.warmupMs);
-  await new Promise((r) => setTimeout(r, 20));
-  const from = statSync(p.logFile).size;
+  // The warm-up's last request may still be in the HSM and its log line not yet written.
+  const from = await settledSize(p.logFile);
   const s0 = model.status();
   const load = await run(gen, p.port, raw, 1, 0, ms);
   const logged = await loggedSince(p.logFile, from);
@@ -255,7 +301,7 @@ async function sequential(
   return { load, logged, s0, s1 };
 }
 
-async function backgroundHalf(
+export async function backgroundHalf(
   gen: CGenerator,
   token: BenchToken,
   level: string,
@@ -292,7 +338,7 @@ async function backgroundHalf(
     await run(gen, p.port, raw, 1, 0, d.warmupMs);
     const seq = await run(gen, p.port, raw, 1, 0, d.backgroundMs);
     log(`  network model, ${withWork ? 'with' : 'without'} background HSM work: closed loop Encrypt, ${NET_CONNECTIONS} connections`);
-    const closed = await run(gen, p.port, raw, NET_CONNECTIONS, d.warmupMs, d.closedMs);
+    const closed = await closedRun(gen, p, reqs, d);
     return {
       what,
       sequential: seq,
@@ -337,14 +383,7 @@ export async function networkRuns(
       const served = at.logged.n > 0 ? at.logged.n : at.load.completed;
       const roundTrips = (at.s1.roundTrips - at.s0.roundTrips) / Math.max(1, served);
       log(`  network model rtt ${o.rttMs} ms: ${op.label}, closed loop, ${NET_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
-      const closed = await run(
-        gen,
-        proxy.port,
-        reqs[op.key].map((r) => r.raw),
-        NET_CONNECTIONS,
-        d.warmupMs,
-        d.closedMs,
-      );
+      const closed = await closedRun(gen, proxy, reqs[op.key], d);
       const floorMs = zero.load.latencyMs.p50 + roundTrips * callCost.p50;
       rows.push({
         key: op.key,
@@ -367,19 +406,12 @@ export async function networkRuns(
   }
 
   const direct = await startNetProxy(token, o.level, {});
-  const softhsm: Partial<Record<NetOpKey, LoadResult>> = {};
+  const softhsm: Partial<Record<NetOpKey, ClosedRun>> = {};
   try {
     const reqs = await pools(direct, o.poolSize);
     for (const op of NET_OPS) {
       log(`  SoftHSM2 directly, same settings: ${op.label}, closed loop, ${NET_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
-      softhsm[op.key] = await run(
-        gen,
-        direct.port,
-        reqs[op.key].map((r) => r.raw),
-        NET_CONNECTIONS,
-        d.warmupMs,
-        d.closedMs,
-      );
+      softhsm[op.key] = await closedRun(gen, direct, reqs[op.key], d);
     }
   } finally {
     await direct.stop();

@@ -299,14 +299,33 @@ function networkReport(n: NetworkResults): string[] {
         Number.isFinite(o.ceiling) ? f0(o.ceiling) : 'none',
         f0(o.softhsm.throughput),
         pct(o.closed.throughput, Math.min(o.ceiling, o.softhsm.throughput)),
+        `${f0(o.closed.proxyCpuUsPerRequest)}/${f0(o.softhsm.proxyCpuUsPerRequest)}`,
+        `${pct(o.closed.machineBusy, 1)}/${pct(o.softhsm.machineBusy, 1)}`,
         String(o.sequential.errors + o.sequentialRtt0.errors + o.closed.errors + o.softhsm.errors),
         `p50 ${metOr(o.p50Met)}, req/s ${metOr(o.throughputMet)}, errors ${metOr(o.errorsMet)}`,
       ]),
-      ['', 'trips', 'p50', 'p99', 'log p50', 'p50 rtt0', 'floor', 'p50-floor', 'req/s', 'ceiling', 'SoftHSM2', 'of min', 'err', 'targets'],
+      [
+        '',
+        'trips',
+        'p50',
+        'p99',
+        'log p50',
+        'p50 rtt0',
+        'floor',
+        'p50-floor',
+        'req/s',
+        'ceiling',
+        'SoftHSM2',
+        'of min',
+        'cpu µs/req',
+        'busy',
+        'err',
+        'targets',
+      ],
     ),
   );
   out.push(
-    `(trips: round trips per request over the sequential run, background work included; log p50: the proxy's own micros; floor: p50 rtt0 + trips x one modelled call; targets: p50 <= floor + ${P50_SLACK_MS} ms, req/s >= ${100 * THROUGHPUT_SHARE}% of min(ceiling ${n.pool} / (trips x rtt), SoftHSM2 directly with the same settings), no errors)`,
+    `(trips: round trips per request over the sequential run, background work included; log p50: the proxy's own micros; floor: p50 rtt0 + trips x one modelled call; targets: p50 <= floor + ${P50_SLACK_MS} ms, req/s >= ${100 * THROUGHPUT_SHARE}% of min(ceiling ${n.pool} / (trips x rtt), SoftHSM2 directly with the same settings), no errors; cpu µs/req: the proxy's CPU per request in the closed loop, model/SoftHSM2; busy: the machine's CPU not idle meanwhile, all processes)`,
   );
   const bg = (name: string, b: BackgroundHalf): string[] => [
     name,
@@ -664,7 +683,7 @@ async function main(): Promise<number> {
       const model = new NetModel(token, 'adaptive');
       model.useInThisProcess();
       model.setRtt(args.hsmRtt);
-      const common = { pin: token.pin, seconds: 1, warmupMs: 400, clients: 64, rounds: 3 };
+      const common = { pin: token.pin, seconds: 1, warmupMs: 800, clients: 64, rounds: 3 };
       adaptive = [
         await adaptiveVsFixed({ ...common, hsm: 'SoftHSM2', modulePath: token.modulePath }),
         await adaptiveVsFixed({ ...common, hsm: `rtt ${args.hsmRtt} ms`, modulePath: model.modulePath }),

@@ -51,9 +51,11 @@ export interface NetDurations {
   closedMs: number;
   /** Each half of the background pair, sequential. */
   backgroundMs: number;
+  /** The idle proxy's background round trips are counted over this long. */
+  idleMs: number;
 }
-export const NET_FULL: NetDurations = { warmupMs: 500, seqMs: 4000, closedMs: 3000, backgroundMs: 8000 };
-export const NET_QUICK: NetDurations = { warmupMs: 250, seqMs: 800, closedMs: 800, backgroundMs: 2000 };
+export const NET_FULL: NetDurations = { warmupMs: 500, seqMs: 4000, closedMs: 3000, backgroundMs: 8000, idleMs: 2000 };
+export const NET_QUICK: NetDurations = { warmupMs: 200, seqMs: 700, closedMs: 700, backgroundMs: 1200, idleMs: 1000 };
 
 /** What the proxy's request log says about a window: requests and their `micros` (handler entry to write). */
 export interface LoggedRequests {
@@ -90,8 +92,10 @@ export interface BackgroundHalf {
   /** What the proxy ran in the background. */
   what: string;
   sequential: LoadResult;
+  /** Round trips per request over the sequential run (the background's included). */
+  roundTrips: number;
   closed: ClosedRun;
-  /** Round trips per second of an idle proxy (background work alone), over 2 s. */
+  /** Round trips per second of an idle proxy (background work alone). */
   idleRoundTripsPerS: number;
   /** Most sessions the module saw open at once. */
   maxOpenSessions: number;
@@ -331,19 +335,18 @@ export async function backgroundHalf(
     );
     await sendAll(`http://${host}`, reqs.slice(0, 4), 1);
     const idle0 = model.status();
-    await new Promise((r) => setTimeout(r, 2000));
+    await new Promise((r) => setTimeout(r, d.idleMs));
     const idle1 = model.status();
     log(`  network model, ${withWork ? 'with' : 'without'} background HSM work: sequential Encrypt, ${d.backgroundMs / 1000} s`);
-    const raw = reqs.map((r) => r.raw);
-    await run(gen, p.port, raw, 1, 0, d.warmupMs);
-    const seq = await run(gen, p.port, raw, 1, 0, d.backgroundMs);
+    const seq = await sequential(gen, p, model, reqs, d, d.backgroundMs);
     log(`  network model, ${withWork ? 'with' : 'without'} background HSM work: closed loop Encrypt, ${NET_CONNECTIONS} connections`);
     const closed = await closedRun(gen, p, reqs, d);
     return {
       what,
-      sequential: seq,
+      sequential: seq.load,
+      roundTrips: (seq.s1.roundTrips - seq.s0.roundTrips) / Math.max(1, seq.logged.n > 0 ? seq.logged.n : seq.load.completed),
       closed,
-      idleRoundTripsPerS: (idle1.roundTrips - idle0.roundTrips) / 2,
+      idleRoundTripsPerS: (idle1.roundTrips - idle0.roundTrips) / (d.idleMs / 1000),
       maxOpenSessions: model.status().maxOpenSessions,
     };
   } finally {

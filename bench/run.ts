@@ -333,6 +333,7 @@ function networkReport(n: NetworkResults): string[] {
     ms(b.sequential.latencyMs.p99),
     ms(b.sequential.latencyMs.p999),
     ms(b.sequential.latencyMs.max),
+    b.roundTrips.toFixed(3),
     f0(b.closed.throughput),
     ms(b.closed.latencyMs.p99),
     b.idleRoundTripsPerS.toFixed(1),
@@ -346,7 +347,7 @@ function networkReport(n: NetworkResults): string[] {
   out.push(
     table(
       [bg('without', wo), bg('with', w)],
-      ['', 'seq p50', 'seq p99', 'seq p99.9', 'seq max', 'closed req/s', 'closed p99', 'idle trips/s', 'max sessions', 'err'],
+      ['', 'seq p50', 'seq p99', 'seq p99.9', 'seq max', 'seq trips', 'closed req/s', 'closed p99', 'idle trips/s', 'max sessions', 'err'],
     ),
   );
   const dp99 = w.sequential.latencyMs.p99 - wo.sequential.latencyMs.p99;
@@ -675,7 +676,9 @@ async function main(): Promise<number> {
     let network: NetworkResults | undefined;
     if (!args.profile) {
       log(`bench: the network HSM model (rtt ${args.hsmRtt} ms per call)`);
+      const tn = Date.now();
       network = await networkRuns(gen, token, { rttMs: args.hsmRtt, level: args.level, poolSize }, args.quick ? NET_QUICK : NET_FULL, log);
+      log(`bench: the network rows took ${((Date.now() - tn) / 1000).toFixed(1)} s`);
     }
     let adaptive: AdaptiveResult[] | undefined;
     if (!args.quick && !args.profile) {

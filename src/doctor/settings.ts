@@ -1,0 +1,37 @@
+/** Doctor, group "settings": the file loads (check-config's messages) and its warnings. */
+import { ACCESS_KEY_ID_NOTE, ConfigError, loadConfig, SECRET_NOTE, type LoadedConfig } from '../config.js';
+import { ok, problem, type Finding } from './report.js';
+
+const G = 'settings';
+
+/** Warnings the "sigv4" group reports itself, with the KMS error they cause. */
+function reportedElsewhere(w: string): boolean {
+  return w.endsWith(ACCESS_KEY_ID_NOTE) || w.endsWith(SECRET_NOTE) || /\.uri_path_prefix: .*KMS/.test(w);
+}
+
+export function checkSettings(file: string): { loaded: LoadedConfig | undefined; findings: Finding[] } {
+  let loaded: LoadedConfig;
+  try {
+    loaded = loadConfig(file);
+  } catch (e) {
+    const message = e instanceof ConfigError ? e.message : e instanceof Error ? e.message : String(e);
+    return {
+      loaded: undefined,
+      findings: [
+        problem(
+          'fail',
+          G,
+          'parses',
+          message,
+          'none yet: the proxy does not start, so KMS would report XKS_PROXY_NOT_REACHABLE',
+          'correct the key the message names (xks-proxy check-config FILE checks only the file)',
+        ),
+      ],
+    };
+  }
+  const findings = [ok(G, 'parses', `${file} loads`)];
+  for (const w of loaded.warnings.filter((x) => !reportedElsewhere(x))) {
+    findings.push(problem('warn', G, 'warning', w, 'none directly', 'see the warning; xks-proxy check-config prints the same'));
+  }
+  return { loaded, findings };
+}

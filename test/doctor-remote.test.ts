@@ -107,7 +107,7 @@ const get = (fs: Finding[], group: string, check: string): Finding => {
 const expectedWarning = (f: Finding): boolean =>
   (f.group === 'endpoint' && f.check === 'host') ||
   (f.group === 'tls' && f.check === 'trusted root') ||
-  f.check === 'latency' ||
+  f.check.endsWith(' latency') ||
   f.check === 'round trip';
 
 describe('xks-proxy doctor --endpoint', () => {
@@ -199,7 +199,7 @@ describe('xks-proxy doctor --endpoint', () => {
       ]);
       expect(code).toBe(2);
       const slow = findings.filter((f) => f.status === 'fail');
-      expect(slow.map((f) => `${f.group}/${f.check}`)).toEqual([`key ${KEY}/latency`]);
+      expect(slow.map((f) => `${f.group}/${f.check}`)).toEqual([`key ${KEY}/encrypt latency`]);
       expect(slow[0]!.detail).toMatch(/^encrypt took \d+\.\d ms: above KMS's 250 ms/);
       expect(slow[0]!.kms).toBe('XKS_PROXY_TIMED_OUT');
       expect(faults.status().injected).toBeGreaterThan(0);

@@ -295,7 +295,7 @@ export async function probeRemote(o: RemoteOptions): Promise<Finding[]> {
           problem(
             'fail',
             group,
-            'latency',
+            `${check} latency`,
             `${check} took ${took}: above KMS's ${KMS_BUDGET_MS} ms`,
             TIMED_OUT,
             "bring the proxy, the HSM and the AWS region closer; see xks-proxy doctor FILE for the HSM's share",
@@ -306,13 +306,13 @@ export async function probeRemote(o: RemoteOptions): Promise<Finding[]> {
           problem(
             'warn',
             group,
-            'latency',
+            `${check} latency`,
             `${check} took ${took}: more than half of KMS's ${KMS_BUDGET_MS} ms`,
             `${TIMED_OUT} when the network adds the rest`,
             'bring the proxy, the HSM and the AWS region closer',
           ),
         );
-      else out.push(ok(group, 'latency', `${check} in ${took} (KMS waits ${KMS_BUDGET_MS} ms)`));
+      else out.push(ok(group, `${check} latency`, `${check} in ${took} (KMS waits ${KMS_BUDGET_MS} ms)`));
       if (check === 'health') clock(r, out);
       return r.json;
     };

@@ -199,9 +199,13 @@ describe('xks-proxy doctor --endpoint', () => {
       ]);
       expect(code).toBe(2);
       const slow = findings.filter((f) => f.status === 'fail');
-      expect(slow.map((f) => `${f.group}/${f.check}`)).toEqual([`key ${KEY}/encrypt latency`]);
-      expect(slow[0]!.detail).toMatch(/^encrypt took \d+\.\d ms: above KMS's 250 ms/);
-      expect(slow[0]!.kms).toBe('XKS_PROXY_TIMED_OUT');
+      // Only latencies fail (on a busy machine another call may pass 250 ms too), the encrypt's always.
+      expect(slow.filter((f) => !f.check.endsWith(' latency'))).toEqual([]);
+      const enc = get(findings, `key ${KEY}`, 'encrypt latency');
+      expect(enc.status).toBe('fail');
+      expect(enc.detail).toMatch(/^encrypt took \d+\.\d ms: above KMS's 250 ms/);
+      expect(enc.kms).toBe('XKS_PROXY_TIMED_OUT');
+      expect(get(findings, `key ${KEY}`, 'decrypt').status).toBe('ok');
       expect(faults.status().injected).toBeGreaterThan(0);
     } finally {
       faults.clear();

@@ -14,6 +14,7 @@ import { kmsTrusts, parseJavaDn } from '../src/doctor/trusted-cas.js';
 import { TRUSTED_CAS, TRUSTED_CAS_SOURCE } from '../src/doctor/trusted-cas-list.js';
 import { loadAddon } from '../src/hsm/addon.js';
 import { BIN } from './helpers/cli.js';
+import { FAULTY_MODULE, FaultControl } from './helpers/faulty.js';
 import { makeKeyedToken } from './helpers/keyed-token.js';
 import { settingsToml, type SettingsSpec } from './helpers/proxy.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
@@ -77,13 +78,14 @@ function spec(over: Partial<SettingsSpec> & { keys?: string[]; accessKeyId?: str
 async function doctor(
   s: SettingsSpec,
   edit: (toml: string) => string = (t) => t,
+  env: Record<string, string> = {},
 ): Promise<{ code: number; report: Report; table: string }> {
   const file = path.join(token.dir, `doctor-${++n}.toml`);
   writeFileSync(file, edit(settingsToml(s)));
   const run = async (args: string[]): Promise<{ code: number; stdout: string }> => {
     try {
       const { stdout } = await execFileP(process.execPath, [BIN, 'doctor', ...args], {
-        env: { ...process.env, ...token.env },
+        env: { ...process.env, ...token.env, ...env },
         timeout: 30000,
       });
       return { code: 0, stdout };
@@ -185,6 +187,27 @@ describe('xks-proxy doctor FILE', () => {
     expect(f.detail).toMatch(/is_zero_iv_required = true cannot work with this HSM: .*all-zero IV/);
     expect(f.fix).toMatch(/can_generate_iv = false/);
     expect(f.kms).toMatch(/XKS_PROXY_NOT_REACHABLE/);
+  });
+
+  it('an HSM slower than KMS allows (the fault module delays C_Encrypt 300 ms): XKS_PROXY_TIMED_OUT', async () => {
+    const faults = new FaultControl(path.join(token.dir, 'doctor-faults.control'), path.join(token.dir, 'doctor-faults.status'));
+    faults.set('delay C_Encrypt 300');
+    const env = {
+      FAULTY_PKCS11_TARGET: token.modulePath,
+      FAULTY_PKCS11_CONTROL: faults.controlPath,
+      FAULTY_PKCS11_STATUS: faults.statusPath,
+    };
+    const { code, report } = await doctor(
+      { ...spec(), token: { ...token, modulePath: FAULTY_MODULE }, operationTimeoutMs: 2000 },
+      (t) => t,
+      env,
+    );
+    expect(code).toBe(2);
+    expect(failures(report).map((f) => `${f.group}/${f.check}`)).toEqual([`key ${TEST_KEYS.ordinary}/latency`]);
+    const f = find(report, `key ${TEST_KEYS.ordinary}`, 'latency');
+    expect(f.detail).toMatch(/^encrypt \+ decrypt in \d+\.\d ms \(fastest of 5\): above KMS's 250 ms/);
+    expect(f.kms).toMatch(/^XKS_PROXY_TIMED_OUT/);
+    expect(faults.status().injected).toBeGreaterThanOrEqual(5);
   });
 
   it('a bad access key id: KMS refuses it (ValidationException)', async () => {

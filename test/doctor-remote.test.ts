@@ -238,6 +238,13 @@ describe('xks-proxy doctor --endpoint', () => {
     const r = await doctor(['--endpoint', endpoint(), '--secret-file', path.join(base.dir, 'none')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/^xks-proxy doctor: --secret-file .*cannot read it \(ENOENT\)\n\nUsage: xks-proxy doctor/);
+    const noCa = await doctor(['--endpoint', endpoint(), '--secret-file', secretFile, '--ca', secretFile]);
+    expect(noCa.code).toBe(2);
+    expect(noCa.stderr).toMatch(/^xks-proxy doctor: --ca .*: no PEM certificate in it\n/);
+    const help = await execFileP(process.execPath, [BIN, 'doctor', '--help']);
+    expect(help.stdout).toMatch(
+      /^Usage: xks-proxy doctor \[--json\] \[FILE\]\n[\s\S]*--endpoint URL[\s\S]*Exit 0 all ok, 1 a warning, 2 a failure/,
+    );
   });
 });
 

@@ -86,6 +86,16 @@ export function parseDoctorArgs(args: readonly string[]): DoctorArgs | string {
     return `--secret-file ${v['--secret-file']}: cannot read it (${(e as { code?: string }).code ?? 'error'})`;
   }
   if (secret === '' || secret.includes('\n')) return `--secret-file ${v['--secret-file']}: expected one line, the secret access key`;
+  const caFile = v['--ca'];
+  if (caFile !== undefined) {
+    let pem: string;
+    try {
+      pem = readFileSync(caFile, 'utf8');
+    } catch (e) {
+      return `--ca ${caFile}: cannot read it (${(e as { code?: string }).code ?? 'error'})`;
+    }
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) return `--ca ${caFile}: no PEM certificate in it`;
+  }
   return {
     json,
     remote: {
@@ -95,7 +105,7 @@ export function parseDoctorArgs(args: readonly string[]): DoctorArgs | string {
       secretAccessKey: secret,
       keyIds,
       region: v['--region'] ?? 'us-east-1',
-      caFile: v['--ca'],
+      caFile,
     },
   };
 }

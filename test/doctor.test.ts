@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile, execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { rootCertificates } from 'node:tls';
 import { promisify } from 'node:util';
@@ -81,7 +81,7 @@ async function doctor(
   env: Record<string, string> = {},
 ): Promise<{ code: number; report: Report; table: string }> {
   const file = path.join(token.dir, `doctor-${++n}.toml`);
-  writeFileSync(file, edit(settingsToml(s)));
+  writeFileSync(file, edit(settingsToml(s)), { mode: 0o600 });
   const run = async (args: string[]): Promise<{ code: number; stdout: string }> => {
     try {
       const { stdout } = await execFileP(process.execPath, [BIN, 'doctor', ...args], {
@@ -276,6 +276,25 @@ describe('xks-proxy doctor FILE', () => {
       spec({ tls: { certFile: pki.server.cert, keyFile: pki.server.key, mtls: { caFile: pki.server.key, dnsName: 'kms.example.com' } } }),
     );
     expect(find(bad.report, 'tls', 'mtls ca').status).toBe('fail');
+  });
+
+  it('a settings file every user can read: a warning, exit 1', async () => {
+    const { code, report } = await doctor(spec(), (t) => t);
+    expect(code).toBe(0);
+    expect(find(report, 'settings', 'permissions').detail).toBe('mode 0600: not readable by other users');
+    const file = path.join(token.dir, `doctor-${n}.toml`);
+    chmodSync(file, 0o644);
+    const r = await execFileP(process.execPath, [BIN, 'doctor', '--json', file], {
+      env: { ...process.env, ...token.env },
+      timeout: 30000,
+    }).then(
+      () => ({ code: 0, stdout: '' }),
+      (e: { code?: number; stdout?: string }) => ({ code: e.code ?? -1, stdout: e.stdout ?? '' }),
+    );
+    expect(r.code).toBe(1);
+    const f = find(JSON.parse(r.stdout) as Report, 'settings', 'permissions');
+    expect(f.status).toBe('warn');
+    expect(f.detail).toMatch(/is mode 0644: every user of the host can read the PIN/);
   });
 
   it("a file that does not load: the config module's message, exit 2", async () => {

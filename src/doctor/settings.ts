@@ -1,4 +1,5 @@
 /** Doctor, group "settings": the file loads (check-config's messages) and its warnings. */
+import { statSync } from 'node:fs';
 import { ACCESS_KEY_ID_NOTE, ConfigError, loadConfig, SECRET_NOTE, type LoadedConfig } from '../config.js';
 import { ok, problem, type Finding } from './report.js';
 
@@ -30,6 +31,20 @@ export function checkSettings(file: string): { loaded: LoadedConfig | undefined;
     };
   }
   const findings = [ok(G, 'parses', `${file} loads`)];
+  // It holds the user PIN and the SigV4 secrets.
+  const mode = statSync(file).mode & 0o777;
+  if ((mode & 0o007) !== 0) {
+    findings.push(
+      problem(
+        'warn',
+        G,
+        'permissions',
+        `${file} is mode 0${mode.toString(8)}: every user of the host can read the PIN and the SigV4 secrets`,
+        'none directly; anyone with the secret can sign as KMS',
+        `chmod 0640 ${file} (owner root or the proxy's user, group the proxy's)`,
+      ),
+    );
+  } else findings.push(ok(G, 'permissions', `mode 0${mode.toString(8)}: not readable by other users`));
   for (const w of loaded.warnings.filter((x) => !reportedElsewhere(x))) {
     findings.push(problem('warn', G, 'warning', w, 'none directly', 'see the warning; xks-proxy check-config prints the same'));
   }

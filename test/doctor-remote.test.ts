@@ -248,6 +248,73 @@ describe('xks-proxy doctor --endpoint', () => {
   });
 });
 
+describe('xks-proxy doctor --endpoint against a proxy that breaks the spec', () => {
+  /** Answers like an XKS proxy, except: fleet size 0 under /bad-health, a wrong CDIV under /bad-cdiv. */
+  async function brokenProxy(): Promise<{ port: number; close(): Promise<void> }> {
+    const { createServer } = await import('node:http');
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, string>;
+        const url = req.url ?? '';
+        let answer: unknown = {};
+        if (url.endsWith('/health')) {
+          answer = {
+            xksProxyFleetSize: url.startsWith('/bad-health') ? 0 : 1,
+            xksProxyVendor: 'v',
+            xksProxyModel: 'm',
+            ekmVendor: 'e',
+            ekmFleetDetails: [{ id: 'h', model: 'x', healthStatus: 'ACTIVE' }],
+          };
+        } else if (url.endsWith('/metadata')) answer = { keySpec: 'AES_256', keyUsage: ['ENCRYPT', 'DECRYPT'], keyStatus: 'ENABLED' };
+        else if (url.endsWith('/encrypt')) {
+          answer = {
+            ciphertext: body.plaintext,
+            initializationVector: Buffer.alloc(12, 1).toString('base64'),
+            authenticationTag: Buffer.alloc(16, 2).toString('base64'),
+            ciphertextDataIntegrityValue: Buffer.alloc(32, 3).toString('base64'),
+          };
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(answer));
+      });
+    });
+    const port = await new Promise<number>((resolve) =>
+      server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port)),
+    );
+    return { port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+  }
+
+  it('a health answer without a fleet size, an Encrypt with a wrong CDIV: XKS_PROXY_INVALID_RESPONSE', async () => {
+    const broken = await brokenProxy();
+    try {
+      const health = await doctor(['--endpoint', `http://127.0.0.1:${broken.port}/bad-health/kms/xks/v1`, '--secret-file', secretFile]);
+      expect(health.code).toBe(2);
+      const h = get(health.findings, 'health', 'fields');
+      expect(h.detail).toBe('xksProxyFleetSize is not an integer > 0');
+      expect(h.kms).toBe('XKS_PROXY_INVALID_RESPONSE');
+      expect(get(health.findings, 'endpoint', 'scheme').status).toBe('warn');
+
+      const cdiv = await doctor([
+        '--endpoint',
+        `http://127.0.0.1:${broken.port}/bad-cdiv/kms/xks/v1`,
+        '--secret-file',
+        secretFile,
+        '--key-id',
+        'k',
+      ]);
+      expect(cdiv.code).toBe(2);
+      expect(get(cdiv.findings, 'health', 'fields').status).toBe('ok');
+      expect(get(cdiv.findings, 'key k', 'metadata').status).toBe('ok');
+      const e = get(cdiv.findings, 'key k', 'encrypt');
+      expect(e.detail).toMatch(/^ciphertextDataIntegrityValue is not SHA-256/);
+      expect(e.kms).toBe('XKS_PROXY_INVALID_RESPONSE');
+    } finally {
+      await broken.close();
+    }
+  });
+});
+
 describe('the probe signer', () => {
   it("signs as the AWS SDK does with host;x-amz-date (KMS's signed headers)", async () => {
     const date = new Date('2026-03-04T05:06:07Z');

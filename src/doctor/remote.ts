@@ -5,23 +5,34 @@
  * Decrypt; every response field is checked against the spec, every call's latency against KMS's
  * 250 ms, and every failure named by the ConnectionErrorCode (or key error) KMS would report.
  */
-import { randomBytes, randomUUID, X509Certificate } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { request as httpRequest, Agent as HttpAgent, type IncomingMessage } from 'node:http';
+import { request as httpRequest, Agent as HttpAgent } from 'node:http';
 import { request as httpsRequest, Agent as HttpsAgent } from 'node:https';
 import { isIP, connect as tcpConnect } from 'node:net';
-import { rootCertificates, connect as tlsConnect, type ConnectionOptions, type DetailedPeerCertificate } from 'node:tls';
-import { cdivSha256, decodeBase64Strict } from '../codec.js';
+import { rootCertificates, type ConnectionOptions } from 'node:tls';
 import { TLS12_CIPHER_LIST, TLS13_SUITES } from '../http/tls.js';
 import { KMS_BUDGET_MS } from './keys.js';
+import {
+  answerError,
+  b64,
+  BAD_RESPONSE,
+  encryptProblems,
+  healthFields,
+  NOT_REACHABLE,
+  TIMED_OUT,
+  TLS_ERR,
+  WAIT_MS,
+  type Json,
+  type Reply,
+} from './remote-answers.js';
+import { handshake } from './remote-tls.js';
 import { ok, problem, type Finding } from './report.js';
 import { signKmsRequest } from './sign.js';
-import { kmsTrusts } from './trusted-cas.js';
 
 /** The network round trip KMS recommends at most. */
 export const KMS_RTT_MS = 35;
 const HALF_BUDGET_MS = KMS_BUDGET_MS / 2;
-const WAIT_MS = 5000;
 const MAX_SKEW_MS = 5 * 60_000;
 
 export interface RemoteOptions {
@@ -35,75 +46,6 @@ export interface RemoteOptions {
   region: string;
   /** PEM file of CAs to trust besides the system's (a private CA). */
   caFile?: string | undefined;
-}
-
-const NOT_REACHABLE = 'XKS_PROXY_NOT_REACHABLE';
-const TLS_ERR = 'XKS_PROXY_INVALID_TLS_CONFIGURATION';
-const BAD_RESPONSE = 'XKS_PROXY_INVALID_RESPONSE';
-const TIMED_OUT = 'XKS_PROXY_TIMED_OUT';
-
-interface Reply {
-  status: number;
-  headers: IncomingMessage['headers'];
-  json: Record<string, unknown> | undefined;
-  ms: number;
-}
-
-type Json = Record<string, unknown>;
-
-/** The ConnectionErrorCode (or key error) of an error answer, and the fix. */
-function answerError(r: Reply, keyCall: boolean): { kms: string; fix: string } {
-  const name = typeof r.json?.errorName === 'string' ? r.json.errorName : '';
-  if (r.status === 401)
-    return {
-      kms: 'INVALID_CREDENTIALS',
-      fix: 'give KMS the access key id and secret of the key store this URI path names (xks-proxy kms-config), and check the clocks',
-    };
-  if (r.status === 403)
-    return { kms: 'XKS_PROXY_ACCESS_DENIED', fix: 'check the secondary authorization (Oso policy) and the mTLS client name' };
-  if (name === 'InvalidUriPathException')
-    return { kms: 'XKS_PROXY_INVALID_CONFIGURATION', fix: 'make XksProxyUriPath "<uri_path_prefix>/kms/xks/v1" of a configured key store' };
-  if (keyCall && name === 'KeyNotFoundException')
-    return {
-      kms: 'XksKeyNotFoundException (CreateKey); KMSInvalidStateException (use)',
-      fix: "list the key id in the key store's xks_key_id_set and create it in the HSM (xks-proxy doctor FILE checks both)",
-    };
-  if (name === 'DependencyTimeoutException')
-    return { kms: TIMED_OUT, fix: "the HSM answered too slowly: see xks-proxy doctor FILE's latency" };
-  if (keyCall && (name === 'InvalidKeyUsageException' || name === 'InvalidStateException'))
-    return {
-      kms: 'XksKeyInvalidConfigurationException (CreateKey); KMSInvalidStateException (use)',
-      fix: 'the key needs CKA_ENCRYPT and CKA_DECRYPT and must be enabled',
-    };
-  return { kms: BAD_RESPONSE, fix: "see the proxy's log for this request" };
-}
-
-const str = (o: Json, k: string): boolean => typeof o[k] === 'string' && o[k] !== '';
-
-/** The response-field problems of GetHealthStatus (empty when it follows the spec). */
-function healthFields(j: Json): string[] {
-  const bad: string[] = [];
-  if (!Number.isInteger(j.xksProxyFleetSize) || (j.xksProxyFleetSize as number) < 1) bad.push('xksProxyFleetSize is not an integer > 0');
-  for (const k of ['xksProxyVendor', 'xksProxyModel', 'ekmVendor']) if (!str(j, k)) bad.push(`${k} is missing or not a string`);
-  const fleet = j.ekmFleetDetails;
-  if (!Array.isArray(fleet) || fleet.length < 1 || fleet.length > 10) bad.push('ekmFleetDetails is not an array of 1..10 entries');
-  else
-    fleet.forEach((e: unknown, i) => {
-      const o = (e ?? {}) as Json;
-      if (!str(o, 'id') || !str(o, 'model')) bad.push(`ekmFleetDetails[${i}] lacks id or model`);
-      if (!['ACTIVE', 'DEGRADED', 'UNAVAILABLE'].includes(o.healthStatus as string))
-        bad.push(`ekmFleetDetails[${i}].healthStatus is not ACTIVE, DEGRADED or UNAVAILABLE`);
-    });
-  return bad;
-}
-
-function b64(j: Json, k: string, sizes?: readonly number[]): Buffer | string {
-  const v = j[k];
-  if (typeof v !== 'string') return `${k} is missing or not a string`;
-  const b = decodeBase64Strict(v);
-  if (b === undefined) return `${k} is not Base64`;
-  if (sizes !== undefined && !sizes.includes(b.length)) return `${k} is ${b.length} bytes, not ${sizes.join(' or ')}`;
-  return b;
 }
 
 export async function probeRemote(o: RemoteOptions): Promise<Finding[]> {
@@ -430,30 +372,16 @@ async function probeKey(id: string, called: Caller, region: string, out: Finding
     true,
   );
   if (enc === undefined) return;
-  const ct = b64(enc, 'ciphertext');
-  const iv = b64(enc, 'initializationVector', [12, 16]);
-  const tag = b64(enc, 'authenticationTag', [16]);
-  const ctm = enc.ciphertextMetadata === undefined ? undefined : b64(enc, 'ciphertextMetadata');
-  const cdiv = b64(enc, 'ciphertextDataIntegrityValue', [32]);
-  const bad = [ct, iv, tag, ctm, cdiv].filter((x): x is string => typeof x === 'string');
-  if (Buffer.isBuffer(ct) && ct.length !== plaintext.length)
-    bad.push(`ciphertext is ${ct.length} bytes for ${plaintext.length} bytes of plaintext`);
-  if (Buffer.isBuffer(ctm) && ctm.length > 20) bad.push(`ciphertextMetadata is ${ctm.length} bytes, more than 20`);
-  if (bad.length === 0 && Buffer.isBuffer(iv) && iv.every((b) => b === 0)) bad.push('initializationVector is all zero');
-  if (bad.length === 0) {
-    const expected = cdivSha256(aad, ctm as Buffer | undefined, iv as Buffer, ct as Buffer, tag as Buffer);
-    if (expected !== enc.ciphertextDataIntegrityValue)
-      bad.push('ciphertextDataIntegrityValue is not SHA-256(aad || metadata || iv || ciphertext || tag)');
-  }
-  if (bad.length > 0) {
-    out.push(problem('fail', G, 'encrypt', bad.join('; '), BAD_RESPONSE, "the proxy's Encrypt does not follow the spec"));
+  const { problems, ivBytes, ctmBytes } = encryptProblems(enc, plaintext, aad);
+  if (problems.length > 0) {
+    out.push(problem('fail', G, 'encrypt', problems.join('; '), BAD_RESPONSE, "the proxy's Encrypt does not follow the spec"));
     return;
   }
   out.push(
     ok(
       G,
       'encrypt',
-      `fields and CDIV as the spec says (IV ${(iv as Buffer).length} bytes${ctm === undefined ? '' : `, ciphertextMetadata ${(ctm as Buffer).length} bytes`})`,
+      `fields and CDIV as the spec says (IV ${ivBytes} bytes${ctmBytes === undefined ? '' : `, ciphertextMetadata ${ctmBytes} bytes`})`,
     ),
   );
   const dec = await called(
@@ -463,7 +391,7 @@ async function probeKey(id: string, called: Caller, region: string, out: Finding
     {
       requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: randomUUID() },
       ciphertext: enc.ciphertext,
-      ...(ctm === undefined ? {} : { ciphertextMetadata: enc.ciphertextMetadata }),
+      ...(ctmBytes === undefined ? {} : { ciphertextMetadata: enc.ciphertextMetadata }),
       encryptionAlgorithm: 'AES_GCM',
       additionalAuthenticatedData: aad.toString('base64'),
       initializationVector: enc.initializationVector,
@@ -517,81 +445,4 @@ function clock(r: Reply, out: Finding[]): void {
       ),
     );
   else out.push(ok('clock', 'skew', `the proxy's Date is within ${Math.ceil(skew / 1000)} s of this host's`));
-}
-
-/** The chain the server sent, leaf first, as node:crypto certificates. */
-function peerChain(leaf: DetailedPeerCertificate): X509Certificate[] {
-  const chain: X509Certificate[] = [];
-  let c: DetailedPeerCertificate | undefined = leaf;
-  for (let i = 0; c !== undefined && c.raw !== undefined && i < 10; i++) {
-    chain.push(new X509Certificate(c.raw));
-    const next: DetailedPeerCertificate | undefined = c.issuerCertificate;
-    if (next === undefined || next === c || next.fingerprint256 === c.fingerprint256) break;
-    c = next;
-  }
-  return chain;
-}
-
-async function handshake(
-  host: string,
-  port: number,
-  options: ConnectionOptions,
-  privateCa: boolean,
-): Promise<{ ok: boolean; findings: Finding[] }> {
-  const G = 'tls';
-  return new Promise((resolve) => {
-    const s = tlsConnect({ ...options, host, port, rejectUnauthorized: true, timeout: WAIT_MS });
-    s.once('secureConnect', () => {
-      const findings: Finding[] = [];
-      const cipher = s.getCipher();
-      findings.push(
-        ok(
-          G,
-          'version',
-          `${s.getProtocol() ?? 'unknown'} with ${cipher.standardName ?? cipher.name} (the probe offers the spec's suites only, as KMS)`,
-        ),
-      );
-      const chain = peerChain(s.getPeerCertificate(true));
-      const v = chain.length === 0 ? { trusted: false as const, root: 'no certificate' } : kmsTrusts(chain);
-      if (v.trusted) findings.push(ok(G, 'trusted root', `"${v.ca.alias}" is a CA KMS trusts`));
-      else
-        findings.push(
-          problem(
-            privateCa ? 'warn' : 'fail',
-            G,
-            'trusted root',
-            `the chain ends at "${v.root}", not a CA KMS trusts${privateCa ? ' (accepted here through --ca)' : ''}`,
-            TLS_ERR,
-            "use a certificate from a CA in the spec's TrustedCertificateAuthorities list",
-          ),
-        );
-      s.destroy();
-      resolve({ ok: true, findings });
-    });
-    s.once('timeout', () => {
-      s.destroy();
-      resolve({
-        ok: false,
-        findings: [
-          problem('fail', G, 'handshake', `no TLS handshake within ${WAIT_MS} ms`, NOT_REACHABLE, 'check that the port speaks TLS'),
-        ],
-      });
-    });
-    s.once('error', (e: Error & { code?: string }) => {
-      s.destroy();
-      resolve({
-        ok: false,
-        findings: [
-          problem(
-            'fail',
-            G,
-            'handshake',
-            `${e.code ?? 'error'}: ${e.message}`,
-            TLS_ERR,
-            "serve a certificate for this DNS name from a CA KMS trusts, with TLS 1.2+ and the spec's suites",
-          ),
-        ],
-      });
-    });
-  });
 }

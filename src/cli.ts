@@ -4,6 +4,10 @@
  */
 import { ConfigError, loadConfig, redactedSummary, resolveSettingsPath } from './config.js';
 import { initDev } from './dev/init-dev.js';
+import { DOCTOR_USAGE, parseDoctorArgs } from './doctor/command.js';
+import { diagnoseLocal } from './doctor/local.js';
+import { probeRemote } from './doctor/remote.js';
+import { exitCode, toJson, toTable } from './doctor/report.js';
 import { createCustomKeyStoreCommand, endpointProblem, proxyConfigurationFile, type KmsConfigOptions } from './kms-config.js';
 import { startProxy } from './main.js';
 import { VERSION } from './version.js';
@@ -43,6 +47,7 @@ Options:
   --show-secret               print the secret access key (default: a placeholder)
   --json                      print the JSON file only
 `,
+  doctor: DOCTOR_USAGE,
   'init-dev': `Usage: xks-proxy init-dev [DIR]
 
 Make a SoftHSM2 token with demo keys (foo, encrypt_only_key, decrypt_only_key, impotent_key)
@@ -61,6 +66,10 @@ Usage:
   xks-proxy kms-config --prefix P [--endpoint URL] [--show-secret] [...] [FILE]
                                  print the KMS console's proxy configuration JSON and the
                                  "aws kms create-custom-key-store" command of the key store P
+  xks-proxy doctor [--json] [FILE]
+                                 check what KMS would reject: settings, TLS, HSM, keys, clock
+  xks-proxy doctor --endpoint URL --access-key-id ID --secret-file F [--key-id K]...
+                                 probe a running proxy as KMS would
   xks-proxy init-dev [DIR]       make a SoftHSM2 token with demo keys and a settings.toml in DIR
                                  (default ./dev-hsm); for trials only
   xks-proxy help [COMMAND] | --help | --version
@@ -98,6 +107,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return checkConfig(rest[0]);
     case 'kms-config':
       return kmsConfig(rest);
+    case 'doctor':
+      return doctor(rest);
     case 'init-dev':
       if (rest.length > 1 || rest[0]?.startsWith('-')) return usageError('init-dev', `unexpected argument "${rest[rest.length - 1]}"`);
       return runInitDev(rest[0] ?? 'dev-hsm');
@@ -185,6 +196,26 @@ function kmsConfig(args: string[]): number {
     process.stderr.write(`${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
+}
+
+/** `doctor`: the findings as a table (or JSON); exit 0 ok, 1 a warning, 2 a failure. */
+async function doctor(args: string[]): Promise<number> {
+  const parsed = parseDoctorArgs(args);
+  if (typeof parsed === 'string') return usageError('doctor', parsed);
+  let findings;
+  if (parsed.remote !== undefined) findings = await probeRemote(parsed.remote);
+  else {
+    let file: string;
+    try {
+      file = parsed.file ?? resolveSettingsPath();
+    } catch (e) {
+      process.stderr.write(`xks-proxy doctor: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 2;
+    }
+    findings = await diagnoseLocal(file);
+  }
+  process.stdout.write(parsed.json ? toJson(findings) : toTable(findings));
+  return exitCode(findings);
 }
 
 async function runInitDev(dir: string): Promise<number> {

@@ -37,6 +37,29 @@ export interface KeyMetadata {
   keyUsage: string[];
 }
 
+/** What a key label names in the token (doctor): how many secret-key objects, and the one's attributes. */
+export type KeyDescription =
+  | { objects: 0 }
+  | { objects: 'several' }
+  | { objects: 1; keyType: string; bits: number; encrypt: boolean; decrypt: boolean };
+
+/**
+ * Hsm.open() failed: `code` is the engine's (a CKR_ name, XKS_LOAD_FAILED, or XKS_IV_ZERO /
+ * XKS_IV_REPEATED / XKS_BAD_OUTPUT for the start-up IV test), `fn` the PKCS#11 function.
+ */
+export class HsmOpenError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly fn: string | undefined,
+    /** True when the start-up IV test failed ([hsm_capabilities] does not suit the HSM). */
+    readonly ivTest: boolean,
+  ) {
+    super(message);
+    this.name = 'HsmOpenError';
+  }
+}
+
 export function ivMode(canGenerateIv: boolean, isZeroIvRequired: boolean): IvMode {
   if (!canGenerateIv) return 'random';
   return isZeroIvRequired ? 'hsm-zero-buffer' : 'hsm-appended';
@@ -190,12 +213,20 @@ export class Hsm {
     } catch (e) {
       await engine.close().catch(() => undefined);
       if (isNativeError(e) && (IV_NOT_GENERATED.has(e.code) || (e.code === 'XKS_BAD_OUTPUT' && options.ivMode !== 'random'))) {
-        throw new Error(
+        throw new HsmOpenError(
           `${capabilities(options.ivMode)} cannot work with this HSM: a test encryption ${e.code === 'XKS_BAD_OUTPUT' ? 'returned no IV where this mode expects one' : e.code === 'XKS_IV_ZERO' ? 'got an all-zero IV (the HSM did not generate one)' : 'got the same IV twice'}; set can_generate_iv = false (the proxy then makes the IV with C_GenerateRandom) or fix the HSM's IV generation`,
+          e.code,
+          e.fn,
+          true,
         );
       }
       const why = isNativeError(e) ? detail(e) : e instanceof Error ? e.message : String(e);
-      throw new Error(`cannot open the HSM module ${options.modulePath}: ${why}`);
+      throw new HsmOpenError(
+        `cannot open the HSM module ${options.modulePath}: ${why}`,
+        isNativeError(e) ? e.code : 'XKS_LOAD_FAILED',
+        isNativeError(e) ? e.fn : undefined,
+        false,
+      );
     }
     return new Hsm(engine, options.ivMode, log, opened);
   }
@@ -255,6 +286,21 @@ export class Hsm {
       if (info.unwrap) usage.push('UNWRAP');
       return { keySpec: `${info.keyType}_${info.bits}`, keyUsage: usage };
     } catch (e) {
+      throw common(e);
+    }
+  }
+
+  /**
+   * What `label` names in the token: no secret-key object, several, or one with its type, length
+   * and CKA_ENCRYPT / CKA_DECRYPT (doctor; KMS needs exactly one AES-256 key that does both).
+   */
+  async describeKey(label: string): Promise<KeyDescription> {
+    try {
+      const info = await this.engine.keyInfo(label);
+      return { objects: 1, keyType: info.keyType, bits: info.bits, encrypt: info.encrypt, decrypt: info.decrypt };
+    } catch (e) {
+      if (isNativeError(e) && e.code === 'XKS_KEY_NOT_FOUND') return { objects: 0 };
+      if (isNativeError(e) && e.code === 'XKS_KEY_AMBIGUOUS') return { objects: 'several' };
       throw common(e);
     }
   }

@@ -42,7 +42,13 @@ let proxy: CliProxy | undefined;
 
 beforeAll(async () => {
   work = mkdtempSync(path.join(tmpdir(), 'xks-npm-package-'));
-  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', work], { cwd: ROOT, env: operatorEnv(), encoding: 'utf8' });
+  // --ignore-scripts: the global setup compiled dist/ already, and prepare's tsc would rewrite it
+  // under the other test files running now.
+  const out = execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', work], {
+    cwd: ROOT,
+    env: operatorEnv(),
+    encoding: 'utf8',
+  });
   const report = JSON.parse(out.slice(out.indexOf('['))) as { filename: string; files: { path: string }[] }[];
   packed = report[0]!.files.map((f) => f.path);
   registry = await startLocalRegistry(ROOT);
@@ -136,7 +142,8 @@ describe('npm pack, then npm install -g of the tarball', () => {
 
 function run(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env: operatorEnv(), stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
+    // JOBS: node-gyp compiles the addon with make -j (one job per core).
+    const child = spawn(cmd, args, { env: operatorEnv({ JOBS: 'max' }), stdio: ['ignore', 'ignore', 'pipe'], timeout: timeoutMs });
     let stderr = '';
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.once('close', (status) => resolve({ status, stderr }));

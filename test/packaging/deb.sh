@@ -60,6 +60,9 @@ check "/etc/xks-proxy 0750 root:xks-proxy" equals "$(stat -c '%a %U %G' /etc/xks
 check "/var/log/xks-proxy 0750 xks-proxy" equals "$(stat -c '%a %U %G' /var/log/xks-proxy)" "750 xks-proxy xks-proxy"
 check "the conffiles" equals "$(dpkg-query -W -f='${Conffiles}' xks-proxy | awk '{print $1}' | sort | xargs)" "/etc/default/xks-proxy /etc/xks-proxy/settings.toml"
 check "the unit" test -f "$unit"
+if command -v systemd-tmpfiles >/dev/null; then
+  check "the tmpfiles.d rule parses" systemd-tmpfiles --clean /usr/lib/tmpfiles.d/xks-proxy.conf
+fi
 check "xks-proxy --version" equals "$(xks-proxy --version)" "$(node -p 'require("./package.json").version')"
 # The shipped settings.toml lacks the credential and the PIN: the proxy refuses it, naming the key.
 check "check-config refuses the unedited settings.toml" refuses "sigv4_access_key_id: missing key" \

@@ -78,6 +78,8 @@ sed -e "s/^port = .*/port = $port/" -e "s/^port_http_ping = .*/port_http_ping = 
   -e 's/^is_file_writer_enabled = .*/is_file_writer_enabled = true/' -e 's|^directory = .*|directory = "/var/log/xks-proxy"|' \
   "$hsm/dev/settings.toml" >/etc/xks-proxy/settings.toml # cat-like: keeps the conffile's owner and mode
 echo "SOFTHSM2_CONF=$hsm/dev/softhsm2.conf" >>/etc/default/xks-proxy
+check "the caller's environment wins over /etc/default/xks-proxy" refuses /nonexistent/settings.toml \
+  env XKS_PROXY_SETTINGS_TOML=/nonexistent/settings.toml xks-proxy check-config
 check "settings.toml still 0640 root:xks-proxy" equals "$(stat -c '%a %U %G' /etc/xks-proxy/settings.toml)" "640 root xks-proxy"
 
 # LEAD: `xks-proxy doctor` (h-doctor) runs when present (ok or warn passes); until then, check-config.

@@ -12,6 +12,7 @@ log=$work/log
 checks=0
 pid=
 installed_here=
+marker=
 
 fail() {
   echo "packaging (deb): FAILED: $*"
@@ -33,9 +34,15 @@ refuses() { # refuses MESSAGE COMMAND...: COMMAND exits non-zero and prints MESS
   grep -qF -- "$message" <<<"$out"
 }
 gone() { ! [[ -e $1 || -L $1 ]] || { echo "$1 is still there" >>"$log"; return 1; }; }
+remove_kept() { # what purge keeps on purpose when /var/lib/xks-proxy is not empty
+  rm -rf /var/lib/xks-proxy
+  deluser --system --quiet xks-proxy >>"$log" 2>&1 || true
+  marker=
+}
 cleanup() {
   [[ -z $pid ]] || kill -TERM "$pid" 2>/dev/null || true
   [[ -z $installed_here ]] || dpkg --purge xks-proxy >>"$log" 2>&1 || true
+  [[ -z $marker ]] || remove_kept
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -81,6 +88,11 @@ echo "SOFTHSM2_CONF=$hsm/dev/softhsm2.conf" >>/etc/default/xks-proxy
 check "the caller's environment wins over /etc/default/xks-proxy" refuses /nonexistent/settings.toml \
   env XKS_PROXY_SETTINGS_TOML=/nonexistent/settings.toml xks-proxy check-config
 check "settings.toml still 0640 root:xks-proxy" equals "$(stat -c '%a %U %G' /etc/xks-proxy/settings.toml)" "640 root xks-proxy"
+# An upgrade (here: the same package again) keeps the edited conffiles and their modes.
+edited=$(sha256sum /etc/xks-proxy/settings.toml /etc/default/xks-proxy)
+check "dpkg -i again (upgrade)" dpkg -i "$deb"
+check "the upgrade kept the edited conffiles" equals "$(sha256sum /etc/xks-proxy/settings.toml /etc/default/xks-proxy)" "$edited"
+check "the upgrade kept settings.toml 0640 root:xks-proxy" equals "$(stat -c '%a %U %G' /etc/xks-proxy/settings.toml)" "640 root xks-proxy"
 
 # LEAD: `xks-proxy doctor` (h-doctor) runs when present (ok or warn passes); until then, check-config.
 if xks-proxy doctor --help >/dev/null 2>&1; then
@@ -134,4 +146,18 @@ for path in /opt/xks-proxy /usr/bin/xks-proxy /etc/xks-proxy /etc/default/xks-pr
   "$unit" /usr/lib/tmpfiles.d/xks-proxy.conf /usr/share/doc/xks-proxy; do
   check "$path removed" gone "$path"
 done
+
+# Purge keeps a non-empty /var/lib/xks-proxy (it may hold HSM tokens) and the user owning it.
+installed_here=1
+check "dpkg -i (second time)" dpkg -i "$deb"
+runuser -u xks-proxy -- touch /var/lib/xks-proxy/token-here
+marker=1
+purge_out=$(dpkg --purge xks-proxy 2>&1) || fail "dpkg --purge (second time): $purge_out"
+installed_here=
+check "purge keeps a non-empty /var/lib/xks-proxy, says so" grep -qF "kept /var/lib/xks-proxy" <<<"$purge_out"
+check "... and keeps its files and the user" test -f /var/lib/xks-proxy/token-here -a "$(stat -c %U /var/lib/xks-proxy/token-here)" = xks-proxy
+check "... but removes the logs" gone /var/log/xks-proxy
+remove_kept
+check "cleaned up by hand" bash -c '! getent passwd xks-proxy && ! getent group xks-proxy'
+
 echo "packaging (deb): $checks checks passed in $((SECONDS - started)) s ($(du -k "$deb" 2>/dev/null | cut -f1 || echo '?') kB .deb)"

@@ -111,7 +111,7 @@ describe('npm pack, then npm install -g of the tarball', () => {
   it('serves: /ping and a signed encrypt that decrypts back', async () => {
     const settings = path.join(work, 'settings.toml');
     const realBin = path.join(path.dirname(path.dirname(installed)), 'lib', 'node_modules', PKG.name, 'bin', 'xks-proxy.js');
-    proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings }, realBin);
+    proxy = await spawnProxyCli({ ...token.env, XKS_PROXY_SETTINGS_TOML: settings }, [], realBin);
     const base = `http://127.0.0.1:${proxy.port}`;
     expect((await fetch(`${base}/ping`)).status).toBe(200);
     const auth = { accessKeyId: ACCESS_KEY_ID, secret: SECRET };

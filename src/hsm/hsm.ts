@@ -143,6 +143,14 @@ export class Hsm {
       ]);
     }
     if (o.ivCheck === 'passed') notes.push(['info', `${capabilities(this.mode)}: test encryptions got HSM-generated IVs`]);
+    const b = o.ivBufferOff;
+    if (b !== undefined) {
+      const limit = b.memlockLimit === undefined ? 'unlimited' : `${b.memlockLimit} bytes`;
+      notes.push([
+        'warn',
+        `the IV buffer is off: ${b.step} of its ${b.bytes} bytes failed (${b.error}; RLIMIT_MEMLOCK is ${limit}) and IVs are buffered only in memory that is never swapped or dumped; instead every Encrypt generates its own IV with C_GenerateRandom (one more HSM round trip each). Allow at least ${b.bytes} bytes of locked memory per event loop (systemd LimitMEMLOCK=, ulimit -l) to turn it on`,
+      ]);
+    }
     if (o.ivCheck === 'skipped') {
       notes.push([
         'warn',
@@ -168,7 +176,14 @@ export class Hsm {
    */
   static async open(options: EngineOptions, log?: Logger): Promise<Hsm> {
     const { Engine } = loadAddon();
-    const engine = new Engine(options);
+    const engine = new Engine({
+      ...options,
+      onSessionLimit: (sessions) =>
+        log?.warn(
+          `the HSM refused a new session (C_OpenSession: CKR_SESSION_COUNT) with ${sessions} of this event loop's sessions open: the session pool stays at ${sessions} (requests wait for one of them, up to session_pool_timeout_milli) and tries to grow again in a minute`,
+          { sessions },
+        ),
+    });
     let opened: OpenResult;
     try {
       opened = await engine.open();

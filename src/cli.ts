@@ -241,9 +241,10 @@ Try it:
 }
 
 /**
- * The start-up facts the Rust proxy logs ("Tracing level=...", "Starting service=... region=...",
- * "is_sigv4_enabled=...", "Ciphertext Metadata ...", "TCP Keepalive ...", ".../ping available for
- * health check"), as logfmt lines of ours: operators' parsers find the same facts.
+ * Serves until SIGTERM or SIGINT. The signal handlers are installed before start-up begins: a
+ * signal that arrives meanwhile (a service manager stopping a slow start) stops the proxy as soon as
+ * it is up, with exit 0, instead of killing it half-started; SIGHUP then is ignored (its default
+ * would kill the process), since there is nothing to reload yet.
  */
 async function serve(): Promise<number | undefined> {
   let loaded;
@@ -260,8 +261,12 @@ async function serve(): Promise<number | undefined> {
   // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
   if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled)
     for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
-  const proxy = await startProxy(loaded);
+  let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+  let stopping: string | undefined;
   const stop = (signal: string): void => {
+    if (stopping !== undefined) return;
+    stopping = signal;
+    if (proxy === undefined) return; // still starting: stopped once it is up
     proxy.log.info('stopping', { signal });
     proxy.stop().then(
       () => process.exit(0),
@@ -272,8 +277,15 @@ async function serve(): Promise<number | undefined> {
   process.once('SIGINT', () => stop('SIGINT'));
   // SIGHUP: re-read settings.toml and apply keystores, credentials, key ids, quotas and the Oso policy.
   process.on('SIGHUP', () => {
+    if (proxy === undefined || stopping !== undefined) return;
     proxy.log.info('reloading the configuration', { signal: 'SIGHUP' });
     void proxy.reload();
   });
+  proxy = await startProxy(loaded);
+  if (stopping !== undefined) {
+    const signal = stopping;
+    stopping = undefined;
+    stop(signal);
+  }
   return undefined;
 }

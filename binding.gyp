@@ -1,6 +1,7 @@
 {
   "variables": {
-    "p11kit_include%": "/usr/include/p11-kit-1"
+    "p11kit_include%": "/usr/include/p11-kit-1",
+    "xks_test_tools%": "<!(node -p \"+require('fs').existsSync('native-test')\")"
   },
   "targets": [
     {
@@ -45,10 +46,10 @@
       "ldflags": ["-Wl,-z,nodelete"],
       "configurations": {
         "Release": {
-          "cflags!": ["-O3"],
-          "cflags_cc!": ["-O3"],
-          "cflags": ["-O2"],
-          "cflags_cc": ["-O2"]
+        "cflags!": ["-O3"],
+        "cflags_cc!": ["-O3"],
+        "cflags": ["-O2"],
+        "cflags_cc": ["-O2"]
         }
       }
     },
@@ -78,29 +79,37 @@
       "libraries": ["-lpthread"],
       "configurations": {
         "Release": {
-          "cflags!": ["-O3"],
-          "cflags_cc!": ["-O3"],
-          "cflags": ["-O2"],
-          "cflags_cc": ["-O2"]
+        "cflags!": ["-O3"],
+        "cflags_cc!": ["-O3"],
+        "cflags": ["-O2"],
+        "cflags_cc": ["-O2"]
         }
       }
-    },
-    {
-      "target_name": "faulty_pkcs11",
-      "type": "loadable_module",
-      "product_extension": "so",
-      "sources": ["native-test/faulty/faulty_pkcs11.c"],
-      "include_dirs": ["<(p11kit_include)"],
-      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
-      "libraries": ["-ldl", "-lpthread"]
-    },
-    {
-      "target_name": "p11attr",
-      "type": "executable",
-      "sources": ["native-test/p11attr/p11attr.c"],
-      "include_dirs": ["<(p11kit_include)"],
-      "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
-      "libraries": ["-ldl"]
     }
+  ],
+  "conditions": [
+    # The test tools (the fault-injecting PKCS#11 module, the attribute reader) are built only in a
+    # checkout: native-test/ is not in the npm package, so an install builds the two addons only.
+    ["xks_test_tools==1", {
+      "targets": [
+        {
+          "target_name": "faulty_pkcs11",
+          "type": "loadable_module",
+          "product_extension": "so",
+          "sources": ["native-test/faulty/faulty_pkcs11.c"],
+          "include_dirs": ["<(p11kit_include)"],
+          "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+          "libraries": ["-ldl", "-lpthread"]
+        },
+        {
+          "target_name": "p11attr",
+          "type": "executable",
+          "sources": ["native-test/p11attr/p11attr.c"],
+          "include_dirs": ["<(p11kit_include)"],
+          "cflags": ["-std=gnu11", "-Wall", "-Wextra", "-O2"],
+          "libraries": ["-ldl"]
+        }
+      ]
+    }]
   ]
 }

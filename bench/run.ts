@@ -40,6 +40,9 @@ import { addonRate, runMicro, type MicroRow } from './micro.js';
 import { auditReport, auditRuns, type AuditRow } from './audit.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
 import { cv } from './lib/stats.js';
+import { adaptiveVsFixed, ADAPTIVE_TOLERANCE, type AdaptiveResult } from './lib/adaptive.js';
+import { NetModel } from './lib/netmodel.js';
+import { NET_FULL, NET_QUICK, networkRuns, P50_SLACK_MS, THROUGHPUT_SHARE, type BackgroundHalf, type NetworkResults } from './network.js';
 
 interface Args {
   quick: boolean;
@@ -50,6 +53,7 @@ interface Args {
   level: string;
   out: string;
   workers: number;
+  hsmRtt: number;
 }
 
 const USAGE = 'npm run bench -- [options]';
@@ -65,6 +69,11 @@ const OPTIONS = {
   },
   'log-level': { type: 'string', value: 'LEVEL', help: 'proxy [tracing] level, one line per request to a file', default: 'INFO' },
   out: { type: 'string', value: 'DIR', help: 'directory for the result files (default bench/results)' },
+  'hsm-rtt': {
+    type: 'number',
+    help: 'ms per PKCS#11 call of the network-HSM model (the fault module in front of SoftHSM2) in its rows',
+    default: 1,
+  },
 } as const;
 
 function benchArgs(): Args {
@@ -76,6 +85,7 @@ function benchArgs(): Args {
   ] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v < 1)) throw new Error(`--${name} needs a positive integer, got ${v}`);
   }
+  if (!(a['hsm-rtt'] > 0 && a['hsm-rtt'] <= 100)) throw new Error(`--hsm-rtt needs a number of ms in (0, 100], got ${a['hsm-rtt']}`);
   return {
     quick: a.quick,
     compare: a.compare,
@@ -85,6 +95,7 @@ function benchArgs(): Args {
     level: a['log-level'],
     out: a.out === undefined ? path.join(ROOT, 'bench', 'results') : path.resolve(a.out),
     workers: a.workers ?? os.availableParallelism(),
+    hsmRtt: a['hsm-rtt'],
   };
 }
 
@@ -117,6 +128,10 @@ export interface BenchResult {
   /** Closed-loop encrypt 32 B by [server] workers and session_key_copies (full runs only). */
   scaling?: ScalingPoint[];
   profile?: { file: string; totalMs: number; idlePct: number; top: SelfTime[] };
+  /** The network-HSM model's rows (issue 13; not in --profile runs). */
+  network?: NetworkResults;
+  /** The default HSM thread count against fixed counts, SoftHSM2 and the model (full runs). */
+  adaptive?: AdaptiveResult[];
   /** Encrypt 32 B with the audit trail off, batched, before-response (issue 14). */
   audit?: AuditRow[];
   metrics: Metric[];
@@ -216,7 +231,155 @@ function metricsOf(r: Omit<BenchResult, 'metrics'>): Metric[] {
       absNoise: 0,
     });
   }
+  if (r.network) {
+    const n = r.network;
+    for (const op of n.ops) {
+      const p = `network rtt ${n.rttMs} ms ${op.key}:`;
+      m.push({ name: `${p} round trips`, value: op.roundTrips, unit: '', better: 'lower', noise: 0, absNoise: 0.02 });
+      m.push({ name: `${p} sequential p50`, value: op.sequential.latencyMs.p50, unit: 'ms', better: 'lower', noise: 0.15, absNoise: 0.1 });
+      m.push({ name: `${p} sequential p99`, value: op.sequential.latencyMs.p99, unit: 'ms', better: 'lower', noise: 0.25, absNoise: 0.25 });
+      m.push({
+        name: `${p} closed-loop throughput`,
+        value: op.closed.throughput,
+        unit: 'req/s',
+        better: 'higher',
+        noise: Math.max(0.1, 2 * cv(op.closed.perSecond)),
+        absNoise: 0,
+      });
+      m.push({
+        name: `${p} errors`,
+        value: op.sequential.errors + op.sequentialRtt0.errors + op.closed.errors,
+        unit: '',
+        better: 'lower',
+        noise: 0,
+        absNoise: 0,
+      });
+    }
+    for (const [k, b] of Object.entries(n.background)) {
+      m.push({
+        name: `network rtt ${n.rttMs} ms background ${k}: sequential encrypt p99`,
+        value: b.sequential.latencyMs.p99,
+        unit: 'ms',
+        better: 'lower',
+        noise: 0.25,
+        absNoise: 0.25,
+      });
+    }
+  }
+  for (const a of r.adaptive ?? []) {
+    m.push({
+      name: `adaptive threads ${a.hsm}: default / best fixed`,
+      value: a.defaultOfBest,
+      unit: '',
+      better: 'higher',
+      noise: 0.1,
+      absNoise: 0,
+    });
+  }
   return m;
+}
+
+const metOr = (ok: boolean): string => (ok ? 'met' : 'MISSED');
+
+/** The network-HSM model's rows (issue 13), one per operation, and the background pair. */
+function networkReport(n: NetworkResults): string[] {
+  const out: string[] = [];
+  out.push(
+    `Network HSM model: the fault module in front of SoftHSM2, rtt ${n.rttMs} ms per PKCS#11 call (measured ${ms(n.callCost.p50)} ms per modelled call here, p99 ${ms(n.callCost.p99)}), pool ${n.pool}, worker_threads unset (adaptive); sequential = 1 connection, closed = ${n.connections} connections (ms, client side)`,
+  );
+  out.push(
+    table(
+      n.ops.map((o) => [
+        o.label,
+        o.roundTrips.toFixed(2),
+        ms(o.sequential.latencyMs.p50),
+        ms(o.sequential.latencyMs.p99),
+        ms(o.logged.microsP50),
+        ms(o.sequentialRtt0.latencyMs.p50),
+        ms(o.floorMs),
+        `${o.sequential.latencyMs.p50 - o.floorMs >= 0 ? '+' : ''}${ms(o.sequential.latencyMs.p50 - o.floorMs)}`,
+        f0(o.closed.throughput),
+        Number.isFinite(o.ceiling) ? f0(o.ceiling) : 'none',
+        f0(o.softhsm.throughput),
+        pct(o.closed.throughput, Math.min(o.ceiling, o.softhsm.throughput)),
+        `${f0(o.closed.proxyCpuUsPerRequest)}/${f0(o.softhsm.proxyCpuUsPerRequest)}`,
+        `${pct(o.closed.machineBusy, 1)}/${pct(o.softhsm.machineBusy, 1)}`,
+        String(o.sequential.errors + o.sequentialRtt0.errors + o.closed.errors + o.softhsm.errors),
+        `p50 ${metOr(o.p50Met)}, req/s ${metOr(o.throughputMet)}, errors ${metOr(o.errorsMet)}`,
+      ]),
+      [
+        '',
+        'trips',
+        'p50',
+        'p99',
+        'log p50',
+        'p50 rtt0',
+        'floor',
+        'p50-floor',
+        'req/s',
+        'ceiling',
+        'SoftHSM2',
+        'of min',
+        'cpu µs/req',
+        'busy',
+        'err',
+        'targets',
+      ],
+    ),
+  );
+  out.push(
+    `(trips: round trips per request over the sequential run, background work included; log p50: the proxy's own micros; floor: p50 rtt0 + trips x one modelled call; targets: p50 <= floor + ${P50_SLACK_MS} ms, req/s >= ${100 * THROUGHPUT_SHARE}% of min(ceiling ${n.pool} / (trips x rtt), SoftHSM2 directly with the same settings), no errors; cpu µs/req: the proxy's CPU per request in the closed loop, model/SoftHSM2; busy: the machine's CPU not idle meanwhile, all processes)`,
+  );
+  const bg = (name: string, b: BackgroundHalf): string[] => [
+    name,
+    ms(b.sequential.latencyMs.p50),
+    ms(b.sequential.latencyMs.p99),
+    ms(b.sequential.latencyMs.p999),
+    ms(b.sequential.latencyMs.max),
+    b.roundTrips.toFixed(3),
+    f0(b.closed.throughput),
+    ms(b.closed.latencyMs.p99),
+    b.idleRoundTripsPerS.toFixed(1),
+    String(b.maxOpenSessions),
+    String(b.sequential.errors + b.closed.errors),
+  ];
+  const w = n.background.with;
+  const wo = n.background.without;
+  out.push('');
+  out.push(`Background HSM work on the model (Encrypt): with = ${w.what}; without = ${wo.what}`);
+  out.push(
+    table(
+      [bg('without', wo), bg('with', w)],
+      ['', 'seq p50', 'seq p99', 'seq p99.9', 'seq max', 'seq trips', 'closed req/s', 'closed p99', 'idle trips/s', 'max sessions', 'err'],
+    ),
+  );
+  const dp99 = w.sequential.latencyMs.p99 - wo.sequential.latencyMs.p99;
+  out.push(
+    `background work: sequential p99 ${dp99 >= 0 ? '+' : ''}${ms(dp99)} ms, closed loop ${pct(w.closed.throughput, wo.closed.throughput)} of without: ${metOr(dp99 <= P50_SLACK_MS && w.closed.throughput >= THROUGHPUT_SHARE * wo.closed.throughput)} (p99 within ${P50_SLACK_MS} ms, throughput >= ${100 * THROUGHPUT_SHARE}%)`,
+  );
+  return out;
+}
+
+function adaptiveReport(rs: AdaptiveResult[]): string[] {
+  const out: string[] = [];
+  const r0 = rs[0]!;
+  out.push(
+    `HSM threads: the default (worker_threads unset, adaptive) against fixed counts, addon closed loop, ${r0.clients} callers, pool ${r0.pool}, encrypt, median of ${r0.rows[0]!.rounds.length} interleaved rounds x ${r0.seconds} s (req/s)`,
+  );
+  const labels = r0.rows.map((x) => x.label);
+  out.push(
+    table(
+      rs.map((r) => [
+        r.hsm,
+        ...labels.map((l) => f0(r.rows.find((x) => x.label === l)?.rps ?? NaN)),
+        r.bestFixed,
+        pct(r.defaultOfBest, 1),
+        metOr(r.met),
+      ]),
+      ['', ...labels, 'best', 'default/best', `>= ${100 - 100 * ADAPTIVE_TOLERANCE}%`],
+    ),
+  );
+  return out;
 }
 
 /** Target check of the issue (2-core machine). */
@@ -364,6 +527,14 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
     out.push(
       `(the load generator shares the ${r.machine.availableParallelism} cores with the proxy: "empty uWS handler" above is its ceiling)`,
     );
+  }
+  if (r.network) {
+    out.push('');
+    out.push(...networkReport(r.network));
+  }
+  if (r.adaptive) {
+    out.push('');
+    out.push(...adaptiveReport(r.adaptive));
   }
   if (r.audit) out.push('', auditReport(r.audit));
   out.push('');
@@ -514,6 +685,26 @@ async function main(): Promise<number> {
       );
     }
 
+    let network: NetworkResults | undefined;
+    if (!args.profile) {
+      log(`bench: the network HSM model (rtt ${args.hsmRtt} ms per call)`);
+      const tn = Date.now();
+      network = await networkRuns(gen, token, { rttMs: args.hsmRtt, level: args.level, poolSize }, args.quick ? NET_QUICK : NET_FULL, log);
+      log(`bench: the network rows took ${((Date.now() - tn) / 1000).toFixed(1)} s`);
+    }
+    let adaptive: AdaptiveResult[] | undefined;
+    if (!args.quick && !args.profile) {
+      log('bench: the default HSM thread count against fixed counts, SoftHSM2 and the model');
+      const model = new NetModel(token, 'adaptive');
+      model.useInThisProcess();
+      model.setRtt(args.hsmRtt);
+      const common = { pin: token.pin, seconds: 1, warmupMs: 800, clients: 64, rounds: 3 };
+      adaptive = [
+        await adaptiveVsFixed({ ...common, hsm: 'SoftHSM2', modulePath: token.modulePath }),
+        await adaptiveVsFixed({ ...common, hsm: `rtt ${args.hsmRtt} ms`, modulePath: model.modulePath }),
+      ];
+    }
+
     let profile: BenchResult['profile'];
     if (profileDir) {
       const fresh = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile') && !before.has(f));
@@ -549,6 +740,8 @@ async function main(): Promise<number> {
       e2e: run.results,
       ...(scaling ? { scaling } : {}),
       ...(profile ? { profile } : {}),
+      ...(network ? { network } : {}),
+      ...(adaptive ? { adaptive } : {}),
       audit,
     };
     const result: BenchResult = { ...partial, metrics: metricsOf(partial) };
@@ -578,10 +771,13 @@ async function main(): Promise<number> {
     if (args.quick) {
       // Wrong answers and broken connections fail the smoke; requests still queued when an
       // overloaded open-loop window ends (unanswered) are a speed figure, not a failure.
-      const errs = Object.values(run.results).reduce(
-        (n, x) => n + x.closed.errors + Object.values(x.open).reduce((a, o) => a + o.errors - o.unanswered, 0),
-        0,
-      );
+      const errs =
+        Object.values(run.results).reduce(
+          (n, x) => n + x.closed.errors + Object.values(x.open).reduce((a, o) => a + o.errors - o.unanswered, 0),
+          0,
+        ) +
+        (network?.ops ?? []).reduce((n, o) => n + o.sequential.errors + o.sequentialRtt0.errors + o.closed.errors + o.softhsm.errors, 0) +
+        Object.values(network?.background ?? {}).reduce((n, b) => n + b.sequential.errors + b.closed.errors, 0);
       if (errs > 0) {
         log(`bench --quick: ${errs} requests failed (wrong status or connection error)`);
         return 1;

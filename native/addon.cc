@@ -132,6 +132,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     cfg.keyCopies = boolOption(env, o, "keyCopies", true, false);
     if (!o.Get("keyCheckMs").IsUndefined()) cfg.keyCheckMs = intOption(env, o, limits::kKeyCheckMs);
+    if (!o.Get("sessionRegrowMs").IsUndefined()) cfg.sessionRegrowMs = intOption(env, o, "sessionRegrowMs", 1, 3600000);
     std::string mode;
     utf8Arg(env, o.Get("ivMode"), "options.ivMode", 64, mode);
     if (mode == "random") {
@@ -142,6 +143,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       cfg.ivMode = IvMode::HsmZeroBuffer;
     } else {
       badArgument(env, "options.ivMode must be 'random', 'hsm-appended' or 'hsm-zero-buffer'");
+    }
+    Napi::Value onLimit = o.Get("onSessionLimit");
+    if (!onLimit.IsUndefined()) {
+      if (!onLimit.IsFunction()) badArgument(env, "options.onSessionLimit must be a function");
+      onSessionLimit_ = Napi::Persistent(onLimit.As<Napi::Function>());
     }
     SecureBuffer pin;
     utf8Arg(env, o.Get("userPin"), "options.userPin", kMaxPin, pin);
@@ -420,6 +426,20 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       }
       j = next;
     }
+    noteSessionLimit(env);
+  }
+
+  // Tells options.onSessionLimit of a session cap the pool learned (once per new cap).
+  void noteSessionLimit(Napi::Env env) {
+    if (onSessionLimit_.IsEmpty()) return;
+    const uint32_t cap = core_->takeCapNote();
+    if (cap == 0) return;
+    Napi::HandleScope scope(env);
+    try {
+      onSessionLimit_.Call({Napi::Number::New(env, cap)});
+    } catch (...) {
+      // A throwing callback must not cross into Node from here.
+    }
   }
 
   // ------------------------------------------------------------ life cycle
@@ -517,6 +537,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       o.Set("ivCheck", Napi::String::New(env, r.ivCheck));
       if (r.ivCheckRv != CKR_OK) o.Set("ivCheckCode", Napi::String::New(env, ckrName(r.ivCheckRv)));
       if (r.ivCheckFn != nullptr) o.Set("ivCheckFn", Napi::String::New(env, r.ivCheckFn));
+    }
+    if (r.ivBufferStep != nullptr) {
+      Napi::Object b = Napi::Object::New(env);
+      b.Set("step", Napi::String::New(env, r.ivBufferStep));
+      b.Set("error", Napi::String::New(env, errnoName(r.ivBufferErrno)));
+      b.Set("bytes", Napi::Number::New(env, static_cast<double>(r.ivBufferBytes)));
+      if (r.memlockKnown) b.Set("memlockLimit", Napi::Number::New(env, static_cast<double>(r.memlockLimit)));
+      o.Set("ivBufferOff", b);
     }
     return o;
   }
@@ -774,6 +802,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("ready", Napi::Boolean::New(env, s.ready));
     o.Set("keyCopies", Napi::Number::New(env, s.keyCopies));
     o.Set("keySessionOpen", Napi::Boolean::New(env, s.keySessionOpen));
+    o.Set("ivBuffer", Napi::Boolean::New(env, s.ivBuffer));
+    o.Set("sessionLimit", Napi::Number::New(env, s.sessionLimit));
+    o.Set("sessionCountRefused", Napi::Number::New(env, static_cast<double>(s.sessionCountRefused)));
     return o;
   }
 
@@ -789,6 +820,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   napi_env env_;
+  Napi::FunctionReference onSessionLimit_;
   std::unique_ptr<Core> core_;
   napi_threadsafe_function tsfn_ = nullptr;
   bool cleanupHook_ = false;

@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include <sys/resource.h>
+
 #include "ops.h"
 #include "registry.h"
 #include "status.h"
@@ -36,7 +38,10 @@ EngineStats Core::stats() const {
                      sessions_.errors(),
                      link_.ready(),
                      keys_.copies(),
-                     keys_.sessionOpen()};
+                     keys_.sessionOpen(),
+                     cfg_.ivMode == IvMode::Random && ivPool_.enabled(),
+                     sessions_.sessionLimit(),
+                     sessions_.sessionCountRefused()};
 }
 
 void Core::startOpen(Job* j) {
@@ -44,6 +49,7 @@ void Core::startOpen(Job* j) {
   openThread_ = std::thread([this, j] {
     try {
       link_.open(j);
+      if (!j->failed()) noteIvBuffer(j->as<OpenResult>());
     } catch (...) {
       j->rv = CKR_HOST_MEMORY;
       j->fn = nullptr;
@@ -51,6 +57,19 @@ void Core::startOpen(Job* j) {
     workers_.complete(j);
   });
   nameThread(openThread_, "xks-hsm-open");
+}
+
+void Core::noteIvBuffer(OpenResult& r) const {
+  const IvBuffer::Failure& f = ivPool_.failure();
+  if (cfg_.ivMode != IvMode::Random || f.step == nullptr) return;
+  r.ivBufferStep = f.step;
+  r.ivBufferErrno = f.error;
+  r.ivBufferBytes = f.bytes;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    r.memlockKnown = true;
+    r.memlockLimit = rl.rlim_cur;
+  }
 }
 
 void Core::joinOpenThread() {
@@ -131,6 +150,14 @@ void Core::runSessionJob(Job* j, Worker* w) {
     ModuleLink::ContextLock lk = link_.deferredLock();
     SerialGuard serial;
     if (!link_.enter(j, lk, serial)) return;
+    KeyAttrs cached;
+    if (j->op == Op::KeyInfo && keys_.cachedAttrs(j->label, cached)) {
+      // Key metadata the HSM told us less than keyCheckMs ago: no session, no PKCS#11 call.
+      const Status st = keyInfo(cached, j->as<KeyInfoResult>());
+      j->rv = st.rv;
+      j->fn = st.ok() ? nullptr : st.fn;
+      return;
+    }
     uint32_t idx = SessionPool::kNil;
     Status st = sessions_.acquire(j, w, idx);
     if (st.ok()) {
@@ -163,9 +190,11 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
       return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
         return decrypt(f, s, k, decryptSlack_, j->as<CryptArgs>(), j->output, dirty);
       });
-    case Op::KeyInfo:
-      return keys_.withKey(j->label, s, KeyCache::Use::Token, dirty,
-                           [&](CK_OBJECT_HANDLE k) { return keyInfo(f, s, k, j->as<KeyInfoResult>(), dirty); });
+    case Op::KeyInfo: {
+      KeyAttrs attrs;
+      Status st = keys_.attrsOf(j->label, s, dirty, attrs);
+      return st.ok() ? keyInfo(attrs, j->as<KeyInfoResult>()) : st;
+    }
     case Op::Random:
       return random(f, s, j->as<RandomArgs>().length, j->output, dirty);
     case Op::Hmac:

@@ -37,8 +37,11 @@ struct EngineStats {
   uint32_t sessionsOpen, sessionsIdle, sessionsQuarantined, workersStuck;
   uint64_t reinitializations, timeouts, sessionErrors;
   bool ready;
-  uint32_t keyCopies;   // cached keys that use a session copy
-  bool keySessionOpen;  // the session that holds the copies
+  uint32_t keyCopies;            // cached keys that use a session copy
+  bool keySessionOpen;           // the session that holds the copies
+  bool ivBuffer;                 // random-IV mode with the IV buffer in use (false: its memory could not be locked)
+  uint32_t sessionLimit;         // the HSM's session cap the pool keeps to (0: none learned)
+  uint64_t sessionCountRefused;  // C_OpenSession calls the HSM refused with CKR_SESSION_COUNT
 };
 
 class Core : private Workers::Host {
@@ -72,6 +75,8 @@ class Core : private Workers::Host {
   // Idempotent; the JS thread (or the exiting thread) only.
   Job* abort();
   void wipePin() { sessions_.wipePin(); }
+  // A session cap the pool learned and nobody was told of yet (0: none); see sessions.h.
+  uint32_t takeCapNote() { return sessions_.takeCapNote(); }
   EngineStats stats() const;
 
   // Another engine is about to re-initialize module m (registry.h).
@@ -82,6 +87,8 @@ class Core : private Workers::Host {
   void shutdown() override { link_.shutdown(); }
   void runSessionJob(Job* j, Worker* w);
   void runTokenInfo(Job* j);
+  // Random-IV mode with the IV buffer off: why, in the open result (the start-up WARN).
+  void noteIvBuffer(OpenResult& r) const;
   // The PKCS#11 calls of j's operation in session s.
   Status call(Job* j, CK_SESSION_HANDLE s, bool& dirty);
   // After j, a random-IV Encrypt, in session s: the IV buffer's refill, when due, not running

@@ -30,6 +30,9 @@ struct EngineConfig {
   // copy dropped when it is gone or changed.
   bool keyCopies = false;
   uint32_t keyCheckMs = 1000;
+  // After the HSM refused a session (CKR_SESSION_COUNT) the pool keeps to the sessions it has
+  // for this long, then tries to grow again (sessions.h).
+  uint32_t sessionRegrowMs = 60000;
 };
 
 }  // namespace xks

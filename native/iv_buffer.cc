@@ -1,5 +1,6 @@
 #include "iv_buffer.h"
 
+#include <errno.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -13,25 +14,43 @@ IvBuffer::IvBuffer() {
   const long page = sysconf(_SC_PAGESIZE);
   const size_t ps = page > 0 ? static_cast<size_t>(page) : 4096;
   const size_t len = (sizeof(Area) + ps - 1) / ps * ps;
+  failure_.bytes = len;
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return;
-  bool ok = mlock(p, len) == 0;
-#ifdef MADV_DONTDUMP
-  ok = ok && madvise(p, len, MADV_DONTDUMP) == 0;
-#else
-  ok = false;
-#endif
-#ifdef MADV_WIPEONFORK
-  ok = ok && madvise(p, len, MADV_WIPEONFORK) == 0;
-#else
-  ok = false;
-#endif
-  if (!ok) {
-    munmap(p, len);  // unlocks too
+  if (p == MAP_FAILED) {
+    failure_.step = "mmap";
+    failure_.error = errno;
     return;
   }
+  auto failed = [&](const char* step, int error) {
+    failure_.step = step;
+    failure_.error = error;
+    munmap(p, len);  // unlocks too
+  };
+  if (mlock(p, len) != 0) {
+    failed("mlock", errno);
+    return;
+  }
+#ifdef MADV_DONTDUMP
+  if (madvise(p, len, MADV_DONTDUMP) != 0) {
+    failed("madvise(MADV_DONTDUMP)", errno);
+    return;
+  }
+#else
+  failed("madvise(MADV_DONTDUMP)", 0);
+  return;
+#endif
+#ifdef MADV_WIPEONFORK
+  if (madvise(p, len, MADV_WIPEONFORK) != 0) {
+    failed("madvise(MADV_WIPEONFORK)", errno);
+    return;
+  }
+#else
+  failed("madvise(MADV_WIPEONFORK)", 0);
+  return;
+#endif
   area_ = static_cast<Area*>(p);  // anonymous mappings start zeroed: count 0
   mapped_ = len;
+  failure_ = Failure{};
 }
 
 IvBuffer::~IvBuffer() {

@@ -5,7 +5,8 @@
 // - The memory is an anonymous mapping, mlock'ed (never swapped), excluded from core dumps
 //   (MADV_DONTDUMP) and wiped in a forked child (MADV_WIPEONFORK; the count lives in the same
 //   mapping, so a child sees an empty buffer). Without any of these the buffer is disabled and
-//   every Encrypt generates its own IV, as before.
+//   every Encrypt generates its own IV, as before; failure() says which step failed (the
+//   usual one: mlock under a low RLIMIT_MEMLOCK), for the start-up WARN and the engine's stats.
 // - wipe() discards everything (re-initialization of the module, shutdown); a refill that
 //   began before a wipe is discarded too.
 // - A refill is claimed by one caller at a time when the stock falls below kLowWater; it runs
@@ -36,6 +37,13 @@ class IvBuffer {
   IvBuffer& operator=(const IvBuffer&) = delete;
 
   bool enabled() const { return area_ != nullptr; }
+  // Why the buffer is disabled (nullptr: it is not).
+  struct Failure {
+    const char* step = nullptr;  // "mmap", "mlock", "madvise(MADV_DONTDUMP)", "madvise(MADV_WIPEONFORK)"
+    int error = 0;               // its errno (0: the kernel lacks the flag)
+    size_t bytes = 0;            // the mapping it needed
+  };
+  const Failure& failure() const { return failure_; }
   // Copies one IV to `iv` and wipes it from the buffer; false: empty (or disabled).
   bool take(uint8_t* iv);
   // True when a refill is due and the caller now owns it: it must call refill() next.
@@ -55,6 +63,7 @@ class IvBuffer {
 
   Area* area_ = nullptr;
   size_t mapped_ = 0;
+  Failure failure_;
   std::mutex mu_;
   uint64_t generation_ = 0;         // mu_; bumped by wipe()
   std::atomic<uint32_t> level_{0};  // a copy of area_->count for the lock-free check

@@ -78,6 +78,13 @@ struct OpenResult {
   const char* ivCheck = nullptr;
   CK_RV ivCheckRv = CKR_OK;
   const char* ivCheckFn = nullptr;
+  // Random-IV mode: the IV buffer is off (every Encrypt makes its own C_GenerateRandom) because
+  // this step failed (IvBuffer::Failure); nullptr: it is in use, or another IV mode.
+  const char* ivBufferStep = nullptr;
+  int ivBufferErrno = 0;
+  size_t ivBufferBytes = 0;
+  bool memlockKnown = false;  // memlockLimit holds RLIMIT_MEMLOCK's soft limit (false: unlimited or unknown)
+  uint64_t memlockLimit = 0;
 };
 
 // Inputs of Encrypt/Decrypt, Random, CreateKey, Hmac; results of KeyInfo, TokenInfo, Open.

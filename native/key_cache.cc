@@ -1,5 +1,11 @@
 // A label resolves to exactly one token secret key (none or several: not found). Its handle
-// is cached until a call reports it invalid, or until the user may have been logged out.
+// is cached until a call reports it invalid, or until the user may have been logged out;
+// its attributes (type, length, usage flags) are read with the lookup, in the same
+// C_GetAttributeValue, and cached with it: GetKeyMetadata is answered from them without a
+// PKCS#11 call while they were confirmed less than checkMs ago. After that the next
+// GetKeyMetadata looks the label up again and reads the attributes (the re-check below), and
+// every re-lookup (a handle reported invalid, a re-initialization, a new login) reads them
+// afresh. A change made in the HSM is therefore seen by GetKeyMetadata within checkMs.
 //
 // With key copies, encrypt and decrypt use a session-object copy of that key, made inside the
 // HSM by C_CopyObject into session_ (the copy keeps every attribute of the token key but
@@ -10,10 +16,12 @@
 // token key as before. Because a copy outlives the deletion or change of its token key, the
 // token key is looked up again at most checkMs after the last check, by the next call
 // that uses it: the copy is kept only when the label still names that same object with the
-// same CKA_ENCRYPT / CKA_DECRYPT; otherwise it is destroyed and the label resolved afresh.
+// same attributes; otherwise it is destroyed and the label resolved afresh.
 //
 // Every method runs under the context lock (shared), with a logged-in pool session `s`.
 #include "key_cache.h"
+
+#include "ops.h"
 
 namespace xks {
 
@@ -115,40 +123,8 @@ Status KeyCache::lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_O
   return Status{};
 }
 
-Status KeyCache::readKeyAttrs(CK_SESSION_HANDLE s, Entry& e, bool& dirty) {
-  CK_KEY_TYPE type = CKK_VENDOR_DEFINED;
-  CK_ULONG len = 0;
-  CK_ATTRIBUTE a[] = {
-      {CKA_KEY_TYPE, &type, sizeof type},
-      {CKA_VALUE_LEN, &len, sizeof len},
-      {CKA_ENCRYPT, &e.encrypt, 1},
-      {CKA_DECRYPT, &e.decrypt, 1},
-  };
-  CK_RV rv = t_.f->C_GetAttributeValue(s, e.token, a, 4);
-  // Missing or sensitive attributes are reported per attribute; the rest are filled.
-  if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE) {
-    dirty = true;
-    return Status{rv, "C_GetAttributeValue"};
-  }
-  auto present = [&](int i) { return a[i].ulValueLen != CK_UNAVAILABLE_INFORMATION; };
-  if (!present(2)) e.encrypt = CK_FALSE;
-  if (!present(3)) e.decrypt = CK_FALSE;
-  e.aes256 = present(0) && present(1) && type == CKK_AES && len == 32;
-  return Status{};
-}
-
-Status KeyCache::readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty) {
-  CK_ATTRIBUTE flags[] = {{CKA_ENCRYPT, &enc, 1}, {CKA_DECRYPT, &dec, 1}};
-  CK_RV rv = t_.f->C_GetAttributeValue(s, token, flags, 2);
-  if (rv != CKR_OK) {
-    dirty = true;
-    return Status{rv, "C_GetAttributeValue"};
-  }
-  return Status{};
-}
-
 void KeyCache::copyKey(CK_OBJECT_HANDLE token, Entry& e) {
-  // e.encrypt / e.decrypt were read with the lookup (readKeyAttrs).
+  // e.attrs were read with the lookup.
   CK_RV rv;
   CK_BBOOL no = CK_FALSE;
   CK_ATTRIBUTE tmpl[] = {{CKA_TOKEN, &no, 1}};
@@ -182,48 +158,67 @@ void KeyCache::copyKey(CK_OBJECT_HANDLE token, Entry& e) {
   if (sessionCopies_ == 0) closeSession();
 }
 
-Status KeyCache::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc,
-                              CK_BBOOL dec, bool& same, bool& dirty) {
+Status KeyCache::keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token,
+                              const KeyAttrs& attrs, bool& same, bool& dirty) {
   same = false;
   CK_OBJECT_HANDLE now = CK_INVALID_HANDLE;
   Status st = lookupLabel(s, label, now, dirty);
   if (!st.ok()) return dirty ? st : Status{};
   if (now != token) return Status{};
-  CK_BBOOL e = CK_FALSE, d = CK_FALSE;
-  st = readUsage(s, token, e, d, dirty);
+  KeyAttrs read;
+  st = readKeyAttrs(t_.f, s, token, read, dirty);
   if (!st.ok()) return st;
-  same = e == enc && d == dec;
+  same = read == attrs;
   return Status{};
+}
+
+bool KeyCache::dead(const Entry& e) const {
+  return e.copied() && e.generation != sessionGen_.load(std::memory_order_acquire);
+}
+
+bool KeyCache::due(const Entry& e, Use use, int64_t now) const {
+  if (use == Use::Crypt && !e.copied() && !e.retryCopy) return false;  // the HSM checks the token key itself
+  return now - e.checkedNs.load(std::memory_order_relaxed) >= int64_t{checkMs_} * 1000000;
+}
+
+bool KeyCache::cachedAttrs(const std::string& label, KeyAttrs& out) const {
+  std::shared_lock<std::shared_mutex> lk(mu_);
+  auto it = keys_.find(label);
+  if (it == keys_.end() || dead(it->second) || due(it->second, Use::Token, nanos(Clock::now()))) return false;
+  out = it->second.attrs;
+  return true;
+}
+
+Status KeyCache::attrsOf(const std::string& label, CK_SESSION_HANDLE s, bool& dirty, KeyAttrs& out) {
+  Ref key;
+  Status st = find(s, label, Use::Token, key, dirty);
+  if (st.ok()) out = key.attrs;
+  return st;
 }
 
 Status KeyCache::find(CK_SESSION_HANDLE s, const std::string& label, Use use, Ref& key, bool& dirty) {
   key = Ref{};
   bool check = false, retry = false;
   CK_OBJECT_HANDLE token = CK_INVALID_HANDLE, deadToken = CK_INVALID_HANDLE;
-  CK_BBOOL enc = CK_FALSE, dec = CK_FALSE;
+  KeyAttrs attrs;
   {
     std::shared_lock<std::shared_mutex> lk(mu_);
     auto it = keys_.find(label);
     // A copy from a key session that has closed since is gone (and its handle number may be
     // given to another object): never used, resolved afresh below.
-    const bool dead = it != keys_.end() && it->second.copied() &&
-                      it->second.generation != sessionGen_.load(std::memory_order_acquire);
-    if (dead) deadToken = it->second.token;
-    if (it != keys_.end() && !dead) {
+    const bool isDead = it != keys_.end() && dead(it->second);
+    if (isDead) deadToken = it->second.token;
+    if (it != keys_.end() && !isDead) {
       Entry& e = it->second;
       key = refTo(e, use);
-      if (use == Use::Crypt && (e.copied() || e.retryCopy)) {
-        const int64_t now = nanos(Clock::now());
-        int64_t last = e.checkedNs.load(std::memory_order_relaxed);
-        // One caller per period does the check; the others go on with the copy meanwhile.
-        if (now - last >= int64_t{checkMs_} * 1000000 &&
-            e.checkedNs.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
-          check = true;
-          retry = e.retryCopy;
-          token = e.token;
-          enc = e.encrypt;
-          dec = e.decrypt;
-        }
+      const int64_t now = nanos(Clock::now());
+      int64_t last = e.checkedNs.load(std::memory_order_relaxed);
+      // One caller per period does the check; the others go on with the cached entry meanwhile.
+      if (due(e, use, now) && e.checkedNs.compare_exchange_strong(last, now, std::memory_order_relaxed)) {
+        check = true;
+        retry = e.retryCopy;
+        token = e.token;
+        attrs = e.attrs;
       }
       if (!check) return Status{};
     }
@@ -232,7 +227,7 @@ Status KeyCache::find(CK_SESSION_HANDLE s, const std::string& label, Use use, Re
   if (check) {
     if (!retry) {
       bool same = false;
-      Status st = keyUnchanged(s, label, token, enc, dec, same, dirty);
+      Status st = keyUnchanged(s, label, token, attrs, same, dirty);
       if (!st.ok()) return st;
       if (same) return Status{};
     }
@@ -243,7 +238,7 @@ Status KeyCache::find(CK_SESSION_HANDLE s, const std::string& label, Use use, Re
   Status st = lookupLabel(s, label, fresh.token, dirty);
   if (!st.ok()) return st;
   fresh.crypt = fresh.token;
-  st = readKeyAttrs(s, fresh, dirty);
+  st = readKeyAttrs(t_.f, s, fresh.token, fresh.attrs, dirty);
   if (!st.ok()) return st;
   if (copies_) copyKey(fresh.token, fresh);
   bool stale = false;  // the copy's session closed meanwhile: use the token key, cache nothing
@@ -258,9 +253,7 @@ Status KeyCache::find(CK_SESSION_HANDLE s, const std::string& label, Use use, Re
         e.token = fresh.token;
         e.crypt = fresh.crypt;
         e.generation = fresh.generation;
-        e.encrypt = fresh.encrypt;
-        e.decrypt = fresh.decrypt;
-        e.aes256 = fresh.aes256;
+        e.attrs = fresh.attrs;
         e.retryCopy = fresh.retryCopy;
         e.checkedNs.store(nanos(Clock::now()), std::memory_order_relaxed);
         key = refTo(e, use);
@@ -270,7 +263,7 @@ Status KeyCache::find(CK_SESSION_HANDLE s, const std::string& label, Use use, Re
       key = refTo(e, use);
     }
   }
-  if (stale) key = Ref{fresh.token, false, 0, fresh.aes256};
+  if (stale) key = Ref{fresh.token, false, 0, fresh.attrs};
   if (fresh.copied()) destroyCopy(fresh.crypt, fresh.generation);
   return Status{};
 }

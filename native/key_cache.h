@@ -1,5 +1,5 @@
-// The key cache: label -> token key handle, and (with key copies) a session-object copy of
-// each token key in a session of its own. See key_cache.cc for the rules.
+// The key cache: label -> token key handle and attributes, and (with key copies) a
+// session-object copy of each token key in a session of its own. See key_cache.cc for the rules.
 #pragma once
 
 #include <p11-kit/pkcs11.h>
@@ -11,6 +11,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "key_attrs.h"
 #include "status.h"
 #include "token.h"
 
@@ -19,7 +20,7 @@ namespace xks {
 class KeyCache {
  public:
   // Crypt: the handle encrypt/decrypt use (the copy, when there is one); Token: the token
-  // object itself (its attributes are the truth for key metadata).
+  // object itself and its attributes (key metadata), confirmed at most checkMs ago.
   enum class Use : uint8_t { Crypt, Token };
 
   // copies: encrypt and decrypt with a session-object copy of each token key; the token key
@@ -33,6 +34,13 @@ class KeyCache {
   // not AES-256 is refused (XKS_KEY_SPEC) before the HSM sees a call.
   template <class F>
   Status withKey(const std::string& label, CK_SESSION_HANDLE s, Use use, bool& dirty, F&& op);
+
+  // The label's token key attributes (key metadata): from the cache while they were confirmed
+  // less than checkMs ago, else after a re-check (lookup and attributes) in session s.
+  Status attrsOf(const std::string& label, CK_SESSION_HANDLE s, bool& dirty, KeyAttrs& out);
+  // The label's attributes without any PKCS#11 call, when cached and confirmed less than
+  // checkMs ago (no session needed); false: use attrsOf.
+  bool cachedAttrs(const std::string& label, KeyAttrs& out) const;
 
   // Forgets the label's entry (and destroys its copy); with `handle`, only if the entry still
   // uses that handle (as its copy or token key).
@@ -48,12 +56,11 @@ class KeyCache {
  private:
   struct Entry {
     CK_OBJECT_HANDLE token = CK_INVALID_HANDLE;
-    CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;       // == token, or a copy in session_
-    uint64_t generation = 0;                          // sessionGen_ the copy was made in
-    CK_BBOOL encrypt = CK_FALSE, decrypt = CK_FALSE;  // the token key's, when copied
-    bool aes256 = false;                              // CKK_AES with CKA_VALUE_LEN 32 (read with the lookup)
-    bool retryCopy = false;             // the key session could not be opened: try again at the next check
-    std::atomic<int64_t> checkedNs{0};  // last confirmation that the token key is unchanged
+    CK_OBJECT_HANDLE crypt = CK_INVALID_HANDLE;  // == token, or a copy in session_
+    uint64_t generation = 0;                     // sessionGen_ the copy was made in
+    KeyAttrs attrs;                              // the token key's, read with the lookup
+    bool retryCopy = false;                      // the key session could not be opened: try again at the next check
+    std::atomic<int64_t> checkedNs{0};           // last confirmation that the token key is unchanged
     bool copied() const { return crypt != token; }
   };
   // The handle a call uses, and whether it is a copy (made in key session `generation`).
@@ -61,22 +68,23 @@ class KeyCache {
     CK_OBJECT_HANDLE handle = CK_INVALID_HANDLE;
     bool copy = false;
     uint64_t generation = 0;
-    bool aes256 = false;
+    KeyAttrs attrs;
   };
   static Ref refTo(const Entry& e, Use use) {
-    return use == Use::Token ? Ref{e.token, false, 0, e.aes256} : Ref{e.crypt, e.copied(), e.generation, e.aes256};
+    return use == Use::Token ? Ref{e.token, false, 0, e.attrs} : Ref{e.crypt, e.copied(), e.generation, e.attrs};
   }
+  // dead: a copy from a key session that has closed since (never used). due: a re-check is
+  // due, checkMs after the last (Token: always; Crypt: when it uses a copy or waits to make one).
+  bool dead(const Entry& e) const;
+  bool due(const Entry& e, Use use, int64_t now) const;
 
   Status find(CK_SESSION_HANDLE s, const std::string& label, Use use, Ref& key, bool& dirty);
   // The copy `used` is no longer the label's (destroyed or replaced since the call took it).
   bool copyGone(const std::string& label, const Ref& used);
   Status lookupLabel(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE& key, bool& dirty);
-  // CKA_KEY_TYPE, CKA_VALUE_LEN, CKA_ENCRYPT and CKA_DECRYPT of a freshly found key, in one call.
-  Status readKeyAttrs(CK_SESSION_HANDLE s, Entry& e, bool& dirty);
-  // CKA_ENCRYPT and CKA_DECRYPT of a key.
-  Status readUsage(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE token, CK_BBOOL& enc, CK_BBOOL& dec, bool& dirty);
   void copyKey(CK_OBJECT_HANDLE token, Entry& e);
-  Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, CK_BBOOL enc, CK_BBOOL dec,
+  // The label still names `token` with the same attributes.
+  Status keyUnchanged(CK_SESSION_HANDLE s, const std::string& label, CK_OBJECT_HANDLE token, const KeyAttrs& attrs,
                       bool& same, bool& dirty);
   void closeSession();                                           // sessionMu_ held
   void destroyCopy(CK_OBJECT_HANDLE copy, uint64_t generation);  // takes sessionMu_
@@ -103,7 +111,7 @@ Status KeyCache::withKey(const std::string& label, CK_SESSION_HANDLE s, Use use,
   if (!st.ok()) return st;
   // XKS Encrypt / Decrypt are AES-256-GCM: any other key (AES-128, a generic secret) is refused
   // before the HSM sees a call.
-  if (use == Use::Crypt && !key.aes256) return Status{CKR_OK, nullptr, kKeySpec};
+  if (use == Use::Crypt && !key.attrs.aes256()) return Status{CKR_OK, nullptr, kKeySpec};
   st = op(key.handle);
   if (st.rv == CKR_KEY_HANDLE_INVALID || st.rv == CKR_OBJECT_HANDLE_INVALID) {
     // The object (or its copy) went away or was re-created: look it up again, retry once.
@@ -116,7 +124,7 @@ Status KeyCache::withKey(const std::string& label, CK_SESSION_HANDLE s, Use use,
   // (SoftHSM2: CKR_KEY_TYPE_INCONSISTENT), which says nothing about the key itself.
   st = find(s, label, use, key, dirty);
   if (!st.ok()) return st;
-  if (use == Use::Crypt && !key.aes256) return Status{CKR_OK, nullptr, kKeySpec};
+  if (use == Use::Crypt && !key.attrs.aes256()) return Status{CKR_OK, nullptr, kKeySpec};
   return op(key.handle);
 }
 

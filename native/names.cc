@@ -2,6 +2,8 @@
 
 #include <p11-kit/pkcs11x.h>
 
+#include <string.h>  // strerrorname_np (glibc >= 2.32)
+
 #include <cstdio>
 #include <mutex>
 #include <unordered_map>
@@ -220,6 +222,13 @@ std::string ckkName(CK_KEY_TYPE type) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "0x%lx", static_cast<unsigned long>(type));
   return buf;
+}
+
+std::string errnoName(int error) {
+  if (error == 0) return "unsupported";
+  const char* n = strerrorname_np(error);
+  if (n != nullptr) return n;
+  return "errno " + std::to_string(error);
 }
 
 }  // namespace xks

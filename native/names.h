@@ -15,4 +15,7 @@ const char* ckrName(CK_RV rv);
 // unknown values become "0x%lx".
 std::string ckkName(CK_KEY_TYPE type);
 
+// "ENOMEM"; 0 (a flag the kernel lacks) becomes "unsupported", unknown values "errno <n>".
+std::string errnoName(int error);
+
 }  // namespace xks

@@ -1,11 +1,10 @@
-#include "ops.h"
-
 #include "names.h"
+#include "ops.h"
 
 namespace xks {
 
-Status keyInfo(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, KeyInfoResult& r, bool& dirty) {
-  CK_KEY_TYPE type = 0;
+Status readKeyAttrs(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, KeyAttrs& out, bool& dirty) {
+  CK_KEY_TYPE type = CKK_VENDOR_DEFINED;
   CK_ULONG valueLen = 0;
   CK_BBOOL flags[6] = {CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE, CK_FALSE};
   CK_ATTRIBUTE attrs[] = {
@@ -22,16 +21,30 @@ Status keyInfo(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
     return Status{rv, "C_GetAttributeValue"};
   }
   auto present = [&](size_t i) { return attrs[i].ulValueLen != CK_UNAVAILABLE_INFORMATION; };
-  if (!present(0)) return Status{CKR_ATTRIBUTE_TYPE_INVALID, "C_GetAttributeValue"};
-  r.keyType = ckkName(type);
-  r.bits = present(1) ? valueLen * 8 : 0;
   auto flag = [&](size_t i) { return present(i) && flags[i - 2] == CK_TRUE; };
-  r.encrypt = flag(2);
-  r.decrypt = flag(3);
-  r.sign = flag(4);
-  r.verify = flag(5);
-  r.wrap = flag(6);
-  r.unwrap = flag(7);
+  out = KeyAttrs{};
+  out.typeKnown = present(0);
+  out.type = present(0) ? type : CKK_VENDOR_DEFINED;
+  out.valueLen = present(1) ? valueLen : 0;
+  out.encrypt = flag(2);
+  out.decrypt = flag(3);
+  out.sign = flag(4);
+  out.verify = flag(5);
+  out.wrap = flag(6);
+  out.unwrap = flag(7);
+  return Status{};
+}
+
+Status keyInfo(const KeyAttrs& a, KeyInfoResult& r) {
+  if (!a.typeKnown) return Status{CKR_ATTRIBUTE_TYPE_INVALID, "C_GetAttributeValue"};
+  r.keyType = ckkName(a.type);
+  r.bits = a.valueLen * 8;
+  r.encrypt = a.encrypt;
+  r.decrypt = a.decrypt;
+  r.sign = a.sign;
+  r.verify = a.verify;
+  r.wrap = a.wrap;
+  r.unwrap = a.unwrap;
   return Status{};
 }
 

@@ -13,6 +13,7 @@
 #include "iv_buffer.h"
 #include "iv_check.h"
 #include "job.h"
+#include "key_attrs.h"
 #include "secure_buffer.h"
 #include "status.h"
 
@@ -26,7 +27,10 @@ Status encrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
 // AES-256-GCM: out = plaintext. `slack`: extra output room the module asked for before.
 Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
                CryptArgs& a, SecureBuffer& out, bool& dirty);
-Status keyInfo(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, KeyInfoResult& r, bool& dirty);
+// The key's attributes in one C_GetAttributeValue (the key cache's lookups and re-checks).
+Status readKeyAttrs(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, KeyAttrs& out, bool& dirty);
+// GetKeyMetadata from the attributes the key cache holds: no PKCS#11 call.
+Status keyInfo(const KeyAttrs& a, KeyInfoResult& r);
 Status tokenInfo(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID slot, TokenInfoResult& r);
 Status random(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, size_t n, SecureBuffer& out, bool& dirty);
 // HMAC-SHA256 (CKM_SHA256_HMAC) with the CKK_GENERIC_SECRET key k: sign or verify, as a.verify says.

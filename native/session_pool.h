@@ -9,7 +9,8 @@
 // between a reader's load and CAS cannot be mistaken for the old head.
 //
 // Sessions are opened lazily: reserve() counts the new session in `open` with a CAS
-// bounded by capacity and then takes a free slot. Invariant: a slot goes back on the
+// bounded by capacity (and by `limit`, the HSM's session cap when one was learned, see
+// sessions.h) and then takes a free slot. Invariant: a slot goes back on the
 // free stack before `open` is decremented, so (capacity - open) <= free slots at all
 // times and the pop after a successful reservation cannot come up empty.
 #pragma once
@@ -31,7 +32,10 @@ class SessionPool {
   // `capacity` sessions at most, plus up to `quarantineMax` quarantined ones (sessions
   // stuck in an overrunning PKCS#11 call, no longer counted against `capacity`).
   explicit SessionPool(uint32_t capacity, uint32_t quarantineMax = 0)
-      : capacity_(capacity), quarantineMax_(quarantineMax), slots_(new Slot[capacity + quarantineMax]) {
+      : capacity_(capacity),
+        quarantineMax_(quarantineMax),
+        slots_(new Slot[capacity + quarantineMax]),
+        limit_(capacity) {
     const uint32_t n = capacity + quarantineMax;
     // All slots start on the free stack: 0 -> 1 -> ... -> n-1.
     for (uint32_t i = 0; i < n; ++i) {
@@ -46,6 +50,13 @@ class SessionPool {
   SessionPool& operator=(const SessionPool&) = delete;
 
   uint32_t capacity() const { return capacity_; }
+  // Sessions reserve() lets open: capacity, or less while the HSM refuses more (setLimit).
+  uint32_t limit() const { return limit_.load(std::memory_order_relaxed); }
+  void setLimit(uint32_t n) { limit_.store(n < capacity_ ? n : capacity_, std::memory_order_relaxed); }
+  // setLimit(n) if the limit is still `expected` (else expected = the limit now, false).
+  bool lowerLimit(uint32_t& expected, uint32_t n) {
+    return limit_.compare_exchange_weak(expected, n < capacity_ ? n : capacity_, std::memory_order_relaxed);
+  }
   uint32_t openCount() const { return open_.value.load(std::memory_order_acquire); }
   uint32_t idleCount() const { return idleCount_.value.load(std::memory_order_acquire); }
   uint32_t quarantinedCount() const { return quarantined_.value.load(std::memory_order_acquire); }
@@ -66,11 +77,11 @@ class SessionPool {
     idleCount_.value.fetch_add(1, std::memory_order_relaxed);
   }
 
-  // Reserves room for one more session (open < capacity) and a slot for it.
+  // Reserves room for one more session (open < limit <= capacity) and a slot for it.
   bool reserve(uint32_t& idx) {
     uint32_t n = open_.value.load(std::memory_order_relaxed);
     do {
-      if (n >= capacity_) return false;
+      if (n >= capacity_ || n >= limit_.load(std::memory_order_relaxed)) return false;
     } while (!open_.value.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel, std::memory_order_relaxed));
     if (!pop(free_, idx)) {
       // Unreachable by the invariant above; fail rather than spin on a bug.
@@ -151,6 +162,7 @@ class SessionPool {
   const uint32_t capacity_;
   const uint32_t quarantineMax_;
   std::unique_ptr<Slot[]> slots_;
+  std::atomic<uint32_t> limit_;
   Head idle_;
   Head free_;
   Counter open_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -30,11 +31,18 @@ Status Sessions::acquire(const Job* j, Worker* w, uint32_t& idx) {
       own(idx);
       return Status{};
     }
+    if (attempt == 0) regrowIfDue();
     if (pool_.reserve(idx)) {
       own(idx);
+      opening_.fetch_add(1, std::memory_order_acq_rel);
       Status st = openInto(idx, false);
       if (!st.ok()) end(w, idx, true, false);
-      return st;
+      // The HSM allows no more sessions: wait for one of ours instead of failing.
+      const bool wait = !st.ok() && st.rv == CKR_SESSION_COUNT && st.fn != nullptr &&
+                        std::strcmp(st.fn, "C_OpenSession") == 0 && learnCap();
+      opening_.fetch_sub(1, std::memory_order_acq_rel);
+      if (!wait) return st;
+      continue;
     }
     const auto now = Clock::now();
     if (now >= deadline) return Status{CKR_OK, nullptr, opFirst ? kTimeout : kPoolExhausted};
@@ -48,6 +56,37 @@ Status Sessions::acquire(const Job* j, Worker* w, uint32_t& idx) {
       std::this_thread::sleep_for(std::min<std::chrono::microseconds>(pause, left));
     }
   }
+}
+
+bool Sessions::learnCap() {
+  countRefused_.fetch_add(1, std::memory_order_relaxed);
+  // Open or being opened by this engine: an open still in flight may yet succeed (the HSM
+  // counts it already) or be refused too. Within one cap period the smallest count holds: the
+  // last refusal of a burst counts exactly the sessions the HSM granted.
+  const uint32_t cap = pool_.openCount();
+  if (cap == 0) return false;
+  uint32_t cur = pool_.limit();
+  while (!pool_.lowerLimit(cur, cur < pool_.capacity() && cur < cap ? cur : cap)) {
+  }
+  capUntilNs_.store(nanos(Clock::now()) + int64_t{cfg_.sessionRegrowMs} * 1000000, std::memory_order_relaxed);
+  capNote_.store(true, std::memory_order_release);
+  return true;
+}
+
+uint32_t Sessions::takeCapNote() {
+  // While opens are in flight the cap may still come down: told once it has settled.
+  if (opening_.load(std::memory_order_acquire) != 0) return 0;
+  if (!capNote_.exchange(false, std::memory_order_acq_rel)) return 0;
+  const uint32_t cap = sessionLimit();
+  if (cap == 0 || cap == notedCap_) return 0;
+  notedCap_ = cap;
+  return cap;
+}
+
+void Sessions::regrowIfDue() {
+  if (pool_.limit() >= pool_.capacity()) return;
+  if (nanos(Clock::now()) < capUntilNs_.load(std::memory_order_relaxed)) return;
+  pool_.setLimit(pool_.capacity());
 }
 
 Status Sessions::openInto(uint32_t idx, bool releaseOnFailure) {

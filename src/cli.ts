@@ -5,6 +5,10 @@
 import { AUDIT_USAGE, auditCommand } from './audit/read/command.js';
 import { ConfigError, loadConfig, redactedSummary, resolveSettingsPath } from './config.js';
 import { initDev } from './dev/init-dev.js';
+import { DOCTOR_USAGE, parseDoctorArgs } from './doctor/command.js';
+import { diagnoseLocal } from './doctor/local.js';
+import { probeRemote } from './doctor/remote.js';
+import { exitCode, toJson, toTable } from './doctor/report.js';
 import { createCustomKeyStoreCommand, endpointProblem, proxyConfigurationFile, type KmsConfigOptions } from './kms-config.js';
 import { startProxy } from './main.js';
 import { VERSION } from './version.js';
@@ -44,6 +48,7 @@ Options:
   --show-secret               print the secret access key (default: a placeholder)
   --json                      print the JSON file only
 `,
+  doctor: DOCTOR_USAGE,
   'init-dev': `Usage: xks-proxy init-dev [DIR]
 
 Make a SoftHSM2 token with demo keys (foo, encrypt_only_key, decrypt_only_key, impotent_key)
@@ -63,6 +68,10 @@ Usage:
   xks-proxy kms-config --prefix P [--endpoint URL] [--show-secret] [...] [FILE]
                                  print the KMS console's proxy configuration JSON and the
                                  "aws kms create-custom-key-store" command of the key store P
+  xks-proxy doctor [--json] [FILE]
+                                 check what KMS would reject: settings, TLS, HSM, keys, clock
+  xks-proxy doctor --endpoint URL --access-key-id ID --secret-file F [--key-id K]...
+                                 probe a running proxy as KMS would
   xks-proxy init-dev [DIR]       make a SoftHSM2 token with demo keys and a settings.toml in DIR
                                  (default ./dev-hsm); for trials only
   xks-proxy audit verify|list|reconcile [...]
@@ -103,6 +112,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
       return checkConfig(rest[0]);
     case 'kms-config':
       return kmsConfig(rest);
+    case 'doctor':
+      return doctor(rest);
     case 'init-dev':
       if (rest.length > 1 || rest[0]?.startsWith('-')) return usageError('init-dev', `unexpected argument "${rest[rest.length - 1]}"`);
       return runInitDev(rest[0] ?? 'dev-hsm');
@@ -194,6 +205,26 @@ function kmsConfig(args: string[]): number {
   }
 }
 
+/** `doctor`: the findings as a table (or JSON); exit 0 ok, 1 a warning, 2 a failure. */
+async function doctor(args: string[]): Promise<number> {
+  const parsed = parseDoctorArgs(args);
+  if (typeof parsed === 'string') return usageError('doctor', parsed);
+  let findings;
+  if (parsed.remote !== undefined) findings = await probeRemote(parsed.remote);
+  else {
+    let file: string;
+    try {
+      file = parsed.file ?? resolveSettingsPath();
+    } catch (e) {
+      process.stderr.write(`xks-proxy doctor: ${e instanceof Error ? e.message : String(e)}\n`);
+      return 2;
+    }
+    findings = await diagnoseLocal(file);
+  }
+  process.stdout.write(parsed.json ? toJson(findings) : toTable(findings));
+  return exitCode(findings);
+}
+
 async function runInitDev(dir: string): Promise<number> {
   const env = await initDev(dir);
   const base = `http://127.0.0.1:${env.port}/example/uri/path/prefix/kms/xks/v1`;
@@ -217,9 +248,10 @@ Try it:
 }
 
 /**
- * The start-up facts the Rust proxy logs ("Tracing level=...", "Starting service=... region=...",
- * "is_sigv4_enabled=...", "Ciphertext Metadata ...", "TCP Keepalive ...", ".../ping available for
- * health check"), as logfmt lines of ours: operators' parsers find the same facts.
+ * Serves until SIGTERM or SIGINT. The signal handlers are installed before start-up begins: a
+ * signal that arrives meanwhile (a service manager stopping a slow start) stops the proxy as soon as
+ * it is up, with exit 0, instead of killing it half-started; SIGHUP then is ignored (its default
+ * would kill the process), since there is nothing to reload yet.
  */
 async function serve(): Promise<number | undefined> {
   let loaded;
@@ -236,8 +268,12 @@ async function serve(): Promise<number | undefined> {
   // With no writer nothing reaches a log: say so on stderr, as the Rust proxy does.
   if (!t.is_stdout_writer_enabled && !t.is_file_writer_enabled)
     for (const w of loaded.warnings) process.stderr.write(`xks-proxy: warning: ${w}\n`);
-  const proxy = await startProxy(loaded);
+  let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+  let stopping: string | undefined;
   const stop = (signal: string): void => {
+    if (stopping !== undefined) return;
+    stopping = signal;
+    if (proxy === undefined) return; // still starting: stopped once it is up
     proxy.log.info('stopping', { signal });
     proxy.stop().then(
       () => process.exit(0),
@@ -248,8 +284,15 @@ async function serve(): Promise<number | undefined> {
   process.once('SIGINT', () => stop('SIGINT'));
   // SIGHUP: re-read settings.toml and apply keystores, credentials, key ids, quotas and the Oso policy.
   process.on('SIGHUP', () => {
+    if (proxy === undefined || stopping !== undefined) return;
     proxy.log.info('reloading the configuration', { signal: 'SIGHUP' });
     void proxy.reload();
   });
+  proxy = await startProxy(loaded);
+  if (stopping !== undefined) {
+    const signal = stopping;
+    stopping = undefined;
+    stop(signal);
+  }
   return undefined;
 }

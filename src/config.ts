@@ -281,10 +281,10 @@ const MAX_AAD_B64 = b64Len(65535);
 /** The characters KMS allows in XksProxyUriPath. */
 const PREFIX_CHARS_RE = /^[A-Za-z0-9/_-]*$/;
 /** KMS's limit on XksProxyUriPath (`{prefix}/kms/xks/v1`). */
-const MAX_URI_PATH = 128;
+export const MAX_URI_PATH = 128;
 const KEY_ID_RE = /^[A-Za-z0-9._-]{1,128}$/;
-const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
-const SECRET_RE = /^[A-Za-z0-9/+=]{43,64}$/;
+export const ACCESS_KEY_ID_RE = /^[A-Z2-7]{20,30}$/;
+export const SECRET_RE = /^[A-Za-z0-9/+=]{43,64}$/;
 
 /**
  * Where settings.toml is: env XKS_PROXY_SETTINGS_TOML when set and non-empty, else the
@@ -557,8 +557,8 @@ function readTls(r: Reader, doc: Table, sec: SecuritySection): TlsSection | unde
 // [[external_key_stores]] -----------------------------------------------------------------------------------
 
 const sigv4On = (security: Seen): boolean => security.is_sigv4_auth_enabled === true;
-const ACCESS_KEY_ID_NOTE = 'KMS requires 20..30 characters of A-Z and 2-7';
-const SECRET_NOTE = 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =';
+export const ACCESS_KEY_ID_NOTE = 'KMS requires 20..30 characters of A-Z and 2-7';
+export const SECRET_NOTE = 'KMS requires 43..64 characters of a-z A-Z 0-9 / + =';
 
 /** `ctx`: the [security] section. */
 const CREDENTIAL: Fields<Sigv4Credential> = {

@@ -57,6 +57,8 @@ export interface Gauges {
   reinitializations: number;
   /** Keys used through a session copy made inside the HSM ([pkcs11] session_key_copies); absent: 0. */
   keyCopies?: number | undefined;
+  /** Event loops whose IV buffer is off (random-IV mode, its memory could not be locked); absent: 0. */
+  ivBufferOff?: number | undefined;
   /** 1 ACTIVE, 0.5 DEGRADED, 0 UNAVAILABLE; undefined when unknown. */
   health?: number | undefined;
 }
@@ -103,6 +105,7 @@ export function sumGauges(all: readonly Gauges[]): Gauges {
     out.inFlight += g.inFlight;
     out.reinitializations += g.reinitializations;
     if (g.keyCopies !== undefined) out.keyCopies = (out.keyCopies ?? 0) + g.keyCopies;
+    if (g.ivBufferOff !== undefined) out.ivBufferOff = (out.ivBufferOff ?? 0) + g.ivBufferOff;
     if (g.health !== undefined) out.health = out.health === undefined ? g.health : Math.min(out.health, g.health);
   }
   return out;
@@ -198,6 +201,11 @@ export class Metrics {
       '# TYPE xks_hsm_key_copies gauge',
     );
     out.push(`xks_hsm_key_copies ${g.keyCopies ?? 0}`);
+    out.push(
+      '# HELP xks_hsm_iv_buffer_off Event loops whose IV buffer is off (its memory could not be locked): each Encrypt makes its own C_GenerateRandom.',
+      '# TYPE xks_hsm_iv_buffer_off gauge',
+    );
+    out.push(`xks_hsm_iv_buffer_off ${g.ivBufferOff ?? 0}`);
     if (g.health !== undefined) {
       out.push('# HELP xks_health_status HSM health: 1 ACTIVE, 0.5 DEGRADED, 0 UNAVAILABLE.', '# TYPE xks_health_status gauge');
       out.push(`xks_health_status ${g.health}`);

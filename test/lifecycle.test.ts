@@ -11,7 +11,8 @@ import { parseConfig, redactedSummary } from '../src/config.js';
 import { restartNeeded } from '../src/reload.js';
 import { freePort } from '../src/workers/serving.js';
 import { call, META, REGION, SERVICE, settingsToml, startTestProxy, type CallOptions, type TestProxy } from './helpers/proxy.js';
-import { spawnProxyCli } from './helpers/cli.js';
+import { spawn } from 'node:child_process';
+import { BIN, spawnProxyCli } from './helpers/cli.js';
 import { signRequest } from './helpers/sign.js';
 import { makeKeyedToken } from './helpers/keyed-token.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
@@ -260,5 +261,45 @@ describe('graceful stop', () => {
     expect(results.filter((s) => s === 200).length).toBeGreaterThan(0);
     expect(proxy.output()).toMatch(/signal=SIGTERM/);
     expect(proxy.output()).toMatch(/xks-proxy stopped/);
+  });
+
+  it('a SIGTERM before the proxy listens stops it once it is up, with exit code 0', async () => {
+    const settings = path.join(token.dir, 'sigterm-start.toml');
+    const creds = { accessKeyId: 'AKIDSTARTSTOP0000001', secret: randomBytes(32).toString('base64') };
+    writeFileSync(
+      settings,
+      settingsToml({
+        token,
+        port: await freePort(),
+        workers: 2,
+        stores: [{ prefix: '/start/stop', accessKeyId: creds.accessKeyId, secret: creds.secret, keys: [TEST_KEYS.ordinary] }],
+      }),
+    );
+    const child = spawn(process.execPath, [BIN], {
+      env: { ...process.env, ...token.env, XKS_PROXY_SETTINGS_TOML: settings },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    let out = '';
+    child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+    // The first line start-up logs (before any listener): the process is starting, not yet up.
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no output: ${out}`)), 15000);
+      child.stdout.once('data', (c: Buffer) => {
+        clearTimeout(timer);
+        out += c.toString();
+        resolve();
+      });
+    });
+    const upBeforeSignal = /listening url=/.test(out);
+    child.kill('SIGTERM');
+    child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    expect(await exited).toEqual({ code: 0, signal: null });
+    expect(upBeforeSignal).toBe(false);
+    expect(out).toMatch(/listening url=/);
+    expect(out).toMatch(/stopping signal=SIGTERM/);
+    expect(out).toMatch(/xks-proxy stopped/);
   });
 });

@@ -35,12 +35,21 @@ export interface ProxySettings {
   port: number;
   store: Store;
   poolMaxSize: number;
-  workerThreads: number;
+  /** [pkcs11] worker_threads; undefined: unset, the engine adapts (the proxy's default). */
+  workerThreads: number | undefined;
   level: string;
   /** [server] workers (event loops); default: the proxy's (all cores). */
   workers?: number;
   /** [pkcs11] session_key_copies; default: the proxy's default (true). */
   keyCopies?: boolean;
+  /** [pkcs11] session_key_check_milli; default: the proxy's (1 s). */
+  keyCheckMs?: number;
+  /** [health_check]: the deep health check on this key, every intervalSecs; default: none. */
+  healthCheck?: { keyId: string; intervalSecs: number };
+  /** The PKCS#11 module; default the token's (SoftHSM2), e.g. the fault module in front of it. */
+  modulePath?: string;
+  /** More environment for the proxy process (e.g. FAULTY_PKCS11_*). */
+  env?: Record<string, string>;
   /** [audit] (bench/audit.ts); absent: no trail. */
   audit?: { directory: string; hmacKeyId: string; durability: string };
 }
@@ -56,12 +65,14 @@ export function settingsToml(s: ProxySettings): string {
     stores: [s.store],
     pkcs11: {
       pin: s.token.pin,
-      modulePath: s.token.modulePath,
+      modulePath: s.modulePath ?? s.token.modulePath,
       poolMaxSize: s.poolMaxSize,
       poolTimeoutMs: 1000,
       workerThreads: s.workerThreads,
       keyCopies: s.keyCopies,
+      keyCheckMs: s.keyCheckMs,
     },
+    healthCheck: s.healthCheck,
     audit: s.audit,
   });
 }
@@ -122,7 +133,7 @@ export async function startProxyProcess(s: ProxySettings, nodeArgs: string[] = [
   const fd = openSync(logFile, 'w');
   const proc = spawn(process.execPath, [...nodeArgs, path.join(ROOT, 'bin', 'xks-proxy.js')], {
     cwd: ROOT,
-    env: { ...process.env, XKS_PROXY_SETTINGS_TOML: settingsPath, SOFTHSM2_CONF: s.token.conf },
+    env: { ...process.env, ...s.env, XKS_PROXY_SETTINGS_TOML: settingsPath, SOFTHSM2_CONF: s.token.conf },
     stdio: ['ignore', fd, 'pipe'],
   });
   closeSync(fd);

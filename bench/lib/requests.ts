@@ -6,13 +6,27 @@ import { rawRequest, signPost } from './sign.js';
 export const PRINCIPAL = 'arn:aws:iam::123456789012:role/bench';
 export const KEY_ARN = 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
-export function encryptBody(plaintext: Buffer, aad: Buffer, op = 'GenerateDataKey'): string {
+/** An Encrypt body; `cdiv`: asks for the ciphertext data integrity value (SHA_256). */
+export function encryptBody(plaintext: Buffer, aad: Buffer, op = 'GenerateDataKey', cdiv = false): string {
   return JSON.stringify({
     requestMetadata: { awsPrincipalArn: PRINCIPAL, kmsKeyArn: KEY_ARN, kmsOperation: op, kmsRequestId: randomUUID() },
     plaintext: plaintext.toString('base64'),
     additionalAuthenticatedData: aad.toString('base64'),
     encryptionAlgorithm: 'AES_GCM',
+    ...(cdiv ? { ciphertextDataIntegrityValueAlgorithm: 'SHA_256' } : {}),
   });
+}
+
+/** A GetKeyMetadata body (KMS DescribeKey). */
+export function metadataBody(): string {
+  return JSON.stringify({
+    requestMetadata: { awsPrincipalArn: PRINCIPAL, kmsKeyArn: KEY_ARN, kmsOperation: 'DescribeKey', kmsRequestId: randomUUID() },
+  });
+}
+
+/** A GetHealthStatus body (KMS CreateCustomKeyStore). */
+export function healthBody(): string {
+  return JSON.stringify({ requestMetadata: { kmsOperation: 'CreateCustomKeyStore', kmsRequestId: randomUUID() } });
 }
 
 export interface Sealed {
@@ -50,9 +64,9 @@ export async function signAll(signer: SignatureV4, host: string, path: string, b
   return out;
 }
 
-export function encryptBodies(n: number, plaintextBytes: number, aadBytes: number): string[] {
+export function encryptBodies(n: number, plaintextBytes: number, aadBytes: number, cdiv = false): string[] {
   const bodies: string[] = [];
-  for (let i = 0; i < n; i++) bodies.push(encryptBody(randomBytes(plaintextBytes), randomBytes(aadBytes)));
+  for (let i = 0; i < n; i++) bodies.push(encryptBody(randomBytes(plaintextBytes), randomBytes(aadBytes), 'GenerateDataKey', cdiv));
   return bodies;
 }
 

@@ -53,8 +53,20 @@ export interface EngineOptions {
    * false). A module that refuses the copy is used through the token key.
    */
   keyCopies?: boolean;
-  /** Re-check a copied key's token object at most this many ms after the last check (1..3600000, default 1000). */
+  /**
+   * Re-check a cached key at most this many ms after the last check (1..3600000, default 1000):
+   * the token object behind a session copy (encrypt / decrypt), and the attributes key metadata
+   * reports (keyInfo answers from the cache, without a PKCS#11 call, in between).
+   */
   keyCheckMs?: number;
+  /**
+   * Called on the JS thread when the HSM refused a C_OpenSession with CKR_SESSION_COUNT and the
+   * pool now keeps to `sessions` (the ones it has); once per new number. Jobs then wait for a
+   * pooled session instead of failing; the pool tries to grow again a minute later.
+   */
+  onSessionLimit?: (sessions: number) => void;
+  /** How long the pool keeps to a session cap the HSM imposed before it tries to grow again (1..3600000 ms, default 60000). */
+  sessionRegrowMs?: number;
 }
 
 export interface KeyInfo {
@@ -96,6 +108,13 @@ export interface OpenResult {
   ivCheck?: 'passed' | 'skipped';
   ivCheckCode?: string;
   ivCheckFn?: string;
+  /**
+   * 'random' IV mode only: the IV buffer is off, and every encrypt makes its own
+   * C_GenerateRandom, because this step of setting up its memory failed (`error`: an errno
+   * name, or "unsupported"); `bytes` it needed; `memlockLimit`: RLIMIT_MEMLOCK's soft limit in
+   * bytes (absent: unlimited). Absent: the buffer is in use (or another IV mode).
+   */
+  ivBufferOff?: { step: string; error: string; bytes: number; memlockLimit?: number };
 }
 
 export interface Version {
@@ -149,6 +168,12 @@ export interface EngineStats {
   sessionErrors: number;
   /** False while the module is down and being re-initialized (with backoff). */
   ready: boolean;
+  /** 'random' IV mode with the IV buffer in use (false: see OpenResult.ivBufferOff; other modes). */
+  ivBuffer: boolean;
+  /** The session cap the HSM imposed (CKR_SESSION_COUNT) that the pool keeps to now; 0: none. */
+  sessionLimit: number;
+  /** C_OpenSession calls the HSM refused with CKR_SESSION_COUNT. */
+  sessionCountRefused: number;
 }
 
 /**

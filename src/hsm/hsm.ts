@@ -37,6 +37,29 @@ export interface KeyMetadata {
   keyUsage: string[];
 }
 
+/** What a key label names in the token (doctor): how many secret-key objects, and the one's attributes. */
+export type KeyDescription =
+  | { objects: 0 }
+  | { objects: 'several' }
+  | { objects: 1; keyType: string; bits: number; encrypt: boolean; decrypt: boolean };
+
+/**
+ * Hsm.open() failed: `code` is the engine's (a CKR_ name, XKS_LOAD_FAILED, or XKS_IV_ZERO /
+ * XKS_IV_REPEATED / XKS_BAD_OUTPUT for the start-up IV test), `fn` the PKCS#11 function.
+ */
+export class HsmOpenError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly fn: string | undefined,
+    /** True when the start-up IV test failed ([hsm_capabilities] does not suit the HSM). */
+    readonly ivTest: boolean,
+  ) {
+    super(message);
+    this.name = 'HsmOpenError';
+  }
+}
+
 export function ivMode(canGenerateIv: boolean, isZeroIvRequired: boolean): IvMode {
   if (!canGenerateIv) return 'random';
   return isZeroIvRequired ? 'hsm-zero-buffer' : 'hsm-appended';
@@ -150,6 +173,14 @@ export class Hsm {
       ]);
     }
     if (o.ivCheck === 'passed') notes.push(['info', `${capabilities(this.mode)}: test encryptions got HSM-generated IVs`]);
+    const b = o.ivBufferOff;
+    if (b !== undefined) {
+      const limit = b.memlockLimit === undefined ? 'unlimited' : `${b.memlockLimit} bytes`;
+      notes.push([
+        'warn',
+        `the IV buffer is off: ${b.step} of its ${b.bytes} bytes failed (${b.error}; RLIMIT_MEMLOCK is ${limit}) and IVs are buffered only in memory that is never swapped or dumped; instead every Encrypt generates its own IV with C_GenerateRandom (one more HSM round trip each). Allow at least ${b.bytes} bytes of locked memory per event loop (systemd LimitMEMLOCK=, ulimit -l) to turn it on`,
+      ]);
+    }
     if (o.ivCheck === 'skipped') {
       notes.push([
         'warn',
@@ -175,19 +206,34 @@ export class Hsm {
    */
   static async open(options: EngineOptions, log?: Logger): Promise<Hsm> {
     const { Engine } = loadAddon();
-    const engine = new Engine(options);
+    const engine = new Engine({
+      ...options,
+      onSessionLimit: (sessions) =>
+        log?.warn(
+          `the HSM refused a new session (C_OpenSession: CKR_SESSION_COUNT) with ${sessions} of this event loop's sessions open: the session pool stays at ${sessions} (requests wait for one of them, up to session_pool_timeout_milli) and tries to grow again in a minute`,
+          { sessions },
+        ),
+    });
     let opened: OpenResult;
     try {
       opened = await engine.open();
     } catch (e) {
       await engine.close().catch(() => undefined);
       if (isNativeError(e) && (IV_NOT_GENERATED.has(e.code) || (e.code === 'XKS_BAD_OUTPUT' && options.ivMode !== 'random'))) {
-        throw new Error(
+        throw new HsmOpenError(
           `${capabilities(options.ivMode)} cannot work with this HSM: a test encryption ${e.code === 'XKS_BAD_OUTPUT' ? 'returned no IV where this mode expects one' : e.code === 'XKS_IV_ZERO' ? 'got an all-zero IV (the HSM did not generate one)' : 'got the same IV twice'}; set can_generate_iv = false (the proxy then makes the IV with C_GenerateRandom) or fix the HSM's IV generation`,
+          e.code,
+          e.fn,
+          true,
         );
       }
       const why = isNativeError(e) ? detail(e) : e instanceof Error ? e.message : String(e);
-      throw new Error(`cannot open the HSM module ${options.modulePath}: ${why}`);
+      throw new HsmOpenError(
+        `cannot open the HSM module ${options.modulePath}: ${why}`,
+        isNativeError(e) ? e.code : 'XKS_LOAD_FAILED',
+        isNativeError(e) ? e.fn : undefined,
+        false,
+      );
     }
     return new Hsm(engine, options.ivMode, log, opened);
   }
@@ -247,6 +293,21 @@ export class Hsm {
       if (info.unwrap) usage.push('UNWRAP');
       return { keySpec: `${info.keyType}_${info.bits}`, keyUsage: usage };
     } catch (e) {
+      throw common(e);
+    }
+  }
+
+  /**
+   * What `label` names in the token: no secret-key object, several, or one with its type, length
+   * and CKA_ENCRYPT / CKA_DECRYPT (doctor; KMS needs exactly one AES-256 key that does both).
+   */
+  async describeKey(label: string): Promise<KeyDescription> {
+    try {
+      const info = await this.engine.keyInfo(label);
+      return { objects: 1, keyType: info.keyType, bits: info.bits, encrypt: info.encrypt, decrypt: info.decrypt };
+    } catch (e) {
+      if (isNativeError(e) && e.code === 'XKS_KEY_NOT_FOUND') return { objects: 0 };
+      if (isNativeError(e) && e.code === 'XKS_KEY_AMBIGUOUS') return { objects: 'several' };
       throw common(e);
     }
   }

@@ -21,6 +21,7 @@ export function metricsFor(hsm: Hsm): Metrics {
       inFlight: st.inFlight,
       reinitializations: st.reinitializations,
       keyCopies: st.keyCopies,
+      ivBufferOff: hsm.opened.ivBufferOff !== undefined ? 1 : 0,
     };
   });
   hsm.timeCalls({

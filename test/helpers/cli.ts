@@ -13,9 +13,14 @@ export interface CliProxy {
   output(): string;
 }
 
-/** Starts `xks-proxy` with these environment variables added and waits for its "listening" line. */
-export async function spawnProxyCli(env: Record<string, string>): Promise<CliProxy> {
-  const child = spawn(process.execPath, [BIN], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts `xks-proxy` with these environment variables added and waits for its "listening" line;
+ * `wrapper`: a command that runs node (e.g. ['prlimit', '--memlock=4096']); `bin`: this
+ * checkout's bin/xks-proxy.js, or an installed one.
+ */
+export async function spawnProxyCli(env: Record<string, string>, wrapper: string[] = [], bin = BIN): Promise<CliProxy> {
+  const [cmd, ...args] = [...wrapper, process.execPath, bin];
+  const child = spawn(cmd!, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   let out = '';
   child.stderr!.on('data', (c: Buffer) => (out += c.toString()));

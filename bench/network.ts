@@ -30,6 +30,8 @@ import { KEY_LABEL, openEngine, type BenchToken } from './lib/token.js';
 /** The seed's session pool. */
 export const NET_POOL = 30;
 export const NET_CONNECTIONS = 64;
+/** Round trips per request below which the HSM is not what bounds the closed loop. */
+const NO_CEILING_BELOW = 0.05;
 /** Targets: sequential p50 within this of the floor (ms); closed loop at least this share of min(ceiling, SoftHSM2). */
 export const P50_SLACK_MS = 0.5;
 export const THROUGHPUT_SHARE = 0.9;
@@ -399,7 +401,8 @@ export async function networkRuns(
         loggedRtt0: zero.logged,
         floorMs,
         closed,
-        ceiling: roundTrips > 0 ? NET_POOL / ((roundTrips * o.rttMs) / 1000) : Infinity,
+        // Under one round trip in 20 requests (GetKeyMetadata's background re-checks) the HSM sets no ceiling.
+        ceiling: roundTrips >= NO_CEILING_BELOW ? NET_POOL / ((roundTrips * o.rttMs) / 1000) : Infinity,
         p50Met: at.load.latencyMs.p50 <= floorMs + P50_SLACK_MS,
         errorsMet: at.load.errors + zero.load.errors + closed.errors === 0,
       });

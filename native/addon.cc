@@ -280,6 +280,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         msg = "the HSM returned an all-zero GCM IV: it did not generate one";
       } else if (code == "XKS_IV_REPEATED") {
         msg = "the HSM returned the same GCM IV as for the previous encryption with this key";
+      } else if (code == "XKS_CDIV_MISMATCH") {
+        msg = "the verifying decrypt of the new ciphertext returned other bytes than the plaintext";
       } else if (code == "XKS_BAD_OUTPUT") {
         msg = std::string(j->fn != nullptr ? j->fn : "PKCS#11 call") + " returned output of an unexpected length";
       } else {
@@ -293,6 +295,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object o = e.Value();
     o.Set("code", Napi::String::New(env, code));
     if (j->fn != nullptr) o.Set("fn", Napi::String::New(env, j->fn));
+    if (j->verifying.load(std::memory_order_acquire)) o.Set("verifying", Napi::Boolean::New(env, true));
     return o;
   }
 
@@ -360,6 +363,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       try {
         Napi::Error e = Napi::Error::New(env, "the HSM did not answer within the operation deadline");
         e.Value().Set("code", Napi::String::New(env, "XKS_TIMEOUT"));
+        if (j->verifying.load(std::memory_order_acquire)) e.Value().Set("verifying", Napi::Boolean::New(env, true));
         napi_reject_deferred(env, d, e.Value());
       } catch (const Napi::Error& e) {
         napi_reject_deferred(env, d, e.Value());
@@ -638,6 +642,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     Bytes pt = bytesArg(env, info[1], "plaintext", kMaxData);
     Bytes aad = bytesArg(env, info[2], "aad", kMaxData);
+    const bool verify = info.Length() > 3 && info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
     if (notOpen()) {
       checkLabel(env, info[0]);
       return notOpenRejection(env);
@@ -648,6 +653,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       CryptArgs& a = j->as<CryptArgs>();
       a.input.assign(pt.data, pt.size);
       a.aad.assign(aad.data, aad.size);
+      a.verify = verify;
     } catch (...) {
       recycle(j);
       throw;

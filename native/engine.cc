@@ -163,14 +163,25 @@ void Core::runSessionJob(Job* j, Worker* w) {
     if (st.ok()) {
       Sessions::Lease lease(sessions_, w, idx);
       bool dirty = false;  // a PKCS#11 error that leaves the session suspect: never reuse it
-      st = call(j, sessions_.handle(idx), dirty);
+      const CK_SESSION_HANDLE s = sessions_.handle(idx);
+      st = call(j, s, dirty);
       const bool bad = dirty || (st.rv != CKR_OK && !keepsSession(st.rv, st.fn));
       if (sessionFatal(st.rv)) sessions_.countError();
-      lease.keep(bad || cfg_.eagerClose);
+      if (!bad && st.ok() && j->op == Op::Encrypt && cfg_.ivMode == IvMode::Random && ivPool_.claimRefill()) {
+        if (ivPool_.primed()) {
+          setResult(j, st);
+          refillIvs(j, w, s, lease);  // j is the JS thread's from here on
+          return;
+        }
+        // The first batch since a start or a re-initialization: this Encrypt made its own IV
+        // (the buffer was empty) and fills the buffer before it is answered, so the requests
+        // after it find IVs; every later refill runs after its Encrypt was answered.
+        lease.keep(ivPool_.refill(token_.f, s) != CKR_OK || cfg_.eagerClose);
+      } else {
+        lease.keep(bad || cfg_.eagerClose);
+      }
     }
-    j->rv = st.rv;
-    j->fn = st.ok() ? nullptr : st.fn;
-    j->xks = st.xks;
+    setResult(j, st);
     failed = st.rv;
   }
   if (sessionFatal(failed)) link_.afterFailure(failed);
@@ -180,11 +191,15 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
   const CK_FUNCTION_LIST_PTR f = token_.f;
   switch (j->op) {
     case Op::Encrypt: {
-      Status st = keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
-        return encrypt(f, s, k, cfg_.ivMode, ivs_, j->label, j->as<CryptArgs>(), j->output, dirty, &ivPool_);
+      CryptArgs& a = j->as<CryptArgs>();
+      return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
+        j->verifying.store(false, std::memory_order_relaxed);
+        Status st = encrypt(f, s, k, cfg_.ivMode, ivs_, j->label, a, j->output, dirty, &ivPool_);
+        if (!st.ok() || !a.verify) return st;
+        // CDIV: the same session, key and thread decrypt the new ciphertext before it is released.
+        j->verifying.store(true, std::memory_order_release);
+        return verifyEncrypt(f, s, k, decryptSlack_, a, j->output, dirty);
       });
-      if (st.ok() && !dirty && cfg_.ivMode == IvMode::Random) refillIvs(j, s, dirty);
-      return st;
     }
     case Op::Decrypt:
       return keys_.withKey(j->label, s, KeyCache::Use::Crypt, dirty, [&](CK_OBJECT_HANDLE k) {
@@ -210,16 +225,27 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
   }
 }
 
-void Core::refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty) {
-  // In the job that already holds a session, after its own calls (its result is ready):
-  // one extra round trip for one Encrypt in kBatch, started kLowWater IVs ahead of need, so
-  // the Encrypts that follow never wait for it. A failure costs only the batch: the request
-  // succeeded, the session is given up as suspect, and later Encrypts generate their own IVs
-  // until a refill succeeds. A job past half its deadline leaves the refill to a later one, so
-  // a slow refill does not turn a finished Encrypt into a timeout.
-  if (cfg_.opTimeoutMs != 0 && Clock::now() > j->deadline - std::chrono::milliseconds(cfg_.opTimeoutMs / 2)) return;
-  if (!ivPool_.claimRefill()) return;
-  if (ivPool_.refill(token_.f, s) != CKR_OK) dirty = true;
+void Core::setResult(Job* j, const Status& st) {
+  j->rv = st.rv;
+  j->fn = st.ok() ? nullptr : st.fn;
+  j->xks = st.xks;
+}
+
+void Core::refillIvs(Job* j, Worker* w, CK_SESSION_HANDLE s, Sessions::Lease& lease) {
+  // One extra round trip for one Encrypt in kBatch, started kLowWater IVs ahead of need, after
+  // that Encrypt's result went to the JS thread: no request waits for it. The thread keeps the
+  // session for it and the watchdog keeps watching (the operation deadline, from now). A
+  // failure costs only the batch: the session is given up as suspect, and later Encrypts
+  // generate their own IVs until a refill succeeds.
+  const Clock::time_point until =
+      cfg_.opTimeoutMs != 0 ? Clock::now() + std::chrono::milliseconds(cfg_.opTimeoutMs) : Clock::time_point::max();
+  if (!workers_.deliver(w, j, until)) {
+    ivPool_.abandonRefill();  // the Encrypt overran its deadline: the HSM is slow, leave it
+    lease.keep(cfg_.eagerClose);
+    return;
+  }
+  const bool failed = ivPool_.refill(token_.f, s) != CKR_OK;
+  lease.keep(failed || cfg_.eagerClose);
 }
 
 }  // namespace xks

@@ -91,9 +91,10 @@ class Core : private Workers::Host {
   void noteIvBuffer(OpenResult& r) const;
   // The PKCS#11 calls of j's operation in session s.
   Status call(Job* j, CK_SESSION_HANDLE s, bool& dirty);
-  // After j, a random-IV Encrypt, in session s: the IV buffer's refill, when due, not running
-  // and j has at least half its deadline left.
-  void refillIvs(const Job* j, CK_SESSION_HANDLE s, bool& dirty);
+  void setResult(Job* j, const Status& st);
+  // After j, a random-IV Encrypt that claimed the IV buffer's refill, in session s: hands j to
+  // the JS thread first (Workers::deliver), then refills with the same lease.
+  void refillIvs(Job* j, Worker* w, CK_SESSION_HANDLE s, Sessions::Lease& lease);
 
   const EngineConfig cfg_;
   std::atomic<bool> aborting_{false};  // waiting jobs give up at once

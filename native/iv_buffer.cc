@@ -93,6 +93,7 @@ CK_RV IvBuffer::refill(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s) {
       std::memcpy(area_->stock + n * kGcmIvBytes, area_->staging, sizeof area_->staging);
       area_->count = n + kBatch;
       level_.store(n + kBatch, std::memory_order_relaxed);
+      primed_.store(true, std::memory_order_relaxed);
     }
   }
   secureZero(area_->staging, sizeof area_->staging);
@@ -107,6 +108,7 @@ void IvBuffer::wipe() {
   secureZero(area_->stock, sizeof area_->stock);
   area_->count = 0;
   level_.store(0, std::memory_order_relaxed);
+  primed_.store(false, std::memory_order_relaxed);
 }
 
 }  // namespace xks

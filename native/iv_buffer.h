@@ -10,8 +10,10 @@
 // - wipe() discards everything (re-initialization of the module, shutdown); a refill that
 //   began before a wipe is discarded too.
 // - A refill is claimed by one caller at a time when the stock falls below kLowWater; it runs
-//   in a job that already holds a session, after that job's own calls. An empty buffer never
-//   blocks anyone: take() fails and the caller generates its own IV.
+//   on the thread of an Encrypt that already holds a session, after that Encrypt's result went
+//   to the JS thread (no request waits for it). Only the first refill after the buffer was made
+//   or wiped runs before its Encrypt's result is delivered (see Core::runSessionJob). An empty
+//   buffer never blocks anyone: take() fails and the caller generates its own IV.
 #pragma once
 
 #include <p11-kit/pkcs11.h>
@@ -51,6 +53,10 @@ class IvBuffer {
   // The claimed refill: one C_GenerateRandom of kBatch IVs in session s, added to the stock
   // unless a wipe happened meanwhile. Returns that call's code.
   CK_RV refill(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s);
+  // A refill has succeeded since the buffer was made or last wiped (start, re-initialization).
+  bool primed() const { return primed_.load(std::memory_order_relaxed); }
+  // Gives a claimed refill up without making it (the next claim may make it).
+  void abandonRefill() { refilling_.store(false, std::memory_order_release); }
   // Discards every IV (and any refill in progress).
   void wipe();
 
@@ -68,6 +74,7 @@ class IvBuffer {
   uint64_t generation_ = 0;         // mu_; bumped by wipe()
   std::atomic<uint32_t> level_{0};  // a copy of area_->count for the lock-free check
   std::atomic<bool> refilling_{false};
+  std::atomic<bool> primed_{false};  // written under mu_
 };
 
 }  // namespace xks

@@ -32,6 +32,9 @@ struct CryptArgs {
   SecureBuffer input;  // plaintext | ciphertext || tag
   SecureBuffer aad;
   SecureBuffer iv;  // decrypt: the request's; encrypt: the one used (generated or the HSM's)
+  // Encrypt with CDIV: the new ciphertext is decrypted in the same job and compared with the
+  // plaintext; output only when it matched. Set by the submitter for every Encrypt.
+  bool verify = false;
 };
 
 struct RandomArgs {
@@ -111,6 +114,9 @@ struct Job {
   const char* fn = nullptr;   // PKCS#11 function that failed
   const char* xks = nullptr;  // XKS_* code, when not a PKCS#11 failure
   std::string detail;         // extra non-secret text (dlerror)
+  // Encrypt with CDIV: the worker is in (or failed in) the verifying decrypt, so a failure or
+  // a timeout is the verification's. Written by the worker, read by the JS thread at a timeout.
+  std::atomic<bool> verifying{false};
 
   // The payload as P: the one held (its buffers keep their capacity), or a new one. The
   // submitter sets the inputs through it; the engine thread reads them and writes results.
@@ -126,6 +132,7 @@ struct Job {
     fn = nullptr;
     xks = nullptr;
     detail.clear();
+    verifying.store(false, std::memory_order_relaxed);
   }
   // The secret input (plaintext, key value): wiped as soon as the operation is done with it.
   void wipeInput() {

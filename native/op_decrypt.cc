@@ -4,15 +4,15 @@
 
 namespace xks {
 
-Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
-               CryptArgs& a, SecureBuffer& out, bool& dirty) {
+Status decryptGcm(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
+                  const GcmInput& in, SecureBuffer& out, bool& dirty) {
   CK_GCM_PARAMS params;
   std::memset(&params, 0, sizeof params);
-  params.pIv = a.iv.data();
-  params.ulIvLen = a.iv.size();
-  params.ulIvBits = a.iv.size() * 8;
-  params.pAAD = a.aad.empty() ? nullptr : a.aad.data();
-  params.ulAADLen = a.aad.size();
+  params.pIv = const_cast<CK_BYTE*>(in.iv);
+  params.ulIvLen = in.ivLen;
+  params.ulIvBits = in.ivLen * 8;
+  params.pAAD = in.aadLen == 0 ? nullptr : const_cast<CK_BYTE*>(in.aad);
+  params.ulAADLen = in.aadLen;
   params.ulTagBits = kGcmTagBytes * 8;
   CK_MECHANISM mech{CKM_AES_GCM, &params, sizeof params};
   CK_RV rv = f->C_DecryptInit(s, &mech, k);
@@ -20,13 +20,14 @@ Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
     dirty = dirty || !keepsSession(rv, "C_DecryptInit");
     return Status{rv, "C_DecryptInit"};
   }
-  const size_t inLen = a.input.size();  // ciphertext || tag
+  const size_t inLen = in.len;  // ciphertext || tag
   const size_t pt = inLen - kGcmTagBytes;
+  CK_BYTE* data = const_cast<CK_BYTE*>(in.data);
   // Exactly the plaintext length, plus whatever slack this module asked for before.
   size_t cap = pt + slack.load(std::memory_order_relaxed);
   out.resize(cap == 0 ? 1 : cap);  // never hand the module a NULL output pointer
   CK_ULONG outLen = cap;
-  rv = f->C_Decrypt(s, a.input.data(), inLen, out.data(), &outLen);
+  rv = f->C_Decrypt(s, data, inLen, out.data(), &outLen);
   if (rv == CKR_BUFFER_TOO_SMALL) {
     if (outLen <= cap || outLen > inLen + 4096) {
       dirty = true;
@@ -34,7 +35,7 @@ Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
     }
     slack.store(static_cast<uint32_t>(outLen - pt), std::memory_order_relaxed);
     out.resize(outLen);
-    rv = f->C_Decrypt(s, a.input.data(), inLen, out.data(), &outLen);
+    rv = f->C_Decrypt(s, data, inLen, out.data(), &outLen);
   }
   if (rv != CKR_OK) {
     dirty = dirty || !keepsSession(rv, "C_Decrypt");
@@ -43,6 +44,12 @@ Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
   }
   out.resize(outLen);
   return Status{};
+}
+
+Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
+               CryptArgs& a, SecureBuffer& out, bool& dirty) {
+  const GcmInput in{a.input.data(), a.input.size(), a.iv.data(), a.iv.size(), a.aad.data(), a.aad.size()};
+  return decryptGcm(f, s, k, slack, in, out, dirty);
 }
 
 }  // namespace xks

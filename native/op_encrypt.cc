@@ -73,4 +73,30 @@ Status encrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, 
   return Status{};
 }
 
+Status verifyEncrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
+                     const CryptArgs& a, SecureBuffer& sealed, bool& dirty) {
+  const size_t pt = a.input.size();
+  const GcmInput in{sealed.data(), pt + kGcmTagBytes, sealed.data() + pt + kGcmTagBytes,
+                    kGcmIvBytes,   a.aad.data(),      a.aad.size()};
+  SecureBuffer check;  // wiped when it goes
+  Status st = decryptGcm(f, s, k, slack, in, check, dirty);
+  if (!st.ok()) {
+    sealed.wipe();
+    return st;
+  }
+  // The length is not secret (the ciphertext has it); the contents are compared in constant time.
+  uint8_t diff = check.size() == pt ? 0 : 1;
+  if (diff == 0) {
+    const uint8_t* p = pt != 0 ? a.input.data() : g_empty;
+    const uint8_t* c = check.data();
+    for (size_t i = 0; i < pt; ++i) diff |= static_cast<uint8_t>(p[i] ^ c[i]);
+  }
+  check.wipe();
+  if (diff != 0) {
+    sealed.wipe();
+    return Status{CKR_OK, "C_Decrypt", kCdivMismatch};
+  }
+  return Status{};
+}
+
 }  // namespace xks

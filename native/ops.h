@@ -24,7 +24,25 @@ namespace xks {
 // modes.
 Status encrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, IvMode mode, IvHistory& ivs,
                const std::string& label, CryptArgs& a, SecureBuffer& out, bool& dirty, IvBuffer* pool = nullptr);
-// AES-256-GCM: out = plaintext. `slack`: extra output room the module asked for before.
+// Encrypt with CDIV, after encrypt() in the same session with the same key: decrypts `sealed`
+// (ciphertext || tag || iv, a's AAD) and compares the result with the plaintext a.input in
+// constant time; the decrypted copy is wiped. On any failure `sealed` is wiped too (a mismatch:
+// XKS_CDIV_MISMATCH), so an unverified ciphertext never leaves the job.
+Status verifyEncrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
+                     const CryptArgs& a, SecureBuffer& sealed, bool& dirty);
+// AES-256-GCM decryption of data = ciphertext || tag: out = plaintext. `slack`: extra output
+// room the module asked for before.
+struct GcmInput {
+  const CK_BYTE* data;
+  size_t len;
+  const CK_BYTE* iv;
+  size_t ivLen;
+  const CK_BYTE* aad;
+  size_t aadLen;
+};
+Status decryptGcm(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
+                  const GcmInput& in, SecureBuffer& out, bool& dirty);
+// The same with a Decrypt job's inputs (a.input = ciphertext || tag, a.iv, a.aad).
 Status decrypt(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, std::atomic<uint32_t>& slack,
                CryptArgs& a, SecureBuffer& out, bool& dirty);
 // The key's attributes in one C_GetAttributeValue (the key cache's lookups and re-checks).

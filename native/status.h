@@ -16,10 +16,11 @@ constexpr const char* kPoolExhausted = "XKS_POOL_EXHAUSTED";
 constexpr const char* kKeyNotFound = "XKS_KEY_NOT_FOUND";
 constexpr const char* kKeyAmbiguous = "XKS_KEY_AMBIGUOUS";
 constexpr const char* kBadOutput = "XKS_BAD_OUTPUT";
-constexpr const char* kKeySpec = "XKS_KEY_SPEC";        // not an AES-256 key: never used for XKS crypto
-constexpr const char* kIvZero = "XKS_IV_ZERO";          // the HSM handed back an all-zero IV
-constexpr const char* kIvRepeated = "XKS_IV_REPEATED";  // ... the label's previous IV again
-constexpr CK_RV kAeadDecryptFailed = 0x42UL;            // CKR_AEAD_DECRYPT_FAILED (PKCS#11 3.0)
+constexpr const char* kKeySpec = "XKS_KEY_SPEC";            // not an AES-256 key: never used for XKS crypto
+constexpr const char* kIvZero = "XKS_IV_ZERO";              // the HSM handed back an all-zero IV
+constexpr const char* kIvRepeated = "XKS_IV_REPEATED";      // ... the label's previous IV again
+constexpr const char* kCdivMismatch = "XKS_CDIV_MISMATCH";  // the verifying decrypt gave other bytes
+constexpr CK_RV kAeadDecryptFailed = 0x42UL;                // CKR_AEAD_DECRYPT_FAILED (PKCS#11 3.0)
 
 struct Status {
   CK_RV rv = CKR_OK;

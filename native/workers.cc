@@ -102,7 +102,8 @@ void Workers::spawnWorker() {
   w->exited = false;
   w->job = nullptr;
   w->session = SessionPool::kNil;
-  w->expired = w->stuck = w->sessionQuarantined = false;
+  w->expired = w->stuck = w->sessionQuarantined = w->delivered = false;
+  w->busyUntil = Clock::time_point::max();
   w->serving.store(false);
   threadsAlive_.fetch_add(1, std::memory_order_acq_rel);
   std::thread t([this, w] { workerMain(w); });
@@ -175,25 +176,46 @@ void Workers::workerMain(Worker* w) {
   threadsAlive_.fetch_sub(1, std::memory_order_acq_rel);  // last touch (see above)
 }
 
-bool Workers::finishJob(Worker* w, Job* j) {
-  bool expired, stuck;
-  {
-    std::lock_guard<std::mutex> lk(w->mu);
-    expired = w->expired;
-    stuck = w->stuck;
-    w->job = nullptr;
-    w->expired = false;
-  }
+bool Workers::settleJob(Job* j, bool expired) {
   if (!expired) {
     j->wipeInput();  // plaintext / key value: not needed any more
     if (j->xks == kTimeout) timeouts_.fetch_add(1, std::memory_order_relaxed);
     complete(j);
-  } else {
-    // The watchdog settled this job already; dispose of it with the JS thread.
-    j->wipeInput();
-    j->output.wipe();
-    if (j->handoff.fetch_or(Job::kWorkerDone, std::memory_order_acq_rel) & Job::kJsSeen) complete(j);
+    return true;
   }
+  // The watchdog settled this job already; dispose of it with the JS thread.
+  j->wipeInput();
+  j->output.wipe();
+  if (j->handoff.fetch_or(Job::kWorkerDone, std::memory_order_acq_rel) & Job::kJsSeen) complete(j);
+  return false;
+}
+
+bool Workers::deliver(Worker* w, Job* j, Clock::time_point busyUntil) {
+  bool expired;
+  {
+    std::lock_guard<std::mutex> lk(w->mu);
+    expired = w->expired;
+    w->job = nullptr;
+    w->expired = false;  // from here on: the deadline of the work that follows
+    w->delivered = true;
+    w->busyUntil = busyUntil;
+  }
+  return settleJob(j, expired);
+}
+
+bool Workers::finishJob(Worker* w, Job* j) {
+  bool expired, stuck, delivered;
+  {
+    std::lock_guard<std::mutex> lk(w->mu);
+    expired = w->expired;
+    stuck = w->stuck;
+    delivered = w->delivered;
+    w->job = nullptr;
+    w->expired = false;
+    w->delivered = false;
+    w->busyUntil = Clock::time_point::max();
+  }
+  if (!delivered) settleJob(j, expired);
   if (!stuck) return true;
   std::lock_guard<std::mutex> lk(workersMu_);
   {
@@ -217,11 +239,14 @@ void Workers::expireRunning(Clock::time_point now) {
     for (auto& slot : workers_) {
       Worker* w = slot.get();
       std::lock_guard<std::mutex> wl(w->mu);
-      if (w->exited || w->job == nullptr || w->expired || w->job->deadline > now) continue;
-      Job* j = w->job;
+      // A job past its deadline, or the work after a delivered job (the IV refill) past its own.
+      const bool due = w->job != nullptr ? w->job->deadline <= now : w->delivered && w->busyUntil <= now;
+      if (w->exited || w->expired || !due) continue;
       w->expired = true;
-      j->timedOut = true;
-      expired.push_back(j);
+      if (Job* j = w->job) {
+        j->timedOut = true;
+        expired.push_back(j);
+      }
       if (w->session != SessionPool::kNil && !w->sessionQuarantined && pool_.quarantine()) {
         w->sessionQuarantined = true;
       }

@@ -25,12 +25,16 @@ namespace xks {
 // One per worker thread; guarded by its mutex (the worker and the watchdog).
 struct Worker {
   std::mutex mu;
-  Job* job = nullptr;                // running job
-  uint32_t session = 0xffffffffu;    // pool slot in use
-  bool expired = false;              // the watchdog settled `job` (timeout)
-  bool stuck = false;                // counted in stuckThreads_
-  bool sessionQuarantined = false;   // `session` moved to the pool's quarantine
-  bool exited = true;                // slot free for a new thread
+  Job* job = nullptr;               // running job
+  uint32_t session = 0xffffffffu;   // pool slot in use
+  bool expired = false;             // the watchdog settled `job` (timeout)
+  bool stuck = false;               // counted in stuckThreads_
+  bool sessionQuarantined = false;  // `session` moved to the pool's quarantine
+  bool exited = true;               // slot free for a new thread
+  // `job` went to the JS thread early (deliver) and the thread still works for the engine in
+  // its session (the IV refill) until this deadline (max: none); the watchdog watches it.
+  bool delivered = false;
+  Clock::time_point busyUntil = Clock::time_point::max();
   std::atomic<bool> serving{false};  // holds an adaptive gate permit (written under workersMu_)
 };
 
@@ -63,13 +67,22 @@ class Workers {
   }
   // Hands a finished job back to the JS thread.
   void complete(Job* j);
+  // On worker w, inside Host::run: hands j, finished, to the JS thread before run returns (the
+  // thread then works on without a job until `busyUntil`, watched as a job with that deadline).
+  // False: the watchdog had settled j already (it overran its deadline).
+  bool deliver(Worker* w, Job* j, Clock::time_point busyUntil);
   // Once it returns, no engine thread is calling notify (the thread-safe function may go).
   void disableNotify();
   Job* takeCompleted() { return done_.takeAll(); }
 
   void start();
   void submit(Job* j) {
-    if (cfg_.opTimeoutMs != 0) j->deadline = j->submitted + std::chrono::milliseconds(cfg_.opTimeoutMs);
+    if (cfg_.opTimeoutMs != 0) {
+      // An Encrypt with CDIV is two HSM calls in one job (the verifying decrypt): two deadlines' time.
+      const auto* c = std::get_if<CryptArgs>(&j->payload);
+      const uint32_t calls = j->op == Op::Encrypt && c != nullptr && c->verify ? 2 : 1;
+      j->deadline = j->submitted + std::chrono::milliseconds(cfg_.opTimeoutMs) * calls;
+    }
     queue_.push(j);
   }
   // Stops the workers after their running job; returns the queued jobs (FIFO list).
@@ -90,7 +103,8 @@ class Workers {
  private:
   void spawnWorker();  // workersMu_ held
   void workerMain(Worker* w);
-  bool finishJob(Worker* w, Job* j);  // false: the thread must exit (surplus)
+  bool finishJob(Worker* w, Job* j);     // false: the thread must exit (surplus)
+  bool settleJob(Job* j, bool expired);  // to the JS thread; false: the watchdog had settled it
   void watchdogMain();
   void expireRunning(Clock::time_point now);
   // Adaptive only: waits (parked) until w may serve; false once the engine stops.

@@ -193,6 +193,8 @@ export interface EngineStats {
  *   XKS_IV_ZERO         HSM-generated IV modes: the IV came back all zero (fn "C_Encrypt"),
  *   XKS_IV_REPEATED     ... equal to the label's previous IV in this engine (fn "C_Encrypt");
  *                       both also fail open() when its test encrypt sees them,
+ *   XKS_CDIV_MISMATCH   encrypt with `verify`: the new ciphertext decrypted to other bytes than
+ *                       the plaintext (fn "C_Decrypt"),
  *   XKS_BAD_ARGUMENT    see below;
  * and `fn`: the PKCS#11 function that failed, if any. Messages are "<fn> failed: <code>" for
  * PKCS#11 failures and never contain the PIN, key bytes, plaintext or the label.
@@ -205,6 +207,8 @@ export interface EngineStats {
 export interface NativeError extends Error {
   code: string;
   fn?: string;
+  /** encrypt with `verify`: the failure (or the timeout) came in the verifying decrypt. */
+  verifying?: boolean;
 }
 
 export interface NativeEngine {
@@ -219,8 +223,14 @@ export interface NativeEngine {
    * test encrypt (see OpenResult.ivCheck) and fails when its IV was not generated.
    */
   open(): Promise<OpenResult>;
-  /** Resolves ciphertext || tag(16) || iv(12) in one buffer. `aad` is the complete AAD for the HSM. */
-  encrypt(label: string, plaintext: Buffer, aad: Buffer): Promise<Buffer>;
+  /**
+   * Resolves ciphertext || tag(16) || iv(12) in one buffer. `aad` is the complete AAD for the HSM.
+   * `verify` (the CDIV): the same job, in the same session with the same key, decrypts the new
+   * ciphertext and compares it with the plaintext in constant time; it resolves only when they
+   * match (else no ciphertext leaves the engine: XKS_CDIV_MISMATCH, or the decrypt's failure,
+   * with `verifying` set).
+   */
+  encrypt(label: string, plaintext: Buffer, aad: Buffer, verify?: boolean): Promise<Buffer>;
   /** Resolves the plaintext. `tag` must be 16 bytes; `iv` 1..256 bytes (XKS uses 12). */
   decrypt(label: string, ciphertext: Buffer, tag: Buffer, iv: Buffer, aad: Buffer): Promise<Buffer>;
   keyInfo(label: string): Promise<KeyInfo>;

@@ -119,6 +119,22 @@ function decryptError(e: unknown): XksError {
   return common(e);
 }
 
+const VERIFY_FAILED = 'The verifying decrypt of the new ciphertext failed';
+
+/**
+ * The CDIV's verifying decrypt failed: a key that cannot decrypt cannot vouch for its
+ * ciphertext (the Rust proxy and the AWS test client expect InvalidKeyUsageException); any
+ * other failure means the fresh ciphertext is not safe to hand out.
+ */
+function verifyError(e: NativeError): XksError {
+  if (e.code === 'XKS_CDIV_MISMATCH') {
+    return new XksError('InternalException', VERIFY_FAILED, 'CDIV: the decrypted ciphertext differs from the plaintext');
+  }
+  const x = decryptError(e);
+  if (x.errorName === 'InvalidKeyUsageException' || x.errorName === 'KeyNotFoundException') return x;
+  return new XksError('InternalException', VERIFY_FAILED, x.detail ?? x.errorName);
+}
+
 function hmacError(e: unknown): XksError {
   if (isNativeError(e) && e.code === 'XKS_HMAC_KEY_SPEC') {
     return new XksError('InternalException', 'The audit HMAC key is not a generic secret key', detail(e));
@@ -238,13 +254,18 @@ export class Hsm {
     return new Hsm(engine, options.ivMode, log, opened);
   }
 
-  /** AES-256-GCM in the HSM with the key labelled `keyId`; `aad` is the complete HSM AAD. */
-  async encrypt(keyId: string, plaintext: Buffer, aad: Buffer): Promise<Sealed> {
+  /**
+   * AES-256-GCM in the HSM with the key labelled `keyId`; `aad` is the complete HSM AAD.
+   * `verify` (the CDIV): the ciphertext is returned only after it decrypted, in the same HSM
+   * job, to the plaintext.
+   */
+  async encrypt(keyId: string, plaintext: Buffer, aad: Buffer, verify = false): Promise<Sealed> {
     let out: Buffer;
     const t0 = performance.now();
     try {
-      out = await this.engine.encrypt(keyId, plaintext, aad);
+      out = await this.engine.encrypt(keyId, plaintext, aad, verify);
     } catch (e) {
+      if (isNativeError(e) && e.verifying === true) throw verifyError(e);
       if (isNativeError(e) && e.code === 'CKR_ENCRYPTED_DATA_INVALID') {
         throw new XksError('InvalidCiphertextException', 'The HSM rejected the input', detail(e));
       }

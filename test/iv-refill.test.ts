@@ -1,0 +1,124 @@
+/**
+ * The IV buffer's refill runs after the Encrypt that started it was answered (native/engine.cc
+ * Core::refillIvs): through the fault module's 1 ms network model in front of a real SoftHSM2 token.
+ *
+ * The refill test cannot pass by accident: every refill's C_GenerateRandom is held in the HSM
+ * (`block`) until the test has seen the Encrypt that started it, and 20 more, answered. A refill
+ * made inside an Encrypt's job would hold that Encrypt until its deadline (XKS_TIMEOUT), and an
+ * Encrypt that made its own IV would block as well.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
+import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
+import { makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+
+const { Engine } = loadAddon();
+const KEY = TEST_KEYS.ordinary;
+const AAD = Buffer.from('iv-refill-aad');
+
+let base: TestToken;
+let token: TestToken;
+let faults: FaultControl;
+const engines: NativeEngine[] = [];
+
+async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
+  const e = new Engine({
+    modulePath: token.modulePath,
+    userPin: token.pin,
+    poolMaxSize: 4,
+    poolTimeoutMs: 5000,
+    eagerClose: false,
+    threads: 2,
+    ivMode: 'random',
+    operationTimeoutMs: 5000,
+    ...o,
+  });
+  engines.push(e);
+  await e.open();
+  return e;
+}
+
+/** Every session of e is back in the pool (none is leased to a job or a refill). */
+function allIdle(e: NativeEngine): boolean {
+  const s = e.stats();
+  return s.sessionsOpen > 0 && s.sessionsIdle === s.sessionsOpen;
+}
+
+beforeAll(async () => {
+  base = makeToken('xks-iv-refill');
+  ({ token, faults } = useFaultyModule(base));
+  const e = await open({ operationTimeoutMs: 0 });
+  await e.createKey(KEY, { encrypt: true, decrypt: true });
+});
+
+afterAll(async () => {
+  faults?.clear();
+  for (const e of engines) await e.close();
+  base?.cleanup();
+});
+
+describe('the IV refill off the request path (random-IV mode, 1 ms per call)', () => {
+  it('600+ sequential encrypts: no Encrypt waits for a C_GenerateRandom, IVs unique, all decrypt', async () => {
+    faults.set('rtt 1');
+    const e = await open();
+    const sealed: { text: string; out: Buffer }[] = [];
+    const encryptOne = async (): Promise<void> => {
+      const text = `refill-${sealed.length}`;
+      sealed.push({ text, out: await e.encrypt(KEY, Buffer.from(text), AAD) });
+    };
+    // The first Encrypt after the start makes its own IV and the first batch.
+    await encryptOne();
+    expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
+    let refills = 0;
+    for (let cycle = 0; cycle < 6 && (sealed.length < 600 || refills < 2); ++cycle) {
+      faults.set('rtt 1', 'block C_GenerateRandom');
+      const g0 = faults.calls('C_GenerateRandom');
+      // One at a time until a refill is held in the HSM (due at most kBatch + 1 Encrypts on).
+      let held = false;
+      for (let i = 0; i < 400 && !held; ++i) {
+        await encryptOne();
+        held = faults.calls('C_GenerateRandom') > g0;
+      }
+      expect(held).toBe(true);
+      // The Encrypt that started it was answered; so are these, from the IVs still in stock.
+      for (let i = 0; i < 20; ++i) await encryptOne();
+      expect(faults.calls('C_GenerateRandom')).toBe(g0 + 1);
+      expect(allIdle(e)).toBe(false); // the refill still holds its session
+      faults.set('rtt 1'); // releases it
+      expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
+      refills++;
+    }
+    faults.clear();
+    expect(refills).toBeGreaterThanOrEqual(2);
+    expect(sealed.length).toBeGreaterThanOrEqual(600);
+    expect(e.stats().timeouts).toBe(0);
+    expect(new Set(sealed.map((s) => splitSealed(s.out).iv.toString('hex'))).size).toBe(sealed.length);
+    for (let i = 0; i < sealed.length; i += 64) {
+      const chunk = sealed.slice(i, i + 64);
+      const plain = await Promise.all(
+        chunk.map(({ out }) => {
+          const { ct, tag, iv } = splitSealed(out);
+          return e.decrypt(KEY, ct, tag, iv, AAD);
+        }),
+      );
+      expect(plain.map((p) => p.toString())).toEqual(chunk.map((s) => s.text));
+    }
+  });
+
+  it('a refill that fails after its Encrypt was answered fails no request; the next one refills', async () => {
+    faults.set('rtt 1');
+    const e = await open();
+    await e.encrypt(KEY, Buffer.from('warm'), AAD);
+    expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
+    faults.set('rtt 1', 'fail C_GenerateRandom CKR_DEVICE_MEMORY times=1');
+    const g0 = faults.calls('C_GenerateRandom');
+    let n = 0;
+    for (; n < 400 && faults.calls('C_GenerateRandom') === g0; ++n) await e.encrypt(KEY, Buffer.from(`f-${n}`), AAD);
+    expect(faults.calls('C_GenerateRandom')).toBe(g0 + 1); // the failed refill
+    // The Encrypts after it still have IVs in stock, and the next one due claims the refill again.
+    for (let i = 0; i < 10; ++i) await e.encrypt(KEY, Buffer.from(`after-${i}`), AAD);
+    expect(await waitFor(() => faults.calls('C_GenerateRandom') >= g0 + 2, 3000)).toBe(true);
+    faults.clear();
+    expect(e.stats().timeouts).toBe(0);
+  });
+});

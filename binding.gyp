@@ -18,6 +18,7 @@
         "native/op_create_key.cc",
         "native/op_decrypt.cc",
         "native/op_encrypt.cc",
+        "native/op_hmac.cc",
         "native/op_key_info.cc",
         "native/op_random.cc",
         "native/op_token_info.cc",

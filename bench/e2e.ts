@@ -110,7 +110,7 @@ function wrk(port: number, body: string, seconds: number, dir: string): Promise<
 }
 
 /** A key store with fresh credentials for one proxy process of the bench. */
-function benchStore(): Store {
+export function benchStore(): Store {
   return {
     prefix: '/bench/prefix',
     accessKeyId: 'AKIA' + randomBytes(8).toString('hex').toUpperCase(),

@@ -37,6 +37,7 @@ import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
 import { makeToken, openEngine } from './lib/token.js';
 import { addonRate, runMicro, type MicroRow } from './micro.js';
+import { auditReport, auditRuns, type AuditRow } from './audit.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
 import { cv } from './lib/stats.js';
 import { adaptiveVsFixed, ADAPTIVE_TOLERANCE, type AdaptiveResult } from './lib/adaptive.js';
@@ -131,6 +132,8 @@ export interface BenchResult {
   network?: NetworkResults;
   /** The default HSM thread count against fixed counts, SoftHSM2 and the model (full runs). */
   adaptive?: AdaptiveResult[];
+  /** Encrypt 32 B with the audit trail off, batched, before-response (issue 14). */
+  audit?: AuditRow[];
   metrics: Metric[];
 }
 
@@ -533,6 +536,7 @@ function report(r: BenchResult, comparison: Comparison[] | undefined, compareFil
     out.push('');
     out.push(...adaptiveReport(r.adaptive));
   }
+  if (r.audit) out.push('', auditReport(r.audit));
   out.push('');
   out.push('Targets (issue 3)');
   out.push(table(targets(r.e2e), ['op', 'target', 'measured', '']));
@@ -655,6 +659,14 @@ async function main(): Promise<number> {
       d,
       log,
     );
+    log('bench: the audit trail (off, batched, before-response)');
+    const audit = await auditRuns(
+      gen,
+      token,
+      { poolMaxSize: args.pool, workerThreads: args.threads, level: args.level, poolSize, workers: args.workers },
+      d,
+      log,
+    );
     let scaling: ScalingPoint[] | undefined;
     if (!args.quick && !args.profile) {
       log('bench: scaling over event loops ([server] workers = 1, 2) and without key copies');
@@ -730,6 +742,7 @@ async function main(): Promise<number> {
       ...(profile ? { profile } : {}),
       ...(network ? { network } : {}),
       ...(adaptive ? { adaptive } : {}),
+      audit,
     };
     const result: BenchResult = { ...partial, metrics: metricsOf(partial) };
     const comparison = baseline ? compareMetrics(baseline, result.metrics) : undefined;

@@ -107,6 +107,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                            InstanceMethod<&EngineWrap::TokenInfo>("tokenInfo"),
                            InstanceMethod<&EngineWrap::Random>("random"),
                            InstanceMethod<&EngineWrap::CreateKey>("createKey"),
+                           InstanceMethod<&EngineWrap::Hmac>("hmac"),
+                           InstanceMethod<&EngineWrap::HmacVerify>("hmacVerify"),
                            InstanceMethod<&EngineWrap::Stats>("stats"),
                            InstanceMethod<&EngineWrap::Close>("close"),
                        });
@@ -272,6 +274,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
         msg = "the HSM did not answer within the operation deadline";
       } else if (code == "XKS_KEY_SPEC") {
         msg = "the key is not an AES-256 key (CKK_AES with CKA_VALUE_LEN 32)";
+      } else if (code == "XKS_HMAC_KEY_SPEC") {
+        msg = "the key is not a generic secret key (CKK_GENERIC_SECRET) for CKM_SHA256_HMAC";
       } else if (code == "XKS_IV_ZERO") {
         msg = "the HSM returned an all-zero GCM IV: it did not generate one";
       } else if (code == "XKS_IV_REPEATED") {
@@ -306,6 +310,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       case Op::Decrypt:
       case Op::Random:
         return bufferOf(env, j->output);
+      case Op::Hmac: {
+        const auto& h = j->as<HmacArgs>();
+        if (h.verify) return Napi::Boolean::New(env, h.valid);
+        return bufferOf(env, h.mac);
+      }
       case Op::KeyInfo: {
         const auto& k = j->as<KeyInfoResult>();
         Napi::Object o = Napi::Object::New(env);
@@ -722,8 +731,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Value value = o.Get("value");
     Bytes key;
     bool hasValue = !value.IsUndefined();
+    const bool hmac = boolOption(env, o, "hmac", true, false);
     if (hasValue) {
       key = bytesArg(env, value, "options.value", 32);
+      if (hmac && key.size != 32) badArgument(env, "options.value must be 32 bytes for an HMAC key");
       if (key.size != 16 && key.size != 24 && key.size != 32) {
         badArgument(env, "options.value must be 16, 24 or 32 bytes");
       }
@@ -746,6 +757,35 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       a.decrypt = dec;
       a.wrap = wrap;
       a.unwrap = unwrap;
+      a.hmac = hmac;
+    } catch (...) {
+      recycle(j);
+      throw;
+    }
+    return submit(env, j);
+  }
+
+  // hmac(label, data) -> Buffer (32 bytes); hmacVerify(label, data, mac) -> boolean.
+  Napi::Value Hmac(const Napi::CallbackInfo& info) { return hmacJob(info, false); }
+  Napi::Value HmacVerify(const Napi::CallbackInfo& info) { return hmacJob(info, true); }
+
+  Napi::Value hmacJob(const Napi::CallbackInfo& info, bool verify) {
+    Napi::Env env = info.Env();
+    Bytes data = bytesArg(env, info[1], "data", kMaxData);
+    Bytes mac;
+    if (verify) mac = bytesArg(env, info[2], "mac", kMaxIv);
+    if (notOpen()) {
+      checkLabel(env, info[0]);
+      return notOpenRejection(env);
+    }
+    Job* j = newJob(Op::Hmac);
+    try {
+      readLabel(env, info[0], j);
+      HmacArgs& a = j->as<HmacArgs>();
+      a.verify = verify;
+      a.valid = false;
+      a.data.assign(data.data, data.size);
+      a.mac.assign(mac.data, mac.size);
     } catch (...) {
       recycle(j);
       throw;

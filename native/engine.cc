@@ -114,6 +114,7 @@ void Core::run(Job* j, Worker* w) {
     case Op::KeyInfo:
     case Op::Random:
     case Op::CreateKey:
+    case Op::Hmac:
       runSessionJob(j, w);
       return;
     case Op::Open:
@@ -211,6 +212,9 @@ Status Core::call(Job* j, CK_SESSION_HANDLE s, bool& dirty) {
     }
     case Op::Random:
       return random(f, s, j->as<RandomArgs>().length, j->output, dirty);
+    case Op::Hmac:
+      return keys_.withKey(j->label, s, KeyCache::Use::Token, dirty,
+                           [&](CK_OBJECT_HANDLE k) { return hmac(f, s, k, j->as<HmacArgs>(), dirty); });
     case Op::CreateKey: {
       Status st = createKey(f, s, j->label, j->as<CreateKeyArgs>(), dirty);
       keys_.drop(j->label);  // a cached unique handle may no longer be unique

@@ -25,7 +25,7 @@
 
 namespace xks {
 
-enum class Op : uint8_t { Open, Close, Encrypt, Decrypt, KeyInfo, TokenInfo, Random, CreateKey };
+enum class Op : uint8_t { Open, Close, Encrypt, Decrypt, KeyInfo, TokenInfo, Random, CreateKey, Hmac };
 
 // Encrypt and Decrypt.
 struct CryptArgs {
@@ -44,6 +44,18 @@ struct RandomArgs {
 struct CreateKeyArgs {
   SecureBuffer value;  // when hasValue: the key to import
   bool hasValue = false, encrypt = false, decrypt = false, wrap = false, unwrap = false;
+  bool hmac = false;  // a CKK_GENERIC_SECRET key for CKM_SHA256_HMAC (sign, verify) instead of AES
+};
+
+constexpr size_t kHmacBytes = 32;  // HMAC-SHA256
+
+// HMAC-SHA256 over `data` (not secret: audit checkpoint messages): sign fills `mac`; verify
+// checks `mac` and sets `valid`.
+struct HmacArgs {
+  SecureBuffer data;
+  SecureBuffer mac;
+  bool verify = false;
+  bool valid = false;
 };
 
 struct KeyInfoResult {
@@ -78,9 +90,9 @@ struct OpenResult {
   uint64_t memlockLimit = 0;
 };
 
-// Inputs of Encrypt/Decrypt, Random, CreateKey; results of KeyInfo, TokenInfo, Open.
-using Payload =
-    std::variant<std::monostate, CryptArgs, RandomArgs, CreateKeyArgs, KeyInfoResult, TokenInfoResult, OpenResult>;
+// Inputs of Encrypt/Decrypt, Random, CreateKey, Hmac; results of KeyInfo, TokenInfo, Open.
+using Payload = std::variant<std::monostate, CryptArgs, RandomArgs, CreateKeyArgs, KeyInfoResult, TokenInfoResult,
+                             OpenResult, HmacArgs>;
 
 struct Job {
   Job* next = nullptr;  // queue / completion stack / free list link
@@ -137,6 +149,9 @@ struct Job {
       c->iv.wipe();
     } else if (auto* k = std::get_if<CreateKeyArgs>(&payload)) {
       k->value.wipe();
+    } else if (auto* h = std::get_if<HmacArgs>(&payload)) {
+      h->data.wipe();
+      h->mac.wipe();
     }
     output.wipe();
   }

@@ -6,7 +6,7 @@ namespace xks {
 
 Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string& label, CreateKeyArgs& a, bool& dirty) {
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE type = CKK_AES;
+  CK_KEY_TYPE type = a.hmac ? CKK_GENERIC_SECRET : CKK_AES;
   CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
   CK_BBOOL enc = a.encrypt ? CK_TRUE : CK_FALSE;
   CK_BBOOL dec = a.decrypt ? CK_TRUE : CK_FALSE;
@@ -25,8 +25,8 @@ Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string&
       {CKA_DECRYPT, &dec, 1},
       {CKA_WRAP, &wrap, 1},
       {CKA_UNWRAP, &unwrap, 1},
-      {CKA_SIGN, &no, 1},
-      {CKA_VERIFY, &no, 1},
+      {CKA_SIGN, a.hmac ? &yes : &no, 1},
+      {CKA_VERIFY, a.hmac ? &yes : &no, 1},
   };
   CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
   CK_RV rv;
@@ -37,7 +37,7 @@ Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string&
     fn = "C_CreateObject";
   } else {
     t.push_back({CKA_VALUE_LEN, &valueLen, sizeof valueLen});
-    CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+    CK_MECHANISM mech{a.hmac ? CKM_GENERIC_SECRET_KEY_GEN : CKM_AES_KEY_GEN, nullptr, 0};
     rv = f->C_GenerateKey(s, &mech, t.data(), t.size(), &h);
     fn = "C_GenerateKey";
   }

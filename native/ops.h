@@ -51,7 +51,9 @@ Status readKeyAttrs(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
 Status keyInfo(const KeyAttrs& a, KeyInfoResult& r);
 Status tokenInfo(CK_FUNCTION_LIST_PTR f, CK_SLOT_ID slot, TokenInfoResult& r);
 Status random(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, size_t n, SecureBuffer& out, bool& dirty);
-// A token AES key labelled `label`: imported (a.value, wiped here) or generated.
+// HMAC-SHA256 (CKM_SHA256_HMAC) with the CKK_GENERIC_SECRET key k: sign or verify, as a.verify says.
+Status hmac(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE k, HmacArgs& a, bool& dirty);
+// A token AES key (a.hmac: a generic secret for HMAC) labelled `label`: imported (a.value, wiped here) or generated.
 Status createKey(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE s, const std::string& label, CreateKeyArgs& a, bool& dirty);
 
 }  // namespace xks

@@ -1,7 +1,8 @@
 /**
- * The `xks-proxy` command: serve (default), check-config, kms-config, init-dev, help, --version.
+ * The `xks-proxy` command: serve (default), check-config, kms-config, init-dev, audit, help, --version.
  * Every command answers `--help` / `-h` with its own usage (exit 0).
  */
+import { AUDIT_USAGE, auditCommand } from './audit/read/command.js';
 import { ConfigError, loadConfig, redactedSummary, resolveSettingsPath } from './config.js';
 import { initDev } from './dev/init-dev.js';
 import { DOCTOR_USAGE, parseDoctorArgs } from './doctor/command.js';
@@ -53,6 +54,7 @@ Options:
 Make a SoftHSM2 token with demo keys (foo, encrypt_only_key, decrypt_only_key, impotent_key)
 and a matching settings.toml in DIR (default ./dev-hsm). For trials only.
 `,
+  audit: AUDIT_USAGE,
 } as const;
 
 type Command = keyof typeof USAGE;
@@ -72,6 +74,9 @@ Usage:
                                  probe a running proxy as KMS would
   xks-proxy init-dev [DIR]       make a SoftHSM2 token with demo keys and a settings.toml in DIR
                                  (default ./dev-hsm); for trials only
+  xks-proxy audit verify|list|reconcile [...]
+                                 check the audit trail (chain, HSM HMACs), list key uses,
+                                 match them to CloudTrail's KMS events
   xks-proxy help [COMMAND] | --help | --version
   xks-proxy COMMAND --help       the usage of COMMAND
 `;
@@ -112,6 +117,8 @@ export async function main(argv: string[]): Promise<number | undefined> {
     case 'init-dev':
       if (rest.length > 1 || rest[0]?.startsWith('-')) return usageError('init-dev', `unexpected argument "${rest[rest.length - 1]}"`);
       return runInitDev(rest[0] ?? 'dev-hsm');
+    case 'audit':
+      return auditCommand(rest);
     default:
       process.stderr.write(`xks-proxy: unknown command "${command}"\n\n${HELP}`);
       return 2;

@@ -208,6 +208,31 @@ export interface HealthCheckSection {
   degraded_latency_milli: number;
 }
 
+/** Our extension (optional table): the tamper-evident audit trail (docs/audit.md); absent = no trail. */
+export interface AuditSection {
+  /** Where the trail's files go (created 0750 when missing). */
+  directory: string;
+  /** File names `<file_prefix>.<period>.<n>.jsonl` (default "xks-audit"). */
+  file_prefix: string;
+  /** As [tracing]'s (default HOURLY). */
+  rotation_kind: RotationKind;
+  /** Label of the HSM's CKK_GENERIC_SECRET key the checkpoints' HMAC-SHA256 uses. */
+  hmac_key_id: string;
+  /** A checkpoint after this many records (default 1000). */
+  checkpoint_every: number;
+  /** ... or this many seconds after the first record since the last one (default 60). */
+  checkpoint_secs: number;
+  /** before-response: a 200 waits until its record is on disk; batched: synced at most every 100 ms. */
+  durability: AuditDurability;
+  /** fail-closed: key use answers 500 while the trail cannot be written; fail-open: served, logged. */
+  on_failure: AuditOnFailure;
+  /** Also every record to stdout, one JSON line (journald, log shippers). Default false. */
+  stdout: boolean;
+}
+
+export type AuditDurability = 'before-response' | 'batched';
+export type AuditOnFailure = 'fail-closed' | 'fail-open';
+
 export interface Config {
   server: ServerSection;
   tracing: TracingSection;
@@ -220,6 +245,7 @@ export interface Config {
   hsm_capabilities: HsmCapabilities;
   health_check?: HealthCheckSection;
   metrics: MetricsSection;
+  audit?: AuditSection;
 }
 
 export interface LoadedConfig {
@@ -826,6 +852,77 @@ function readHealthCheck(r: Reader, doc: Table, stores: readonly KeyStore[]): He
   return out;
 }
 
+// [audit] (ours, optional) -------------------------------------------------------------------------------
+
+export const DEFAULT_AUDIT_FILE_PREFIX = 'xks-audit';
+export const DEFAULT_AUDIT_CHECKPOINT_EVERY = 1000;
+export const DEFAULT_AUDIT_CHECKPOINT_SECS = 60;
+const DURABILITIES: readonly AuditDurability[] = ['before-response', 'batched'];
+const ON_FAILURES: readonly AuditOnFailure[] = ['fail-closed', 'fail-open'];
+
+function oneOf<T extends string>(choices: readonly T[]): (raw: string, at: At) => T {
+  return (raw, at) => {
+    const found = choices.find((c) => c === raw);
+    if (found === undefined) return at.fail(`expected one of ${choices.map((c) => `"${c}"`).join(', ')}, got ${describe(raw)}`);
+    return found;
+  };
+}
+
+const AUDIT: Fields<AuditSection> = {
+  directory: { kind: 'str', required: true, nonEmpty: true },
+  file_prefix: {
+    kind: 'str',
+    default: DEFAULT_AUDIT_FILE_PREFIX,
+    check: (v, at) => {
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(v)) at.fail(`expected 1..64 characters of A-Z a-z 0-9 _ -, got ${describe(v)}`);
+    },
+  },
+  rotation_kind: {
+    kind: 'str',
+    default: 'HOURLY',
+    parse: (raw, at) => {
+      const found = ROTATIONS.find((k) => k === raw.toUpperCase());
+      if (found === undefined) at.fail(`expected one of MINUTELY, HOURLY, DAILY, NEVER, got ${describe(raw)}`);
+      return found;
+    },
+  },
+  hmac_key_id: {
+    kind: 'str',
+    required: true,
+    check: (v, at) => {
+      if (!KEY_ID_RE.test(v)) at.fail(`key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(v)}`);
+    },
+  },
+  checkpoint_every: {
+    kind: 'int',
+    range: { min: 1, max: 1_000_000, what: 'an integer in 1..1000000' },
+    default: DEFAULT_AUDIT_CHECKPOINT_EVERY,
+  },
+  checkpoint_secs: {
+    kind: 'int',
+    range: { min: 1, max: 86_400, what: 'an integer in 1..86400' },
+    default: DEFAULT_AUDIT_CHECKPOINT_SECS,
+  },
+  durability: { kind: 'str', default: 'before-response', parse: oneOf(DURABILITIES) },
+  on_failure: { kind: 'str', default: 'fail-closed', parse: oneOf(ON_FAILURES) },
+  stdout: { kind: 'bool', default: false },
+};
+
+function readAudit(r: Reader, doc: Table, stores: readonly KeyStore[], health: HealthCheckSection | undefined): AuditSection | undefined {
+  const P = 'audit';
+  const t = r.table(doc, '', P, false);
+  if (t === undefined) return undefined;
+  const out = readFields(r, t, P, AUDIT);
+  const users = stores.filter((s) => s.xks_key_id_set.has(out.hmac_key_id)).map((s) => describe(s.uri_path_prefix));
+  if (users.length > 0 || health?.key_id === out.hmac_key_id) {
+    r.fail(
+      `${P}.hmac_key_id`,
+      `${describe(out.hmac_key_id)} is also a key for XKS or the health check: the audit HMAC key must be its own`,
+    );
+  }
+  return out;
+}
+
 // [metrics] (ours, optional) ------------------------------------------------------------------------------
 
 /** Our extension (optional table): Prometheus /metrics on its own listener, off unless enabled. */
@@ -898,6 +995,7 @@ function configFields(): Fields<Config> {
     hsm_capabilities: { kind: 'table', fields: HSM_CAPABILITIES },
     health_check: { kind: 'table', fields: HEALTH_CHECK },
     metrics: { kind: 'table', fields: METRICS },
+    audit: { kind: 'table', fields: AUDIT },
   };
 }
 
@@ -925,6 +1023,8 @@ function readConfig(r: Reader, doc: Table, env: NodeJS.ProcessEnv): Config {
   const health = readHealthCheck(r, doc, config.external_key_stores);
   if (health !== undefined) config.health_check = health;
   config.metrics = readMetrics(r, doc, config.server);
+  const audit = readAudit(r, doc, config.external_key_stores, health);
+  if (audit !== undefined) config.audit = audit;
   return config;
 }
 

@@ -2,6 +2,7 @@
  * Start-up and shut-down of the proxy: config -> logger -> HSM -> HTTP.
  */
 import { pkcs11LoggerEnv, type LoadedConfig } from './config.js';
+import { AuditWriter } from './audit/writer.js';
 import { Hsm, type EngineStats } from './hsm/hsm.js';
 import { HealthChecker } from './health/checker.js';
 import { startServer } from './http/server.js';
@@ -83,6 +84,26 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     log.info('deep health check', { key_id: hc.key_id, interval_secs: hc.interval_secs, state: first.state, reason: first.reason });
   }
 
+  // The audit trail (docs/audit.md): its HMAC key and directory are checked here; a problem stops start-up.
+  let audit: AuditWriter | undefined;
+  if (config.audit) {
+    const a = config.audit;
+    try {
+      audit = await AuditWriter.open({
+        section: a,
+        hmac: (d) => hsm.hmacSign(a.hmac_key_id, d),
+        log,
+        version: VERSION,
+        stdout: options.stdout,
+      });
+    } catch (e) {
+      await hsm.close();
+      await log.flush();
+      throw new Error(`${loaded.file}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    log.info('audit trail', { file: audit.currentFile, durability: a.durability, on_failure: a.on_failure, instance: audit.instance });
+  }
+
   // Requests are counted only when [metrics] serves them (on its own listener, never the API or ping port).
   const metrics = config.metrics.enabled ? metricsFor(hsm) : undefined;
   const keyStores = keyStoreRoutes(config, undefined, plan.count);
@@ -104,7 +125,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         // One loop: nothing else may hold the port. Several: the worker threads join it (SO_REUSEPORT).
         portSharing: plan.count > 1 ? 'first' : 'exclusive',
       },
-      opContext(config, hsm),
+      opContext(config, hsm, audit),
       log,
     );
     if (metrics !== undefined) {
@@ -127,7 +148,10 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         log,
         metrics,
         version: VERSION,
+        audit,
       });
+      const workers = pool;
+      audit?.onStateChange((failed) => workers.pushAuditState(failed));
     }
     if (mtls && unix) {
       terminator = await startMtlsTerminator(
@@ -149,6 +173,7 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
     server?.close();
     if (plan.count > 1) server?.closeConnections();
     unix?.remove();
+    await audit?.close();
     await hsm.close();
     await log.flush();
     throw e;
@@ -225,6 +250,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         }
         terminator?.close();
         unix?.remove();
+        // Every loop has answered its last request: the trail ends in a checkpoint.
+        await audit?.close();
         await hsm.close();
         log.info('xks-proxy stopped');
         await log.close();

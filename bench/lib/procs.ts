@@ -50,6 +50,8 @@ export interface ProxySettings {
   modulePath?: string;
   /** More environment for the proxy process (e.g. FAULTY_PKCS11_*). */
   env?: Record<string, string>;
+  /** [audit] (bench/audit.ts); absent: no trail. */
+  audit?: { directory: string; hmacKeyId: string; durability: string };
 }
 
 /** settings.toml in the Rust proxy's format. */
@@ -71,6 +73,7 @@ export function settingsToml(s: ProxySettings): string {
       keyCheckMs: s.keyCheckMs,
     },
     healthCheck: s.healthCheck,
+    audit: s.audit,
   });
 }
 

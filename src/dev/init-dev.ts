@@ -18,6 +18,8 @@ export const DEMO_KEYS = [
 ] as const;
 
 export const DEMO_PREFIX = '/example/uri/path/prefix';
+/** Label of the HSM key the audit trail's checkpoints are HMACed with ([audit] hmac_key_id). */
+export const DEMO_AUDIT_HMAC_KEY = 'xks-audit-hmac';
 
 export interface DevEnvironment {
   dir: string;
@@ -53,15 +55,28 @@ export async function initDev(dirArg: string, port = 8000): Promise<DevEnvironme
   });
   try {
     for (const k of DEMO_KEYS) await hsm.createKey(k.id, { encrypt: k.encrypt, decrypt: k.decrypt });
+    await hsm.createHmacKey(DEMO_AUDIT_HMAC_KEY);
   } finally {
     await hsm.close();
   }
 
   const accessKeyId = `AKIA${randomFrom('ABCDEFGHIJKLMNOPQRSTUVWXYZ234567', 16)}`;
   const secretAccessKey = randomBytes(32).toString('base64');
-  writeFileSync(settingsPath, demoSettings({ modulePath, pin, accessKeyId, secretAccessKey, port, logDir: path.join(dir, 'logs') }), {
-    mode: 0o600,
-  });
+  writeFileSync(
+    settingsPath,
+    demoSettings({
+      modulePath,
+      pin,
+      accessKeyId,
+      secretAccessKey,
+      port,
+      logDir: path.join(dir, 'logs'),
+      auditDir: path.join(dir, 'audit'),
+    }),
+    {
+      mode: 0o600,
+    },
+  );
   return { dir, settingsPath, softhsmConf, accessKeyId, secretAccessKey, port };
 }
 
@@ -72,6 +87,7 @@ function demoSettings(o: {
   secretAccessKey: string;
   port: number;
   logDir: string;
+  auditDir: string;
 }): string {
   return settingsToml({
     header: [
@@ -84,5 +100,6 @@ function demoSettings(o: {
     tracing: { stdout: true, level: 'INFO', directory: o.logDir, rotation: 'HOURLY' },
     stores: [{ prefix: DEMO_PREFIX, accessKeyId: o.accessKeyId, secretAccessKey: o.secretAccessKey, keys: DEMO_KEYS.map((k) => k.id) }],
     pkcs11: { pin: o.pin, modulePath: o.modulePath, poolMaxSize: 30, poolTimeoutMs: 100 },
+    audit: { directory: o.auditDir, hmacKeyId: DEMO_AUDIT_HMAC_KEY },
   });
 }

@@ -43,6 +43,20 @@ export interface SettingsSpec {
   maxPlaintextB64?: number | undefined;
   maxAadB64?: number | undefined;
   healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number | undefined } | undefined;
+  /** [audit]; written only when given (unset keys take their defaults). */
+  audit?:
+    | {
+        directory: string;
+        hmacKeyId: string;
+        filePrefix?: string | undefined;
+        rotation?: string | undefined;
+        checkpointEvery?: number | undefined;
+        checkpointSecs?: number | undefined;
+        durability?: string | undefined;
+        onFailure?: string | undefined;
+        stdout?: boolean | undefined;
+      }
+    | undefined;
   /** Comment lines put at the top of the file. */
   header?: readonly string[] | undefined;
 }
@@ -89,6 +103,19 @@ export function settingsToml(s: SettingsSpec): string {
       line('interval_secs', s.healthCheck.intervalSecs) +
       line('degraded_latency_milli', s.healthCheck.degradedLatencyMs)
     : '';
+  const a = s.audit;
+  const audit = a
+    ? '[audit]\n' +
+      line('directory', a.directory) +
+      line('file_prefix', a.filePrefix) +
+      line('rotation_kind', a.rotation) +
+      line('hmac_key_id', a.hmacKeyId) +
+      line('checkpoint_every', a.checkpointEvery) +
+      line('checkpoint_secs', a.checkpointSecs) +
+      line('durability', a.durability) +
+      line('on_failure', a.onFailure) +
+      line('stdout', a.stdout)
+    : '';
   return `${header}[server]
 ip = "127.0.0.1"
 ${line('port', s.port)}${line('port_http_ping', s.pingPort ?? s.port)}${line('region', s.region)}${line('service', s.service)}${line('workers', s.workers)}${line('ciphertext_metadata_b64', s.ciphertextMetadataB64)}
@@ -116,5 +143,5 @@ ${line('max_plaintext_in_base64', s.maxPlaintextB64 ?? 8192)}${line('max_aad_in_
 [hsm_capabilities]
 can_generate_iv = false
 is_zero_iv_required = false
-${health ? `\n${health}` : ''}`;
+${health ? `\n${health}` : ''}${audit ? `\n${audit}` : ''}`;
 }

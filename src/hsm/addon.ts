@@ -138,6 +138,11 @@ export interface CreateKeyOptions {
   decrypt: boolean;
   wrap?: boolean;
   unwrap?: boolean;
+  /**
+   * A CKK_GENERIC_SECRET key for CKM_SHA256_HMAC instead (CKA_SIGN, CKA_VERIFY true; generated
+   * with CKM_GENERIC_SECRET_KEY_GEN, 32 bytes, or `value`, which must then be 32 bytes).
+   */
+  hmac?: boolean;
 }
 
 export interface EngineStats {
@@ -184,6 +189,7 @@ export interface EngineStats {
  *   XKS_BAD_OUTPUT      the module returned output of an unexpected length (e.g. 'hsm-appended'
  *                       against a module that appends no IV; fn "C_Encrypt"),
  *   XKS_KEY_SPEC        encrypt / decrypt with a key that is not CKK_AES of 32 bytes (no HSM call),
+ *   XKS_HMAC_KEY_SPEC   hmac / hmacVerify with a key that is not CKK_GENERIC_SECRET,
  *   XKS_IV_ZERO         HSM-generated IV modes: the IV came back all zero (fn "C_Encrypt"),
  *   XKS_IV_REPEATED     ... equal to the label's previous IV in this engine (fn "C_Encrypt");
  *                       both also fail open() when its test encrypt sees them,
@@ -235,6 +241,10 @@ export interface NativeEngine {
    * CKA_SENSITIVE true; CKA_EXTRACTABLE, CKA_SIGN, CKA_VERIFY false; wrap/unwrap default false).
    */
   createKey(label: string, options: CreateKeyOptions): Promise<void>;
+  /** HMAC-SHA256 (CKM_SHA256_HMAC, C_Sign) of `data` with the generic secret key labelled `label`: 32 bytes. */
+  hmac(label: string, data: Buffer): Promise<Buffer>;
+  /** C_Verify of `mac` over `data`: false when the HSM answers CKR_SIGNATURE_INVALID or _LEN_RANGE. */
+  hmacVerify(label: string, data: Buffer, mac: Buffer): Promise<boolean>;
   stats(): EngineStats;
   /**
    * Waits for running jobs, fails queued ones with XKS_CLOSED, closes sessions, C_Finalize

@@ -135,6 +135,13 @@ function verifyError(e: NativeError): XksError {
   return new XksError('InternalException', VERIFY_FAILED, x.detail ?? x.errorName);
 }
 
+function hmacError(e: unknown): XksError {
+  if (isNativeError(e) && e.code === 'XKS_HMAC_KEY_SPEC') {
+    return new XksError('InternalException', 'The audit HMAC key is not a generic secret key', detail(e));
+  }
+  return common(e);
+}
+
 /** Where the duration of each HSM call goes (metrics); seconds, submit to settle. */
 export interface HsmCallTimers {
   encrypt: { observe(seconds: number): void };
@@ -348,6 +355,39 @@ export class Hsm {
         usage.value
           ? { value: usage.value, encrypt: usage.encrypt, decrypt: usage.decrypt }
           : { encrypt: usage.encrypt, decrypt: usage.decrypt },
+      );
+    } catch (e) {
+      throw common(e);
+    }
+  }
+
+  /**
+   * HMAC-SHA256 computed in the HSM with the CKK_GENERIC_SECRET key labelled `keyId`
+   * (the audit trail's checkpoints): 32 bytes. `data` is not secret.
+   */
+  async hmacSign(keyId: string, data: Buffer): Promise<Buffer> {
+    try {
+      return await this.engine.hmac(keyId, data);
+    } catch (e) {
+      throw hmacError(e);
+    }
+  }
+
+  /** Whether the HSM accepts `mac` as the HMAC-SHA256 of `data` with the key labelled `keyId`. */
+  async hmacVerify(keyId: string, data: Buffer, mac: Buffer): Promise<boolean> {
+    try {
+      return await this.engine.hmacVerify(keyId, data, mac);
+    } catch (e) {
+      throw hmacError(e);
+    }
+  }
+
+  /** Dev and test tooling only (init-dev): makes a token HMAC key (CKK_GENERIC_SECRET, 32 bytes). */
+  async createHmacKey(label: string, value?: Buffer): Promise<void> {
+    try {
+      await this.engine.createKey(
+        label,
+        value ? { value, encrypt: false, decrypt: false, hmac: true } : { encrypt: false, decrypt: false, hmac: true },
       );
     } catch (e) {
       throw common(e);

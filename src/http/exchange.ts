@@ -26,6 +26,8 @@ export class Exchange {
   chunks: Buffer[] | undefined;
   size = 0;
   meta: RequestMetadata | undefined;
+  /** The peer's address, read at the request's start when there is an audit trail. */
+  client = '';
   constructor(
     readonly res: HttpResponse,
     readonly op: Operation,

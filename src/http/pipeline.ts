@@ -1,12 +1,14 @@
 /**
  * The one request pipeline every XKS operation (src/ops/) runs through, in the Rust proxy's order:
  *   route (the key store of the prefix) -> SigV4 (headers, then the body's hash) -> quota ->
- *   shape -> key in set -> policy -> limits and decoding -> run -> respond -> log and metrics.
+ *   (audit trail writable, fail-closed) -> shape -> key in set -> policy -> limits and decoding -> run ->
+ *   audit record (a 200 waits for it in the before-response mode) -> respond -> log and metrics.
  * The first failing step answers with its typed error. Early answers, before the body is read:
  * 400 for ambiguous framing, 413 for a declared body over the limit, 401 for a failed SigV4
  * header check (see src/http/server.ts).
  */
 import { performance } from 'node:perf_hooks';
+import { AUDIT_REFUSAL } from '../audit/sink.js';
 import type { Authorizer } from '../auth/oso.js';
 import { XksError } from '../errors.js';
 import type { OpContext } from '../ops/context.js';
@@ -91,6 +93,7 @@ export class Pipeline implements BodySink {
     }
     const r = this.r;
     const x = new Exchange(res, op, store, keyId, started, pending, r.metricsOf(op, prefix));
+    if (this.ctx.audit !== undefined) x.client = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
     r.begin();
     if (problem !== undefined) {
       // The body's end is unknown: answer and close (RFC 9112 section 6.3).
@@ -136,6 +139,10 @@ export class Pipeline implements BodySink {
     if (x.pending) {
       const result = this.verifier.finish(x.pending, body, lookupIn(x.store));
       if (!result.ok) throw new XksError('AuthenticationFailedException', 'Request signature is not valid', result.reason);
+    }
+    const audit = this.ctx.audit;
+    if (x.op.namesKey && audit?.failClosed && audit.failed()) {
+      throw new XksError('InternalException', AUDIT_REFUSAL);
     }
     if (x.store.quota !== undefined && !x.store.quota.tryTake()) {
       throw new XksError('ThrottlingException', 'Request rate of this key store exceeds its quota');

@@ -3,6 +3,8 @@
  * the request's log line and metrics. Also counts the requests in flight, for the graceful stop.
  */
 import { performance } from 'node:perf_hooks';
+import { useFields, type AuditUse } from '../audit/record.js';
+import { AUDIT_REFUSAL, type AuditSink } from '../audit/sink.js';
 import { XksError, STATUS_LINE } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Metrics, RouteMetrics } from '../metrics.js';
@@ -11,6 +13,29 @@ import type { Operation } from '../ops/operation.js';
 import { wipeChunks, type Exchange } from './exchange.js';
 
 export const JSON_TYPE = 'application/json';
+const AUDIT_FAILED = new XksError('InternalException', AUDIT_REFUSAL).toBody();
+
+/** The audit record's fields of a request (never its body: no plaintext, AAD, ciphertext, IV or tag). */
+function auditUse(x: Exchange, status: number, outcome: string): AuditUse {
+  const m = x.meta;
+  return {
+    kmsRequestId: m?.kmsRequestId,
+    kmsOperation: m?.kmsOperation,
+    awsPrincipalArn: m?.awsPrincipalArn,
+    kmsKeyArn: m?.kmsKeyArn,
+    kmsViaService: m?.kmsViaService,
+    awsSourceVpc: m?.awsSourceVpc,
+    awsSourceVpce: m?.awsSourceVpce,
+    prefix: x.store.prefix,
+    keyId: x.keyId,
+    operation: x.op.name,
+    outcome,
+    status,
+    micros: Math.round((performance.now() - x.started) * 1000),
+    accessKeyId: x.pending?.accessKeyId,
+    client: x.client,
+  };
+}
 
 export class Responder {
   /** Requests begun and not yet finished. */
@@ -24,6 +49,8 @@ export class Responder {
   constructor(
     private readonly log: Logger,
     private readonly metrics: Metrics | undefined,
+    /** The audit trail: every answered request is recorded here (src/audit/). */
+    private readonly audit?: AuditSink | undefined,
   ) {}
 
   /** The metrics of `op` on `prefix`; those of every operation of a prefix are made at its first request. */
@@ -49,6 +76,28 @@ export class Responder {
     x.done = true;
     wipeChunks(x);
     if (x.drainTimer !== undefined) clearTimeout(x.drainTimer);
+    const a = this.audit;
+    if (a !== undefined) {
+      const use = useFields(auditUse(x, status, x.aborted ? 'aborted' : outcome));
+      // before-response: a key use's 200 goes out only once its record is on disk.
+      if (status === 200 && x.op.namesKey && a.waitsForDisk && !x.aborted) {
+        a.record(use, (ok) => {
+          if (ok) this.answer(x, status, body, outcome, detail, closeConnection);
+          else if (a.failClosed) this.answer(x, 500, AUDIT_FAILED, 'InternalException', 'audit record not written', closeConnection);
+          else {
+            a.servedWithout();
+            this.answer(x, status, body, outcome, 'audit record not written', closeConnection);
+          }
+        });
+        return;
+      }
+      a.record(use);
+    }
+    this.answer(x, status, body, outcome, detail, closeConnection);
+  }
+
+  /** Writes the answer (unless the client went away), then the log line and metrics. */
+  private answer(x: Exchange, status: number, body: string, outcome: string, detail: string | undefined, closeConnection: boolean): void {
     if (!x.aborted) {
       // While draining, every answer closes its connection: the client reconnects to a live instance.
       const close = closeConnection || this.draining;

@@ -100,7 +100,7 @@ export function startServer(opts: ServerOptions, ctx: OpContext, log: Logger): P
   const uws = loadUws();
   const pong = `pong from xks-proxy v${opts.version}\n`;
   const app = makeApp(uws, opts.tls, opts.listenUnix !== undefined);
-  const responder = new Responder(log, opts.metrics);
+  const responder = new Responder(log, opts.metrics, ctx.audit);
   const notFound = notFoundHandler(log, opts.metrics);
   const routing = (keyStores: readonly KeyStoreRoute[], authorizer: Authorizer | undefined) => ({
     stores: new Map(keyStores.map((k) => [k.prefix, k])),

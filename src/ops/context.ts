@@ -1,3 +1,4 @@
+import type { AuditSink } from '../audit/sink.js';
 import type { Hsm } from '../hsm/hsm.js';
 
 /** What the operations need from the running proxy. */
@@ -9,4 +10,6 @@ export interface OpContext {
   readonly ciphertextMetadataB64: string | undefined;
   /** Product name and version for GetHealthStatus. */
   readonly version: string;
+  /** The audit trail ([audit]); undefined when there is none. */
+  readonly audit?: AuditSink | undefined;
 }

@@ -43,13 +43,15 @@ function body(model: string, t: TokenInfo | undefined, healthStatus: HealthState
 
 export async function getHealthStatus(ctx: OpContext): Promise<string> {
   const model = `xks-proxy (TypeScript/C++) v${ctx.version}`;
+  // [audit] on_failure = "fail-closed": key use is refused while the trail cannot be written.
+  const refusing = ctx.audit?.failClosed === true && ctx.audit.failed();
   const deep = ctx.hsm.healthSource();
   if (deep !== undefined) {
     const v = deep.current();
-    return body(model, v.token, v.state);
+    return body(model, v.token, refusing ? 'UNAVAILABLE' : v.state);
   }
   try {
-    return body(model, await ctx.hsm.tokenInfo(), 'ACTIVE');
+    return body(model, await ctx.hsm.tokenInfo(), refusing ? 'UNAVAILABLE' : 'ACTIVE');
   } catch (e) {
     if (!(e instanceof XksError) || (e.errorName !== 'InternalException' && e.errorName !== 'DependencyTimeoutException')) throw e;
     return body(model, undefined, 'UNAVAILABLE');

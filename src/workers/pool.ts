@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { AuditBridge, auditInit } from '../audit/remote.js';
+import type { AuditWriter } from '../audit/writer.js';
 import type { LoadedConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
 import type { BufferedLogger } from '../log.js';
@@ -36,6 +38,8 @@ class WorkerHandle {
   private nextId = 1;
   readonly exited: Promise<number>;
   stopped: { drained: boolean } | undefined;
+  /** Its records into the audit writer (when [audit] is on). */
+  audit: AuditBridge | undefined;
 
   constructor(
     readonly index: number,
@@ -80,6 +84,10 @@ class WorkerHandle {
       case 'stopped':
         this.stopped = { drained: m.drained };
         break;
+      case 'audit':
+      case 'audit-served-without':
+        this.audit?.receive(m);
+        break;
       default:
         break;
     }
@@ -105,6 +113,8 @@ export interface PoolOptions {
   shares: readonly { poolMaxSize: number; threads: number; adaptCores?: number }[];
   health: HealthVerdict | undefined;
   log: BufferedLogger;
+  /** The audit trail's one writer (the workers' records go there); undefined without [audit]. */
+  audit?: AuditWriter | undefined;
   /** The main thread's own metrics (event loop 0); undefined when [metrics] is off. */
   metrics: Metrics | undefined;
   version: string;
@@ -134,6 +144,7 @@ export class WorkerPool {
         threads: share.threads,
         adaptCores: share.adaptCores,
         health: options.health,
+        audit: options.audit === undefined ? undefined : auditInit(options.audit),
       };
       const worker = new Worker(script, { workerData: init, execArgv: [] });
       let handle: WorkerHandle | undefined;
@@ -157,6 +168,10 @@ export class WorkerPool {
         });
       });
       handle = new WorkerHandle(index, worker, log, ready);
+      if (options.audit !== undefined) {
+        const w = worker;
+        handle.audit = new AuditBridge(options.audit, (m) => w.postMessage(m));
+      }
       handles.push(handle);
     }
     const outcomes = await Promise.allSettled(handles.map((h) => h.ready));
@@ -213,6 +228,11 @@ export class WorkerPool {
       else if (r.value.type === 'reloaded' && !r.value.ok) errors.push(`worker ${i + 1}: ${r.value.error ?? 'refused'}`);
     });
     return { ok: errors.length === 0, errors };
+  }
+
+  /** The audit trail became writable or not: key use on every loop follows (fail-closed). */
+  pushAuditState(failed: boolean): void {
+    for (const w of this.workers) if (w.stopped === undefined) w.post({ type: 'audit-state', failed });
   }
 
   /** The deep health check's new verdict, for GetHealthStatus on every loop. */

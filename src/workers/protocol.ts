@@ -3,6 +3,7 @@
  * port; one port per worker, so messages of one worker arrive in order: its log lines before its
  * 'stopped').
  */
+import type { AuditInit, AuditRecordsMessage, AuditServedWithoutMessage, AuditStateMessage, AuditWrittenMessage } from '../audit/remote.js';
 import type { Config, ConfigSecrets, LoadedConfig } from '../config.js';
 import { configSecrets, reviveConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
@@ -42,13 +43,17 @@ export interface WorkerInit {
   adaptCores?: number;
   /** The deep health check's verdict when the main thread runs one (forwarded on every change). */
   health: HealthVerdict | undefined;
+  /** The audit trail's mode and state when [audit] is on (the records go to the main thread's writer). */
+  audit?: AuditInit | undefined;
 }
 
 export type ToWorker =
   | { type: 'snapshot'; id: number }
   | { type: 'reload'; id: number; settings: SettingsMessage }
   | { type: 'health'; verdict: HealthVerdict }
-  | { type: 'stop'; drainMs: number };
+  | { type: 'stop'; drainMs: number }
+  | AuditWrittenMessage
+  | AuditStateMessage;
 
 export type FromWorker =
   | { type: 'ready' }
@@ -56,7 +61,9 @@ export type FromWorker =
   | { type: 'log'; lines: string }
   | { type: 'snapshot'; id: number; snapshot: MetricsSnapshot }
   | { type: 'reloaded'; id: number; ok: boolean; error?: string }
-  | { type: 'stopped'; drained: boolean };
+  | { type: 'stopped'; drained: boolean }
+  | AuditRecordsMessage
+  | AuditServedWithoutMessage;
 
 export function isWorkerInit(v: unknown): v is WorkerInit {
   if (typeof v !== 'object' || v === null) return false;

@@ -2,6 +2,7 @@
  * What the main thread and every worker thread build alike from one Config: the HSM settings of
  * their engine, the HTTP server's options and the operations' context.
  */
+import type { AuditSink } from '../audit/sink.js';
 import net from 'node:net';
 import type { Config } from '../config.js';
 import { ivMode, type EngineOptions, type Hsm } from '../hsm/hsm.js';
@@ -71,9 +72,10 @@ export function baseServerOptions(
   };
 }
 
-export function opContext(config: Config, hsm: Hsm): OpContext {
+export function opContext(config: Config, hsm: Hsm, audit?: AuditSink): OpContext {
   return {
     hsm,
+    audit,
     ciphertextMetadata: config.server.ciphertext_metadata,
     ciphertextMetadataB64: config.server.ciphertext_metadata_b64,
     version: VERSION,

@@ -12,6 +12,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Writable } from 'node:stream';
 import type { Config } from '../config.js';
+import { RemoteAuditSink } from '../audit/remote.js';
 import { Hsm, type HealthSource, type HealthVerdict } from '../hsm/hsm.js';
 import { startServer, type RunningServer } from '../http/server.js';
 import { createLogger, createNullLogger, type BufferedLogger } from '../log.js';
@@ -65,9 +66,11 @@ async function run(): Promise<void> {
     const metrics = config.metrics.enabled ? metricsFor(engine) : undefined;
     const keyStores = keyStoreRoutes(config, undefined, init.count);
     const base = baseServerOptions(config, init.port);
+    // The trail's records go to the main thread's writer.
+    const audit = init.audit === undefined ? undefined : new RemoteAuditSink(init.audit, send);
     server = await startServer(
       { ...base, pingListener: false, portSharing: 'join', keyStores, authorizer, metrics },
-      opContext(config, hsm),
+      opContext(config, hsm, audit),
       log,
     );
     const running = server;
@@ -102,6 +105,10 @@ async function run(): Promise<void> {
           break;
         case 'stop':
           void stop(m.drainMs);
+          break;
+        case 'audit-written':
+        case 'audit-state':
+          audit?.receive(m);
           break;
       }
     });

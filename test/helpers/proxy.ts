@@ -48,6 +48,18 @@ export interface SettingsSpec {
   operationTimeoutMs?: number;
   /** [health_check] */
   healthCheck?: { keyId: string; intervalSecs: number; degradedLatencyMs?: number };
+  /** [audit]; absent: no trail. */
+  audit?: {
+    directory: string;
+    hmacKeyId: string;
+    filePrefix?: string;
+    rotation?: string;
+    checkpointEvery?: number;
+    checkpointSecs?: number;
+    durability?: string;
+    onFailure?: string;
+    stdout?: boolean;
+  };
   /** [metrics]; absent: no such table (metrics off). */
   metrics?: { enabled?: boolean; ip?: string; port?: number };
 }
@@ -102,6 +114,7 @@ function rustTables(s: SettingsSpec): string {
     maxPlaintextB64: s.maxPlaintextB64,
     maxAadB64: s.maxAadB64,
     healthCheck: s.healthCheck,
+    audit: s.audit,
   });
 }
 

@@ -1,0 +1,183 @@
+/**
+ * The audit trail's cost (issue 14): closed-loop encrypt 32 B and p99 at 1,800/s with the trail
+ * off, `batched` and `before-response`, one proxy process each on the bench token (which gets an
+ * HMAC key here). Targets: batched <= 5 % throughput cost, before-response <= 15 %, and p99 at
+ * 1,800/s within 1 ms of off.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { benchStore, CLOSED_CONNECTIONS, FULL, OPEN_CONNECTIONS, QUICK, type Durations } from './e2e.js';
+import { buildCGenerator, CGenerator, type LoadResult } from './lib/loadgen.js';
+import { freePort, startProxyProcess } from './lib/procs.js';
+import { encryptBodies, sendAll, signAll } from './lib/requests.js';
+import { makeSigner } from './lib/sign.js';
+import { KEY_LABEL, makeToken, openEngine, type BenchToken } from './lib/token.js';
+
+export const AUDIT_HMAC_LABEL = 'xks-bench-audit-hmac';
+export const AUDIT_RATE = 1800;
+const MODES = ['off', 'batched', 'before-response'] as const;
+export type AuditMode = (typeof MODES)[number];
+
+export interface AuditRow {
+  mode: AuditMode;
+  closed: LoadResult;
+  open1800: LoadResult;
+}
+
+export interface AuditTargets {
+  batchedCostPct: number;
+  beforeResponseCostPct: number;
+  /** p99 at 1,800/s of before-response minus off (ms). */
+  p99DeltaMs: number;
+  met: boolean;
+}
+
+/** Tokens that hold the HMAC key already (a second key with the label would make it ambiguous). */
+const keyed = new WeakSet<BenchToken>();
+
+/** Runs the three proxies in turn. */
+export async function auditRuns(
+  gen: CGenerator,
+  token: BenchToken,
+  opts: { poolMaxSize: number; workerThreads: number; level: string; poolSize: number; workers?: number },
+  d: Durations,
+  log: (s: string) => void,
+  modes: readonly AuditMode[] = MODES,
+): Promise<AuditRow[]> {
+  if (!keyed.has(token)) {
+    const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 2, keyCopies: false });
+    try {
+      await engine.createKey(AUDIT_HMAC_LABEL, { encrypt: false, decrypt: false, hmac: true });
+    } finally {
+      await engine.close();
+    }
+    keyed.add(token);
+  }
+  const rows: AuditRow[] = [];
+  for (const mode of modes) {
+    const port = await freePort();
+    const store = benchStore();
+    // On the machine's disk (the bench token lives in /dev/shm, where fdatasync costs nothing).
+    const directory = path.join(mkdtempSync(path.join(os.tmpdir(), 'xks-bench-audit-')), mode);
+    const proxy = await startProxyProcess({
+      token,
+      port,
+      store,
+      poolMaxSize: opts.poolMaxSize,
+      workerThreads: opts.workerThreads,
+      level: opts.level,
+      workers: opts.workers,
+      ...(mode === 'off' ? {} : { audit: { directory, hmacKeyId: AUDIT_HMAC_LABEL, durability: mode } }),
+    });
+    try {
+      const hostPort = `127.0.0.1:${port}`;
+      const pool = await signAll(
+        makeSigner(store),
+        hostPort,
+        `${store.prefix}/kms/xks/v1/keys/${KEY_LABEL}/encrypt`,
+        encryptBodies(opts.poolSize, 32, 64),
+      );
+      await sendAll(`http://${hostPort}`, pool.slice(0, 4), 1);
+      const requests = pool.map((r) => r.raw);
+      const target = { host: '127.0.0.1', port };
+      log(`  proxy, audit ${mode}: closed loop encrypt 32 B, ${CLOSED_CONNECTIONS} connections, ${d.closedMs / 1000} s`);
+      const closed = await gen.run({
+        kind: 'closed',
+        target,
+        requests,
+        connections: CLOSED_CONNECTIONS,
+        warmupMs: d.warmupMs,
+        durationMs: d.closedMs,
+        expectStatus: 200,
+      });
+      log(`  proxy, audit ${mode}: open loop ${AUDIT_RATE} req/s, ${d.openLowMs / 1000} s`);
+      const open1800 = await gen.run({
+        kind: 'open',
+        target,
+        requests,
+        rate: AUDIT_RATE,
+        connections: OPEN_CONNECTIONS,
+        warmupMs: d.warmupMs,
+        durationMs: d.openLowMs,
+        expectStatus: 200,
+        drainMs: d.drainMs,
+      });
+      rows.push({ mode, closed, open1800 });
+    } finally {
+      await proxy.stop();
+      rmSync(path.dirname(directory), { recursive: true, force: true });
+    }
+  }
+  return rows;
+}
+
+export function auditTargets(rows: readonly AuditRow[]): AuditTargets {
+  const by = (m: AuditMode): AuditRow | undefined => rows.find((r) => r.mode === m);
+  const off = by('off');
+  const cost = (m: AuditMode): number => {
+    const r = by(m);
+    return off && r && off.closed.throughput > 0 ? (100 * (off.closed.throughput - r.closed.throughput)) / off.closed.throughput : NaN;
+  };
+  const batchedCostPct = cost('batched');
+  const beforeResponseCostPct = cost('before-response');
+  const p99DeltaMs = (by('before-response')?.open1800.latencyMs.p99 ?? NaN) - (off?.open1800.latencyMs.p99 ?? NaN);
+  return { batchedCostPct, beforeResponseCostPct, p99DeltaMs, met: batchedCostPct <= 5 && beforeResponseCostPct <= 15 && p99DeltaMs <= 1 };
+}
+
+/** The report's section. */
+export function auditReport(rows: readonly AuditRow[]): string {
+  const t = auditTargets(rows);
+  const off = rows.find((r) => r.mode === 'off');
+  const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
+  const ms = (n: number): string => (Number.isFinite(n) ? n.toFixed(n < 10 ? 2 : 1) : '-');
+  const lines = [
+    `Audit trail ([audit] durability), encrypt 32 B: closed loop ${CLOSED_CONNECTIONS} connections, open loop ${AUDIT_RATE}/s`,
+    ...rows.map(
+      (r) =>
+        `  ${r.mode.padEnd(16)} ${f0(r.closed.throughput).padStart(8)} req/s  ${off && off.closed.throughput > 0 ? `${((100 * r.closed.throughput) / off.closed.throughput).toFixed(0)}% of off` : ''}  p99 @${AUDIT_RATE}/s ${ms(r.open1800.latencyMs.p99)} ms  errors ${r.closed.errors + r.open1800.errors}${r.closed.errors + r.open1800.errors > 0 ? ` (closed ${JSON.stringify(r.closed.statusCounts)} sockets ${r.closed.socketErrors}; open ${JSON.stringify(r.open1800.statusCounts)} sockets ${r.open1800.socketErrors} unanswered ${r.open1800.unanswered})` : ''}`,
+    ),
+    `  targets: batched cost ${t.batchedCostPct.toFixed(1)}% (<= 5), before-response ${t.beforeResponseCostPct.toFixed(1)}% (<= 15), p99 +${ms(t.p99DeltaMs)} ms (<= 1): ${t.met ? 'met' : 'NOT MET'}`,
+  ];
+  return lines.join('\n');
+}
+
+/**
+ * `node dist/bench/audit.js [--quick] [--rounds N] [off] [batched] [before-response]`: only these rows
+ * (the full bench runs them too); N rounds of all modes in turn (on a shared machine, look at each round).
+ */
+async function main(): Promise<void> {
+  const quick = process.argv.includes('--quick');
+  const r = process.argv.indexOf('--rounds');
+  const rounds = r > 0 ? Math.max(1, Number(process.argv[r + 1]) || 1) : 1;
+  const only = MODES.filter((m) => process.argv.includes(m));
+  const log = (m: string): void => void process.stderr.write(`${m}\n`);
+  const token = await makeToken();
+  const c = buildCGenerator();
+  if ('error' in c) throw new Error(`cannot compile the load generator: ${c.error}`);
+  const gen = new CGenerator(c.binary);
+  try {
+    for (let i = 0; i < rounds; i++) {
+      const rows = await auditRuns(
+        gen,
+        token,
+        { poolMaxSize: 8, workerThreads: 2, level: 'INFO', poolSize: quick ? 200 : 1000 },
+        quick ? QUICK : FULL,
+        log,
+        only.length > 0 ? only : MODES,
+      );
+      process.stdout.write(`round ${i + 1}: ${auditReport(rows)}\n`);
+    }
+  } finally {
+    await gen.close();
+    token.remove();
+  }
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`${e instanceof Error ? e.stack : String(e)}\n`);
+    process.exitCode = 1;
+  });
+}

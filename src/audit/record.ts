@@ -1,0 +1,129 @@
+/**
+ * The audit trail's lines (format v1, docs/audit.md): the fields of each record type in their
+ * order, the time stamp, the chain hash and the checkpoint's HMAC message. Lines are made by
+ * JSON.stringify of objects built in that order; absent optional fields are left out.
+ */
+import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+
+/** `prev` of the very first line of a trail. */
+export const GENESIS = '0'.repeat(64);
+
+/** What the pipeline knows of one request (no plaintext, AAD, ciphertext, IV, tag or secret). */
+export interface AuditUse {
+  kmsRequestId?: string | undefined;
+  kmsOperation?: string | undefined;
+  awsPrincipalArn?: string | undefined;
+  kmsKeyArn?: string | undefined;
+  kmsViaService?: string | undefined;
+  awsSourceVpc?: string | undefined;
+  awsSourceVpce?: string | undefined;
+  prefix: string;
+  keyId: string;
+  operation: string;
+  outcome: string;
+  status: number;
+  micros: number;
+  accessKeyId?: string | undefined;
+  client: string;
+}
+
+export type StartReason = 'first' | 'restart' | 'rotate' | 'torn';
+
+export interface StartFields {
+  reason: StartReason;
+  previousFile?: string | undefined;
+  previousHash?: string | undefined;
+  tornBytes?: number | undefined;
+  host: string;
+  version: string;
+  hmacKeyId: string;
+}
+
+/** Fields every record begins with. */
+export interface Common {
+  seq: number;
+  time: string;
+  instance: string;
+}
+
+/** Lowercase hex SHA-256 of a line's bytes (without its "\n"). */
+export function lineHash(line: string): string {
+  return createHash('sha256').update(line, 'utf8').digest('hex');
+}
+
+/** Microseconds since the epoch: the wall clock at process start plus the monotonic clock since. */
+export function nowMicros(): number {
+  return Math.floor((performance.timeOrigin + performance.now()) * 1000);
+}
+
+/** RFC 3339 UTC with microseconds: "2026-12-02T00:05:17.123456Z". */
+export function rfc3339Micros(epochMicros: number): string {
+  const iso = new Date(Math.floor(epochMicros / 1000)).toISOString(); // ...T00:05:17.123Z
+  return `${iso.slice(0, 23)}${String(epochMicros % 1000).padStart(3, '0')}Z`;
+}
+
+/** The bytes a checkpoint's HMAC covers. */
+export function checkpointMessage(fileName: string, seq: number, time: string, head: string): Buffer {
+  return Buffer.from(`xks-proxy-audit-v1\n${fileName}\n${seq}\n${time}\n${head}`, 'utf8');
+}
+
+function put(o: Record<string, unknown>, key: string, v: string | number | undefined): void {
+  if (v !== undefined) o[key] = v;
+}
+
+function common(type: string, c: Common): Record<string, unknown> {
+  return { v: 1, type, seq: c.seq, time: c.time, instance: c.instance };
+}
+
+export function startLine(c: Common, s: StartFields, prev: string): string {
+  const o = common('start', c);
+  o.reason = s.reason;
+  put(o, 'previousFile', s.previousFile);
+  put(o, 'previousHash', s.previousHash);
+  put(o, 'tornBytes', s.tornBytes);
+  o.host = s.host;
+  o.version = s.version;
+  o.hmacKeyId = s.hmacKeyId;
+  o.prev = prev;
+  return JSON.stringify(o);
+}
+
+/**
+ * The use-specific fields of a record as a JSON fragment (`"kmsRequestId":...,"client":"..."`),
+ * made on the request's own event loop; the writer only frames it (useLine).
+ */
+export function useFields(u: AuditUse): string {
+  const o: Record<string, unknown> = {};
+  put(o, 'kmsRequestId', u.kmsRequestId);
+  put(o, 'kmsOperation', u.kmsOperation);
+  put(o, 'awsPrincipalArn', u.awsPrincipalArn);
+  put(o, 'kmsKeyArn', u.kmsKeyArn);
+  put(o, 'kmsViaService', u.kmsViaService);
+  put(o, 'awsSourceVpc', u.awsSourceVpc);
+  put(o, 'awsSourceVpce', u.awsSourceVpce);
+  o.prefix = u.prefix;
+  o.keyId = u.keyId;
+  o.operation = u.operation;
+  o.outcome = u.outcome;
+  o.status = u.status;
+  o.micros = u.micros;
+  put(o, 'accessKeyId', u.accessKeyId);
+  o.client = u.client;
+  return JSON.stringify(o).slice(1, -1);
+}
+
+/** A use record: the common fields, `fields` (useFields), `prev` (the same bytes as JSON.stringify of it all). */
+export function useLine(c: Common, fields: string, prev: string): string {
+  return `{"v":1,"type":"use","seq":${c.seq},"time":"${c.time}","instance":"${c.instance}",${fields},"prev":"${prev}"}`;
+}
+
+export function checkpointLine(c: Common, hmacKeyId: string, hmac: string, head: string): string {
+  const o = common('checkpoint', c);
+  o.records = c.seq;
+  o.head = head;
+  o.hmacKeyId = hmacKeyId;
+  o.hmac = hmac;
+  o.prev = head;
+  return JSON.stringify(o);
+}

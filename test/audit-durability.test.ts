@@ -1,0 +1,224 @@
+/**
+ * The audit trail's durability and failure modes, with real parts: SIGKILL of the real CLI under
+ * signed load in the before-response mode (every 200 has its record; the next start acknowledges
+ * the torn tail), and a full disk (a small tmpfs) in both on_failure modes, with recovery once
+ * space is back. The trail is checked independently (test/helpers/audit.ts).
+ */
+import { execFileSync } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { audit, type VerifyJson } from './helpers/audit-tamper.js';
+import { spawnProxyCli } from './helpers/cli.js';
+import { call, META, settingsToml, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
+import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+
+const PREFIX = '/audit/durability';
+const API = `${PREFIX}/kms/xks/v1`;
+const CREDS: CallOptions = { accessKeyId: 'AKIDAUDITDURABLE00001', secret: 'ZHVyYWJsZS1kdXJhYmxlLWR1cmFibGUtZHVyYWJsZS0=' };
+const ENCRYPT = `${API}/keys/${TEST_KEYS.ordinary}/encrypt`;
+
+let token: TestToken;
+let work: string;
+
+beforeAll(async () => {
+  token = await makeAuditToken('xks-audit-dur');
+  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-dur-'));
+});
+
+afterAll(() => {
+  token?.cleanup();
+  rmSync(work, { recursive: true, force: true });
+});
+
+function spec(dir: string, audit: Partial<NonNullable<SettingsSpec['audit']>> = {}): SettingsSpec {
+  return {
+    token,
+    level: 'INFO',
+    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
+    operationTimeoutMs: 10_000,
+    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+    audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, ...audit },
+  };
+}
+
+const encryptBody = (id: string): Record<string, unknown> => ({
+  requestMetadata: { ...META, kmsRequestId: id },
+  plaintext: Buffer.from(`plaintext of ${id}`).toString('base64'),
+  encryptionAlgorithm: 'AES_GCM',
+});
+
+async function healthStatus(base: string): Promise<string> {
+  const r = await call(base, `${API}/health`, { requestMetadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } }, CREDS);
+  return (r.json.ekmFleetDetails as { healthStatus: string }[])[0]!.healthStatus;
+}
+
+describe('crash', () => {
+  it('SIGKILL under load (before-response): every 200 has its record; the trail chains; the restart says "torn"', async () => {
+    const dir = path.join(work, 'crash');
+    const settings = path.join(work, 'crash.toml');
+    writeFileSync(settings, settingsToml({ ...spec(dir, { checkpointEvery: 25 }), workers: 2 }));
+    const env = { XKS_PROXY_SETTINGS_TOML: settings, ...token.env };
+    const proxy = await spawnProxyCli(env);
+    const base = `http://127.0.0.1:${proxy.port}`;
+    const answered: string[] = [];
+    let stop = false;
+    let n = 0;
+    const client = async (c: number): Promise<void> => {
+      while (!stop) {
+        const id = `crash-${c}-${n++}`;
+        try {
+          const r = await call(base, ENCRYPT, encryptBody(id), CREDS);
+          if (r.status === 200) answered.push(id);
+        } catch {
+          return; // the process is gone
+        }
+      }
+    };
+    const clients = Array.from({ length: 6 }, (_, c) => client(c));
+    // Kill once a good number of requests were answered (bounded).
+    for (let i = 0; i < 200 && answered.length < 150; i++) await new Promise((r) => setTimeout(r, 25));
+    proxy.child.kill('SIGKILL');
+    await proxy.exited;
+    stop = true;
+    await Promise.all(clients);
+    expect(answered.length).toBeGreaterThanOrEqual(150);
+
+    const crashed = checkTrail(dir); // chains up to the last complete line
+    expect(crashed.files).toHaveLength(1);
+    const recorded = new Set(crashed.uses.map((u) => u.kmsRequestId));
+    const lost = answered.filter((id) => !recorded.has(id));
+    expect(lost).toEqual([]);
+    expect(crashed.files[0]!.records.at(-1)!.type).not.toBe('start');
+
+    // The next start continues the chain and acknowledges the torn end.
+    const again = await spawnProxyCli(env);
+    expect((await call(`http://127.0.0.1:${again.port}`, ENCRYPT, encryptBody('after-crash'), CREDS)).status).toBe(200);
+    again.child.kill('SIGTERM');
+    expect(await again.exited).toBe(0);
+    const trail = checkTrail(dir);
+    expect(trail.files).toHaveLength(2);
+    const start = trail.files[1]!.records[0]!;
+    expect(start).toMatchObject({
+      type: 'start',
+      reason: 'torn',
+      previousFile: trail.files[0]!.name,
+      tornBytes: crashed.files[0]!.tornBytes,
+    });
+    expect(trail.files[1]!.records.at(-1)!.type).toBe('checkpoint');
+    expect(trail.uses.at(-1)!.kmsRequestId).toBe('after-crash');
+    // `xks-proxy audit verify` (HMACs in the HSM) agrees: verified, the torn tail only a warning.
+    const v = await audit(['verify', dir, '--config', settings, '--json'], token.env);
+    expect(v.code).toBe(0);
+    const verdict = JSON.parse(v.stdout) as VerifyJson;
+    expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length, checkpoints: trail.checkpoints });
+    expect(verdict.hmacsVerified).toBe(trail.checkpoints);
+    expect(verdict.warnings.some((w) => /torn/.test(w.message))).toBe(true);
+  }, 60_000);
+});
+
+describe('disk full (a 256 KiB tmpfs)', () => {
+  let mnt: string;
+  beforeAll(() => {
+    mnt = path.join(work, 'tmpfs');
+    mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0755', 'tmpfs', mnt]);
+  });
+  afterAll(() => {
+    if (mnt) execFileSync('umount', [mnt]);
+  });
+
+  /** Fills the file system: a file as large as the free space allows. */
+  function fill(): string {
+    const filler = path.join(mnt, 'filler');
+    const chunk = Buffer.alloc(4096, 1);
+    const fd = openSync(filler, 'w');
+    try {
+      for (let i = 0; i < 1000; i++) writeSync(fd, chunk);
+    } catch (e) {
+      expect((e as NodeJS.ErrnoException).code).toBe('ENOSPC');
+    } finally {
+      closeSync(fd);
+    }
+    return filler;
+  }
+
+  for (const [mode, durability] of [
+    ['fail-closed', 'before-response'],
+    ['fail-open', 'before-response'],
+    ['fail-closed', 'batched'],
+  ] as const) {
+    it(`${mode}, ${durability}: refuses (or serves) while full, recovers when space is back, the chain holds`, async () => {
+      const dir = path.join(mnt, `${mode}-${durability}`);
+      const proxy = await startTestProxy(
+        spec(dir, { onFailure: mode, durability, checkpointEvery: 1000 }),
+        `full-${mode}-${durability}.toml`,
+      );
+      const answered: string[] = [];
+      try {
+        expect((await call(proxy.base, ENCRYPT, encryptBody(`${mode}-before`), CREDS)).status).toBe(200);
+        answered.push(`${mode}-before`);
+        const filler = fill();
+        // The file's last page may still take a few lines; then the writes fail.
+        let failedAt = -1;
+        for (let i = 0; i < 400 && failedAt < 0; i++) {
+          const r = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-full-${i}`), CREDS);
+          if (mode === 'fail-closed') {
+            if (r.status === 500) {
+              expect(r.json).toEqual({
+                errorName: 'InternalException',
+                errorMessage: expect.stringMatching(/audit trail cannot be written/),
+              });
+              failedAt = i;
+            } else {
+              expect(r.status).toBe(200);
+              answered.push(`${mode}-full-${i}`);
+            }
+          } else {
+            expect(r.status).toBe(200);
+            if (proxy.logText().includes('the audit trail cannot be written')) failedAt = i;
+          }
+        }
+        expect(failedAt).toBeGreaterThanOrEqual(0);
+        if (mode === 'fail-closed') {
+          // Refused before the HSM while broken; health says UNAVAILABLE.
+          const r = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-refused`), CREDS);
+          expect(r.status).toBe(500);
+          expect(r.json.errorMessage).toMatch(/audit trail cannot be written/);
+          expect(await healthStatus(proxy.base)).toBe('UNAVAILABLE');
+        } else {
+          expect(await healthStatus(proxy.base)).toBe('ACTIVE');
+          expect(proxy.logText()).toMatch(/"level":"ERROR".*the audit trail cannot be written|ERROR.*the audit trail cannot be written/);
+        }
+        // Space is back: within a few retries (1 s apart) the trail is written again.
+        rmSync(filler);
+        let recovered = false;
+        for (let i = 0; i < 100 && !recovered; i++) {
+          await new Promise((r) => setTimeout(r, 100));
+          recovered = proxy.logText().includes('the audit trail is written again');
+        }
+        expect(recovered).toBe(true);
+        expect(await healthStatus(proxy.base)).toBe('ACTIVE');
+        const after = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-after`), CREDS);
+        expect(after.status).toBe(200);
+        answered.push(`${mode}-after`);
+      } finally {
+        await proxy.stop();
+      }
+      const trail = checkTrail(dir);
+      expect(trail.files.length).toBeGreaterThanOrEqual(2);
+      expect(trail.files.at(-1)!.records[0]).toMatchObject({ type: 'start', reason: 'torn' });
+      const recorded = new Set(trail.uses.map((u) => u.kmsRequestId));
+      // before-response: every 200 has its record (batched: those answered just before the failure may not).
+      if (mode === 'fail-closed' && durability === 'before-response') expect(answered.filter((id) => !recorded.has(id))).toEqual([]);
+      expect(recorded.has(`${mode}-after`)).toBe(true);
+      // `xks-proxy audit verify` agrees: one chain; the given-up file is an acknowledged torn tail.
+      const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], token.env);
+      const verdict = JSON.parse(v.stdout) as VerifyJson;
+      expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length });
+      expect(v.code).toBe(0);
+    }, 60_000);
+  }
+});

@@ -1,0 +1,229 @@
+/**
+ * Tamper tests on trails the real proxy writes: the real CLI serves signed requests with an [audit]
+ * section, across restarts and a SIGKILL under load (rotation: test/audit-verify.test.ts); `xks-proxy audit verify`
+ * (the real CLI, HMACs in the real SoftHSM2 token) verifies it, reports the crash's tail as torn, and
+ * names every tampering with its file and line.
+ */
+import { cpSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { audit, readLines, rechain, sha256, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
+import { spawnProxyCli, type CliProxy } from './helpers/cli.js';
+import { call, META, settingsToml, type CallOptions } from './helpers/proxy.js';
+import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+
+const PREFIX = '/tamper';
+const API = `${PREFIX}/kms/xks/v1`;
+const CREDS: CallOptions = { accessKeyId: 'AKIDTAMPEREXAMPLE0001', secret: 'dGFtcGVyLXRhbXBlci10YW1wZXItdGFtcGVyLXRhbXA=' };
+const BOB = 'arn:aws:iam::123456789012:role/Bob';
+
+let token: TestToken;
+let work: string;
+let trail: string;
+let env: Record<string, string>;
+/** The trail's files in chain order and what each start record says. */
+let files: { name: string; reason: string }[];
+let sent: string[];
+
+function encrypt(proxy: CliProxy, id: string, principal = META.awsPrincipalArn) {
+  return call(
+    `http://127.0.0.1:${proxy.port}`,
+    `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
+    {
+      requestMetadata: { ...META, awsPrincipalArn: principal, kmsRequestId: id },
+      plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
+      encryptionAlgorithm: 'AES_GCM',
+    },
+    CREDS,
+  );
+}
+
+async function serve(ids: string[], principal?: string): Promise<CliProxy> {
+  const proxy = await spawnProxyCli(env);
+  for (const id of ids) {
+    expect((await encrypt(proxy, id, principal)).status).toBe(200);
+    sent.push(id);
+  }
+  return proxy;
+}
+
+async function stop(proxy: CliProxy, signal: NodeJS.Signals): Promise<void> {
+  proxy.child.kill(signal);
+  await proxy.exited;
+}
+
+beforeAll(async () => {
+  token = await makeAuditToken('xks-audit-tamper');
+  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-tamper-'));
+  trail = path.join(work, 'trail');
+  const settings = path.join(work, 'settings.toml');
+  writeFileSync(
+    settings,
+    settingsToml({
+      token,
+      level: 'INFO',
+      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
+      // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
+      audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL, checkpointEvery: 1000 },
+    }),
+  );
+  env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings };
+  sent = [];
+  // 1: ten uses, a clean stop (the file ends in a checkpoint).
+  await stop(await serve(Array.from({ length: 10 }, (_, i) => `first-${i}`)), 'SIGTERM');
+  // 2: a restart, another principal.
+  await stop(await serve(['restart-0', 'restart-1', 'restart-2', 'restart-3', 'restart-4'], BOB), 'SIGTERM');
+  // 3: SIGKILL under load (requests in flight).
+  const third = await serve(['killed-0', 'killed-1']);
+  const inFlight = Array.from({ length: 40 }, (_, i) => encrypt(third, `load-${i}`).catch(() => undefined));
+  await new Promise((r) => setTimeout(r, 30));
+  await stop(third, 'SIGKILL');
+  const answered = await Promise.all(inFlight);
+  answered.forEach((r, i) => {
+    if (r?.status === 200) sent.push(`load-${i}`);
+  });
+  // 4: the start after the crash; a clean stop.
+  await stop(await serve(['after-0', 'after-1', 'after-2']), 'SIGTERM');
+  const checked = checkTrail(trail);
+  files = checked.files.map((f) => ({ name: f.name, reason: String(f.records[0]!.reason) }));
+}, 120_000);
+
+afterAll(() => {
+  if (work) rmSync(work, { recursive: true, force: true });
+  token?.cleanup();
+});
+
+let copies = 0;
+function copy(): string {
+  const dir = path.join(work, `t${++copies}`);
+  cpSync(trail, dir, { recursive: true });
+  return dir;
+}
+
+async function verify(dir: string): Promise<{ code: number | null; v: VerifyJson }> {
+  const r = await audit(['verify', dir, '--json'], env);
+  expect(r.stdout, r.stderr).not.toBe('');
+  return { code: r.code, v: JSON.parse(r.stdout) as VerifyJson };
+}
+
+const nameOf = (reason: string, nth = 0): string => files.filter((f) => f.reason === reason)[nth]!.name;
+
+describe('a trail the real proxy wrote', () => {
+  it('verifies across the restarts and the SIGKILL, whose tail is torn, not tampered', async () => {
+    expect(files.map((f) => f.reason)).toEqual(['first', 'restart', 'restart', 'torn']);
+    const { code, v } = await verify(trail);
+    expect(code).toBe(0);
+    expect(v.break).toBeNull();
+    expect(v.files).toEqual(files.map((f) => f.name));
+    expect(v.hmacsVerified).toBe(v.checkpoints);
+    expect(v.checkpoints).toBeGreaterThanOrEqual(3);
+    // The killed process's file: its tail is reported as a torn tail, acknowledged by the next file.
+    const torn = v.warnings.filter((w) => /torn tail \(crash\)/.test(w.message));
+    expect(torn.map((w) => w.file)).toEqual([files[2]!.name]);
+    expect(v.warnings.filter((w) => !/torn tail/.test(w.message))).toEqual([]);
+  });
+
+  it('every request that got a 200 is listed, with the verifier and the independent check agreeing', async () => {
+    const r = await audit(['list', trail, '--json', '--key', TEST_KEYS.ordinary], {});
+    expect(r.code).toBe(0);
+    const listed = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { kmsRequestId: string }).kmsRequestId);
+    for (const id of sent) expect(listed).toContain(id);
+    expect(listed.filter((id) => !id.startsWith('load-'))).toEqual(sent.filter((id) => !id.startsWith('load-')));
+    expect(listed).toHaveLength(checkTrail(trail).uses.length);
+    const bob = await audit(['list', trail, '--json', '--principal', BOB], {});
+    expect(
+      bob.stdout
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { kmsRequestId: string }).kmsRequestId),
+    ).toEqual(['restart-0', 'restart-1', 'restart-2', 'restart-3', 'restart-4']);
+  });
+});
+
+describe('tampering with the real trail', () => {
+  it('edit a field', async () => {
+    const dir = copy();
+    const f = path.join(dir, nameOf('first'));
+    const lines = readLines(f);
+    lines[3] = withField(lines[3]!, 'awsPrincipalArn', BOB);
+    writeLines(f, lines);
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'edited', file: nameOf('first'), line: 4 });
+  });
+
+  it('delete a line', async () => {
+    const dir = copy();
+    const f = path.join(dir, nameOf('first'));
+    const lines = readLines(f);
+    lines.splice(3, 1);
+    writeLines(f, lines);
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'deleted', file: nameOf('first'), line: 4 });
+  });
+
+  it('insert a line', async () => {
+    const dir = copy();
+    const f = path.join(dir, nameOf('first'));
+    const lines = readLines(f);
+    const forged = withField(withField(withField(lines[2]!, 'kmsRequestId', 'forged-1'), 'seq', 3), 'prev', sha256(lines[2]!));
+    lines.splice(3, 0, forged);
+    writeLines(f, lines);
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'inserted', file: nameOf('first'), line: 4 });
+  });
+
+  it('swap two lines', async () => {
+    const dir = copy();
+    const f = path.join(dir, nameOf('first'));
+    const lines = readLines(f);
+    [lines[2], lines[3]] = [lines[3]!, lines[2]!];
+    writeLines(f, lines);
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'reordered', file: nameOf('first'), line: 3 });
+  });
+
+  it('truncate a closed file', async () => {
+    const dir = copy();
+    const f = path.join(dir, nameOf('first'));
+    const lines = readLines(f);
+    writeLines(f, lines.slice(0, -3));
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'truncated', file: nameOf('first'), line: lines.length - 2 });
+    const dir2 = copy();
+    const g = path.join(dir2, files[1]!.name);
+    truncateSync(g, statSync(g).size - 25);
+    expect((await verify(dir2)).v.break).toMatchObject({ kind: 'truncated', file: files[1]!.name });
+  });
+
+  it('remove a middle file', async () => {
+    const dir = copy();
+    rmSync(path.join(dir, files[1]!.name));
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[2]!.name, line: 1 });
+  });
+
+  it('forge a checkpoint without the HSM key', async () => {
+    const dir = copy();
+    const last = files[files.length - 1]!.name;
+    const f = path.join(dir, last);
+    const lines = readLines(f);
+    lines[1] = withField(lines[1]!, 'kmsRequestId', 'rewritten');
+    const forged = rechain(f, lines, 2);
+    writeLines(f, forged);
+    const firstCheckpoint = forged.findIndex((l) => (JSON.parse(l) as { type: string }).type === 'checkpoint');
+    const { code, v } = await verify(dir);
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'forged-checkpoint', file: last, line: firstCheckpoint + 1 });
+  });
+});

@@ -320,6 +320,10 @@ describe('audit verify: usage and I/O errors exit 2', () => {
     expect(pin.stderr).not.toContain('99999999');
     expect((await audit(['verify', clean, '--since', 'yesterday'], env)).code).toBe(2);
     expect((await audit(['frobnicate'], env)).code).toBe(2);
+    // --help anywhere: the usage, exit 0, nothing read.
+    const help = await audit(['verify', '/nonexistent', '--help'], {});
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: xks-proxy audit verify \[FILE\|DIR\.\.\.\]/);
   });
 });
 

@@ -198,9 +198,9 @@ describe('audit reconcile', () => {
     const human = await audit(['reconcile', '--cloudtrail', retimed('s3-trail.json', time), trail], {});
     expect(human.code).toBe(1);
     expect(human.stdout).toMatch(
-      /proxy uses with no AWS KMS event[^\n]*\n {2}\S+ Decrypt ok key=abc01234567890fe .*kmsRequestId=7e57a11d-0000-4000-8000-000000000001 .*accessKeyId=AKIDRECONCILEEXAMPLE1 client=127.0.0.1/,
+      /proxy uses with no AWS KMS event[^\n]*: 1\n {2}\S+ Decrypt ok key=abc01234567890fe .*kmsRequestId=7e57a11d-0000-4000-8000-000000000001 .*accessKeyId=AKIDRECONCILEEXAMPLE1 client=127.0.0.1/,
     );
-    expect(human.stdout).toMatch(new RegExp(`never saw: \\n {2}${time} GenerateDataKey requestID=${GDK_ID} xksKeyId=${XKS_KEY}`));
+    expect(human.stdout).toMatch(new RegExp(`never saw: 1\\n {2}${time} GenerateDataKey requestID=${GDK_ID} xksKeyId=${XKS_KEY}`));
   });
 
   it('a use whose CloudTrail event names another operation is a mismatch; another key store is not expected here', async () => {

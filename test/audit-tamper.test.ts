@@ -1,6 +1,6 @@
 /**
  * Tamper tests on trails the real proxy writes: the real CLI serves signed requests with an [audit]
- * section, across restarts and a SIGKILL under load (rotation: test/audit-verify.test.ts); `xks-proxy audit verify`
+ * section, across restarts, a rotation (MINUTELY: waits for the next minute) and a SIGKILL under load; `xks-proxy audit verify`
  * (the real CLI, HMACs in the real SoftHSM2 token) verifies it, reports the crash's tail as torn, and
  * names every tampering with its file and line.
  */
@@ -64,17 +64,25 @@ beforeAll(async () => {
     settingsToml({
       token,
       level: 'INFO',
+      // A loaded machine must not turn a slow HSM call into a 503.
+      operationTimeoutMs: 10_000,
       stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
       // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
-      audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL, checkpointEvery: 1000 },
+      audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL, checkpointEvery: 1000, rotation: 'MINUTELY' },
     }),
   );
   env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings };
   sent = [];
   // 1: ten uses, a clean stop (the file ends in a checkpoint).
   await stop(await serve(Array.from({ length: 10 }, (_, i) => `first-${i}`)), 'SIGTERM');
-  // 2: a restart, another principal.
-  await stop(await serve(['restart-0', 'restart-1', 'restart-2', 'restart-3', 'restart-4'], BOB), 'SIGTERM');
+  // 2: a restart, another principal; the minute turns while it serves: a rotation (MINUTELY).
+  const second = await serve(['restart-0', 'restart-1', 'restart-2', 'restart-3', 'restart-4'], BOB);
+  await new Promise((r) => setTimeout(r, 60_000 - (Date.now() % 60_000) + 200));
+  for (const id of ['rotated-0', 'rotated-1', 'rotated-2']) {
+    expect((await encrypt(second, id)).status).toBe(200);
+    sent.push(id);
+  }
+  await stop(second, 'SIGTERM');
   // 3: SIGKILL under load (requests in flight).
   const third = await serve(['killed-0', 'killed-1']);
   const inFlight = Array.from({ length: 40 }, (_, i) => encrypt(third, `load-${i}`).catch(() => undefined));
@@ -88,7 +96,7 @@ beforeAll(async () => {
   await stop(await serve(['after-0', 'after-1', 'after-2']), 'SIGTERM');
   const checked = checkTrail(trail);
   files = checked.files.map((f) => ({ name: f.name, reason: String(f.records[0]!.reason) }));
-}, 120_000);
+}, 180_000);
 
 afterAll(() => {
   if (work) rmSync(work, { recursive: true, force: true });
@@ -111,17 +119,17 @@ async function verify(dir: string): Promise<{ code: number | null; v: VerifyJson
 const nameOf = (reason: string, nth = 0): string => files.filter((f) => f.reason === reason)[nth]!.name;
 
 describe('a trail the real proxy wrote', () => {
-  it('verifies across the restarts and the SIGKILL, whose tail is torn, not tampered', async () => {
-    expect(files.map((f) => f.reason)).toEqual(['first', 'restart', 'restart', 'torn']);
+  it('verifies across the restarts, the rotation and the SIGKILL, whose tail is torn, not tampered', async () => {
+    expect(files.map((f) => f.reason)).toEqual(['first', 'restart', 'rotate', 'restart', 'torn']);
     const { code, v } = await verify(trail);
     expect(code).toBe(0);
     expect(v.break).toBeNull();
     expect(v.files).toEqual(files.map((f) => f.name));
     expect(v.hmacsVerified).toBe(v.checkpoints);
-    expect(v.checkpoints).toBeGreaterThanOrEqual(3);
+    expect(v.checkpoints).toBeGreaterThanOrEqual(4);
     // The killed process's file: its tail is reported as a torn tail, acknowledged by the next file.
     const torn = v.warnings.filter((w) => /torn tail \(crash\)/.test(w.message));
-    expect(torn.map((w) => w.file)).toEqual([files[2]!.name]);
+    expect(torn.map((w) => w.file)).toEqual([files[3]!.name]);
     expect(v.warnings.filter((w) => !/torn tail/.test(w.message))).toEqual([]);
   });
 
@@ -142,6 +150,10 @@ describe('a trail the real proxy wrote', () => {
         .split('\n')
         .map((l) => (JSON.parse(l) as { kmsRequestId: string }).kmsRequestId),
     ).toEqual(['restart-0', 'restart-1', 'restart-2', 'restart-3', 'restart-4']);
+    // The rotated file holds what was served after the minute turned.
+    const rotated = await audit(['list', path.join(trail, nameOf('rotate')), '--json'], {});
+    expect(rotated.code).toBe(1); // one file alone is not the whole trail: its predecessor is missing
+    expect(rotated.stderr).toMatch(/BROKEN: missing-file/);
   });
 });
 
@@ -207,10 +219,11 @@ describe('tampering with the real trail', () => {
 
   it('remove a middle file', async () => {
     const dir = copy();
-    rmSync(path.join(dir, files[1]!.name));
+    rmSync(path.join(dir, nameOf('rotate')));
     const { code, v } = await verify(dir);
     expect(code).toBe(1);
-    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[2]!.name, line: 1 });
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[3]!.name, line: 1 });
+    expect(v.break!.message).toContain(nameOf('rotate'));
   });
 
   it('forge a checkpoint without the HSM key', async () => {

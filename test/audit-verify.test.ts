@@ -3,7 +3,7 @@
  * checkpoints HMAC'd in a real SoftHSM2 token: every kind of break is found and named with its file
  * and line, an acknowledged torn tail is a warning, the listing answers an auditor's question.
  */
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -123,6 +123,21 @@ describe('audit verify: a clean trail', () => {
     expect(human.code).toBe(0);
     expect(human.stderr).toMatch(/^warning: .*torn tail \(crash\)/m);
     expect(human.stderr).toMatch(/^verified: 4 files, 21 lines \(12 uses, 5 checkpoints, 5 HMACs verified in the HSM\)$/m);
+  });
+
+  it('the [audit] directory of the settings: only the files of its file_prefix', async () => {
+    const dir = copy();
+    writeFileSync(path.join(dir, 'other-proxy.2026-03-01-09.1.jsonl'), '{"not":"ours"}\n');
+    const own = path.join(work, 'own-prefix.toml');
+    writeFileSync(
+      own,
+      readFileSync(settings, 'utf8').replace(`directory = ${JSON.stringify(clean)}`, `directory = ${JSON.stringify(dir)}`),
+    );
+    const viaSettings = await audit(['verify', '--json'], { ...token.env, XKS_PROXY_SETTINGS_TOML: own });
+    expect(viaSettings.code, viaSettings.stderr).toBe(0);
+    expect((JSON.parse(viaSettings.stdout) as VerifyJson).files).toEqual(names);
+    // Named as a directory, every *.jsonl in it is part of the trail.
+    expect((await audit(['verify', dir, '--config', own], token.env)).code).toBe(1);
   });
 
   it('the order is the chain, not the names or the arguments', async () => {
@@ -299,13 +314,16 @@ describe('audit verify: usage and I/O errors exit 2', () => {
     const none = await audit(['verify', clean], { XKS_PROXY_SETTINGS_TOML: path.join(work, 'missing.toml') });
     expect(none.code).toBe(2);
     const wrongPin = path.join(work, 'wrong-pin.toml');
-    const { readFileSync } = await import('node:fs');
     writeFileSync(wrongPin, readFileSync(settings, 'utf8').replace(token.pin, '99999999'));
     const pin = await audit(['verify', clean, '--config', wrongPin], token.env);
     expect(pin.code).toBe(2);
     expect(pin.stderr).not.toContain('99999999');
     expect((await audit(['verify', clean, '--since', 'yesterday'], env)).code).toBe(2);
     expect((await audit(['frobnicate'], env)).code).toBe(2);
+    // --help anywhere: the usage, exit 0, nothing read.
+    const help = await audit(['verify', '/nonexistent', '--help'], {});
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: xks-proxy audit verify \[FILE\|DIR\.\.\.\]/);
   });
 });
 

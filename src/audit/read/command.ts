@@ -110,7 +110,8 @@ export async function auditCommand(argv: readonly string[]): Promise<number> {
   try {
     const settings = a.sub === 'verify' || a.paths.length === 0 ? loadAuditSettings(a.config) : undefined;
     const paths = a.paths.length > 0 ? a.paths : [trailDirectory(settings!)];
-    const files = readTrail(paths);
+    // The settings' directory: only the files of its prefix.
+    const files = readTrail(paths, a.paths.length > 0 ? undefined : settings!.config.audit!.file_prefix);
     if (files.length === 0) throw new TrailReadError(`no trail files (*.jsonl) in ${paths.join(', ')}`);
     if (settings !== undefined && a.sub === 'verify') mac = await openCheckpointMac(settings);
     const { sink, uses } = collectUses(a.sub === 'reconcile' ? {} : a.filter);
@@ -214,18 +215,16 @@ function reportReconcile(v: Verdict, r: Reconciliation, events: number, json: bo
       })}\n`,
     );
   } else {
-    out(
-      `proxy uses with no AWS KMS event (not made through KMS: check the credential ${r.unmatchedUses.length === 0 ? '- none' : 'they used'}):\n`,
-    );
+    out(`proxy uses with no AWS KMS event (not made through KMS: who holds their credential?): ${r.unmatchedUses.length}\n`);
     for (const u of r.unmatchedUses) out(`  ${formatUse(u)} accessKeyId=${u.record.accessKeyId ?? '-'} client=${u.record.client}\n`);
-    out(`AWS KMS events on external keys the proxy never saw: ${r.unseenEvents.length === 0 ? 'none' : ''}\n`);
+    out(`AWS KMS events on external keys the proxy never saw: ${r.unseenEvents.length}\n`);
     for (const e of r.unseenEvents) out(`  ${eventLine(e)}\n`);
     if (r.unseenFailedEvents.length > 0) {
-      out('failed AWS KMS events the proxy never saw (KMS may have refused them before calling it):\n');
+      out(`failed AWS KMS events the proxy never saw (KMS may have refused them before calling it): ${r.unseenFailedEvents.length}\n`);
       for (const e of r.unseenFailedEvents) out(`  ${eventLine(e)}\n`);
     }
     if (r.mismatches.length > 0) {
-      out('uses whose CloudTrail event disagrees:\n');
+      out(`uses whose CloudTrail event disagrees: ${r.mismatches.length}\n`);
       for (const m of r.mismatches) out(`  ${formatUse(m.use)}: ${m.problem}\n`);
     }
     out(

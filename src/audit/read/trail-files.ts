@@ -38,8 +38,8 @@ const CHUNK = 1 << 20;
 /** The error code of a failed fs call, for a message. */
 const code = (e: unknown, fallback: string): string => (e as NodeJS.ErrnoException).code ?? fallback;
 
-/** The files named (a directory: its *.jsonl files), each once, in no particular order. */
-export function trailPaths(args: readonly string[]): string[] {
+/** The files named (a directory: its *.jsonl files, of `prefix` when given), each once, in no particular order. */
+export function trailPaths(args: readonly string[], prefix?: string): string[] {
   const out = new Set<string>();
   for (const a of args) {
     let st;
@@ -55,7 +55,7 @@ export function trailPaths(args: readonly string[]): string[] {
       } catch (e) {
         throw new TrailReadError(`${a}: ${code(e, 'cannot list')}`);
       }
-      for (const n of names) if (n.endsWith('.jsonl')) out.add(path.resolve(a, n));
+      for (const n of names) if (n.endsWith('.jsonl') && (prefix === undefined || n.startsWith(`${prefix}.`))) out.add(path.resolve(a, n));
     } else out.add(path.resolve(a));
   }
   return [...out];
@@ -128,8 +128,8 @@ export class LineReader {
 }
 
 /** Every file the arguments name, with its first line (for the order). */
-export function readTrail(args: readonly string[]): TrailFile[] {
-  const files = trailPaths(args).map((p): TrailFile => {
+export function readTrail(args: readonly string[], prefix?: string): TrailFile[] {
+  const files = trailPaths(args, prefix).map((p): TrailFile => {
     const r = new LineReader(p);
     try {
       return { path: p, name: path.basename(p), first: r.next() };

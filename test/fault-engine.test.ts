@@ -2,44 +2,28 @@
  * HSM failures at the engine level, injected by the fault module in front of a real
  * SoftHSM2 token: error codes and recovery, deadlines with stuck calls, bursts.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { isNativeError, loadAddon, type EngineOptions, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
-import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
-import { makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { isNativeError, loadAddon, type NativeEngine, type NativeError } from '../src/hsm/addon.js';
+import { waitFor } from './helpers/faulty.js';
+import { useFaultyEngines } from './helpers/fault-engines.js';
+import { splitSealed, TEST_KEYS } from './helpers/softhsm.js';
 
 const { Engine } = loadAddon();
 const TIMEOUT = 100;
 const KEY = TEST_KEYS.ordinary;
 const AAD = Buffer.from('fault-aad');
 
-let base: TestToken;
-let token: TestToken;
-let faults: FaultControl;
-const engines: NativeEngine[] = [];
-
-function options(o: Partial<EngineOptions> = {}): EngineOptions {
-  return {
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 2,
-    ivMode: 'random',
-    operationTimeoutMs: TIMEOUT,
-    ...o,
-  };
-}
-
-async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
-  const e = new Engine(options(o));
-  engines.push(e);
-  await e.open();
-  return e;
-}
+const fx = useFaultyEngines({
+  label: 'xks-fault-engine',
+  defaults: { poolMaxSize: 2, poolTimeoutMs: 1000, threads: 2, operationTimeoutMs: TIMEOUT },
+  keys: [KEY],
+  setupOptions: { operationTimeoutMs: 0 },
+  keepSetupEngine: true,
+});
+const { open, options, engines } = fx;
 
 async function outcome<T>(p: Promise<T>): Promise<{ ok: true; value: T; ms: number } | { ok: false; error: NativeError; ms: number }> {
   const t0 = performance.now();
@@ -57,29 +41,16 @@ async function roundTrip(e: NativeEngine, text = 'hello'): Promise<void> {
   expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe(text);
 }
 
-beforeAll(async () => {
-  base = makeToken('xks-fault-engine');
-  ({ token, faults } = useFaultyModule(base));
-  const e = await open({ operationTimeoutMs: 0 });
-  await e.createKey(KEY, { encrypt: true, decrypt: true });
-});
-
-afterAll(async () => {
-  faults?.clear();
-  for (const e of engines) await e.close();
-  base?.cleanup();
-});
-
 describe('the fault module', () => {
   it('forwards to SoftHSM2 and counts its sessions', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     await roundTrip(e);
-    expect(faults.status().open_sessions).toBeGreaterThanOrEqual(1);
-    faults.set('fail C_GenerateRandom CKR_FUNCTION_FAILED times=1');
+    expect(fx.faults.status().open_sessions).toBeGreaterThanOrEqual(1);
+    fx.faults.set('fail C_GenerateRandom CKR_FUNCTION_FAILED times=1');
     expect((await outcome(e.random(4))).ok).toBe(false);
     expect((await outcome(e.random(4))).ok).toBe(true);
-    faults.clear();
+    fx.faults.clear();
   });
 });
 
@@ -94,11 +65,11 @@ describe('session-fatal codes drop the session and the service carries on', () =
   ];
   for (const code of codes) {
     it(code, async () => {
-      faults.clear();
+      fx.faults.clear();
       const e = await open();
       await roundTrip(e);
       const before = e.stats();
-      faults.set(`fail C_Encrypt ${code} times=1`);
+      fx.faults.set(`fail C_Encrypt ${code} times=1`);
       const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
       expect(r.ok).toBe(false);
       if (!r.ok) expect(r.error.code).toBe(code);
@@ -114,7 +85,7 @@ describe('session-fatal codes drop the session and the service carries on', () =
 
 describe('recovery', () => {
   it('two engines on one module (two event loops): a re-initialization by one never pulls the module from under the other', async () => {
-    faults.clear();
+    fx.faults.clear();
     const a = await open({ poolMaxSize: 2, threads: 2 });
     const b = await open({ poolMaxSize: 2, threads: 2 });
     await Promise.all([roundTrip(a), roundTrip(b)]);
@@ -131,9 +102,9 @@ describe('recovery', () => {
     for (let round = 0; round < 6; round++) {
       await new Promise((r) => setTimeout(r, 40));
       // Every session of both engines fails: each engine re-initializes the shared module.
-      faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=2', 'fail C_GetSessionInfo CKR_DEVICE_ERROR times=4');
+      fx.faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=2', 'fail C_GetSessionInfo CKR_DEVICE_ERROR times=4');
       await new Promise((r) => setTimeout(r, 40));
-      faults.clear();
+      fx.faults.clear();
     }
     stop = true;
     await Promise.all(running);
@@ -151,54 +122,54 @@ describe('recovery', () => {
   });
 
   it('a stale key handle (CKR_KEY_HANDLE_INVALID / CKR_OBJECT_HANDLE_INVALID) is looked up again and the call retried once', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     for (const code of ['CKR_KEY_HANDLE_INVALID', 'CKR_OBJECT_HANDLE_INVALID']) {
       // A failed call closes its session, and closing the last one forgets cached handles
       // (README, "How it works"): make sure the next call starts from a cached handle.
       await roundTrip(e);
-      faults.set(`fail C_EncryptInit ${code} times=1`);
+      fx.faults.set(`fail C_EncryptInit ${code} times=1`);
       const r = await outcome(e.encrypt(KEY, Buffer.from('retry'), AAD));
       expect(r.ok, code).toBe(true);
       const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('retried decrypt'), AAD));
-      faults.set(`fail C_DecryptInit ${code} times=1`);
+      fx.faults.set(`fail C_DecryptInit ${code} times=1`);
       expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('retried decrypt');
     }
     // Twice in a row is not retried forever: the caller gets the error.
     await roundTrip(e);
-    faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=2');
+    fx.faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=2');
     const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.error.code).toBe('CKR_KEY_HANDLE_INVALID');
-    faults.clear();
+    fx.faults.clear();
     await roundTrip(e);
     await e.close();
   });
 
   it('re-initializes the module when every session is bad', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ poolMaxSize: 3 });
     await Promise.all([roundTrip(e, 'a'), roundTrip(e, 'b'), roundTrip(e, 'c')]);
     const before = e.stats();
     // The failing call's device error; the idle sessions fail their probe too.
-    faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=1', 'fail C_GetSessionInfo CKR_DEVICE_ERROR');
+    fx.faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=1', 'fail C_GetSessionInfo CKR_DEVICE_ERROR');
     const r = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect(r.ok).toBe(false);
     expect(e.stats().reinitializations).toBe(before.reinitializations + 1);
-    faults.clear();
+    fx.faults.clear();
     await roundTrip(e);
     expect(e.stats().ready).toBe(true);
     await e.close();
   });
 
   it('keeps the healthy idle sessions when only one session failed', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ poolMaxSize: 3, threads: 3 });
-    faults.set('delay C_Encrypt 5');
+    fx.faults.set('delay C_Encrypt 5');
     await Promise.all([roundTrip(e, 'a'), roundTrip(e, 'b'), roundTrip(e, 'c')]);
     expect(e.stats().sessionsOpen).toBe(3);
     const before = e.stats();
-    faults.set('fail C_Decrypt CKR_SESSION_HANDLE_INVALID times=1');
+    fx.faults.set('fail C_Decrypt CKR_SESSION_HANDLE_INVALID times=1');
     const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('y'), AAD));
     expect((await outcome(e.decrypt(KEY, ct, tag, iv, AAD))).ok).toBe(false);
     expect(e.stats().reinitializations).toBe(before.reinitializations);
@@ -207,17 +178,17 @@ describe('recovery', () => {
   });
 
   it('an HSM that is down fails calls fast, then service resumes by itself', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     await roundTrip(e);
-    faults.set('fail * CKR_DEVICE_ERROR');
+    fx.faults.set('fail * CKR_DEVICE_ERROR');
     const results = [];
     for (let i = 0; i < 20; ++i) results.push(await outcome(e.encrypt(KEY, Buffer.from('x'), AAD)));
     expect(results.every((r) => !r.ok)).toBe(true);
     expect(Math.max(...results.map((r) => r.ms))).toBeLessThan(TIMEOUT);
     expect(e.stats().ready).toBe(false);
     expect((await outcome(e.tokenInfo())).ok).toBe(false);
-    faults.clear();
+    fx.faults.clear();
     // Backoff is at most 1 s between re-initialization attempts.
     const back = await waitFor(async () => (await outcome(e.encrypt(KEY, Buffer.from('x'), AAD))).ok, 3000);
     expect(back).toBe(true);
@@ -230,10 +201,10 @@ describe('recovery', () => {
 
 describe('deadlines', () => {
   it('a stuck call settles with XKS_TIMEOUT on time; other work goes on; the session is quarantined, then closed', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('before'), AAD));
-    faults.set('block C_Encrypt');
+    fx.faults.set('block C_Encrypt');
     const stuck = await outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect(stuck.ok).toBe(false);
     if (!stuck.ok) expect(stuck.error.code).toBe('XKS_TIMEOUT');
@@ -246,20 +217,20 @@ describe('deadlines', () => {
     // Calls that do not hit the blocked function keep working, on another session and thread.
     expect((await e.decrypt(KEY, ct, tag, iv, AAD)).toString()).toBe('before');
     expect((await e.tokenInfo()).label).toBe('xks-fault-engine');
-    faults.clear();
+    fx.faults.clear();
     expect(await waitFor(() => e.stats().workersStuck === 0 && e.stats().sessionsQuarantined === 0)).toBe(true);
     s = e.stats();
     expect(s.sessionsOpen).toBeLessThanOrEqual(2);
     await roundTrip(e);
-    expect(faults.status().open_sessions).toBe(e.stats().sessionsOpen);
+    expect(fx.faults.status().open_sessions).toBe(e.stats().sessionsOpen);
     await e.close();
   });
 
   it('a slow call past the deadline times out and its late result is discarded', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     const { ct, tag, iv } = splitSealed(await e.encrypt(KEY, Buffer.from('slow'), AAD));
-    faults.set(`delay C_Decrypt ${TIMEOUT * 2} times=1`);
+    fx.faults.set(`delay C_Decrypt ${TIMEOUT * 2} times=1`);
     const r = await outcome(e.decrypt(KEY, ct, tag, iv, AAD));
     expect(r.ok).toBe(false);
     if (!r.ok) expect(r.error.code).toBe('XKS_TIMEOUT');
@@ -270,10 +241,10 @@ describe('deadlines', () => {
   });
 
   it('with every call blocked, nothing hangs: all calls settle by the deadline, threads stay bounded', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     await roundTrip(e);
-    faults.set('block *');
+    fx.faults.set('block *');
     const t0 = performance.now();
     const all = await Promise.all(Array.from({ length: 40 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`n${i}`), AAD))));
     const took = performance.now() - t0;
@@ -286,25 +257,25 @@ describe('deadlines', () => {
     const more = await outcome(e.tokenInfo());
     expect(more.ok).toBe(false);
     expect(more.ms).toBeLessThan(TIMEOUT + 60);
-    faults.clear();
+    fx.faults.clear();
     expect(await waitFor(() => e.stats().workersStuck === 0 && e.stats().sessionsQuarantined === 0)).toBe(true);
     await roundTrip(e);
     expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
     await e.close();
-    expect(faults.status().open_sessions).toBeLessThanOrEqual(engines.filter((x) => x !== e).length * 2);
+    expect(fx.faults.status().open_sessions).toBeLessThanOrEqual(engines.filter((x) => x !== e).length * 2);
   });
 
   it('close() while a call is stuck resolves after a bounded grace', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     await roundTrip(e);
-    faults.set('block C_Encrypt');
+    fx.faults.set('block C_Encrypt');
     const stuck = outcome(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect((await stuck).ok).toBe(false);
     const t0 = performance.now();
     await e.close();
     expect(performance.now() - t0).toBeLessThan(1500);
-    faults.clear();
+    fx.faults.clear();
   });
 });
 
@@ -325,11 +296,11 @@ describe('several engines on one module (event loops)', () => {
   }
 
   it("a call stuck in one engine never hangs another engine's close() or open()", async () => {
-    faults.clear();
+    fx.faults.clear();
     const a = await open();
     const b = await open();
     await Promise.all([roundTrip(a), roundTrip(b)]);
-    faults.set('block C_Encrypt');
+    fx.faults.set('block C_Encrypt');
     const stuck = await outcome(b.encrypt(KEY, Buffer.from('x'), AAD));
     expect(stuck.ok).toBe(false);
     expect(b.stats().workersStuck).toBe(1);
@@ -341,7 +312,7 @@ describe('several engines on one module (event loops)', () => {
     const opened = opening.open();
     const closed = await within(closing, 1500);
     const openedState = await within(opened, 1500);
-    faults.clear(); // releases b's call (and, before the fix, a's close and c's open behind it)
+    fx.faults.clear(); // releases b's call (and, before the fix, a's close and c's open behind it)
     expect(closed).toBe('settled');
     expect(openedState).toBe('settled');
     expect(performance.now() - t0).toBeLessThan(1600);
@@ -362,7 +333,7 @@ describe('event loop teardown', () => {
    * exit status, signal and output.
    */
   function teardownChild(mainLoads: boolean): { status: number | null; signal: string | null; stdout: string } {
-    const script = path.join(base.dir, 'teardown-child.cjs');
+    const script = path.join(fx.base.dir, 'teardown-child.cjs');
     writeFileSync(
       script,
       `const { Worker } = require('node:worker_threads');
@@ -391,7 +362,7 @@ w.on('exit', () => {
 `,
     );
     const data = {
-      control: faults.controlPath,
+      control: fx.faults.controlPath,
       addon: path.resolve('build/Release/xks_pkcs11.node'),
       key: KEY,
       options: options({ threads: 1, poolMaxSize: 1, operationTimeoutMs: 300 }),
@@ -402,7 +373,7 @@ w.on('exit', () => {
       encoding: 'utf8',
       timeout: 20_000,
     });
-    faults.clear();
+    fx.faults.clear();
     return { status: r.status, signal: r.signal, stdout: r.stdout.trim() };
   }
 
@@ -422,13 +393,13 @@ w.on('exit', () => {
 
 describe('bursts', () => {
   it('more concurrent calls than sessions wait for a session within the deadline', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ operationTimeoutMs: 1000 });
-    faults.set('delay C_Encrypt 1');
+    fx.faults.set('delay C_Encrypt 1');
     const all = await Promise.all(Array.from({ length: 60 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`b${i}`), AAD))));
     expect(all.filter((r) => !r.ok)).toEqual([]);
     expect(e.stats().sessionsOpen).toBeLessThanOrEqual(2);
-    faults.clear();
+    fx.faults.clear();
     // every ciphertext decrypts
     for (const [i, r] of all.entries()) {
       if (!r.ok) continue;
@@ -439,9 +410,9 @@ describe('bursts', () => {
   });
 
   it('a burst past what the HSM can do in time gets XKS_TIMEOUT for the rest, never a hang', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
-    faults.set('delay C_Encrypt 20');
+    fx.faults.set('delay C_Encrypt 20');
     const t0 = performance.now();
     const all = await Promise.all(Array.from({ length: 40 }, (_, i) => outcome(e.encrypt(KEY, Buffer.from(`c${i}`), AAD))));
     expect(performance.now() - t0).toBeLessThan(TIMEOUT + 150);
@@ -450,7 +421,7 @@ describe('bursts', () => {
     expect(ok.length + timedOut.length).toBe(all.length);
     expect(ok.length).toBeGreaterThan(0);
     expect(timedOut.length).toBeGreaterThan(0);
-    faults.clear();
+    fx.faults.clear();
     expect(await waitFor(() => e.stats().workersStuck === 0)).toBe(true);
     for (const [i, r] of all.entries()) {
       if (!r.ok) continue;

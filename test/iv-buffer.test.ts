@@ -3,40 +3,23 @@
  * real SoftHSM2 token: IVs come from batches of HSM randomness, each used once; steady state
  * makes one C_GenerateRandom per many Encrypts; a re-initialization discards the buffer.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isNativeError, loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
-import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
-import { makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { describe, expect, it } from 'vitest';
+import { isNativeError, type NativeEngine } from '../src/hsm/addon.js';
+import { waitFor } from './helpers/faulty.js';
+import { useFaultyEngines } from './helpers/fault-engines.js';
+import { splitSealed, TEST_KEYS } from './helpers/softhsm.js';
 
-const { Engine } = loadAddon();
 const KEY = TEST_KEYS.ordinary;
 const AAD = Buffer.from('iv-buffer-aad');
 
-let base: TestToken;
-let token: TestToken;
-let faults: FaultControl;
-const engines: NativeEngine[] = [];
-
-function options(o: Partial<EngineOptions> = {}): EngineOptions {
-  return {
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 4,
-    poolTimeoutMs: 5000,
-    eagerClose: false,
-    threads: 2,
-    ivMode: 'random',
-    operationTimeoutMs: 10_000,
-    ...o,
-  };
-}
-
-async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
-  const e = new Engine(options(o));
-  engines.push(e);
-  await e.open();
-  return e;
-}
+const fx = useFaultyEngines({
+  label: 'xks-iv-buffer',
+  defaults: { poolMaxSize: 4, poolTimeoutMs: 5000, threads: 2, operationTimeoutMs: 10_000 },
+  keys: [KEY],
+  setupOptions: { operationTimeoutMs: 0 },
+  keepSetupEngine: true,
+});
+const { open } = fx;
 
 async function settles(p: Promise<unknown>): Promise<boolean> {
   try {
@@ -85,27 +68,14 @@ function ivOf(out: Buffer): string {
   return splitSealed(out).iv.toString('hex');
 }
 
-beforeAll(async () => {
-  base = makeToken('xks-iv-buffer');
-  ({ token, faults } = useFaultyModule(base));
-  const e = await open({ operationTimeoutMs: 0 });
-  await e.createKey(KEY, { encrypt: true, decrypt: true });
-});
-
-afterAll(async () => {
-  faults?.clear();
-  for (const e of engines) await e.close();
-  base?.cleanup();
-});
-
 describe('the IV buffer (random-IV mode)', () => {
   it('20,000 encrypts on 2 engines x 2 threads: no IV repeats, all decrypt, few C_GenerateRandom', async () => {
-    faults.clear();
+    fx.faults.clear();
     const a = await open();
     const b = await open();
-    const g0 = faults.calls('C_GenerateRandom');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     const [sa, sb] = await Promise.all([encryptMany(a, 10_000, 32, 'a'), encryptMany(b, 10_000, 32, 'b')]);
-    const generated = faults.calls('C_GenerateRandom') - g0;
+    const generated = fx.faults.calls('C_GenerateRandom') - g0;
     const all = [...sa, ...sb];
     expect(all.length).toBe(20_000);
     expect(new Set(all.map((s) => ivOf(s.out))).size).toBe(20_000);
@@ -115,13 +85,13 @@ describe('the IV buffer (random-IV mode)', () => {
   });
 
   it('steady state: <= 0.05 C_GenerateRandom and <= 2.05 PKCS#11 calls per Encrypt', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     await encryptMany(e, 50, 1, 'warm');
-    const before = faults.status();
+    const before = fx.faults.status();
     const n = 2000;
     await encryptMany(e, n, 4, 'steady');
-    const after = faults.status();
+    const after = fx.faults.status();
     const gr = (after.calls_by_fn.C_GenerateRandom ?? 0) - (before.calls_by_fn.C_GenerateRandom ?? 0);
     const calls = after.calls - before.calls;
     expect(gr / n).toBeLessThanOrEqual(0.05);
@@ -129,68 +99,68 @@ describe('the IV buffer (random-IV mode)', () => {
   });
 
   it('a concurrent burst with 1 ms per call: nothing fails or times out, the counts stay low', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ threads: 4, operationTimeoutMs: 5000 });
     await encryptMany(e, 10, 1, 'warm');
-    faults.set('delay * 1');
-    const g0 = faults.calls('C_GenerateRandom');
+    fx.faults.set('delay * 1');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     const n = 1500;
     const outcomes = await Promise.all(Array.from({ length: n }, (_, i) => settles(e.encrypt(KEY, Buffer.from(`burst-${i}`), AAD))));
-    const generated = faults.calls('C_GenerateRandom') - g0;
-    faults.clear();
+    const generated = fx.faults.calls('C_GenerateRandom') - g0;
+    fx.faults.clear();
     expect(outcomes.filter((ok) => !ok).length).toBe(0);
     expect(e.stats().timeouts).toBe(0);
     expect(generated / n).toBeLessThanOrEqual(0.05);
   });
 
   it('a re-initialization discards the buffer: the next Encrypt generates its own IV', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     const before = await encryptMany(e, 20, 1, 'before'); // the buffer now holds > 200 IVs
     const reinits = e.stats().reinitializations;
-    faults.set('fail * CKR_DEVICE_ERROR');
+    fx.faults.set('fail * CKR_DEVICE_ERROR');
     for (let i = 0; i < 5; ++i) await settles(e.encrypt(KEY, Buffer.from('x'), AAD));
     expect(e.stats().ready).toBe(false);
-    faults.clear();
+    fx.faults.clear();
     // Recover through a call that takes no IV.
     expect(await waitFor(async () => settles(e.tokenInfo()), 3000)).toBe(true);
     expect(e.stats().reinitializations).toBeGreaterThan(reinits);
-    const g0 = faults.calls('C_GenerateRandom');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     const first = await e.encrypt(KEY, Buffer.from('first after'), AAD);
     // Its own IV (the buffer is empty), then the refill: a surviving buffer would make 0.
-    expect(faults.calls('C_GenerateRandom') - g0).toBe(2);
+    expect(fx.faults.calls('C_GenerateRandom') - g0).toBe(2);
     const afterward = await encryptMany(e, 20, 1, 'after');
-    expect(faults.calls('C_GenerateRandom') - g0).toBe(2);
+    expect(fx.faults.calls('C_GenerateRandom') - g0).toBe(2);
     const ivs = new Set(before.map((s) => ivOf(s.out)));
     for (const s of [{ text: 'first after', out: first }, ...afterward]) expect(ivs.has(ivOf(s.out))).toBe(false);
     expect(await decryptsAll(e, [...before, { text: 'first after', out: first }, ...afterward])).toBe(true);
   });
 
   it("another engine's re-initialization of the module discards this engine's buffer too", async () => {
-    faults.clear();
+    fx.faults.clear();
     const a = await open();
     const b = await open();
     await encryptMany(a, 5, 1, 'a');
     await encryptMany(b, 5, 1, 'b'); // b's buffer now holds > 200 IVs
-    faults.set('fail * CKR_DEVICE_ERROR');
+    fx.faults.set('fail * CKR_DEVICE_ERROR');
     for (let i = 0; i < 3; ++i) await settles(a.encrypt(KEY, Buffer.from('x'), AAD));
-    faults.clear();
+    fx.faults.clear();
     expect(await waitFor(async () => settles(a.tokenInfo()), 3000)).toBe(true);
     expect(a.stats().reinitializations).toBeGreaterThan(0);
-    const g0 = faults.calls('C_GenerateRandom');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     const out = await b.encrypt(KEY, Buffer.from('b after'), AAD);
-    expect(faults.calls('C_GenerateRandom') - g0).toBe(2);
+    expect(fx.faults.calls('C_GenerateRandom') - g0).toBe(2);
     expect(await decryptsAll(b, [{ text: 'b after', out }])).toBe(true);
   });
 
   it('closing an engine with a full buffer leaves nothing behind for the next one', async () => {
-    faults.clear();
+    fx.faults.clear();
     const a = await open();
     await encryptMany(a, 5, 1, 'a');
     await a.close();
     const b = await open();
-    const g0 = faults.calls('C_GenerateRandom');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     await b.encrypt(KEY, Buffer.from('fresh'), AAD);
-    expect(faults.calls('C_GenerateRandom') - g0).toBe(2);
+    expect(fx.faults.calls('C_GenerateRandom') - g0).toBe(2);
   });
 });

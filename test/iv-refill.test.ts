@@ -7,36 +7,23 @@
  * made inside an Encrypt's job would hold that Encrypt until its deadline (XKS_TIMEOUT), and an
  * Encrypt that made its own IV would block as well.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
-import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
-import { makeToken, splitSealed, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { describe, expect, it } from 'vitest';
+import type { NativeEngine } from '../src/hsm/addon.js';
+import { waitFor } from './helpers/faulty.js';
+import { useFaultyEngines } from './helpers/fault-engines.js';
+import { splitSealed, TEST_KEYS } from './helpers/softhsm.js';
 
-const { Engine } = loadAddon();
 const KEY = TEST_KEYS.ordinary;
 const AAD = Buffer.from('iv-refill-aad');
 
-let base: TestToken;
-let token: TestToken;
-let faults: FaultControl;
-const engines: NativeEngine[] = [];
-
-async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
-  const e = new Engine({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 4,
-    poolTimeoutMs: 5000,
-    eagerClose: false,
-    threads: 2,
-    ivMode: 'random',
-    operationTimeoutMs: 5000,
-    ...o,
-  });
-  engines.push(e);
-  await e.open();
-  return e;
-}
+const fx = useFaultyEngines({
+  label: 'xks-iv-refill',
+  defaults: { poolMaxSize: 4, poolTimeoutMs: 5000, threads: 2, operationTimeoutMs: 5000 },
+  keys: [KEY],
+  setupOptions: { operationTimeoutMs: 0 },
+  keepSetupEngine: true,
+});
+const { open } = fx;
 
 /** Every session of e is back in the pool (none is leased to a job or a refill). */
 function allIdle(e: NativeEngine): boolean {
@@ -44,22 +31,9 @@ function allIdle(e: NativeEngine): boolean {
   return s.sessionsOpen > 0 && s.sessionsIdle === s.sessionsOpen;
 }
 
-beforeAll(async () => {
-  base = makeToken('xks-iv-refill');
-  ({ token, faults } = useFaultyModule(base));
-  const e = await open({ operationTimeoutMs: 0 });
-  await e.createKey(KEY, { encrypt: true, decrypt: true });
-});
-
-afterAll(async () => {
-  faults?.clear();
-  for (const e of engines) await e.close();
-  base?.cleanup();
-});
-
 describe('the IV refill off the request path (random-IV mode, 1 ms per call)', () => {
   it('600+ sequential encrypts: no Encrypt waits for a C_GenerateRandom, IVs unique, all decrypt', async () => {
-    faults.set('rtt 1');
+    fx.faults.set('rtt 1');
     const e = await open();
     const sealed: { text: string; out: Buffer }[] = [];
     const encryptOne = async (): Promise<void> => {
@@ -71,24 +45,24 @@ describe('the IV refill off the request path (random-IV mode, 1 ms per call)', (
     expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
     let refills = 0;
     for (let cycle = 0; cycle < 6 && (sealed.length < 600 || refills < 2); ++cycle) {
-      faults.set('rtt 1', 'block C_GenerateRandom');
-      const g0 = faults.calls('C_GenerateRandom');
+      fx.faults.set('rtt 1', 'block C_GenerateRandom');
+      const g0 = fx.faults.calls('C_GenerateRandom');
       // One at a time until a refill is held in the HSM (due at most kBatch + 1 Encrypts on).
       let held = false;
       for (let i = 0; i < 400 && !held; ++i) {
         await encryptOne();
-        held = faults.calls('C_GenerateRandom') > g0;
+        held = fx.faults.calls('C_GenerateRandom') > g0;
       }
       expect(held).toBe(true);
       // The Encrypt that started it was answered; so are these, from the IVs still in stock.
       for (let i = 0; i < 20; ++i) await encryptOne();
-      expect(faults.calls('C_GenerateRandom')).toBe(g0 + 1);
+      expect(fx.faults.calls('C_GenerateRandom')).toBe(g0 + 1);
       expect(allIdle(e)).toBe(false); // the refill still holds its session
-      faults.set('rtt 1'); // releases it
+      fx.faults.set('rtt 1'); // releases it
       expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
       refills++;
     }
-    faults.clear();
+    fx.faults.clear();
     expect(refills).toBeGreaterThanOrEqual(2);
     expect(sealed.length).toBeGreaterThanOrEqual(600);
     expect(e.stats().timeouts).toBe(0);
@@ -106,19 +80,19 @@ describe('the IV refill off the request path (random-IV mode, 1 ms per call)', (
   });
 
   it('a refill that fails after its Encrypt was answered fails no request; the next one refills', async () => {
-    faults.set('rtt 1');
+    fx.faults.set('rtt 1');
     const e = await open();
     await e.encrypt(KEY, Buffer.from('warm'), AAD);
     expect(await waitFor(() => allIdle(e), 3000)).toBe(true);
-    faults.set('rtt 1', 'fail C_GenerateRandom CKR_DEVICE_MEMORY times=1');
-    const g0 = faults.calls('C_GenerateRandom');
+    fx.faults.set('rtt 1', 'fail C_GenerateRandom CKR_DEVICE_MEMORY times=1');
+    const g0 = fx.faults.calls('C_GenerateRandom');
     let n = 0;
-    for (; n < 400 && faults.calls('C_GenerateRandom') === g0; ++n) await e.encrypt(KEY, Buffer.from(`f-${n}`), AAD);
-    expect(faults.calls('C_GenerateRandom')).toBe(g0 + 1); // the failed refill
+    for (; n < 400 && fx.faults.calls('C_GenerateRandom') === g0; ++n) await e.encrypt(KEY, Buffer.from(`f-${n}`), AAD);
+    expect(fx.faults.calls('C_GenerateRandom')).toBe(g0 + 1); // the failed refill
     // The Encrypts after it still have IVs in stock, and the next one due claims the refill again.
     for (let i = 0; i < 10; ++i) await e.encrypt(KEY, Buffer.from(`after-${i}`), AAD);
-    expect(await waitFor(() => faults.calls('C_GenerateRandom') >= g0 + 2, 3000)).toBe(true);
-    faults.clear();
+    expect(await waitFor(() => fx.faults.calls('C_GenerateRandom') >= g0 + 2, 3000)).toBe(true);
+    fx.faults.clear();
     expect(e.stats().timeouts).toBe(0);
   });
 });

@@ -4,42 +4,21 @@
  * behind the fault module. Keys are deleted (OpenSC's pkcs11-tool) and disabled
  * (native-test/p11attr) by another process, as an HSM administrator would.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
-import { useFaultyModule, type FaultControl } from './helpers/faulty.js';
-import { makeToken, rejection, splitSealed, type TestToken } from './helpers/softhsm.js';
+import { describe, expect, it } from 'vitest';
+import type { NativeEngine } from '../src/hsm/addon.js';
+import { deleteTokenKey, setTokenKeyUsage, useFaultyEngines } from './helpers/fault-engines.js';
+import { rejection, splitSealed } from './helpers/softhsm.js';
 
-const { Engine } = loadAddon();
-const P11ATTR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/Release/p11attr');
 const AAD = Buffer.from('copy-aad');
 const CHECK_MS = 150;
 
-let base: TestToken;
-let token: TestToken;
-let faults: FaultControl;
-const engines: NativeEngine[] = [];
-
-async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
-  const e = new Engine({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 2,
-    ivMode: 'random',
-    operationTimeoutMs: 1000,
-    keyCopies: true,
-    keyCheckMs: CHECK_MS,
-    ...o,
-  });
-  engines.push(e);
-  await e.open();
-  return e;
-}
+const fx = useFaultyEngines({
+  label: 'xks-key-copies',
+  defaults: { poolMaxSize: 2, poolTimeoutMs: 1000, threads: 2, operationTimeoutMs: 1000, keyCopies: true, keyCheckMs: CHECK_MS },
+  keys: ['copy-a', 'copy-b', 'copy-c', 'copy-d', 'copy-e', 'copy-f'],
+  setupOptions: { keyCopies: false },
+});
+const { open } = fx;
 
 interface Sealed {
   ct: Buffer;
@@ -55,55 +34,14 @@ async function open_(e: NativeEngine, key: string, s: Sealed): Promise<string> {
   return (await e.decrypt(key, s.ct, s.tag, s.iv, AAD)).toString();
 }
 
-/** Deletes the token key `label` from another process, as an HSM administrator would. */
-function deleteKey(label: string): void {
-  execFileSync(
-    'pkcs11-tool',
-    [
-      '--module',
-      base.modulePath,
-      '--token-label',
-      base.label,
-      '--login',
-      '--pin',
-      base.pin,
-      '--delete-object',
-      '--type',
-      'secrkey',
-      '--label',
-      label,
-    ],
-    { env: { ...process.env, ...base.env }, stdio: 'pipe' },
-  );
-}
-
-/** Sets CKA_ENCRYPT / CKA_DECRYPT of the token key from another process (native-test/p11attr). */
-function setUsage(label: string, encrypt: boolean, decrypt: boolean): void {
-  execFileSync(P11ATTR, [base.modulePath, base.pin, label, encrypt ? '1' : '0', decrypt ? '1' : '0'], {
-    env: { ...process.env, ...base.env },
-    stdio: 'pipe',
-  });
-}
+const deleteKey = (label: string): void => deleteTokenKey(fx.base, label);
+const setUsage = (label: string, encrypt: boolean, decrypt: boolean): void => setTokenKeyUsage(fx.base, label, encrypt, decrypt);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-beforeAll(async () => {
-  base = makeToken('xks-key-copies');
-  ({ token, faults } = useFaultyModule(base));
-  const e = await open({ keyCopies: false });
-  for (const k of ['copy-a', 'copy-b', 'copy-c', 'copy-d', 'copy-e', 'copy-f']) await e.createKey(k, { encrypt: true, decrypt: true });
-  await e.close();
-});
-
-afterAll(async () => {
-  faults?.clear();
-  for (const e of engines) await e.close();
-  base?.cleanup();
-});
-
 describe('session key copies', () => {
   it('encrypt and decrypt run on a copy in one extra session; ciphertexts are the same key’s either way', async () => {
-    faults.clear();
+    fx.faults.clear();
     const copies = await open();
     const plain = await open({ keyCopies: false });
     const a = await seal(copies, 'copy-a', 'made with the copy');
@@ -116,16 +54,16 @@ describe('session key copies', () => {
     expect(plain.stats().keyCopies).toBe(0);
     expect(plain.stats().keySessionOpen).toBe(false);
     // The module sees the pool sessions of both engines plus the one holding the copy.
-    expect(faults.status().open_sessions).toBe(copies.stats().sessionsOpen + plain.stats().sessionsOpen + 1);
+    expect(fx.faults.status().open_sessions).toBe(copies.stats().sessionsOpen + plain.stats().sessionsOpen + 1);
     // Key metadata comes from the token object itself.
     expect(await copies.keyInfo('copy-a')).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: true });
     await copies.close();
     await plain.close();
-    expect(faults.status().open_sessions).toBe(0);
+    expect(fx.faults.status().open_sessions).toBe(0);
   });
 
   it('a key deleted in the HSM stops working within keyCheckMs (at once without copies)', async () => {
-    faults.clear();
+    fx.faults.clear();
     const copies = await open();
     const plain = await open({ keyCopies: false });
     const sealed = await seal(copies, 'copy-b', 'before');
@@ -152,7 +90,7 @@ describe('session key copies', () => {
   });
 
   it('a key deleted and re-created under its label between checks is replaced at the next check', async () => {
-    faults.clear();
+    fx.faults.clear();
     const copies = await open();
     const plain = await open({ keyCopies: false });
     await seal(copies, 'copy-c', 'warm');
@@ -167,7 +105,7 @@ describe('session key copies', () => {
   });
 
   it('a key disabled in the HSM (CKA_ENCRYPT / CKA_DECRYPT false) stops working within keyCheckMs, and works again once re-enabled', async () => {
-    faults.clear();
+    fx.faults.clear();
     const copies = await open();
     const plain = await open({ keyCopies: false });
     const sealed = await seal(copies, 'copy-f', 'before');
@@ -186,10 +124,10 @@ describe('session key copies', () => {
   });
 
   it("when the copies' session cannot be opened (CKR_SESSION_COUNT) the token key serves, and the copy comes at a later check", async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ poolMaxSize: 2, threads: 1 });
     // The engine's first session is open already: the only C_OpenSession left is the copies' session.
-    faults.set('fail C_OpenSession CKR_SESSION_COUNT times=1');
+    fx.faults.set('fail C_OpenSession CKR_SESSION_COUNT times=1');
     const s = await seal(e, 'copy-a', 'token key');
     expect(e.stats().keyCopies).toBe(0);
     expect(e.stats().keySessionOpen).toBe(false);
@@ -197,41 +135,41 @@ describe('session key copies', () => {
     expect(await open_(e, 'copy-a', s)).toBe('token key');
     expect(e.stats().keyCopies).toBe(1);
     expect(e.stats().keySessionOpen).toBe(true);
-    faults.clear();
+    fx.faults.clear();
     await e.close();
   });
 
   it('a module that refuses C_CopyObject is used through the token key', async () => {
-    faults.set('fail C_CopyObject CKR_ACTION_PROHIBITED');
+    fx.faults.set('fail C_CopyObject CKR_ACTION_PROHIBITED');
     const e = await open();
     const s = await seal(e, 'copy-d', 'no copy');
     expect(await open_(e, 'copy-d', s)).toBe('no copy');
     expect(e.stats().keyCopies).toBe(0);
     // No session is kept open for copies that were refused.
     expect(e.stats().keySessionOpen).toBe(false);
-    expect(faults.status().open_sessions).toBe(e.stats().sessionsOpen);
-    faults.clear();
+    expect(fx.faults.status().open_sessions).toBe(e.stats().sessionsOpen);
+    fx.faults.clear();
     await e.close();
   });
 
   it('a copy that turns invalid is made again and the call retried', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open();
     const s = await seal(e, 'copy-e', 'first');
-    faults.set('fail C_DecryptInit CKR_KEY_HANDLE_INVALID times=1');
+    fx.faults.set('fail C_DecryptInit CKR_KEY_HANDLE_INVALID times=1');
     expect(await open_(e, 'copy-e', s)).toBe('first');
     // The copy's session itself fails: a new one is opened for the next copy.
-    faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=1', 'fail C_CopyObject CKR_SESSION_HANDLE_INVALID times=1');
+    fx.faults.set('fail C_EncryptInit CKR_KEY_HANDLE_INVALID times=1', 'fail C_CopyObject CKR_SESSION_HANDLE_INVALID times=1');
     const t = await seal(e, 'copy-e', 'second');
     expect(await open_(e, 'copy-e', t)).toBe('second');
     expect(e.stats().keyCopies).toBe(1);
-    faults.clear();
+    fx.faults.clear();
     await e.close();
-    expect(faults.status().open_sessions).toBe(0);
+    expect(fx.faults.status().open_sessions).toBe(0);
   });
 
   it('re-checks racing with calls on 4 threads never fail a call', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ threads: 4, poolMaxSize: 4, keyCheckMs: 1 });
     for (let round = 0; round < 5; round++) {
       const sealed = await Promise.all(Array.from({ length: 200 }, (_, i) => seal(e, 'copy-a', `r${round}-${i}`)));
@@ -243,7 +181,7 @@ describe('session key copies', () => {
   });
 
   it('many concurrent calls on copies: every ciphertext decrypts with the token key', async () => {
-    faults.clear();
+    fx.faults.clear();
     const copies = await open({ threads: 4, poolMaxSize: 4 });
     const plain = await open({ keyCopies: false });
     const texts = Array.from({ length: 400 }, (_, i) => `m${i}`);

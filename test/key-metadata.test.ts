@@ -1,133 +1,53 @@
-/**
- * GetKeyMetadata from the key cache (native/key_cache.h): a key's attributes are read once,
- * with its handle, in the lookup's C_GetAttributeValue, and served from the cache while they
- * were confirmed less than keyCheckMs ago; then the next keyInfo looks the label up again. A
- * change made in the HSM (by another process, as an administrator would: OpenSC's pkcs11-tool,
- * native-test/p11attr) is therefore seen within keyCheckMs, or at once when the engine re-finds
- * the key itself (a handle reported invalid, a re-initialization). Counted through the fault
- * module in front of a real SoftHSM2 token.
- */
-import { execFileSync } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadAddon, type EngineOptions, type NativeEngine } from '../src/hsm/addon.js';
-import { useFaultyModule, type FaultControl, type FaultStatus } from './helpers/faulty.js';
-import { makeToken, rejection, type TestToken } from './helpers/softhsm.js';
+import { describe, expect, it } from 'vitest';
+import type { NativeEngine } from '../src/hsm/addon.js';
+import { callDelta, deleteTokenKey, setTokenKeyUsage, useFaultyEngines } from './helpers/fault-engines.js';
+import { rejection } from './helpers/softhsm.js';
 
-const { Engine } = loadAddon();
-const P11ATTR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../build/Release/p11attr');
 const AAD = Buffer.from('metadata-aad');
 const HOUR = 3_600_000;
 const CHECK_MS = 200;
 
-let base: TestToken;
-let token: TestToken;
-let faults: FaultControl;
-const engines: NativeEngine[] = [];
+const fx = useFaultyEngines({
+  label: 'xks-key-metadata',
+  defaults: { poolMaxSize: 2, poolTimeoutMs: 1000, threads: 2, operationTimeoutMs: 5000, keyCopies: true, keyCheckMs: HOUR },
+  keys: ['meta-a', 'meta-b', 'meta-c', 'meta-d', 'meta-e'],
+  setupOptions: { keyCopies: false },
+});
+const { open } = fx;
 
-async function open(o: Partial<EngineOptions> = {}): Promise<NativeEngine> {
-  const e = new Engine({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 2,
-    ivMode: 'random',
-    operationTimeoutMs: 5000,
-    keyCopies: true,
-    keyCheckMs: HOUR,
-    ...o,
-  });
-  engines.push(e);
-  await e.open();
-  return e;
-}
-
-/** Deletes the token key `label` from another process. */
-function deleteKey(label: string): void {
-  execFileSync(
-    'pkcs11-tool',
-    [
-      '--module',
-      base.modulePath,
-      '--token-label',
-      base.label,
-      '--login',
-      '--pin',
-      base.pin,
-      '--delete-object',
-      '--type',
-      'secrkey',
-      '--label',
-      label,
-    ],
-    { env: { ...process.env, ...base.env }, stdio: 'pipe' },
-  );
-}
-
-/** Sets CKA_ENCRYPT / CKA_DECRYPT of the token key from another process. */
-function setUsage(label: string, encrypt: boolean, decrypt: boolean): void {
-  execFileSync(P11ATTR, [base.modulePath, base.pin, label, encrypt ? '1' : '0', decrypt ? '1' : '0'], {
-    env: { ...process.env, ...base.env },
-    stdio: 'pipe',
-  });
-}
+const deleteKey = (label: string): void => deleteTokenKey(fx.base, label);
+const setUsage = (label: string, encrypt: boolean, decrypt: boolean): void => setTokenKeyUsage(fx.base, label, encrypt, decrypt);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-function delta(a: FaultStatus, b: FaultStatus): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [fn, n] of Object.entries(b.calls_by_fn)) {
-    const d = n - (a.calls_by_fn[fn] ?? 0);
-    if (d !== 0) out[fn] = d;
-  }
-  return out;
-}
 
 /** keyInfo's usage flags and the PKCS#11 calls it made. */
 async function usage(
   e: NativeEngine,
   label: string,
 ): Promise<{ encrypt: boolean; decrypt: boolean; trips: number; calls: Record<string, number> }> {
-  const s0 = faults.status();
+  const s0 = fx.faults.status();
   const k = await e.keyInfo(label);
-  const s1 = faults.status();
-  return { encrypt: k.encrypt, decrypt: k.decrypt, trips: s1.round_trips - s0.round_trips, calls: delta(s0, s1) };
+  const s1 = fx.faults.status();
+  return { encrypt: k.encrypt, decrypt: k.decrypt, trips: s1.round_trips - s0.round_trips, calls: callDelta(s0, s1) };
 }
-
-beforeAll(async () => {
-  base = makeToken('xks-key-metadata');
-  ({ token, faults } = useFaultyModule(base));
-  const e = await open({ keyCopies: false });
-  for (const k of ['meta-a', 'meta-b', 'meta-c', 'meta-d', 'meta-e']) await e.createKey(k, { encrypt: true, decrypt: true });
-  await e.close();
-});
-
-afterAll(async () => {
-  faults?.clear();
-  for (const e of engines) await e.close();
-  base?.cleanup();
-});
 
 describe('GetKeyMetadata from the key cache', () => {
   it('the attributes come with the lookup: later keyInfo calls make no PKCS#11 call and need no session', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ poolMaxSize: 1 });
     const first = await usage(e, 'meta-a');
     expect(first).toMatchObject({ encrypt: true, decrypt: true });
     // the lookup and its one C_GetAttributeValue (the attributes metadata reports are in it)
     expect(first.calls).toMatchObject({ C_FindObjectsInit: 1, C_FindObjectsFinal: 1, C_GetAttributeValue: 1 });
-    const s0 = faults.status();
+    const s0 = fx.faults.status();
     for (let i = 0; i < 20; ++i)
       expect(await e.keyInfo('meta-a')).toMatchObject({ keyType: 'AES', bits: 256, encrypt: true, decrypt: true });
-    expect(faults.status().round_trips - s0.round_trips).toBe(0);
+    expect(fx.faults.status().round_trips - s0.round_trips).toBe(0);
     // A key an Encrypt looked up: its metadata is there already.
     await e.encrypt('meta-e', Buffer.from('x'), AAD);
     expect(await usage(e, 'meta-e')).toEqual({ encrypt: true, decrypt: true, trips: 0, calls: {} });
     // The pool's only session held by an Encrypt blocked in the HSM: keyInfo still answers.
-    faults.set('block C_Encrypt');
+    fx.faults.set('block C_Encrypt');
     const held = e.encrypt('meta-a', Buffer.from('held'), AAD);
     expect(
       await new Promise<boolean>((r) => {
@@ -142,12 +62,12 @@ describe('GetKeyMetadata from the key cache', () => {
       }),
     ).toBe(true);
     expect(e.stats().sessionsIdle).toBe(0);
-    faults.clear();
+    fx.faults.clear();
     expect((await held).length).toBe(4 + 16 + 12);
   });
 
   it('a key disabled in the HSM: the cache answers until keyCheckMs has passed, then the next keyInfo re-checks and sees it', async () => {
-    faults.clear();
+    fx.faults.clear();
     const slow = await open({ keyCheckMs: HOUR });
     const quick = await open({ keyCheckMs: CHECK_MS });
     expect(await usage(slow, 'meta-b')).toMatchObject({ encrypt: true, decrypt: true });
@@ -179,7 +99,7 @@ describe('GetKeyMetadata from the key cache', () => {
   });
 
   it('a key re-created under its label: seen at once when its old handle turns out invalid', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ keyCopies: false, keyCheckMs: HOUR });
     const maker = await open({ keyCopies: false });
     expect(await usage(e, 'meta-c')).toMatchObject({ encrypt: true, decrypt: true });
@@ -196,7 +116,7 @@ describe('GetKeyMetadata from the key cache', () => {
   });
 
   it('a key deleted in the HSM: GetKeyMetadata answers not found after keyCheckMs', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ keyCheckMs: CHECK_MS });
     expect(await usage(e, 'meta-d')).toMatchObject({ encrypt: true, decrypt: true });
     deleteKey('meta-d');
@@ -205,16 +125,16 @@ describe('GetKeyMetadata from the key cache', () => {
   });
 
   it('a re-initialization of the module forgets the cached attributes: the next keyInfo reads them afresh', async () => {
-    faults.clear();
+    fx.faults.clear();
     const e = await open({ poolMaxSize: 2, keyCheckMs: HOUR });
     expect(await usage(e, 'meta-a')).toMatchObject({ decrypt: true });
     setUsage('meta-a', true, false);
     expect(await usage(e, 'meta-a')).toMatchObject({ decrypt: true, trips: 0 });
     const reinits = e.stats().reinitializations;
     // A device error whose idle sessions fail their probe too: the module is re-initialized.
-    faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=1', 'fail C_GetSessionInfo CKR_DEVICE_ERROR');
+    fx.faults.set('fail C_Encrypt CKR_DEVICE_ERROR times=1', 'fail C_GetSessionInfo CKR_DEVICE_ERROR');
     expect((await rejection(e.encrypt('meta-a', Buffer.from('x'), AAD))).code).toBe('CKR_DEVICE_ERROR');
-    faults.clear();
+    fx.faults.clear();
     expect(e.stats().reinitializations).toBeGreaterThan(reinits);
     const after = await usage(e, 'meta-a');
     expect(after).toMatchObject({ encrypt: true, decrypt: false });

@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { loadAddon } from '../src/hsm/addon.js';
 import { startProxy } from '../src/main.js';
-import { useFaultyModule, waitFor, type FaultControl, type FaultStatus } from './helpers/faulty.js';
+import { useFaultyModule, waitFor, type FaultControl } from './helpers/faulty.js';
+import { callDelta } from './helpers/fault-engines.js';
 import { call, META, settingsToml, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
 import { makeToken, TEST_KEYS, type TestToken } from './helpers/softhsm.js';
 
@@ -101,23 +102,13 @@ async function decryptOf(base: string): Promise<Op> {
     );
 }
 
-/** Per-function calls between two status snapshots (zeros left out). */
-function delta(a: FaultStatus, b: FaultStatus): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [fn, n] of Object.entries(b.calls_by_fn)) {
-    const d = n - (a.calls_by_fn[fn] ?? 0);
-    if (d !== 0) out[fn] = d;
-  }
-  return out;
-}
-
 /** Round trips and per-function calls per request, over N sequential requests after two warm-ups. */
 async function perRequest(base: string, op: Op): Promise<{ trips: number; calls: Record<string, number> }> {
   for (let i = 0; i < 2; ++i) expect((await op(base)).status).toBe(200);
   const s0 = faults.status();
   for (let i = 0; i < N; ++i) expect((await op(base)).status).toBe(200);
   const s1 = faults.status();
-  const calls = Object.fromEntries(Object.entries(delta(s0, s1)).map(([fn, n]) => [fn, n / N]));
+  const calls = Object.fromEntries(Object.entries(callDelta(s0, s1)).map(([fn, n]) => [fn, n / N]));
   return { trips: (s1.round_trips - s0.round_trips) / N, calls };
 }
 
@@ -233,7 +224,7 @@ describe('round trips with [health_check]', () => {
     for (let i = 0; i < N; ++i) expect((await health(proxy.base)).status).toBe(200);
     const s1 = faults.status();
     // a background check may have run meanwhile: then exactly one check's calls, never per request
-    const d = delta(s0, s1);
+    const d = callDelta(s0, s1);
     expect([0, CHECK_TRIPS]).toContain(s1.round_trips - s0.round_trips);
     for (const n of Object.values(d)) expect(n).toBeLessThanOrEqual(2);
   });
@@ -246,7 +237,7 @@ describe('round trips with [health_check]', () => {
     expect(await waitFor(() => faults.status().round_trips !== s0.round_trips, 3000)).toBe(true);
     await new Promise((r) => setTimeout(r, 300));
     const s1 = faults.status();
-    expect({ trips: s1.round_trips - s0.round_trips, calls: delta(s0, s1) }).toEqual({
+    expect({ trips: s1.round_trips - s0.round_trips, calls: callDelta(s0, s1) }).toEqual({
       trips: CHECK_TRIPS,
       calls: {
         C_EncryptInit: 1,

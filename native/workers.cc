@@ -36,6 +36,13 @@ struct ThreadCost {
 
 constexpr uint32_t kSampleEvery = 4;  // jobs per thread between two samples
 constexpr uint32_t kMinSamples = 16;  // per decision
+// A network HSM's calls: jobs that block this long each are decided on with kFewSamples and
+// grow the target to what they want at once (not doubling): with 10 ms jobs, 16 samples on 2
+// threads take 320 ms and each doubling more, while a burst queues behind the deadline. A module
+// on the same cores never blocks this long per job on its own locks (SoftHSM2 with 20 threads:
+// ~0.2 ms), so the doubling that keeps such a module from running away is kept for it.
+constexpr uint32_t kFewSamples = 4;
+constexpr double kNetworkBlockedNs = 500000;
 constexpr std::chrono::milliseconds kAdaptEvery{100};
 // Jobs that sleep less than this times their CPU time count as CPU-bound. A module on the same
 // cores sleeps on its own locks, more so the more threads contend (SoftHSM2: ~0.6x its CPU time
@@ -299,12 +306,17 @@ void Workers::leaveGateIfSurplus(Worker* w) {
 // `blocked` asleep (waiting for the HSM): adaptCores x (cpu + blocked) / cpu, rounded, within
 // [min(adaptCores, threads), threads]; adaptCores while blocked < kSleepOverCpu x cpu. cpu and
 // blocked per job are averaged over decisions (each new one weighs half), and the target at most
-// doubles, or falls half the distance, per decision, so one noisy interval does not swing it.
+// doubles, or falls half the distance, per decision, so one noisy interval does not swing it;
+// jobs blocked kNetworkBlockedNs or more (a network HSM) grow it to the wanted count at once.
 void Workers::adapt(Clock::time_point now) {
   if (now - lastAdapt_ < kAdaptEvery) return;
   lastAdapt_ = now;
   const uint32_t n = samples_.load(std::memory_order_relaxed);
-  if (n < kMinSamples) return;
+  if (n < kFewSamples) return;
+  if (n < kMinSamples &&
+      static_cast<double>(sampleBlockedNs_.load(std::memory_order_relaxed)) / n < kNetworkBlockedNs) {
+    return;
+  }
   samples_.store(0, std::memory_order_relaxed);
   const double cpu = static_cast<double>(sampleCpuNs_.exchange(0, std::memory_order_relaxed)) / n;
   const double blocked = static_cast<double>(sampleBlockedNs_.exchange(0, std::memory_order_relaxed)) / n;
@@ -319,7 +331,8 @@ void Workers::adapt(Clock::time_point now) {
   }
   const auto w = static_cast<uint32_t>(std::clamp<double>(want, lo, cfg_.threads));
   const uint32_t cur = target_.load();
-  const uint32_t next = w >= cur ? std::min(w, 2 * cur) : cur - (cur - w + 1) / 2;
+  const bool network = blocked >= kNetworkBlockedNs && avgBlockedNs_ >= kNetworkBlockedNs;
+  const uint32_t next = w >= cur ? (network ? w : std::min(w, 2 * cur)) : cur - (cur - w + 1) / 2;
   if (next == cur) return;
   std::lock_guard<std::mutex> lk(workersMu_);
   target_.store(next);

@@ -96,6 +96,13 @@ describe('adaptive HSM threads', () => {
     expect(inFlight).toBeGreaterThan(2);
   }, 20_000);
 
+  it('a slow network HSM (delay * 5): a burst gets every thread within the first decisions', async () => {
+    // 5 ms per call, 10 ms per encrypt: 16 samples on 2 threads would take ~320 ms and three
+    // doublings more; jobs that block this long are decided on after 4 samples and grow at once.
+    const inFlight = await maxInFlight({ threads: 16, adaptCores: 2 }, 'delay * 5', 300);
+    expect(inFlight).toBeGreaterThan(8);
+  }, 20_000);
+
   it('CPU-bound calls (plain SoftHSM2): stays near adaptCores', async () => {
     const inFlight = await maxInFlight({ threads: 16, adaptCores: 2 }, undefined, 1500);
     expect(inFlight).toBeGreaterThanOrEqual(1);

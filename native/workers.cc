@@ -36,13 +36,14 @@ struct ThreadCost {
 
 constexpr uint32_t kSampleEvery = 4;  // jobs per thread between two samples
 constexpr uint32_t kMinSamples = 16;  // per decision
-// A network HSM's calls: jobs that block this long each are decided on with kFewSamples and
-// grow the target to what they want at once (not doubling): with 10 ms jobs, 16 samples on 2
-// threads take 320 ms and each doubling more, while a burst queues behind the deadline. A module
-// on the same cores never blocks this long per job on its own locks (SoftHSM2 with 20 threads:
-// ~0.2 ms), so the doubling that keeps such a module from running away is kept for it.
+// A network HSM's calls: when at least 3 in 4 sampled jobs each blocked this long, a decision
+// needs only kFewSamples and grows the target to what the jobs want at once (not doubling): with
+// 10 ms jobs, 16 samples on 2 threads take 320 ms and each doubling more, while a burst queues
+// behind the deadline. A module on the same cores blocks this long on its own locks only now and
+// then, when the machine is loaded (a mean over the samples would count those few), so the
+// doubling that keeps such a module from running away is kept for it.
 constexpr uint32_t kFewSamples = 4;
-constexpr double kNetworkBlockedNs = 500000;
+constexpr uint64_t kNetworkBlockedNs = 500000;
 constexpr std::chrono::milliseconds kAdaptEvery{100};
 // Jobs that sleep less than this times their CPU time count as CPU-bound. A module on the same
 // cores sleeps on its own locks, more so the more threads contend (SoftHSM2: ~0.6x its CPU time
@@ -150,7 +151,9 @@ void Workers::workerMain(Worker* w) {
       const uint64_t cpu = c1.cpuNs - c0.cpuNs;
       const bool slept = c1.sleeps != c0.sleeps;
       sampleCpuNs_.fetch_add(cpu, std::memory_order_relaxed);
-      sampleBlockedNs_.fetch_add(slept && wall > cpu ? wall - cpu : 0, std::memory_order_relaxed);
+      const uint64_t blocked = slept && wall > cpu ? wall - cpu : 0;
+      sampleBlockedNs_.fetch_add(blocked, std::memory_order_relaxed);
+      if (blocked >= kNetworkBlockedNs) sampleSlow_.fetch_add(1, std::memory_order_relaxed);
       samples_.fetch_add(1, std::memory_order_relaxed);
     }
     if (!finishJob(w, j)) {
@@ -307,17 +310,17 @@ void Workers::leaveGateIfSurplus(Worker* w) {
 // [min(adaptCores, threads), threads]; adaptCores while blocked < kSleepOverCpu x cpu. cpu and
 // blocked per job are averaged over decisions (each new one weighs half), and the target at most
 // doubles, or falls half the distance, per decision, so one noisy interval does not swing it;
-// jobs blocked kNetworkBlockedNs or more (a network HSM) grow it to the wanted count at once.
+// when 3 in 4 sampled jobs blocked kNetworkBlockedNs or more (a network HSM) it grows to the
+// wanted count at once.
 void Workers::adapt(Clock::time_point now) {
   if (now - lastAdapt_ < kAdaptEvery) return;
   lastAdapt_ = now;
   const uint32_t n = samples_.load(std::memory_order_relaxed);
   if (n < kFewSamples) return;
-  if (n < kMinSamples &&
-      static_cast<double>(sampleBlockedNs_.load(std::memory_order_relaxed)) / n < kNetworkBlockedNs) {
-    return;
-  }
+  const bool network = 4 * sampleSlow_.load(std::memory_order_relaxed) >= 3 * n;
+  if (n < kMinSamples && !network) return;
   samples_.store(0, std::memory_order_relaxed);
+  sampleSlow_.store(0, std::memory_order_relaxed);
   const double cpu = static_cast<double>(sampleCpuNs_.exchange(0, std::memory_order_relaxed)) / n;
   const double blocked = static_cast<double>(sampleBlockedNs_.exchange(0, std::memory_order_relaxed)) / n;
   avgCpuNs_ = avgCpuNs_ < 0 ? cpu : (avgCpuNs_ + cpu) / 2;
@@ -331,7 +334,6 @@ void Workers::adapt(Clock::time_point now) {
   }
   const auto w = static_cast<uint32_t>(std::clamp<double>(want, lo, cfg_.threads));
   const uint32_t cur = target_.load();
-  const bool network = blocked >= kNetworkBlockedNs && avgBlockedNs_ >= kNetworkBlockedNs;
   const uint32_t next = w >= cur ? (network ? w : std::min(w, 2 * cur)) : cur - (cur - w + 1) / 2;
   if (next == cur) return;
   std::lock_guard<std::mutex> lk(workersMu_);

@@ -151,6 +151,7 @@ class Workers {
   alignas(64) std::atomic<uint64_t> sampleCpuNs_{0};
   std::atomic<uint64_t> sampleBlockedNs_{0};
   std::atomic<uint32_t> samples_{0};
+  std::atomic<uint32_t> sampleSlow_{0};  // samples blocked kNetworkBlockedNs or more
 
   alignas(64) std::atomic<uint64_t> timeouts_{0};
   std::atomic<uint32_t> stuckCount_{0};

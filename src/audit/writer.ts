@@ -21,7 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AuditSection } from '../config.js';
 import type { Logger } from '../log.js';
-import { chainTail, fileName, periodOf, type ChainTail } from './files.js';
+import { chainTail, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
 import {
   checkpointLine,
   checkpointMessage,
@@ -57,6 +57,8 @@ interface OpenFile {
   name: string;
   fd: number;
   period: string;
+  /** When the period ends (epoch microseconds): the next record then rotates. */
+  periodEnds: number;
   n: number;
   /** seq of the next line. */
   seq: number;
@@ -193,7 +195,7 @@ export class AuditWriter implements AuditSink {
         continue;
       }
       const now = nowMicros();
-      if (periodOf(this.s.rotation_kind, now) !== this.file.period) {
+      if (now >= this.file.periodEnds) {
         this.step(() => this.rotate());
         break;
       }
@@ -318,7 +320,7 @@ export class AuditWriter implements AuditSink {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 1000) throw e;
       }
     }
-    this.file = { name, fd, period, n, seq: 0 };
+    this.file = { name, fd, period, periodEnds: periodEnd(s.rotation_kind, now), n, seq: 0 };
     try {
       await p<void>((cb) => fchmod(fd, FILE_MODE, (e) => cb(e, undefined)));
       const line = startLine(

@@ -19,6 +19,20 @@ export function periodOf(kind: RotationKind, epochMicros: number): string {
   return kind === 'HOURLY' ? hour : `${hour}-${iso.slice(14, 16)}`;
 }
 
+/** The length of a period in microseconds (UTC periods are whole multiples of it since the epoch). */
+const PERIOD_MICROS: Record<Exclude<RotationKind, 'NEVER'>, number> = {
+  MINUTELY: 60e6,
+  HOURLY: 3600e6,
+  DAILY: 86400e6,
+};
+
+/** The first instant (epoch microseconds) after the period of `epochMicros`: periodOf changes there. */
+export function periodEnd(kind: RotationKind, epochMicros: number): number {
+  if (kind === 'NEVER') return Number.POSITIVE_INFINITY;
+  const len = PERIOD_MICROS[kind];
+  return (Math.floor(epochMicros / len) + 1) * len;
+}
+
 export function fileName(prefix: string, period: string, n: number): string {
   return `${prefix}.${period}.${n}.jsonl`;
 }

@@ -3,7 +3,7 @@
  * order, the time stamp, the chain hash and the checkpoint's HMAC message. Lines are made by
  * JSON.stringify of objects built in that order; absent optional fields are left out.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 
 /** `prev` of the very first line of a trail. */
@@ -49,7 +49,7 @@ export interface Common {
 
 /** Lowercase hex SHA-256 of a line's bytes (without its "\n"). */
 export function lineHash(line: string): string {
-  return createHash('sha256').update(line, 'utf8').digest('hex');
+  return hash('sha256', line, 'hex');
 }
 
 /** Microseconds since the epoch: the wall clock at process start plus the monotonic clock since. */
@@ -57,10 +57,18 @@ export function nowMicros(): number {
   return Math.floor((performance.timeOrigin + performance.now()) * 1000);
 }
 
+/** The last second rfc3339Micros formatted, and its text up to the "." (one Date per second, not per record). */
+let cachedSecond = Number.NaN;
+let cachedPrefix = '';
+
 /** RFC 3339 UTC with microseconds: "2026-12-02T00:05:17.123456Z". */
 export function rfc3339Micros(epochMicros: number): string {
-  const iso = new Date(Math.floor(epochMicros / 1000)).toISOString(); // ...T00:05:17.123Z
-  return `${iso.slice(0, 23)}${String(epochMicros % 1000).padStart(3, '0')}Z`;
+  const second = Math.floor(epochMicros / 1_000_000);
+  if (second !== cachedSecond) {
+    cachedPrefix = new Date(second * 1000).toISOString().slice(0, 20); // ...T00:05:17.
+    cachedSecond = second;
+  }
+  return `${cachedPrefix}${String(epochMicros - second * 1_000_000).padStart(6, '0')}Z`;
 }
 
 /** The bytes a checkpoint's HMAC covers. */

@@ -6,8 +6,11 @@
  * continued from the newest file at start-up. Every disk operation is asynchronous (libuv's
  * thread pool), so no event loop waits on the disk.
  *
- * Durability: before-response calls a record's `written` after the fdatasync that covers it;
- * batched calls it after the write and syncs at most every 100 ms.
+ * Durability: before-response opens the file O_DSYNC (each write returns once its lines are on
+ * disk, as after an fdatasync: one thread-pool job per group, not two) and calls a record's
+ * `written` after the write that covers it; batched writes what queued every BATCHED_WRITE_MS
+ * (one write for many loop turns: a thread-pool hand-off costs the event loop more than the
+ * record) and syncs at most every 100 ms.
  *
  * Failure: a failed write (disk full, permissions, file size limit) abandons the file; records are
  * then refused (`written(false)`) and every second the writer tries to continue the chain in a new
@@ -21,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AuditSection } from '../config.js';
 import type { Logger } from '../log.js';
-import { chainTail, fileName, periodOf, type ChainTail } from './files.js';
+import { chainTail, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
 import {
   checkpointLine,
   checkpointMessage,
@@ -36,6 +39,9 @@ import {
 import type { AuditSink, Written } from './sink.js';
 
 export const BATCHED_SYNC_MS = 100;
+/** batched: lines wait at most this long for their write (or until BATCHED_WRITE_LINES queued). */
+export const BATCHED_WRITE_MS = 10;
+const BATCHED_WRITE_LINES = 4096;
 export const RETRY_MS = 1000;
 const ERROR_LOG_INTERVAL_MS = 60_000;
 const FILE_MODE = 0o640;
@@ -57,6 +63,8 @@ interface OpenFile {
   name: string;
   fd: number;
   period: string;
+  /** When the period ends (epoch microseconds): the next record then rotates. */
+  periodEnds: number;
   n: number;
   /** seq of the next line. */
   seq: number;
@@ -88,6 +96,8 @@ export class AuditWriter implements AuditSink {
   private out: string[] = [];
   private outWritten: Written[] = [];
   private writing = false;
+  /** batched: the timer of the next write. */
+  private writeTimer: NodeJS.Timeout | undefined;
   private idleWaiters: (() => void)[] = [];
   private writeWaiters: (() => void)[] = [];
   /** batched: lines written since the last fdatasync, and the timer of the next one. */
@@ -193,7 +203,7 @@ export class AuditWriter implements AuditSink {
         continue;
       }
       const now = nowMicros();
-      if (periodOf(this.s.rotation_kind, now) !== this.file.period) {
+      if (now >= this.file.periodEnds) {
         this.step(() => this.rotate());
         break;
       }
@@ -212,7 +222,7 @@ export class AuditWriter implements AuditSink {
       }
       if (i < batch.length) this.pending = batch.slice(i).concat(this.pending);
     }
-    this.flush();
+    this.flushSoon();
     this.wakeIdle();
   }
 
@@ -309,7 +319,7 @@ export class AuditWriter implements AuditSink {
         fd = await p<number>((cb) =>
           openFd(
             path.join(s.directory, name),
-            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_APPEND,
+            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_APPEND | (this.waitsForDisk ? constants.O_DSYNC : 0),
             FILE_MODE,
             cb,
           ),
@@ -318,7 +328,7 @@ export class AuditWriter implements AuditSink {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 1000) throw e;
       }
     }
-    this.file = { name, fd, period, n, seq: 0 };
+    this.file = { name, fd, period, periodEnds: periodEnd(s.rotation_kind, now), n, seq: 0 };
     try {
       await p<void>((cb) => fchmod(fd, FILE_MODE, (e) => cb(e, undefined)));
       const line = startLine(
@@ -359,8 +369,26 @@ export class AuditWriter implements AuditSink {
 
   // ------------------------------------------------------------------ the disk
 
-  /** Hands every chained line to one write (and, before-response, one fdatasync). */
+  /**
+   * New lines are chained: before-response writes them now (or after the write in flight);
+   * batched within BATCHED_WRITE_MS, or now when many queued.
+   */
+  private flushSoon(): void {
+    if (this.waitsForDisk || this.out.length >= BATCHED_WRITE_LINES) {
+      this.flush();
+      return;
+    }
+    if (this.writeTimer !== undefined || this.writing || this.out.length === 0) return;
+    this.writeTimer = setTimeout(() => {
+      this.writeTimer = undefined;
+      this.flush();
+    }, BATCHED_WRITE_MS);
+  }
+
+  /** Hands every chained line to one write (before-response: O_DSYNC, on disk when it returns). */
   private flush(): void {
+    clearTimeout(this.writeTimer);
+    this.writeTimer = undefined;
     if (this.writing || this.out.length === 0 || this.file === undefined) {
       if (!this.writing) this.wakeIdle();
       return;
@@ -372,21 +400,21 @@ export class AuditWriter implements AuditSink {
     this.outWritten = [];
     this.writing = true;
     const sync = this.waitsForDisk;
-    writeAll(f.fd, Buffer.from(text, 'utf8'))
-      .then(() => (sync ? p<void>((cb) => fdatasync(f.fd, (e) => cb(e, undefined))) : undefined))
-      .then(
-        () => {
-          this.stdout?.write(text);
-          this.writing = false;
-          if (!sync) this.scheduleSync(f);
-          for (const w of written) w(true);
-          this.flush();
-        },
-        (e: unknown) => {
-          this.writing = false;
-          this.fail(e, written);
-        },
-      );
+    writeAll(f.fd, Buffer.from(text, 'utf8')).then(
+      () => {
+        this.stdout?.write(text);
+        this.writing = false;
+        if (!sync) this.scheduleSync(f);
+        for (const w of written) w(true);
+        if (sync) this.flush();
+        else this.flushSoon();
+        this.wakeIdle();
+      },
+      (e: unknown) => {
+        this.writing = false;
+        this.fail(e, written);
+      },
+    );
   }
 
   private scheduleSync(f: OpenFile): void {
@@ -443,6 +471,8 @@ export class AuditWriter implements AuditSink {
     clearTimeout(this.checkpointTimer);
     clearTimeout(this.syncTimer);
     this.syncTimer = undefined;
+    clearTimeout(this.writeTimer);
+    this.writeTimer = undefined;
     if (f !== undefined) closeFd(f.fd, () => undefined);
     this.logError(
       this.failClosed

@@ -3,6 +3,7 @@
  * record types with their fields checked for presence and type. A reader never re-serializes a line;
  * hashes are over the bytes as written (see trail-files.ts).
  */
+import type { AuditUse } from '../record.js';
 
 export interface CommonFields {
   v: 1;
@@ -25,23 +26,9 @@ export interface StartRecord extends CommonFields {
   hmacKeyId: string;
 }
 
-export interface UseRecord extends CommonFields {
+/** A key use: the writer's fields (src/audit/record.ts, AuditUse) as read back. */
+export interface UseRecord extends CommonFields, AuditUse {
   type: 'use';
-  kmsRequestId?: string;
-  kmsOperation?: string;
-  awsPrincipalArn?: string;
-  kmsKeyArn?: string;
-  kmsViaService?: string;
-  awsSourceVpc?: string;
-  awsSourceVpce?: string;
-  prefix: string;
-  keyId: string;
-  operation: string;
-  outcome: string;
-  status: number;
-  micros: number;
-  accessKeyId?: string;
-  client: string;
 }
 
 export interface CheckpointRecord extends CommonFields {

@@ -32,9 +32,11 @@ Status Sessions::acquire(const Job* j, Worker* w, uint32_t& idx) {
       return Status{};
     }
     if (attempt == 0) regrowIfDue();
+    // Counted as opening before the slot is reserved: a refusal that counts this reservation
+    // (learnCap) then sees opening_ above zero, so the cap is told only once this open settles.
+    opening_.fetch_add(1, std::memory_order_acq_rel);
     if (pool_.reserve(idx)) {
       own(idx);
-      opening_.fetch_add(1, std::memory_order_acq_rel);
       Status st = openInto(idx, false);
       if (!st.ok()) end(w, idx, true, false);
       // The HSM allows no more sessions: wait for one of ours instead of failing.
@@ -44,6 +46,7 @@ Status Sessions::acquire(const Job* j, Worker* w, uint32_t& idx) {
       if (!wait) return st;
       continue;
     }
+    opening_.fetch_sub(1, std::memory_order_acq_rel);
     const auto now = Clock::now();
     if (now >= deadline) return Status{CKR_OK, nullptr, opFirst ? kTimeout : kPoolExhausted};
     if (aborting_.load(std::memory_order_relaxed)) return Status{CKR_OK, nullptr, "XKS_CLOSED"};

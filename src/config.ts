@@ -817,13 +817,16 @@ const HSM_CAPABILITIES: Fields<HsmCapabilities> = {
   },
 };
 
+/** A label the proxy looks up in the HSM itself (not one KMS sends): refused unless KMS's key id form. */
+function mustBeKeyId(v: string, at: At): void {
+  if (!KEY_ID_RE.test(v)) at.fail(`key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(v)}`);
+}
+
 const HEALTH_CHECK: Fields<HealthCheckSection> = {
   key_id: {
     kind: 'str',
     required: true,
-    check: (v, at) => {
-      if (!KEY_ID_RE.test(v)) at.fail(`key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(v)}`);
-    },
+    check: mustBeKeyId,
   },
   interval_secs: {
     kind: 'int',
@@ -889,9 +892,7 @@ const AUDIT: Fields<AuditSection> = {
   hmac_key_id: {
     kind: 'str',
     required: true,
-    check: (v, at) => {
-      if (!KEY_ID_RE.test(v)) at.fail(`key ids are 1..128 characters of A-Z a-z 0-9 - . _, got ${describe(v)}`);
-    },
+    check: mustBeKeyId,
   },
   checkpoint_every: {
     kind: 'int',

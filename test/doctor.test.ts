@@ -4,7 +4,7 @@
  * error KMS would report.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -18,7 +18,7 @@ import { FAULTY_MODULE, FaultControl } from './helpers/faulty.js';
 import { makeKeyedToken } from './helpers/keyed-token.js';
 import { settingsToml, type SettingsSpec } from './helpers/proxy.js';
 import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
-import { makePki, type TestPki } from './helpers/tls-certs.js';
+import { makeCa, makeKeyAndCsr, makePki, signCsr, type TestPki } from './helpers/tls-certs.js';
 
 const execFileP = promisify(execFile);
 
@@ -333,39 +333,9 @@ describe('the trusted-CA list', () => {
   it('matches a chain that stops below the root by its issuer name', () => {
     // A leaf whose issuer name is "Amazon Root CA 1" (signed by a look-alike: only the name is compared here).
     const dir = pki.dir;
-    const o = (args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-    o([
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      'amz.key',
-      '-out',
-      'amz.pem',
-      '-days',
-      '2',
-      '-subj',
-      '/C=US/O=Amazon/CN=Amazon Root CA 1',
-    ]);
-    o([
-      'req',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      'below.key',
-      '-out',
-      'below.csr',
-      '-subj',
-      '/CN=below',
-    ]);
-    o(['x509', '-req', '-in', 'below.csr', '-CA', 'amz.pem', '-CAkey', 'amz.key', '-CAcreateserial', '-out', 'below.pem', '-days', '2']);
+    makeCa(dir, 'amz', '/C=US/O=Amazon/CN=Amazon Root CA 1', 2);
+    makeKeyAndCsr(dir, 'below', '/CN=below');
+    signCsr(dir, 'below', 'amz', ['basicConstraints=CA:FALSE'], 2);
     const v = kmsTrusts([new X509Certificate(readFileSync(path.join(dir, 'below.pem')))]);
     expect(v.trusted && v.ca.alias).toBe('amazonrootca1');
     expect(v.trusted && v.how).toBe('issuer name');

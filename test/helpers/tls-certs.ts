@@ -41,72 +41,64 @@ function ossl(dir: string, args: string[]): void {
   execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+/** openssl req's arguments for a new P-256 key, unencrypted. */
+const NEW_P256_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+
+/** In `dir`: a self-signed CA `<name>.pem` / `<name>.key` with subject `subj`, valid for `days`. */
+export function makeCa(dir: string, name: string, subj = `/CN=${name}`, days = 30): void {
+  ossl(dir, [
+    'req',
+    '-x509',
+    ...NEW_P256_KEY,
+    '-keyout',
+    `${name}.key`,
+    '-out',
+    `${name}.pem`,
+    '-days',
+    String(days),
+    '-subj',
+    subj,
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+}
+
+/** In `dir`: a P-256 key `<name>.key` and its CSR `<name>.csr` for the subject `subj`. */
+export function makeKeyAndCsr(dir: string, name: string, subj: string): void {
+  ossl(dir, ['req', ...NEW_P256_KEY, '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subj]);
+}
+
+/** In `dir`: `<name>.pem`, `<name>.csr` signed by `issuer` with the extensions `ext`, valid for `days` (-1: expired). */
+export function signCsr(dir: string, name: string, issuer: string, ext: string[], days: number): void {
+  writeFileSync(path.join(dir, `${name}.ext`), `${ext.join('\n')}\n`);
+  ossl(dir, [
+    'x509',
+    '-req',
+    '-in',
+    `${name}.csr`,
+    '-CA',
+    `${issuer}.pem`,
+    '-CAkey',
+    `${issuer}.key`,
+    '-CAcreateserial',
+    '-out',
+    `${name}.pem`,
+    '-days',
+    String(days),
+    '-extfile',
+    `${name}.ext`,
+  ]);
+}
+
 export function makePki(): TestPki {
   const dir = mkdtempSync(path.join(tmpdir(), 'xks-pki-'));
   const p = (f: string): string => path.join(dir, f);
-  const ca = (name: string): void => {
-    ossl(dir, [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.pem`,
-      '-days',
-      '30',
-      '-subj',
-      `/CN=${name}`,
-      '-addext',
-      'basicConstraints=critical,CA:TRUE',
-      '-addext',
-      'keyUsage=critical,keyCertSign,cRLSign',
-    ]);
-  };
-  ca('ca');
-  ca('other-ca');
-  /** A P-256 key `<name>.key` and its CSR `<name>.csr` for `/CN=<cn>`. */
-  const keyAndCsr = (name: string, cn: string): void => {
-    ossl(dir, [
-      'req',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      `${name}.key`,
-      '-out',
-      `${name}.csr`,
-      '-subj',
-      `/CN=${cn}`,
-    ]);
-  };
-  /** `<name>.pem`: `<name>.csr` signed by `issuer` with the extensions `ext`, valid for `days` (-1: expired). */
-  const sign = (name: string, issuer: string, ext: string[], days: number): void => {
-    writeFileSync(p(`${name}.ext`), `${ext.join('\n')}\n`);
-    ossl(dir, [
-      'x509',
-      '-req',
-      '-in',
-      `${name}.csr`,
-      '-CA',
-      `${issuer}.pem`,
-      '-CAkey',
-      `${issuer}.key`,
-      '-CAcreateserial',
-      '-out',
-      `${name}.pem`,
-      '-days',
-      String(days),
-      '-extfile',
-      `${name}.ext`,
-    ]);
-  };
+  makeCa(dir, 'ca');
+  makeCa(dir, 'other-ca');
+  const keyAndCsr = (name: string, cn: string): void => makeKeyAndCsr(dir, name, `/CN=${cn}`);
+  const sign = (name: string, issuer: string, ext: string[], days: number): void => signCsr(dir, name, issuer, ext, days);
   /** A leaf signed by `issuer` with the given SAN extension (or none) and validity. */
   const leaf = (name: string, issuer: string, san: string | undefined, cn: string, eku: string, expired = false): Pair => {
     keyAndCsr(name, cn);
@@ -182,11 +174,7 @@ export function makePki(): TestPki {
   ossl(dir, [
     'req',
     '-x509',
-    '-newkey',
-    'ec',
-    '-pkeyopt',
-    'ec_paramgen_curve:P-256',
-    '-nodes',
+    ...NEW_P256_KEY,
     '-keyout',
     'self.key',
     '-out',

@@ -54,6 +54,38 @@
       }
     },
     {
+      # The audit trail's writer thread. Its SHA-256 is the OpenSSL inside node (as xks_tls).
+      "target_name": "xks_audit",
+      "sources": [
+        "native/audit/addon.cc",
+        "native/audit/log.cc"
+      ],
+      "include_dirs": [
+        "<(node_root_dir)/include/node",
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++20"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra"],
+      "libraries": ["-lpthread"],
+      # Never unmapped while its thread may run (a worker thread's end dlcloses its addons).
+      "ldflags": ["-Wl,-z,nodelete"],
+      "configurations": {
+        "Release": {
+        "cflags!": ["-O3"],
+        "cflags_cc!": ["-O3"],
+        "cflags": ["-O2"],
+        "cflags_cc": ["-O2"]
+        }
+      }
+    },
+    {
       # The mTLS terminator. It uses the OpenSSL inside node (node exports its symbols): node's own
       # headers come first on the include path, and no -lssl/-lcrypto (two OpenSSLs in one process).
       "target_name": "xks_tls",

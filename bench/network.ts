@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import type { CGenerator, LoadResult } from './lib/loadgen.js';
 import { compileBenchC } from './lib/cc.js';
+import { withCpu, type ClosedRun } from './lib/cpu.js';
 import { callsBetween, NetModel, type ModelStatus } from './lib/netmodel.js';
 import { freePort, startProxyProcess, type Store } from './lib/procs.js';
 import { decryptBody, encryptBodies, healthBody, metadataBody, sendAll, signAll, type SignedRequest } from './lib/requests.js';
@@ -173,26 +174,6 @@ interface ProxyUnderTest {
   stop(): Promise<number | null>;
 }
 
-/** CPU time of a process so far (user + system, ms; USER_HZ is 100 on Linux). */
-function processCpuMs(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(f[11]) + Number(f[12])) * 10;
-}
-
-/** Idle and total jiffies of the whole machine so far. */
-function machineCpu(): { idle: number; total: number } {
-  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-  return { idle: f[3]! + f[4]!, total: f.reduce((a, b) => a + b, 0) };
-}
-
-/** A closed loop, with the proxy's CPU per request and how busy the machine was meanwhile. */
-export interface ClosedRun extends LoadResult {
-  /** The proxy process's CPU time per completed request (µs). */
-  proxyCpuUsPerRequest: number;
-  /** Share of the machine's CPU time not idle during the window (all processes). */
-  machineBusy: number;
-}
-
 async function startNetProxy(
   token: BenchToken,
   level: string,
@@ -275,16 +256,7 @@ function run(
 async function closedRun(gen: CGenerator, p: ProxyUnderTest, reqs: SignedRequest[], d: NetDurations): Promise<ClosedRun> {
   const raw = reqs.map((r) => r.raw);
   await run(gen, p.port, raw, NET_CONNECTIONS, 0, d.warmupMs);
-  const c0 = processCpuMs(p.pid);
-  const m0 = machineCpu();
-  const load = await run(gen, p.port, raw, NET_CONNECTIONS, 0, d.closedMs);
-  const c1 = processCpuMs(p.pid);
-  const m1 = machineCpu();
-  return {
-    ...load,
-    proxyCpuUsPerRequest: ((c1 - c0) * 1000) / Math.max(1, load.completed),
-    machineBusy: 1 - (m1.idle - m0.idle) / Math.max(1, m1.total - m0.total),
-  };
+  return withCpu(p.pid, () => run(gen, p.port, raw, NET_CONNECTIONS, 0, d.closedMs));
 }
 
 /** A sequential run (warmed up first) and the model's round trips and the proxy's log over its window. */

@@ -150,8 +150,6 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
         version: VERSION,
         audit,
       });
-      const workers = pool;
-      audit?.onStateChange((failed) => workers.pushAuditState(failed));
     }
     if (mtls && unix) {
       terminator = await startMtlsTerminator(

@@ -1,20 +1,19 @@
 /**
- * The one writer of the audit trail (format v1, docs/audit.md), on the main thread: records
- * from every event loop are chained (`prev` = SHA-256 of the previous line), appended to
- * `<file_prefix>.<period>.<n>.jsonl` with group commit (every line queued while a write is in
- * flight goes in the next write), checkpointed with the HSM's HMAC, rotated with the period, and
- * continued from the newest file at start-up. Every disk operation is asynchronous (libuv's
- * thread pool), so no event loop waits on the disk.
+ * The one writer of the audit trail (format v1, docs/audit.md), per process. The lines are made,
+ * chained (`prev` = SHA-256 of the previous line), written and synced by a thread of its own
+ * (native/audit/, src/audit/native.ts), which every event loop hands its records to directly
+ * (src/audit/channel.ts) and which tells each loop when they are on disk: no event loop waits on
+ * the disk, and a record crosses no other event loop.
  *
- * Durability: before-response opens the file O_DSYNC (each write returns once its lines are on
- * disk, as after an fdatasync: one thread-pool job per group, not two) and calls a record's
- * `written` after the write that covers it; batched writes what queued every BATCHED_WRITE_MS
- * (one write for many loop turns: a thread-pool hand-off costs the event loop more than the
- * record) and syncs at most every 100 ms.
+ * This class is that thread's control, on the main thread: it checks the HMAC key, opens each
+ * `<file_prefix>.<period>.<n>.jsonl` and writes its start record (continuing the chain of the
+ * newest file at start-up), computes each checkpoint's HMAC in the HSM when the thread asks, ends
+ * a file at its period's end or at a clean stop, and after a failure (disk full, permissions, a
+ * file size limit) tries every second to continue the chain in a new file (reason "torn").
  *
- * Failure: a failed write (disk full, permissions, file size limit) abandons the file; records are
- * then refused (`written(false)`) and every second the writer tries to continue the chain in a new
- * file (reason "torn"); once that works it serves again.
+ * Durability: before-response opens the file O_DSYNC (a write returns once its lines are on disk)
+ * and a record's `written` is called after the write that covers it; batched writes what queued
+ * every BATCHED_WRITE_MS and syncs at most every BATCHED_SYNC_MS.
  */
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -24,30 +23,19 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AuditSection } from '../config.js';
 import type { Logger } from '../log.js';
+import { ChannelSink } from './channel.js';
 import { chainTail, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
-import {
-  checkpointLine,
-  checkpointMessage,
-  GENESIS,
-  lineHash,
-  nowMicros,
-  rfc3339Micros,
-  startLine,
-  useLine,
-  type StartFields,
-} from './record.js';
+import { auditAddon, type AuditEventKind, type NativeAuditLog } from './native.js';
+import { checkpointLine, checkpointMessage, GENESIS, lineHash, nowMicros, rfc3339Micros, startLine, type StartFields } from './record.js';
 import type { AuditSink, Written } from './sink.js';
 
 export const BATCHED_SYNC_MS = 100;
-/** batched: lines wait at most this long for their write (or until BATCHED_WRITE_LINES queued). */
+/** batched: lines wait at most this long for their write. */
 export const BATCHED_WRITE_MS = 10;
-const BATCHED_WRITE_LINES = 4096;
 export const RETRY_MS = 1000;
 const ERROR_LOG_INTERVAL_MS = 60_000;
 const FILE_MODE = 0o640;
 const DIR_MODE = 0o750;
-/** append()'s mark of a checkpoint line (it has no record waiting for it). */
-const CHECKPOINT: Written = () => undefined;
 
 export interface AuditWriterOptions {
   section: AuditSection;
@@ -59,15 +47,11 @@ export interface AuditWriterOptions {
   stdout?: NodeJS.WritableStream | undefined;
 }
 
+/** The file the thread writes (it owns the descriptor). */
 interface OpenFile {
   name: string;
-  fd: number;
   period: string;
-  /** When the period ends (epoch microseconds): the next record then rotates. */
-  periodEnds: number;
   n: number;
-  /** seq of the next line. */
-  seq: number;
 }
 
 const p = <T>(f: (cb: (e: NodeJS.ErrnoException | null, v: T) => void) => void): Promise<T> =>
@@ -84,41 +68,45 @@ export class AuditWriter implements AuditSink {
   readonly failClosed: boolean;
   private readonly s: AuditSection;
   private readonly stdout: NodeJS.WritableStream | undefined;
+  private readonly thread: NativeAuditLog;
+  /** The main thread's own channel into the thread. */
+  private readonly sink: ChannelSink;
 
   private file: OpenFile | undefined;
-  /** Hash of the last line put in the chain. */
-  private head = GENESIS;
-  /** Records waiting to be put in the chain (while a checkpoint or a new file is being made). */
-  private pending: { fields: string; written: Written | undefined }[] = [];
-  /** An asynchronous step of the chain (checkpoint HMAC, rotation) is running: pending waits. */
-  private busy = false;
-  /** Lines chained, not yet handed to write(), and the callbacks of their records. */
-  private out: string[] = [];
-  private outWritten: Written[] = [];
-  private writing = false;
-  /** batched: the timer of the next write. */
-  private writeTimer: NodeJS.Timeout | undefined;
-  private idleWaiters: (() => void)[] = [];
-  private writeWaiters: (() => void)[] = [];
-  /** batched: lines written since the last fdatasync, and the timer of the next one. */
-  private unsynced = false;
-  private syncTimer: NodeJS.Timeout | undefined;
-  private sinceCheckpoint = 0;
-  /** The file's last line is a checkpoint (a rotation or a shutdown then needs none). */
-  private endsInCheckpoint = false;
-  private checkpointTimer: NodeJS.Timeout | undefined;
-  private checkpointDue = false;
+  /** The newest file made (a rotation's next file in the same period takes its n + 1). */
+  private lastFile: OpenFile | undefined;
+  /** Which file the thread's events are about (each useFile() has a new one; older events are stale). */
+  private epoch = 0;
   private broken: string | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** A rotation's next file is being opened. */
+  private opening: Promise<void> | undefined;
   private closing = false;
+  /** close() waits here for the file's end ("ended" or "failed"). */
+  private onEnd: (() => void) | undefined;
   private loggedAt = Number.NEGATIVE_INFINITY;
-  private readonly listeners: ((failed: boolean) => void)[] = [];
 
   private constructor(private readonly o: AuditWriterOptions) {
-    this.s = o.section;
-    this.waitsForDisk = o.section.durability === 'before-response';
-    this.failClosed = o.section.on_failure === 'fail-closed';
-    this.stdout = o.section.stdout ? (o.stdout ?? process.stdout) : undefined;
+    const s = o.section;
+    this.s = s;
+    this.waitsForDisk = s.durability === 'before-response';
+    this.failClosed = s.on_failure === 'fail-closed';
+    this.stdout = s.stdout ? (o.stdout ?? process.stdout) : undefined;
+    const { AuditLog } = auditAddon();
+    this.thread = new AuditLog(
+      {
+        durable: this.waitsForDisk,
+        writeMs: BATCHED_WRITE_MS,
+        syncMs: BATCHED_SYNC_MS,
+        checkpointEvery: s.checkpoint_every,
+        checkpointSecs: s.checkpoint_secs,
+        instance: this.instance,
+        copyOut: this.stdout !== undefined,
+        nowMicros: nowMicros(),
+      },
+      (kind, epoch, seq, time, head, needsCheckpoint, text) => this.onThread(kind, epoch, seq, time, head, needsCheckpoint, text),
+    );
+    this.sink = new ChannelSink({ waitsForDisk: this.waitsForDisk, failClosed: this.failClosed }, () => this.servedWithout());
   }
 
   /**
@@ -126,7 +114,6 @@ export class AuditWriter implements AuditSink {
    * opens a new file continuing the chain of the newest one. Throws a start-up error naming the problem.
    */
   static async open(o: AuditWriterOptions): Promise<AuditWriter> {
-    const w = new AuditWriter(o);
     const s = o.section;
     try {
       const mac = await o.hmac(Buffer.from('xks-proxy-audit-v1 start-up check', 'utf8'));
@@ -135,10 +122,12 @@ export class AuditWriter implements AuditSink {
       const why = e instanceof Error ? e.message : String(e);
       throw new Error(`audit.hmac_key_id: the HSM cannot compute an HMAC-SHA256 with the key "${s.hmac_key_id}": ${why}`);
     }
+    const w = new AuditWriter(o);
     try {
       await mkdir(s.directory, { recursive: true, mode: DIR_MODE });
       await w.openNext(undefined);
     } catch (e) {
+      w.shutDown();
       throw new Error(`audit.directory: cannot write the audit trail in ${s.directory}: ${errText(e)}`);
     }
     return w;
@@ -150,156 +139,121 @@ export class AuditWriter implements AuditSink {
   }
 
   failed(): boolean {
-    return this.broken !== undefined;
-  }
-
-  /** Called on every change between writable and broken. */
-  onStateChange(f: (failed: boolean) => void): void {
-    this.listeners.push(f);
+    return this.sink.failed();
   }
 
   record(fields: string, written?: Written): void {
-    if (this.broken !== undefined || this.closing) {
-      written?.(false);
-      return;
-    }
-    this.pending.push({ fields, written });
-    this.pump();
+    this.sink.record(fields, written);
   }
 
   servedWithout(): void {
     this.logError('a request was answered without its audit record ([audit] on_failure = "fail-open")');
   }
 
-  /** Clean shutdown: the pending records, a last checkpoint, fdatasync, close. */
+  /** Clean shutdown: the queued records, a last checkpoint, fdatasync, close. */
   async close(): Promise<void> {
+    if (this.closing) return;
     this.closing = true;
     clearTimeout(this.retryTimer);
-    clearTimeout(this.checkpointTimer);
-    while (this.busy || this.pending.length > 0) await this.idle();
+    await this.opening;
     if (this.file !== undefined && this.broken === undefined) {
-      if (!this.endsInCheckpoint) {
-        this.busy = true;
-        await this.checkpoint();
-        this.busy = false;
-      }
-      this.flush();
-      await this.idle();
-      await this.closeFile();
+      this.thread.ref();
+      await new Promise<void>((resolve) => {
+        this.onEnd = resolve;
+        this.thread.requestEnd();
+      });
+      this.thread.unref();
     }
-    clearTimeout(this.syncTimer);
+    this.shutDown();
   }
 
-  // ------------------------------------------------------------------ the chain
+  private shutDown(): void {
+    this.sink.close();
+    this.thread.close();
+  }
 
-  private pump(): void {
-    while (!this.busy && this.broken === undefined && this.file !== undefined && (this.pending.length > 0 || this.checkpointDue)) {
-      if (this.checkpointDue) {
-        this.checkpointDue = false;
-        if (this.sinceCheckpoint > 0) {
-          this.step(() => this.checkpoint());
-          break;
-        }
-        continue;
-      }
-      const now = nowMicros();
-      if (now >= this.file.periodEnds) {
-        this.step(() => this.rotate());
+  // ------------------------------------------------------------------ the thread's requests
+
+  private onThread(
+    kind: AuditEventKind,
+    epoch: number,
+    seq: number,
+    time: string,
+    head: string,
+    needsCheckpoint: boolean,
+    text: string,
+  ): void {
+    // Events about an earlier file (given up after a failure) are stale.
+    const current = epoch === this.epoch;
+    switch (kind) {
+      case 'text':
+        this.stdout?.write(text);
         break;
-      }
-      const batch = this.pending;
-      this.pending = [];
-      let i = 0;
-      for (; i < batch.length; i++) {
-        const r = batch[i]!;
-        this.append(useLine(this.common(now), r.fields, this.head), r.written);
-        if (++this.sinceCheckpoint === 1) this.armCheckpointTimer();
-        if (this.sinceCheckpoint >= this.s.checkpoint_every) {
-          i++;
-          this.step(() => this.checkpoint());
-          break;
+      case 'checkpoint':
+        if (current) void this.checkpointLine(seq, time, head).then((line) => this.thread.resume(epoch, line));
+        break;
+      case 'end':
+        if (current) {
+          void (needsCheckpoint ? this.checkpointLine(seq, time, head) : Promise.resolve(null)).then((line) =>
+            this.thread.finish(epoch, line),
+          );
         }
-      }
-      if (i < batch.length) this.pending = batch.slice(i).concat(this.pending);
+        break;
+      case 'ended':
+        if (current) this.ended(head);
+        break;
+      case 'failed':
+        if (current) this.fail(text);
+        break;
     }
-    this.flushSoon();
-    this.wakeIdle();
   }
 
-  /** Runs an asynchronous step of the chain; pending records wait for it. */
-  private step(f: () => Promise<void>): void {
-    this.busy = true;
-    f()
-      .catch((e: unknown) => this.fail(e))
+  /** A checkpoint line: the head and its HMAC from the HSM; null when the HSM cannot (logged: the checkpoint is skipped). */
+  private async checkpointLine(seq: number, time: string, head: string): Promise<string | null> {
+    const f = this.file;
+    if (f === undefined) return null;
+    try {
+      const mac = await this.o.hmac(checkpointMessage(f.name, seq, time, head));
+      return checkpointLine({ seq, time, instance: this.instance }, this.s.hmac_key_id, mac.toString('hex'), head);
+    } catch (e) {
+      this.logError('audit checkpoint skipped: the HSM did not compute its HMAC', e);
+      return null;
+    }
+  }
+
+  /** The file is closed: a clean stop is done; a rotation opens the next file, whose start record names it. */
+  private ended(head: string): void {
+    const f = this.file;
+    this.file = undefined;
+    if (this.closing || f === undefined) {
+      this.onEnd?.();
+      return;
+    }
+    this.opening = this.openNext({ reason: 'rotate', previousFile: f.name, previousHash: head })
+      .catch((e: unknown) => {
+        this.thread.markBroken();
+        this.fail(errText(e));
+      })
       .finally(() => {
-        this.busy = false;
-        this.pump();
+        this.opening = undefined;
       });
   }
 
-  private common(now: number): { seq: number; time: string; instance: string } {
-    return { seq: this.file!.seq, time: rfc3339Micros(now), instance: this.instance };
-  }
-
-  private append(line: string, written: Written | undefined): void {
-    this.head = lineHash(line);
-    this.file!.seq++;
-    this.endsInCheckpoint = written === CHECKPOINT;
-    this.out.push(line);
-    if (written !== undefined && written !== CHECKPOINT) this.outWritten.push(written);
-  }
-
-  private armCheckpointTimer(): void {
-    clearTimeout(this.checkpointTimer);
-    this.checkpointTimer = setTimeout(() => {
-      this.checkpointDue = true;
-      this.pump();
-    }, this.s.checkpoint_secs * 1000);
-    this.checkpointTimer.unref();
-  }
-
-  /** A checkpoint line: the head and its HMAC from the HSM. An HSM failure skips it (logged). */
-  private async checkpoint(): Promise<void> {
-    const f = this.file!;
-    const c = this.common(nowMicros());
-    const head = this.head;
-    clearTimeout(this.checkpointTimer);
-    this.sinceCheckpoint = 0;
-    let mac: Buffer;
-    try {
-      mac = await this.o.hmac(checkpointMessage(f.name, c.seq, c.time, head));
-    } catch (e) {
-      this.logError('audit checkpoint skipped: the HSM did not compute its HMAC', e);
-      return;
-    }
-    if (this.file !== f || this.broken !== undefined) return;
-    this.append(checkpointLine(c, this.s.hmac_key_id, mac.toString('hex'), head), CHECKPOINT);
-  }
-
-  /** The period changed: a checkpoint ends the file, the next one starts with reason "rotate". */
-  private async rotate(): Promise<void> {
-    const f = this.file!;
-    if (!this.endsInCheckpoint) await this.checkpoint();
-    this.flush();
-    await this.written();
-    if (this.broken !== undefined) return;
-    await this.closeFile();
-    await this.openNext({ reason: 'rotate', previousFile: f.name, previousHash: this.head });
-  }
-
   /**
-   * Opens the next file and writes (and syncs) its start record. `start` undefined: continue the
-   * chain found in the directory (start-up, recovery).
+   * Opens the next file, writes (and syncs) its start record and hands it to the thread. `start`
+   * undefined: continue the chain found in the directory (start-up, recovery).
    */
   private async openNext(start: Pick<StartFields, 'reason' | 'previousFile' | 'previousHash'> | undefined): Promise<void> {
     const s = this.s;
     const now = nowMicros();
     const period = periodOf(s.rotation_kind, now);
     let fields: Pick<StartFields, 'reason' | 'previousFile' | 'previousHash' | 'tornBytes'>;
+    let prev: string;
     let n = 1;
     if (start !== undefined) {
       fields = start;
-      if (this.file?.period === period) n = this.file.n + 1;
+      prev = start.previousHash ?? GENESIS;
+      if (this.lastFile?.period === period) n = this.lastFile.n + 1;
     } else {
       const tail: ChainTail | undefined = await chainTail(s.directory, s.file_prefix);
       if (tail === undefined) fields = { reason: 'first' };
@@ -309,7 +263,7 @@ export class AuditWriter implements AuditSink {
           : { reason: 'torn', previousFile: tail.file, previousHash: tail.lastHash, tornBytes: tail.tornBytes };
         if (tail.period === period) n = tail.n + 1;
       }
-      this.head = fields.previousHash ?? GENESIS;
+      prev = fields.previousHash ?? GENESIS;
     }
     let fd = -1;
     let name = '';
@@ -328,161 +282,47 @@ export class AuditWriter implements AuditSink {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST' || tries > 1000) throw e;
       }
     }
-    this.file = { name, fd, period, periodEnds: periodEnd(s.rotation_kind, now), n, seq: 0 };
+    let line: string;
     try {
       await p<void>((cb) => fchmod(fd, FILE_MODE, (e) => cb(e, undefined)));
-      const line = startLine(
-        this.common(now),
+      line = startLine(
+        { seq: 0, time: rfc3339Micros(now), instance: this.instance },
         { ...fields, host: os.hostname(), version: this.o.version, hmacKeyId: s.hmac_key_id },
-        this.head,
+        prev,
       );
-      this.head = lineHash(line);
-      this.file.seq = 1;
-      this.sinceCheckpoint = 0;
-      this.endsInCheckpoint = false;
       await writeAll(fd, Buffer.from(`${line}\n`, 'utf8'));
-      this.stdout?.write(`${line}\n`);
       await p<void>((cb) => fdatasync(fd, (e) => cb(e, undefined)));
       await syncDir(s.directory);
     } catch (e) {
       // Not one complete line made it (a full disk): the file goes, so that retries leave no trace.
-      this.file = undefined;
       await p<void>((cb) => closeFd(fd, (err) => cb(err, undefined))).catch(() => undefined);
       await unlink(path.join(s.directory, name)).catch(() => undefined);
       throw e;
     }
-  }
-
-  private async closeFile(): Promise<void> {
-    const f = this.file;
-    if (f === undefined) return;
-    this.file = undefined;
-    clearTimeout(this.syncTimer);
-    this.syncTimer = undefined;
-    this.unsynced = false;
-    try {
-      await p<void>((cb) => fdatasync(f.fd, (e) => cb(e, undefined)));
-    } finally {
-      await p<void>((cb) => closeFd(f.fd, (e) => cb(e, undefined)));
-    }
-  }
-
-  // ------------------------------------------------------------------ the disk
-
-  /**
-   * New lines are chained: before-response writes them now (or after the write in flight);
-   * batched within BATCHED_WRITE_MS, or now when many queued.
-   */
-  private flushSoon(): void {
-    if (this.waitsForDisk || this.out.length >= BATCHED_WRITE_LINES) {
-      this.flush();
-      return;
-    }
-    if (this.writeTimer !== undefined || this.writing || this.out.length === 0) return;
-    this.writeTimer = setTimeout(() => {
-      this.writeTimer = undefined;
-      this.flush();
-    }, BATCHED_WRITE_MS);
-  }
-
-  /** Hands every chained line to one write (before-response: O_DSYNC, on disk when it returns). */
-  private flush(): void {
-    clearTimeout(this.writeTimer);
-    this.writeTimer = undefined;
-    if (this.writing || this.out.length === 0 || this.file === undefined) {
-      if (!this.writing) this.wakeIdle();
-      return;
-    }
-    const f = this.file;
-    const text = `${this.out.join('\n')}\n`;
-    const written = this.outWritten;
-    this.out = [];
-    this.outWritten = [];
-    this.writing = true;
-    const sync = this.waitsForDisk;
-    writeAll(f.fd, Buffer.from(text, 'utf8')).then(
-      () => {
-        this.stdout?.write(text);
-        this.writing = false;
-        if (!sync) this.scheduleSync(f);
-        for (const w of written) w(true);
-        if (sync) this.flush();
-        else this.flushSoon();
-        this.wakeIdle();
-      },
-      (e: unknown) => {
-        this.writing = false;
-        this.fail(e, written);
-      },
-    );
-  }
-
-  private scheduleSync(f: OpenFile): void {
-    this.unsynced = true;
-    if (this.syncTimer !== undefined) return;
-    this.syncTimer = setTimeout(() => {
-      this.syncTimer = undefined;
-      if (this.file !== f || !this.unsynced) return;
-      this.unsynced = false;
-      fdatasync(f.fd, (e) => {
-        if (e) this.fail(e);
-      });
-    }, BATCHED_SYNC_MS);
-  }
-
-  /** Resolves when no line is queued or being written and no step runs. */
-  private idle(): Promise<void> {
-    if (!this.writing && this.out.length === 0 && !this.busy && this.pending.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  /** Resolves when every chained line is written (a step of the chain may be running: rotation). */
-  private written(): Promise<void> {
-    if (!this.writing && this.out.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.writeWaiters.push(resolve));
-  }
-
-  private wakeIdle(): void {
-    if (this.writing || this.out.length > 0) return;
-    const lines = this.writeWaiters;
-    this.writeWaiters = [];
-    for (const w of lines) w();
-    if (this.busy || this.pending.length > 0) return;
-    const ws = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of ws) w();
+    this.stdout?.write(`${line}\n`);
+    this.file = { name, period, n };
+    this.lastFile = this.file;
+    this.epoch++;
+    this.thread.useFile(this.epoch, fd, 1, lineHash(line), periodEnd(s.rotation_kind, now));
   }
 
   // ------------------------------------------------------------------ failure and recovery
 
-  /** The trail cannot be written: refuse records, abandon the file, retry every RETRY_MS. */
-  private fail(e: unknown, inFlight: readonly Written[] = []): void {
-    if (this.broken !== undefined) {
-      for (const w of inFlight) w(false);
+  /** The trail cannot be written: the thread refuses records; retry every RETRY_MS. */
+  private fail(code: string): void {
+    this.file = undefined;
+    if (this.closing) {
+      this.onEnd?.();
       return;
     }
-    this.broken = errText(e);
-    const lost = [...inFlight, ...this.pending.map((r) => r.written), ...this.outWritten];
-    this.pending = [];
-    this.out = [];
-    this.outWritten = [];
-    const f = this.file;
-    this.file = undefined;
-    clearTimeout(this.checkpointTimer);
-    clearTimeout(this.syncTimer);
-    this.syncTimer = undefined;
-    clearTimeout(this.writeTimer);
-    this.writeTimer = undefined;
-    if (f !== undefined) closeFd(f.fd, () => undefined);
+    if (this.broken !== undefined) return;
+    this.broken = code;
     this.logError(
       this.failClosed
         ? 'the audit trail cannot be written: key-use requests are answered 500 and health UNAVAILABLE until it can ([audit] on_failure = "fail-closed")'
         : 'the audit trail cannot be written: requests are served without their records until it can ([audit] on_failure = "fail-open")',
-      e,
+      code,
     );
-    for (const l of this.listeners) l(true);
-    for (const w of lost) w?.(false);
-    this.wakeIdle();
     this.scheduleRetry();
   }
 
@@ -494,8 +334,6 @@ export class AuditWriter implements AuditSink {
           const was = this.broken;
           this.broken = undefined;
           this.o.log.info('the audit trail is written again', { file: this.file?.name, after: was });
-          for (const l of this.listeners) l(false);
-          this.pump();
         },
         () => this.scheduleRetry(),
       );
@@ -507,7 +345,10 @@ export class AuditWriter implements AuditSink {
     const now = performance.now();
     if (now - this.loggedAt < ERROR_LOG_INTERVAL_MS) return;
     this.loggedAt = now;
-    this.o.log.error(message, { directory: this.s.directory, ...(e !== undefined ? { error: errText(e) } : {}) });
+    this.o.log.error(message, {
+      directory: this.s.directory,
+      ...(e !== undefined ? { error: typeof e === 'string' ? e : errText(e) } : {}),
+    });
   }
 }
 

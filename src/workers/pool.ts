@@ -8,7 +8,6 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { AuditBridge, auditInit } from '../audit/remote.js';
 import type { AuditWriter } from '../audit/writer.js';
 import type { LoadedConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
@@ -38,8 +37,8 @@ class WorkerHandle {
   private nextId = 1;
   readonly exited: Promise<number>;
   stopped: { drained: boolean } | undefined;
-  /** Its records into the audit writer (when [audit] is on). */
-  audit: AuditBridge | undefined;
+  /** The audit writer, which logs the worker's 200s sent without their record (fail-open). */
+  audit: AuditWriter | undefined;
 
   constructor(
     readonly index: number,
@@ -84,9 +83,8 @@ class WorkerHandle {
       case 'stopped':
         this.stopped = { drained: m.drained };
         break;
-      case 'audit':
       case 'audit-served-without':
-        this.audit?.receive(m);
+        this.audit?.servedWithout();
         break;
       default:
         break;
@@ -113,7 +111,7 @@ export interface PoolOptions {
   shares: readonly { poolMaxSize: number; threads: number; adaptCores?: number }[];
   health: HealthVerdict | undefined;
   log: BufferedLogger;
-  /** The audit trail's one writer (the workers' records go there); undefined without [audit]. */
+  /** The audit trail's one writer (every loop's records go to its thread); undefined without [audit]. */
   audit?: AuditWriter | undefined;
   /** The main thread's own metrics (event loop 0); undefined when [metrics] is off. */
   metrics: Metrics | undefined;
@@ -144,7 +142,7 @@ export class WorkerPool {
         threads: share.threads,
         adaptCores: share.adaptCores,
         health: options.health,
-        audit: options.audit === undefined ? undefined : auditInit(options.audit),
+        audit: options.audit === undefined ? undefined : { waitsForDisk: options.audit.waitsForDisk, failClosed: options.audit.failClosed },
       };
       const worker = new Worker(script, { workerData: init, execArgv: [] });
       let handle: WorkerHandle | undefined;
@@ -168,10 +166,7 @@ export class WorkerPool {
         });
       });
       handle = new WorkerHandle(index, worker, log, ready);
-      if (options.audit !== undefined) {
-        const w = worker;
-        handle.audit = new AuditBridge(options.audit, (m) => w.postMessage(m));
-      }
+      handle.audit = options.audit;
       handles.push(handle);
     }
     const outcomes = await Promise.allSettled(handles.map((h) => h.ready));
@@ -228,11 +223,6 @@ export class WorkerPool {
       else if (r.value.type === 'reloaded' && !r.value.ok) errors.push(`worker ${i + 1}: ${r.value.error ?? 'refused'}`);
     });
     return { ok: errors.length === 0, errors };
-  }
-
-  /** The audit trail became writable or not: key use on every loop follows (fail-closed). */
-  pushAuditState(failed: boolean): void {
-    for (const w of this.workers) if (w.stopped === undefined) w.post({ type: 'audit-state', failed });
   }
 
   /** The deep health check's new verdict, for GetHealthStatus on every loop. */

@@ -3,7 +3,7 @@
  * port; one port per worker, so messages of one worker arrive in order: its log lines before its
  * 'stopped').
  */
-import type { AuditInit, AuditRecordsMessage, AuditServedWithoutMessage, AuditStateMessage, AuditWrittenMessage } from '../audit/remote.js';
+import type { AuditInit, AuditServedWithoutMessage } from '../audit/channel.js';
 import type { Config, ConfigSecrets, LoadedConfig } from '../config.js';
 import { configSecrets, reviveConfig } from '../config.js';
 import type { HealthVerdict } from '../hsm/hsm.js';
@@ -43,7 +43,7 @@ export interface WorkerInit {
   adaptCores?: number;
   /** The deep health check's verdict when the main thread runs one (forwarded on every change). */
   health: HealthVerdict | undefined;
-  /** The audit trail's mode and state when [audit] is on (the records go to the main thread's writer). */
+  /** The audit trail's mode when [audit] is on (the records go to the process's writer thread). */
   audit?: AuditInit | undefined;
 }
 
@@ -51,9 +51,7 @@ export type ToWorker =
   | { type: 'snapshot'; id: number }
   | { type: 'reload'; id: number; settings: SettingsMessage }
   | { type: 'health'; verdict: HealthVerdict }
-  | { type: 'stop'; drainMs: number }
-  | AuditWrittenMessage
-  | AuditStateMessage;
+  | { type: 'stop'; drainMs: number };
 
 export type FromWorker =
   | { type: 'ready' }
@@ -62,7 +60,6 @@ export type FromWorker =
   | { type: 'snapshot'; id: number; snapshot: MetricsSnapshot }
   | { type: 'reloaded'; id: number; ok: boolean; error?: string }
   | { type: 'stopped'; drained: boolean }
-  | AuditRecordsMessage
   | AuditServedWithoutMessage;
 
 export function isWorkerInit(v: unknown): v is WorkerInit {

@@ -12,7 +12,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Writable } from 'node:stream';
 import type { Config } from '../config.js';
-import { RemoteAuditSink } from '../audit/remote.js';
+import { ChannelSink } from '../audit/channel.js';
 import { Hsm, type HealthSource, type HealthVerdict } from '../hsm/hsm.js';
 import { startServer, type RunningServer } from '../http/server.js';
 import { createLogger, createNullLogger, type BufferedLogger } from '../log.js';
@@ -66,8 +66,8 @@ async function run(): Promise<void> {
     const metrics = config.metrics.enabled ? metricsFor(engine) : undefined;
     const keyStores = keyStoreRoutes(config, undefined, init.count);
     const base = baseServerOptions(config, init.port);
-    // The trail's records go to the main thread's writer.
-    const audit = init.audit === undefined ? undefined : new RemoteAuditSink(init.audit, send);
+    // The trail's records go straight to the process's writer thread.
+    const audit = init.audit === undefined ? undefined : new ChannelSink(init.audit, () => send({ type: 'audit-served-without' }));
     server = await startServer(
       { ...base, pingListener: false, portSharing: 'join', keyStores, authorizer, metrics },
       opContext(config, hsm, audit),
@@ -84,6 +84,7 @@ async function run(): Promise<void> {
       const drained = await drainWithGrace(running, drainMs);
       if (!drained) log.warn('stopping with requests still in flight', { waited_ms: drainMs });
       running.closeConnections();
+      audit?.close();
       await engine.close();
       await log.close();
       send({ type: 'stopped', drained });
@@ -105,10 +106,6 @@ async function run(): Promise<void> {
           break;
         case 'stop':
           void stop(m.drainMs);
-          break;
-        case 'audit-written':
-        case 'audit-state':
-          audit?.receive(m);
           break;
       }
     });

@@ -1,0 +1,373 @@
+// N-API surface of the audit trail's writer thread (build/Release/xks_audit.node), used only by
+// src/audit/native.ts:
+//   new AuditLog(options, onEvent(kind, epoch, seq, time, head, flag, text))   (the main thread)
+//     useFile(epoch, fd, seq, headHex, periodEndsUs), resume(epoch, line), finish(epoch, line),
+//     requestEnd(), markBroken(), ref(), unref(), close()
+//   new AuditChannel(onWritten(ids: Uint32Array, ok))                          (any event loop)
+//     record(fields, id) -> boolean, failed() -> boolean, close()
+// One AuditLog per process; every event loop's channel hands its records to it directly.
+#include <napi.h>
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "log.h"
+
+namespace {
+
+using xks::audit::Event;
+using xks::audit::Log;
+
+std::mutex gMu;
+std::weak_ptr<Log> gCurrent;  // the open log, which channels attach to
+
+int64_t MonoUs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+const char* KindName(Event::Kind k) {
+  switch (k) {
+    case Event::kCheckpoint:
+      return "checkpoint";
+    case Event::kEnd:
+      return "end";
+    case Event::kEnded:
+      return "ended";
+    case Event::kFailed:
+      return "failed";
+    case Event::kText:
+      return "text";
+  }
+  return "unknown";
+}
+
+double Num(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw Napi::TypeError::New(o.Env(), std::string("options.") + key + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+bool Bool(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsBoolean()) throw Napi::TypeError::New(o.Env(), std::string("options.") + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+uint32_t Epoch(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "epoch must be a number");
+  return info[0].As<Napi::Number>().Uint32Value();
+}
+
+std::string LineArg(const Napi::Value& v) {
+  if (v.IsNull() || v.IsUndefined()) return std::string();
+  if (!v.IsString()) throw Napi::TypeError::New(v.Env(), "line must be a string or null");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+// A thread-safe function that keeps no event loop alive unless ref()'d.
+napi_threadsafe_function MakeTsfn(Napi::Env env, Napi::Function fn, const char* name, void* context,
+                                  napi_threadsafe_function_call_js call) {
+  napi_threadsafe_function t = nullptr;
+  napi_status s = napi_create_threadsafe_function(env, fn, nullptr, Napi::String::New(env, name), 0, 1, nullptr,
+                                                  nullptr, context, call, &t);
+  if (s != napi_ok) throw Napi::Error::New(env, "cannot create a thread-safe function");
+  napi_unref_threadsafe_function(env, t);
+  return t;
+}
+
+// ------------------------------------------------------------------ the control
+
+class LogWrap : public Napi::ObjectWrap<LogWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "AuditLog",
+                       {InstanceMethod<&LogWrap::UseFile>("useFile"), InstanceMethod<&LogWrap::Resume>("resume"),
+                        InstanceMethod<&LogWrap::Finish>("finish"), InstanceMethod<&LogWrap::RequestEnd>("requestEnd"),
+                        InstanceMethod<&LogWrap::MarkBroken>("markBroken"), InstanceMethod<&LogWrap::Ref>("ref"),
+                        InstanceMethod<&LogWrap::Unref>("unref"), InstanceMethod<&LogWrap::Close>("close")});
+  }
+
+  explicit LogWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LogWrap>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction()) {
+      throw Napi::TypeError::New(env, "new AuditLog(options, onEvent)");
+    }
+    Napi::Object o = info[0].As<Napi::Object>();
+    xks::audit::Options opt;
+    opt.durable = Bool(o, "durable");
+    opt.writeMs = static_cast<int64_t>(Num(o, "writeMs"));
+    opt.syncMs = static_cast<int64_t>(Num(o, "syncMs"));
+    opt.checkpointEvery = static_cast<uint32_t>(Num(o, "checkpointEvery"));
+    opt.checkpointSecs = static_cast<int64_t>(Num(o, "checkpointSecs"));
+    opt.copyOut = Bool(o, "copyOut");
+    Napi::Value inst = o.Get("instance");
+    if (!inst.IsString()) throw Napi::TypeError::New(env, "options.instance must be a string");
+    opt.instance = inst.As<Napi::String>().Utf8Value();
+    // The control's clock (performance.timeOrigin + performance.now(), microseconds) against ours.
+    opt.clockOffsetUs = static_cast<int64_t>(Num(o, "nowMicros")) - MonoUs();
+    if (opt.checkpointEvery == 0) throw Napi::RangeError::New(env, "options.checkpointEvery must be > 0");
+    {
+      std::lock_guard<std::mutex> l(gMu);
+      if (!gCurrent.expired()) throw Napi::Error::New(env, "an audit log is open already in this process");
+      tsfn_ = MakeTsfn(env, info[1].As<Napi::Function>(), "xks-audit-control", this, &LogWrap::CallJs);
+      napi_threadsafe_function t = tsfn_;
+      log_ = std::make_shared<Log>(opt, [t] { napi_call_threadsafe_function(t, nullptr, napi_tsfn_nonblocking); });
+      gCurrent = log_;
+    }
+    napi_add_env_cleanup_hook(env, &LogWrap::Cleanup, this);
+    hooked_ = true;
+  }
+
+  ~LogWrap() override { Shutdown(); }
+
+ private:
+  static void Cleanup(void* self) {
+    auto* w = static_cast<LogWrap*>(self);
+    w->hooked_ = false;
+    w->Shutdown();
+  }
+
+  void Shutdown() {
+    if (log_ == nullptr) return;
+    {
+      std::lock_guard<std::mutex> l(gMu);
+      if (gCurrent.lock() == log_) gCurrent.reset();
+    }
+    log_->stop();
+    log_.reset();
+    napi_release_threadsafe_function(tsfn_, napi_tsfn_release);
+    tsfn_ = nullptr;
+    if (hooked_) {
+      napi_remove_env_cleanup_hook(env_, &LogWrap::Cleanup, this);
+      hooked_ = false;
+    }
+  }
+
+  static void CallJs(napi_env env, napi_value fn, void* context, void* /*data*/) {
+    if (env == nullptr) return;
+    auto* self = static_cast<LogWrap*>(context);
+    if (self->log_ == nullptr) return;
+    Napi::Env e(env);
+    Napi::HandleScope scope(e);
+    Napi::Function f(env, fn);
+    for (Event& ev : self->log_->takeEvents()) {
+      try {
+        f.Call({Napi::String::New(e, KindName(ev.kind)), Napi::Number::New(e, ev.epoch),
+                Napi::Number::New(e, static_cast<double>(ev.seq)), Napi::String::New(e, ev.time),
+                Napi::String::New(e, ev.head), Napi::Boolean::New(e, ev.needsCheckpoint),
+                Napi::String::New(e, ev.text)});
+      } catch (...) {
+        // A throwing handler must not cross into Node from here.
+      }
+      if (self->log_ == nullptr) return;  // the handler closed the log
+    }
+  }
+
+  Log& log(const Napi::CallbackInfo& info) {
+    if (log_ == nullptr) throw Napi::Error::New(info.Env(), "the audit log is closed");
+    return *log_;
+  }
+
+  Napi::Value UseFile(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 5 || !info[1].IsNumber() || !info[2].IsNumber() || !info[3].IsString() || !info[4].IsNumber()) {
+      throw Napi::TypeError::New(env, "useFile(epoch, fd, seq, headHex, periodEndsUs)");
+    }
+    const std::string hex = info[3].As<Napi::String>().Utf8Value();
+    Log::Head head{};
+    if (hex.size() != 64) throw Napi::RangeError::New(env, "headHex must be 64 hex digits");
+    for (size_t i = 0; i < 32; i++) {
+      auto nib = [&](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        throw Napi::RangeError::New(env, "headHex must be lowercase hex");
+      };
+      head[i] = static_cast<uint8_t>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));
+    }
+    const double ends = info[4].As<Napi::Number>().DoubleValue();
+    log(info).useFile(Epoch(info), info[1].As<Napi::Number>().Int32Value(),
+                      static_cast<uint64_t>(info[2].As<Napi::Number>().DoubleValue()), head,
+                      ends >= 9.2e18 ? INT64_MAX : static_cast<int64_t>(ends));
+    return env.Undefined();
+  }
+
+  Napi::Value Resume(const Napi::CallbackInfo& info) {
+    log(info).resume(Epoch(info), LineArg(info[1]));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Finish(const Napi::CallbackInfo& info) {
+    log(info).finish(Epoch(info), LineArg(info[1]));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RequestEnd(const Napi::CallbackInfo& info) {
+    log(info).requestEnd();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value MarkBroken(const Napi::CallbackInfo& info) {
+    log(info).markBroken();
+    return info.Env().Undefined();
+  }
+
+  // While the control awaits an answer of the thread (a clean stop), the event loop must stay up.
+  Napi::Value Ref(const Napi::CallbackInfo& info) {
+    if (tsfn_ != nullptr) napi_ref_threadsafe_function(info.Env(), tsfn_);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Unref(const Napi::CallbackInfo& info) {
+    if (tsfn_ != nullptr) napi_unref_threadsafe_function(info.Env(), tsfn_);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  napi_env env_;
+  std::shared_ptr<Log> log_;
+  napi_threadsafe_function tsfn_ = nullptr;
+  bool hooked_ = false;
+};
+
+// ------------------------------------------------------------------ one event loop's channel
+
+class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Channel {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "AuditChannel",
+                       {InstanceMethod<&ChannelWrap::Record>("record"), InstanceMethod<&ChannelWrap::Failed>("failed"),
+                        InstanceMethod<&ChannelWrap::Close>("close")});
+  }
+
+  explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "new AuditChannel(onWritten)");
+    {
+      std::lock_guard<std::mutex> l(gMu);
+      log_ = gCurrent.lock();
+    }
+    if (log_ == nullptr) throw Napi::Error::New(env, "no audit log is open in this process");
+    tsfn_ = MakeTsfn(env, info[0].As<Napi::Function>(), "xks-audit-written", this, &ChannelWrap::CallJs);
+    id_ = log_->attach(this);
+    napi_add_env_cleanup_hook(env, &ChannelWrap::Cleanup, this);
+    hooked_ = true;
+  }
+
+  ~ChannelWrap() override { Shutdown(); }
+
+  // The writer thread (under the log's channel lock, so never after Shutdown's detach).
+  void written(const std::vector<uint32_t>& ids, bool ok) override {
+    bool first;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      std::vector<uint32_t>& to = ok ? ok_ : lost_;
+      first = ok_.empty() && lost_.empty();
+      to.insert(to.end(), ids.begin(), ids.end());
+    }
+    if (first) napi_call_threadsafe_function(tsfn_, nullptr, napi_tsfn_nonblocking);
+  }
+
+ private:
+  static void Cleanup(void* self) {
+    auto* c = static_cast<ChannelWrap*>(self);
+    c->hooked_ = false;
+    c->Shutdown();
+  }
+
+  void Shutdown() {
+    if (log_ == nullptr) return;
+    log_->detach(id_);
+    log_.reset();
+    napi_release_threadsafe_function(tsfn_, napi_tsfn_release);
+    tsfn_ = nullptr;
+    if (hooked_) {
+      napi_remove_env_cleanup_hook(env_, &ChannelWrap::Cleanup, this);
+      hooked_ = false;
+    }
+  }
+
+  static void CallJs(napi_env env, napi_value fn, void* context, void* /*data*/) {
+    if (env == nullptr) return;
+    auto* self = static_cast<ChannelWrap*>(context);
+    std::vector<uint32_t> ok;
+    std::vector<uint32_t> lost;
+    {
+      std::lock_guard<std::mutex> l(self->mu_);
+      ok.swap(self->ok_);
+      lost.swap(self->lost_);
+    }
+    Napi::Env e(env);
+    Napi::HandleScope scope(e);
+    Napi::Function f(env, fn);
+    for (int pass = 0; pass < 2; pass++) {
+      const std::vector<uint32_t>& ids = pass == 0 ? ok : lost;
+      if (ids.empty()) continue;
+      Napi::Uint32Array a = Napi::Uint32Array::New(e, ids.size());
+      std::copy(ids.begin(), ids.end(), a.Data());
+      try {
+        f.Call({a, Napi::Boolean::New(e, pass == 0)});
+      } catch (...) {
+        // A throwing handler must not cross into Node from here.
+      }
+    }
+  }
+
+  // record(fields, id): the fields' UTF-8 go straight into the log's inbox (no wait on the disk).
+  Napi::Value Record(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+      throw Napi::TypeError::New(env, "record(fields, id)");
+    }
+    if (log_ == nullptr) return Napi::Boolean::New(env, false);
+    size_t len = 0;
+    napi_value s = info[0];
+    if (scratch_.size() < kScratch) scratch_.resize(kScratch);
+    napi_get_value_string_utf8(env, s, scratch_.data(), scratch_.size(), &len);
+    if (len + 1 >= scratch_.size()) {  // maybe cut short: measure, then copy in full
+      napi_get_value_string_utf8(env, s, nullptr, 0, &len);
+      scratch_.resize(len + 1);
+      napi_get_value_string_utf8(env, s, scratch_.data(), scratch_.size(), &len);
+    }
+    const bool ok = log_->record(id_, info[1].As<Napi::Number>().Uint32Value(), scratch_.data(), len);
+    return Napi::Boolean::New(env, ok);
+  }
+
+  Napi::Value Failed(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), log_ == nullptr || log_->broken());
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Shutdown();
+    return info.Env().Undefined();
+  }
+
+  static constexpr size_t kScratch = 8192;
+
+  napi_env env_;
+  std::shared_ptr<Log> log_;
+  uint32_t id_ = 0;
+  napi_threadsafe_function tsfn_ = nullptr;
+  bool hooked_ = false;
+  std::mutex mu_;
+  std::vector<uint32_t> ok_;
+  std::vector<uint32_t> lost_;
+  std::vector<char> scratch_;
+};
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("AuditLog", LogWrap::Define(env));
+  exports.Set("AuditChannel", ChannelWrap::Define(env));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(xks_audit, Init)

@@ -1,0 +1,75 @@
+/**
+ * One event loop's sink of the audit trail: its records go straight to the writer thread
+ * (src/audit/native.ts), which calls back on this loop once they are on disk. The same on the
+ * main thread and on every worker thread.
+ */
+import { auditAddon, type NativeAuditChannel } from './native.js';
+import type { AuditSink, Written } from './sink.js';
+
+/** What a worker thread is told of the trail at its start. */
+export interface AuditInit {
+  waitsForDisk: boolean;
+  failClosed: boolean;
+}
+
+/** Worker -> main: a 200 went out without its record (fail-open); the writer logs it. */
+export interface AuditServedWithoutMessage {
+  type: 'audit-served-without';
+}
+
+const MAX_ID = 0xffff_ffff;
+
+export class ChannelSink implements AuditSink {
+  readonly waitsForDisk: boolean;
+  readonly failClosed: boolean;
+  private readonly channel: NativeAuditChannel;
+  private readonly waiting = new Map<number, Written>();
+  private nextId = 1;
+
+  constructor(
+    init: AuditInit,
+    private readonly onServedWithout: () => void,
+  ) {
+    this.waitsForDisk = init.waitsForDisk;
+    this.failClosed = init.failClosed;
+    const { AuditChannel } = auditAddon();
+    this.channel = new AuditChannel((ids, ok) => {
+      for (const id of ids) {
+        const w = this.waiting.get(id);
+        if (w === undefined) continue;
+        this.waiting.delete(id);
+        w(ok);
+      }
+    });
+  }
+
+  failed(): boolean {
+    return this.channel.failed();
+  }
+
+  record(fields: string, written?: Written): void {
+    let id = 0;
+    if (written !== undefined) {
+      id = this.nextId;
+      this.nextId = id === MAX_ID ? 1 : id + 1;
+      this.waiting.set(id, written);
+    }
+    if (this.channel.record(fields, id)) return;
+    if (written !== undefined) {
+      this.waiting.delete(id);
+      written(false);
+    }
+  }
+
+  servedWithout(): void {
+    this.onServedWithout();
+  }
+
+  /** This loop is done: records still waiting count as lost. */
+  close(): void {
+    this.channel.close();
+    const lost = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of lost) w(false);
+  }
+}

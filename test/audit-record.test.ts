@@ -1,0 +1,157 @@
+/**
+ * The use record's bytes: the fields fragment made on each event loop (useFields) and the line
+ * the writer thread frames around it (native/audit/log.cc) must be exactly what JSON.stringify of
+ * the record's fields in their order gives, for any string a request can carry; the thread's time
+ * stamps are the writer's clock in rfc3339Micros's format, and its chain is SHA-256 of each line.
+ */
+import { createHash, randomInt } from 'node:crypto';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { auditAddon } from '../src/audit/native.js';
+import { GENESIS, nowMicros, rfc3339Micros, useFields, type AuditUse } from '../src/audit/record.js';
+
+const tricky = [
+  '',
+  'plain',
+  'quote " in',
+  'back\\slash',
+  'new\nline',
+  'tab\t',
+  '\u0000\u001f\u007f',
+  'Ünïcödé ✓',
+  '\u2028\u2029',
+  '\ud800 lone',
+  'emoji 😀',
+  '</script>',
+];
+
+function sample(): AuditUse {
+  const pick = (): string =>
+    randomInt(3) === 0 ? tricky[randomInt(tricky.length)]! : `arn:aws:iam::${randomInt(1e9)}:user/u-${randomInt(1e6)}`;
+  const maybe = (): string | undefined => (randomInt(3) === 0 ? undefined : pick());
+  return {
+    kmsRequestId: maybe(),
+    kmsOperation: maybe(),
+    awsPrincipalArn: maybe(),
+    kmsKeyArn: maybe(),
+    kmsViaService: maybe(),
+    awsSourceVpc: maybe(),
+    awsSourceVpce: maybe(),
+    prefix: pick(),
+    keyId: pick(),
+    operation: pick(),
+    outcome: pick(),
+    status: [200, 400, 401, 500][randomInt(4)]!,
+    micros: randomInt(1e7),
+    accessKeyId: maybe(),
+    client: pick(),
+  };
+}
+
+/** The definition: JSON.stringify of an object with the fields in order, absent ones left out. */
+function plain(u: AuditUse): string {
+  const o: Record<string, unknown> = {};
+  for (const k of [
+    'kmsRequestId',
+    'kmsOperation',
+    'awsPrincipalArn',
+    'kmsKeyArn',
+    'kmsViaService',
+    'awsSourceVpc',
+    'awsSourceVpce',
+  ] as const) {
+    if (u[k] !== undefined) o[k] = u[k];
+  }
+  Object.assign(o, { prefix: u.prefix, keyId: u.keyId, operation: u.operation, outcome: u.outcome, status: u.status, micros: u.micros });
+  if (u.accessKeyId !== undefined) o.accessKeyId = u.accessKeyId;
+  o.client = u.client;
+  return JSON.stringify(o).slice(1, -1);
+}
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe('audit use records', () => {
+  it('useFields gives the bytes JSON.stringify gives, for every kind of string', () => {
+    for (const s of tricky) {
+      const u: AuditUse = {
+        prefix: s,
+        keyId: s,
+        operation: s,
+        outcome: s,
+        status: 200,
+        micros: 1,
+        client: s,
+        kmsRequestId: s,
+        accessKeyId: s,
+      };
+      expect(useFields(u)).toBe(plain(u));
+    }
+    for (let i = 0; i < 3000; i++) {
+      const u = sample();
+      expect(useFields(u)).toBe(plain(u));
+    }
+  });
+
+  it('the writer thread frames, stamps and chains each line as JSON.stringify and SHA-256 define it', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'xks-audit-record-'));
+    dirs.push(dir);
+    const file = path.join(dir, 'trail.jsonl');
+    const { AuditLog, AuditChannel } = auditAddon();
+    const instance = '8f0c1111-2222-4333-8444-555566667777';
+    const log = new AuditLog(
+      {
+        durable: true,
+        writeMs: 10,
+        syncMs: 100,
+        checkpointEvery: 1_000_000,
+        checkpointSecs: 3600,
+        instance,
+        copyOut: false,
+        nowMicros: nowMicros(),
+      },
+      () => undefined,
+    );
+    const uses = Array.from({ length: 500 }, sample);
+    const before = nowMicros();
+    try {
+      log.useFile(1, openSync(file, 'a'), 1, GENESIS, Number.POSITIVE_INFINITY);
+      const written = new Set<number>();
+      const done = new Promise<void>((resolve) => {
+        const channel = new AuditChannel((ids, ok) => {
+          expect(ok).toBe(true);
+          for (const id of ids) written.add(id);
+          if (written.size === uses.length) {
+            channel.close();
+            resolve();
+          }
+        });
+        for (const [i, u] of uses.entries()) expect(channel.record(useFields(u), i + 1)).toBe(true);
+      });
+      await done;
+    } finally {
+      log.close();
+    }
+    const after = nowMicros();
+    const lines = readFileSync(file, 'utf8').split('\n');
+    expect(lines.pop()).toBe('');
+    expect(lines).toHaveLength(uses.length);
+    let prev = GENESIS;
+    let lastTime = '';
+    lines.forEach((line, i) => {
+      const o = JSON.parse(line) as { time: string };
+      const expected = `{"v":1,"type":"use","seq":${i + 1},"time":"${o.time}","instance":"${instance}",${plain(uses[i]!)},"prev":"${prev}"}`;
+      expect(line).toBe(expected);
+      expect(line).toBe(JSON.stringify(JSON.parse(line)));
+      // The writer's clock, in rfc3339Micros's format, never going back.
+      expect(o.time >= rfc3339Micros(before) && o.time <= rfc3339Micros(after)).toBe(true);
+      expect(o.time >= lastTime).toBe(true);
+      lastTime = o.time;
+      prev = createHash('sha256').update(line, 'utf8').digest('hex');
+    });
+  });
+});

@@ -91,6 +91,7 @@
       "target_name": "xks_tls",
       "sources": [
         "native/tls/addon.cc",
+        "native/tls/proxy_header.cc",
         "native/tls/terminator.cc",
         "native/tls/tls_context.cc",
         "native/tls/verify_names.cc"

@@ -162,6 +162,8 @@ export async function startProxy(loaded: LoadedConfig, options: StartOptions = {
           dnsName: mtls.mtls_client_dns_name ?? '',
           upstreamPath: unix.path,
           tcpKeepalive: config.server.tcp_keepalive,
+          // The audit record's client: the uWS app reads it from this header (src/http/pipeline.ts).
+          proxyHeader: true,
         },
         log,
       );

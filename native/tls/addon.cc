@@ -67,6 +67,13 @@ int Int(const Napi::Object& o, const char* key, int fallback) {
   return v.As<Napi::Number>().Int32Value();
 }
 
+bool Bool(const Napi::Object& o, const char* key, bool fallback) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsBoolean()) throw Napi::TypeError::New(o.Env(), std::string("options.") + key + " must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
 class TerminatorWrap : public Napi::ObjectWrap<TerminatorWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -95,6 +102,7 @@ class TerminatorWrap : public Napi::ObjectWrap<TerminatorWrap> {
     lo.upstreamPath = Str(o, "upstreamPath");
     lo.handshakeTimeoutMs = Int(o, "handshakeTimeoutMs", lo.handshakeTimeoutMs);
     lo.maxConnections = Int(o, "maxConnections", lo.maxConnections);
+    lo.proxyHeader = Bool(o, "proxyHeader", lo.proxyHeader);
     Napi::Value ka = o.Get("keepalive");
     if (ka.IsObject()) {
       Napi::Object k = ka.As<Napi::Object>();

@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proxy_header.h"
 #include "verify_names.h"
 
 namespace xks::tls {
@@ -77,6 +78,8 @@ struct Conn {
   SSL* ssl = nullptr;
   State state = State::kHandshake;
   std::string remote;
+  sockaddr_storage peer{};  // as accept() gave it: the PROXY header names it to the HTTP server
+  SignatureScan scan;       // the client's plaintext must never hold a PROXY header of its own
   VerifyFailure failure;
   Clock::time_point deadline;
   std::unique_ptr<Buffer> c2u;  // plaintext from the client, to the HTTP server
@@ -353,6 +356,7 @@ void Terminator::Impl::AcceptAll() {
     c->id = nextId++;
     c->cfd = fd;
     c->remote = Address(ss);
+    c->peer = ss;
     c->ssl = SSL_new(ctx.get());
     if (c->ssl == nullptr || SSL_set_fd(c->ssl, fd) != 1) {
       ERR_clear_error();
@@ -519,6 +523,13 @@ void Terminator::Impl::Opened(Conn& c) {
   c.state = State::kOpen;
   c.c2u = std::make_unique<Buffer>();
   c.u2c = std::make_unique<Buffer>();
+  if (o.proxyHeader) {
+    // The HTTP server's first bytes from this connection: who the client is (proxy_header.h).
+    sockaddr_storage local{};
+    socklen_t ll = sizeof local;
+    if (getsockname(c.cfd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) local.ss_family = AF_UNSPEC;
+    c.c2u->len = WriteProxyHeader(c.peer, local, reinterpret_cast<uint8_t*>(c.c2u->tail()));
+  }
   nServed.fetch_add(1, std::memory_order_relaxed);
   Pump(c);
 }
@@ -544,6 +555,13 @@ void Terminator::Impl::Pump(Conn& c) {
         errno = 0;
         const int r = SSL_read(c.ssl, c.c2u->tail(), static_cast<int>(space));
         if (r > 0) {
+          if (o.proxyHeader && c.scan.Feed(c.c2u->tail(), static_cast<size_t>(r))) {
+            // Its bytes never reach the HTTP server: it would take the header's address as the client's.
+            nRefused.fetch_add(1, std::memory_order_relaxed);
+            onEvent(EventKind::kRefused, c.remote, "sent a PROXY protocol header (connection closed)");
+            Destroy(c, true);
+            return;
+          }
           c.c2u->len += static_cast<size_t>(r);
           progress = true;
         } else {

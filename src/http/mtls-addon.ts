@@ -21,6 +21,11 @@ export interface NativeTerminatorOptions {
   keepalive?: { idleSecs?: number; intervalSecs?: number; count?: number };
   handshakeTimeoutMs?: number;
   maxConnections?: number;
+  /**
+   * First on each connection to the HTTP server, a PROXY protocol v2 header naming the client; a client
+   * that sends one itself is closed (native/tls/proxy_header.h). Default false: the bytes as they are.
+   */
+  proxyHeader?: boolean;
 }
 
 /** refused: a client refused in or right after the handshake; upstream: could not reach the HTTP server; listen: accept() failed. */
@@ -32,7 +37,7 @@ export interface NativeTerminatorStats {
   accepted: number;
   /** Handshakes completed and wired to the HTTP server. */
   served: number;
-  /** Clients refused (each one reported). */
+  /** Clients refused (each one reported), also those closed for sending a PROXY header. */
   refused: number;
   /** Handshakes not finished in time. */
   timedOut: number;

@@ -36,6 +36,11 @@ export interface PipelineOptions {
   service: string;
   sigv4Enabled: boolean;
   limits: Limits;
+  /**
+   * Set: the API listens on this Unix socket behind the mTLS terminator, which sends each connection's
+   * client address first in a PROXY protocol v2 header (native/tls/proxy_header.h).
+   */
+  listenUnix?: string | undefined;
 }
 
 export type Handler = (res: HttpResponse, req: HttpRequest) => void;
@@ -48,6 +53,8 @@ export class Pipeline implements BodySink {
   private readonly verifier: SigV4Verifier;
   private readonly limits: Limits;
   private readonly sigv4Enabled: boolean;
+  /** Behind the mTLS terminator: the client is the one its PROXY header names, not the socket's peer. */
+  private readonly proxied: boolean;
   /** The largest body read: both Base64 limits and room for the rest. */
   readonly maxBody: number;
 
@@ -63,6 +70,7 @@ export class Pipeline implements BodySink {
     this.verifier = new SigV4Verifier({ region: opts.region, service: opts.service });
     this.limits = opts.limits;
     this.sigv4Enabled = opts.sigv4Enabled;
+    this.proxied = opts.listenUnix !== undefined;
     this.maxBody = opts.limits.max_plaintext_in_base64 + opts.limits.max_aad_in_base64 + BODY_OVERHEAD;
   }
 
@@ -93,7 +101,10 @@ export class Pipeline implements BodySink {
     }
     const r = this.r;
     const x = new Exchange(res, op, store, keyId, started, pending, r.metricsOf(op, prefix));
-    if (this.ctx.audit !== undefined) x.client = Buffer.from(res.getRemoteAddressAsText()).toString('latin1');
+    if (this.ctx.audit !== undefined) {
+      const address = this.proxied ? res.getProxiedRemoteAddressAsText() : res.getRemoteAddressAsText();
+      x.client = Buffer.from(address).toString('latin1');
+    }
     r.begin();
     if (problem !== undefined) {
       // The body's end is unknown: answer and close (RFC 9112 section 6.3).

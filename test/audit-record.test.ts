@@ -122,7 +122,7 @@ describe('audit use records', () => {
       log.useFile(1, openSync(file, 'a'), 1, GENESIS, Number.POSITIVE_INFINITY);
       const written = new Set<number>();
       const done = new Promise<void>((resolve) => {
-        const channel = new AuditChannel((ids, ok) => {
+        const channel = new AuditChannel(log.id(), (ids, ok) => {
           expect(ok).toBe(true);
           for (const id of ids) written.add(id);
           if (written.size === uses.length) {

@@ -1,13 +1,15 @@
 // N-API surface of the audit trail's writer thread (build/Release/xks_audit.node), used only by
 // src/audit/native.ts:
 //   new AuditLog(options, onEvent(kind, epoch, seq, time, head, flag, text))   (the main thread)
-//     useFile(epoch, fd, seq, headHex, periodEndsUs), resume(epoch, line), finish(epoch, line),
-//     requestEnd(), markBroken(), ref(), unref(), close()
-//   new AuditChannel(onWritten(ids: Uint32Array, ok))                          (any event loop)
+//     id(), useFile(epoch, fd, seq, headHex, periodEndsUs), resume(epoch, line),
+//     finish(epoch, line), requestEnd(), markBroken(), ref(), unref(), close()
+//   new AuditChannel(logId, onWritten(ids: Uint32Array, ok))                   (any event loop)
 //     record(fields, id) -> boolean, failed() -> boolean, close()
-// One AuditLog per process; every event loop's channel hands its records to it directly.
+// Usually one AuditLog per process (one per proxy started in it); every event loop's channel
+// hands its records to it directly.
 #include <napi.h>
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,7 +23,8 @@ using xks::audit::Event;
 using xks::audit::Log;
 
 std::mutex gMu;
-std::weak_ptr<Log> gCurrent;  // the open log, which channels attach to
+std::map<uint32_t, std::weak_ptr<Log>> gLogs;  // the open logs by id, which channels attach to
+uint32_t gNextId = 1;
 
 int64_t MonoUs() {
   timespec ts;
@@ -88,7 +91,8 @@ class LogWrap : public Napi::ObjectWrap<LogWrap> {
                        {InstanceMethod<&LogWrap::UseFile>("useFile"), InstanceMethod<&LogWrap::Resume>("resume"),
                         InstanceMethod<&LogWrap::Finish>("finish"), InstanceMethod<&LogWrap::RequestEnd>("requestEnd"),
                         InstanceMethod<&LogWrap::MarkBroken>("markBroken"), InstanceMethod<&LogWrap::Ref>("ref"),
-                        InstanceMethod<&LogWrap::Unref>("unref"), InstanceMethod<&LogWrap::Close>("close")});
+                        InstanceMethod<&LogWrap::Unref>("unref"), InstanceMethod<&LogWrap::Close>("close"),
+                        InstanceMethod<&LogWrap::Id>("id")});
   }
 
   explicit LogWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<LogWrap>(info), env_(info.Env()) {
@@ -111,12 +115,12 @@ class LogWrap : public Napi::ObjectWrap<LogWrap> {
     opt.clockOffsetUs = static_cast<int64_t>(Num(o, "nowMicros")) - MonoUs();
     if (opt.checkpointEvery == 0) throw Napi::RangeError::New(env, "options.checkpointEvery must be > 0");
     {
-      std::lock_guard<std::mutex> l(gMu);
-      if (!gCurrent.expired()) throw Napi::Error::New(env, "an audit log is open already in this process");
       tsfn_ = MakeTsfn(env, info[1].As<Napi::Function>(), "xks-audit-control", this, &LogWrap::CallJs);
       napi_threadsafe_function t = tsfn_;
       log_ = std::make_shared<Log>(opt, [t] { napi_call_threadsafe_function(t, nullptr, napi_tsfn_nonblocking); });
-      gCurrent = log_;
+      std::lock_guard<std::mutex> l(gMu);
+      id_ = gNextId++;
+      gLogs[id_] = log_;
     }
     napi_add_env_cleanup_hook(env, &LogWrap::Cleanup, this);
     hooked_ = true;
@@ -135,7 +139,7 @@ class LogWrap : public Napi::ObjectWrap<LogWrap> {
     if (log_ == nullptr) return;
     {
       std::lock_guard<std::mutex> l(gMu);
-      if (gCurrent.lock() == log_) gCurrent.reset();
+      gLogs.erase(id_);
     }
     log_->stop();
     log_.reset();
@@ -231,8 +235,12 @@ class LogWrap : public Napi::ObjectWrap<LogWrap> {
     return info.Env().Undefined();
   }
 
+  // What a channel (on any event loop of the process) attaches to.
+  Napi::Value Id(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), id_); }
+
   napi_env env_;
   std::shared_ptr<Log> log_;
+  uint32_t id_ = 0;
   napi_threadsafe_function tsfn_ = nullptr;
   bool hooked_ = false;
 };
@@ -249,13 +257,16 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
 
   explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
-    if (info.Length() < 1 || !info[0].IsFunction()) throw Napi::TypeError::New(env, "new AuditChannel(onWritten)");
+    if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsFunction()) {
+      throw Napi::TypeError::New(env, "new AuditChannel(logId, onWritten)");
+    }
     {
       std::lock_guard<std::mutex> l(gMu);
-      log_ = gCurrent.lock();
+      auto it = gLogs.find(info[0].As<Napi::Number>().Uint32Value());
+      if (it != gLogs.end()) log_ = it->second.lock();
     }
-    if (log_ == nullptr) throw Napi::Error::New(env, "no audit log is open in this process");
-    tsfn_ = MakeTsfn(env, info[0].As<Napi::Function>(), "xks-audit-written", this, &ChannelWrap::CallJs);
+    if (log_ == nullptr) throw Napi::Error::New(env, "that audit log is not open in this process");
+    tsfn_ = MakeTsfn(env, info[1].As<Napi::Function>(), "xks-audit-written", this, &ChannelWrap::CallJs);
     id_ = log_->attach(this);
     napi_add_env_cleanup_hook(env, &ChannelWrap::Cleanup, this);
     hooked_ = true;

@@ -8,6 +8,8 @@ import type { AuditSink, Written } from './sink.js';
 
 /** What a worker thread is told of the trail at its start. */
 export interface AuditInit {
+  /** The process's writer thread (NativeAuditLog.id()). */
+  logId: number;
   waitsForDisk: boolean;
   failClosed: boolean;
 }
@@ -33,7 +35,7 @@ export class ChannelSink implements AuditSink {
     this.waitsForDisk = init.waitsForDisk;
     this.failClosed = init.failClosed;
     const { AuditChannel } = auditAddon();
-    this.channel = new AuditChannel((ids, ok) => {
+    this.channel = new AuditChannel(init.logId, (ids, ok) => {
       for (const id of ids) {
         const w = this.waiting.get(id);
         if (w === undefined) continue;

@@ -41,6 +41,8 @@ export type AuditEventHandler = (
 ) => void;
 
 export interface NativeAuditLog {
+  /** What the channels of every event loop name to attach to it. */
+  id(): number;
   /** Hands the thread a new file (`fd` is its own now): the next line has `seq`, `head` = hash of the start record. */
   useFile(epoch: number, fd: number, seq: number, headHex: string, periodEndsMicros: number): void;
   /** Answers "checkpoint": the checkpoint line, or null to skip it. */
@@ -68,6 +70,7 @@ interface AuditAddon {
   AuditLog: new (options: AuditLogOptions, onEvent: AuditEventHandler) => NativeAuditLog;
   /** `onWritten` gets the ids of records now on disk (ok) or lost (not ok). */
   AuditChannel: new (
+    logId: number,
     onWritten: (ids: Uint32Array, ok: boolean) => void,
   ) => NativeAuditChannel;
 }

@@ -23,7 +23,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { AuditSection } from '../config.js';
 import type { Logger } from '../log.js';
-import { ChannelSink } from './channel.js';
+import { type AuditInit, ChannelSink } from './channel.js';
 import { chainTail, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
 import { auditAddon, type AuditEventKind, type NativeAuditLog } from './native.js';
 import { checkpointLine, checkpointMessage, GENESIS, lineHash, nowMicros, rfc3339Micros, startLine, type StartFields } from './record.js';
@@ -106,7 +106,7 @@ export class AuditWriter implements AuditSink {
       },
       (kind, epoch, seq, time, head, needsCheckpoint, text) => this.onThread(kind, epoch, seq, time, head, needsCheckpoint, text),
     );
-    this.sink = new ChannelSink({ waitsForDisk: this.waitsForDisk, failClosed: this.failClosed }, () => this.servedWithout());
+    this.sink = new ChannelSink(this.init(), () => this.servedWithout());
   }
 
   /**
@@ -131,6 +131,11 @@ export class AuditWriter implements AuditSink {
       throw new Error(`audit.directory: cannot write the audit trail in ${s.directory}: ${errText(e)}`);
     }
     return w;
+  }
+
+  /** What another event loop's sink needs (a worker thread's ChannelSink). */
+  init(): AuditInit {
+    return { logId: this.thread.id(), waitsForDisk: this.waitsForDisk, failClosed: this.failClosed };
   }
 
   /** The base name of the file being written (undefined while the trail is broken). */

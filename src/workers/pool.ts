@@ -142,7 +142,7 @@ export class WorkerPool {
         threads: share.threads,
         adaptCores: share.adaptCores,
         health: options.health,
-        audit: options.audit === undefined ? undefined : { waitsForDisk: options.audit.waitsForDisk, failClosed: options.audit.failClosed },
+        audit: options.audit?.init(),
       };
       const worker = new Worker(script, { workerData: init, execArgv: [] });
       let handle: WorkerHandle | undefined;

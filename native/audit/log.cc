@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,6 +88,7 @@ thread_local Sha256* tSha = nullptr;
 
 Log::Log(Options o, std::function<void()> notifyControl) : o_(std::move(o)), notify_(std::move(notifyControl)) {
   thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "xks-audit");
     Sha256 sha;
     tSha = &sha;
     run();
@@ -112,10 +114,7 @@ bool Log::record(uint32_t channel, uint32_t id, const char* fields, size_t len) 
   return true;
 }
 
-bool Log::broken() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return brokenFlag_;
-}
+bool Log::broken() const { return brokenFlag_.load(std::memory_order_relaxed); }
 
 uint32_t Log::attach(Channel* c) {
   std::lock_guard<std::mutex> l(chanMu_);

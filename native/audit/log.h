@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -136,9 +137,9 @@ class Log {
   std::string finishLine_;
   bool brokenRequested_ = false;
   std::vector<Event> events_;
-  std::vector<Channel*> channels_;  // index = channel id; nullptr: detached
-  mutable std::mutex chanMu_;       // channels_ (held while calling them)
-  bool brokenFlag_ = false;
+  std::vector<Channel*> channels_;       // index = channel id; nullptr: detached
+  mutable std::mutex chanMu_;            // channels_ (held while calling them)
+  std::atomic<bool> brokenFlag_{false};  // what broken() answers, read on every request
 
   // ---- writer thread only
   int fd_ = -1;

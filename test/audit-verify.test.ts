@@ -38,6 +38,8 @@ beforeAll(async () => {
   });
   try {
     await hsm.createHmacKey(HMAC_KEY);
+    // Another HMAC key the HSM holds: a checkpoint naming it was not made with it.
+    await hsm.createHmacKey('attacker-key');
     work = mkdtempSync(path.join(tmpdir(), 'xks-audit-verify-'));
     clean = path.join(work, 'clean');
     mkdirSync(clean);

@@ -24,9 +24,10 @@ directory of the settings file (--config FILE, else $XKS_PROXY_SETTINGS_TOML, el
 configuration/bootstrap.toml names).
 
 verify     checks the hash chain across the files and every checkpoint's HMAC in the HSM (the
-           settings file's [pkcs11] module and PIN); prints the first break with file, line and
-           kind (edited, inserted, deleted, reordered, truncated, missing-file, forged-checkpoint).
-           With filters it then lists the matching uses.
+           settings file's [pkcs11] module and PIN), each with the key it names; prints the first
+           break with file, line and kind (edited, inserted, deleted, reordered, truncated,
+           missing-file, forged-checkpoint, key-not-in-hsm). With filters it then lists the
+           matching uses.
 list       lists the matching uses; checks the chain (not the HMACs: no HSM needed).
 reconcile  matches the uses to AWS KMS events in CloudTrail files (aws cloudtrail lookup-events
            output, or S3 trail files, .json or .json.gz) by the KMS request id; lists uses with no

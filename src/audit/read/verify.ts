@@ -12,7 +12,15 @@ import { orderTrail } from './order.js';
 import type { AuditRecord, CheckpointRecord, UseRecord } from './record.js';
 import { LineReader, type TrailFile, type TrailLine, ZERO_HASH } from './trail-files.js';
 
-export type BreakKind = 'edited' | 'inserted' | 'deleted' | 'reordered' | 'truncated' | 'missing-file' | 'forged-checkpoint';
+export type BreakKind =
+  | 'edited'
+  | 'inserted'
+  | 'deleted'
+  | 'reordered'
+  | 'truncated'
+  | 'missing-file'
+  | 'forged-checkpoint'
+  | 'key-not-in-hsm';
 
 export interface Finding {
   file: string;
@@ -25,9 +33,16 @@ export interface Break extends Finding {
   kind: BreakKind;
 }
 
-/** Checks checkpoint HMACs (in the HSM); false when the HMAC does not verify with that key. */
+/**
+ * What the HSM says of a checkpoint's HMAC with the key the checkpoint names: `valid`; `invalid`
+ * (not made with that key, or that key cannot make HMACs); `absent` (the HSM holds no key with
+ * that label, so nothing can be said).
+ */
+export type MacCheck = 'valid' | 'invalid' | 'absent';
+
+/** Checks checkpoint HMACs in the HSM, each with the key (label) it names. */
 export interface CheckpointMac {
-  verify(keyLabel: string, message: Buffer, mac: Buffer): Promise<boolean>;
+  verify(keyLabel: string, message: Buffer, mac: Buffer): Promise<MacCheck>;
 }
 
 export interface Verdict {
@@ -217,7 +232,7 @@ class Walk {
       if (m !== undefined)
         stop('inserted', p.name, m + 1, `lines ${m + 1}..${p.lines} were added after ${name} began (it chains from line ${m})`);
       const lr = rec(p.last);
-      if (p.last !== undefined && lr?.type === 'checkpoint' && this.mac !== undefined && !(await this.macOk(p.name, lr)))
+      if (p.last !== undefined && lr?.type === 'checkpoint' && this.mac !== undefined && (await this.macCheck(p.name, lr)) !== 'valid')
         stop(
           'edited',
           p.name,
@@ -246,7 +261,7 @@ class Walk {
     });
   }
 
-  private macOk(fileName: string, c: CheckpointRecord): Promise<boolean> {
+  private macCheck(fileName: string, c: CheckpointRecord): Promise<MacCheck> {
     return this.mac!.verify(c.hmacKeyId, checkpointMessage(fileName, c), Buffer.from(c.hmac, 'hex'));
   }
 
@@ -258,10 +273,19 @@ class Walk {
       stop('edited', name, at, `checkpoint at line ${at}: records is ${c.records}, the file has ${c.seq} lines before it`);
     this.v.checkpoints++;
     if (this.mac === undefined) return;
-    if (!(await this.macOk(name, c))) {
+    const check = await this.macCheck(name, c);
+    if (check !== 'valid') {
       // Changed in place if the next line no longer chains from it; else a checkpoint made without the key.
       const next = cur.peek(0) === undefined ? this.nextFileFirst(fi) : rec(cur.peek(0));
       if (next !== undefined && next.prev !== l.hash) stop('edited', name, at, `checkpoint at line ${at} was changed (its HMAC fails)`);
+      if (check === 'absent')
+        stop(
+          'key-not-in-hsm',
+          name,
+          at,
+          `checkpoint at line ${at} names the HMAC key labelled ${c.hmacKeyId}, which the HSM does not hold: ` +
+            'its HMAC cannot be checked, so nothing before it is proven (restore that key to the HSM)',
+        );
       stop('forged-checkpoint', name, at, `checkpoint at line ${at}: the HSM rejects its HMAC (key ${c.hmacKeyId})`);
     }
     this.v.hmacsVerified++;

@@ -240,3 +240,97 @@ describe('tampering with the real trail', () => {
     expect(v.break).toMatchObject({ kind: 'forged-checkpoint', file: last, line: firstCheckpoint + 1 });
   });
 });
+
+describe('a range of the real trail (--range): the files given begin mid-chain', () => {
+  /** A copy of the files from the nth on (chain order), as an auditor is given them. */
+  function range(from: number): string {
+    const dir = copy();
+    for (const f of files.slice(0, from)) rmSync(path.join(dir, f.name));
+    return dir;
+  }
+
+  it('verifies fully from the first file given and says the range starts there', async () => {
+    const dir = range(1);
+    const first = files[1]!.name;
+    const prevHash = sha256(readLines(path.join(trail, files[0]!.name)).at(-1)!);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code, r.stderr).toBe(0);
+    const v = JSON.parse(r.stdout) as VerifyJson;
+    expect(v.break).toBeNull();
+    expect(v.files).toEqual(files.slice(1).map((f) => f.name));
+    expect(v.hmacsVerified).toBe(v.checkpoints);
+    expect(v.checkpoints).toBeGreaterThanOrEqual(3);
+    expect(v.range).toEqual({
+      file: first,
+      previousFile: files[0]!.name,
+      previousHash: prevHash,
+      message: `the range starts at ${first}, whose predecessor ${files[0]!.name} was not given: nothing before ${first} is proven`,
+    });
+    // The crash's torn tail inside the range is still checked and reported.
+    expect(v.warnings.filter((w) => /torn tail \(crash\)/.test(w.message)).map((w) => w.file)).toEqual([files[3]!.name]);
+    const human = await audit(['verify', dir, '--range'], env);
+    expect(human.code).toBe(0);
+    expect(human.stderr).toContain(`note: the range starts at ${first}, whose predecessor ${files[0]!.name} was not given`);
+    expect(human.stderr).toMatch(/^verified: 4 files, /m);
+    // A range from the rotated file on, named file by file; and list takes --range too.
+    const later = range(2);
+    const named = files.slice(2).map((f) => path.join(later, f.name));
+    const fromRotated = await audit(['verify', ...named, '--range', '--json'], env);
+    expect(fromRotated.code).toBe(0);
+    expect((JSON.parse(fromRotated.stdout) as VerifyJson).range).toMatchObject({ file: nameOf('rotate'), previousFile: files[1]!.name });
+    const listed = await audit(['list', path.join(trail, nameOf('rotate')), '--range', '--json'], {});
+    expect(listed.code).toBe(0);
+    expect(
+      listed.stdout
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { kmsRequestId: string }).kmsRequestId),
+    ).toEqual(['rotated-0', 'rotated-1', 'rotated-2']);
+  });
+
+  it('without --range the same files are a break: the trail does not begin there', async () => {
+    const { code, v } = await verify(range(1));
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[1]!.name, line: 1 });
+    expect(v.break!.message).toContain('--range');
+  });
+
+  it('a deletion inside the range is still found', async () => {
+    const dir = range(1);
+    const f = path.join(dir, files[1]!.name);
+    const lines = readLines(f);
+    lines.splice(2, 1);
+    writeLines(f, lines);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.stdout) as VerifyJson).break).toMatchObject({ kind: 'deleted', file: files[1]!.name, line: 3 });
+  });
+
+  it("removing the range's middle file is still a missing file", async () => {
+    const dir = range(1);
+    rmSync(path.join(dir, nameOf('rotate')));
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    const v = JSON.parse(r.stdout) as VerifyJson;
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[3]!.name, line: 1 });
+    expect(v.break!.message).toContain(nameOf('rotate'));
+  });
+
+  it("a range whose first file's start record was changed is caught by that file's own chain", async () => {
+    const dir = range(1);
+    const f = path.join(dir, files[1]!.name);
+    const lines = readLines(f);
+    const original = lines[0]!;
+    // Another predecessor's hash in previousHash alone, then in previousHash and prev both.
+    lines[0] = withField(original, 'previousHash', sha256('another trail'));
+    writeLines(f, lines);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.stdout) as VerifyJson).break).toMatchObject({ kind: 'edited', file: files[1]!.name, line: 1 });
+    lines[0] = withField(withField(original, 'previousHash', sha256('another trail')), 'prev', sha256('another trail'));
+    writeLines(f, lines);
+    const both = await audit(['verify', dir, '--range', '--json'], env);
+    expect(both.code).toBe(1);
+    expect((JSON.parse(both.stdout) as VerifyJson).break).toMatchObject({ kind: 'edited', file: files[1]!.name, line: 1 });
+  });
+});

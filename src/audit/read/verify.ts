@@ -8,7 +8,7 @@
  * line is recognised within WINDOW lines; one moved farther shows as deleted there and inserted where
  * it landed) and the end of the previous file.
  */
-import { orderTrail } from './order.js';
+import { orderTrail, type RangeStart } from './order.js';
 import type { AuditRecord, CheckpointRecord, UseRecord } from './record.js';
 import { LineReader, type TrailFile, type TrailLine, ZERO_HASH } from './trail-files.js';
 
@@ -57,6 +57,8 @@ export interface Verdict {
   checkpoints: number;
   /** Checkpoints whose HMAC the HSM verified (0 when checked without the HSM). */
   hmacsVerified: number;
+  /** A range: where it begins (nothing before that file is proven); undefined from the trail's first file. */
+  range: RangeStart | undefined;
 }
 
 /** Called for every use record the walk passes (in chain order), for the listing and reconcile. */
@@ -123,17 +125,24 @@ interface FileEnd {
 
 /**
  * Verifies the files (any order). `mac` undefined: the chain only (the listing's check), checkpoints
- * counted but not authenticated.
+ * counted but not authenticated. `range`: the files may begin mid-chain (order.ts); the first one
+ * is then checked from its start record's `prev`.
  */
-export async function verifyTrail(input: readonly TrailFile[], mac: CheckpointMac | undefined, onUse?: UseSink): Promise<Verdict> {
-  const v: Verdict = { files: [], break: undefined, warnings: [], lines: 0, uses: 0, checkpoints: 0, hmacsVerified: 0 };
-  const ordering = orderTrail(input);
+export async function verifyTrail(
+  input: readonly TrailFile[],
+  mac: CheckpointMac | undefined,
+  onUse?: UseSink,
+  range = false,
+): Promise<Verdict> {
+  const v: Verdict = { files: [], break: undefined, warnings: [], lines: 0, uses: 0, checkpoints: 0, hmacsVerified: 0, range: undefined };
+  const ordering = orderTrail(input, range);
   if ('break' in ordering) {
     v.break = { kind: 'missing-file', file: ordering.break.file, line: 1, message: ordering.break.problem };
     return v;
   }
   const files = ordering.files;
   v.files = files.map((f) => f.name);
+  v.range = ordering.range;
   const walk = new Walk(files, mac, v, onUse);
   try {
     let end: FileEnd | undefined;
@@ -148,14 +157,16 @@ export async function verifyTrail(input: readonly TrailFile[], mac: CheckpointMa
 
 class Walk {
   /** The hash the next line must chain from: the last complete line so far. */
-  private head = ZERO_HASH;
+  private head: string;
 
   constructor(
     private readonly files: readonly TrailFile[],
     private readonly mac: CheckpointMac | undefined,
     private readonly v: Verdict,
     private readonly onUse: UseSink | undefined,
-  ) {}
+  ) {
+    this.head = v.range?.previousHash ?? ZERO_HASH;
+  }
 
   async file(fi: number, prevEnd: FileEnd | undefined): Promise<FileEnd> {
     const f = this.files[fi]!;
@@ -218,6 +229,11 @@ class Walk {
     }
     if (r.seq !== 0) stop('edited', name, 1, `the start record has seq ${r.seq}, expected 0`);
     if (p === undefined) {
+      // A range's first file: its predecessor was not given; its start record is checked in itself.
+      if (this.v.range !== undefined) {
+        if (r.previousHash !== r.prev) stop('edited', name, 1, 'its start record: previousHash and prev differ');
+        return;
+      }
       if (r.reason !== 'first' || r.prev !== ZERO_HASH)
         stop('missing-file', name, 1, `the first file given does not begin the trail (its start record says "${r.reason}")`);
       return;

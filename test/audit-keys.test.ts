@@ -4,53 +4,34 @@
  * token) checks each checkpoint with the key it names. A checkpoint made with another key than it
  * names is forged; once key A is deleted from the token, its checkpoints are "key not in the HSM".
  */
-import { cpSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Hsm } from '../src/hsm/hsm.js';
-import { AUDIT_HMAC_LABEL, makeAuditToken } from './helpers/audit.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { AUDIT_HMAC_LABEL } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, readLines, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
 import { deleteTokenKey } from './helpers/fault-engines.js';
-import { call, META, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { startTestProxy } from './helpers/proxy.js';
+import { TEST_KEYS } from './helpers/softhsm.js';
 
-const PREFIX = '/audit/keys';
-const API = `${PREFIX}/kms/xks/v1`;
-const CREDS: CallOptions = { accessKeyId: 'AKIDAUDITKEYS00000001', secret: 'a2V5cy1rZXlzLWtleXMta2V5cy1rZXlzLWtleXMta2U=' };
+const fx = useAuditProxy({
+  label: 'xks-audit-keys',
+  prefix: '/audit/keys',
+  creds: { accessKeyId: 'AKIDAUDITKEYS00000001', secret: 'a2V5cy1rZXlzLWtleXMta2V5cy1rZXlzLWtleXMta2U=' },
+});
 const KEY_A = AUDIT_HMAC_LABEL;
 const KEY_B = 'xks-audit-hmac-b';
 const TWICE = 'xks-audit-hmac-twice';
 
-let token: TestToken;
-let work: string;
 let trail: string;
 let settingsB: string;
 /** Per file (chain order): its name, the key its start record names, its checkpoints' 1-based lines. */
 let files: { name: string; key: string; checkpoints: number[] }[];
 
-function spec(hmacKeyId: string): SettingsSpec {
-  return {
-    token,
-    level: 'INFO',
-    operationTimeoutMs: 10_000,
-    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
-    audit: { directory: trail, hmacKeyId, checkpointEvery: 2 },
-  };
-}
-
 async function serve(hmacKeyId: string, ids: string[]): Promise<string> {
-  const proxy = await startTestProxy(spec(hmacKeyId), `${hmacKeyId}.toml`);
+  const proxy = await startTestProxy(fx.spec(trail, { hmacKeyId, checkpointEvery: 2 }), `${hmacKeyId}.toml`);
   try {
-    for (const id of ids) {
-      const r = await call(
-        proxy.base,
-        `${API}/keys/${TEST_KEYS.ordinary}/metadata`,
-        { requestMetadata: { ...META, kmsRequestId: id } },
-        CREDS,
-      );
-      expect(r.status).toBe(200);
-    }
+    for (const id of ids) expect((await fx.metadata(proxy.base, id)).status).toBe(200);
   } finally {
     await proxy.stop();
   }
@@ -58,25 +39,12 @@ async function serve(hmacKeyId: string, ids: string[]): Promise<string> {
 }
 
 beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-keys');
-  const hsm = await Hsm.open({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 5000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
-  });
-  try {
+  await fx.withHsm(async (hsm) => {
     await hsm.createHmacKey(KEY_B);
     await hsm.createHmacKey(TWICE);
     await hsm.createHmacKey(TWICE);
-  } finally {
-    await hsm.close();
-  }
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-keys-'));
-  trail = path.join(work, 'trail');
+  });
+  trail = path.join(fx.work, 'trail');
   await serve(KEY_A, ['a-0', 'a-1', 'a-2']);
   // The operator switches [audit] hmac_key_id to key B and restarts.
   settingsB = await serve(KEY_B, ['b-0', 'b-1', 'b-2']);
@@ -91,20 +59,15 @@ beforeAll(async () => {
   });
 });
 
-afterAll(() => {
-  token?.cleanup();
-  if (work) rmSync(work, { recursive: true, force: true });
-});
-
 let copies = 0;
 function copy(): string {
-  const dir = path.join(work, `t${++copies}`);
+  const dir = path.join(fx.work, `t${++copies}`);
   cpSync(trail, dir, { recursive: true });
   return dir;
 }
 
 async function verify(dir: string): Promise<{ code: number | null; v: VerifyJson; stderr: string }> {
-  const r = await audit(['verify', dir, '--config', settingsB, '--json'], token.env);
+  const r = await audit(['verify', dir, '--config', settingsB, '--json'], fx.token.env);
   expect(r.stdout, r.stderr).not.toBe('');
   return { code: r.code, v: JSON.parse(r.stdout) as VerifyJson, stderr: r.stderr };
 }
@@ -151,7 +114,7 @@ describe('checkpoints under an earlier hmac_key_id', () => {
   it('a checkpoint naming a label the HSM holds twice: exit 2, naming the label', async () => {
     const dir = copy();
     relabelLastCheckpoint(dir, TWICE);
-    const r = await audit(['verify', dir, '--config', settingsB], token.env);
+    const r = await audit(['verify', dir, '--config', settingsB], fx.token.env);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain(`more than one key labelled ${TWICE}`);
   });
@@ -166,13 +129,13 @@ describe('checkpoints under an earlier hmac_key_id', () => {
   });
 
   it('key A deleted from the token: its first checkpoint is "key not in the HSM", naming the label', async () => {
-    deleteTokenKey(token, KEY_A);
+    deleteTokenKey(fx.token, KEY_A);
     const { code, v } = await verify(trail);
     expect(code).toBe(1);
     expect(v.break).toMatchObject({ kind: 'key-not-in-hsm', file: files[0]!.name, line: files[0]!.checkpoints[0] });
     expect(v.break!.message).toContain(KEY_A);
     expect(v.hmacsVerified).toBe(0);
-    const human = await audit(['verify', trail, '--config', settingsB], token.env);
+    const human = await audit(['verify', trail, '--config', settingsB], fx.token.env);
     expect(human.code).toBe(1);
     expect(human.stderr).toMatch(
       new RegExp(`^BROKEN: key-not-in-hsm at ${files[0]!.name.replace(/\./g, '\\.')} line \\d+: .*${KEY_A}`, 'm'),

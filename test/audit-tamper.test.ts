@@ -4,23 +4,23 @@
  * (the real CLI, HMACs in the real SoftHSM2 token) verifies it, reports the crash's tail as torn, and
  * names every tampering with its file and line.
  */
-import { cpSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { checkTrail } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, readLines, rechain, sha256, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
 import { spawnProxyCli, type CliProxy } from './helpers/cli.js';
-import { call, META, settingsToml, type CallOptions } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { META } from './helpers/proxy.js';
+import { TEST_KEYS } from './helpers/softhsm.js';
 
-const PREFIX = '/tamper';
-const API = `${PREFIX}/kms/xks/v1`;
-const CREDS: CallOptions = { accessKeyId: 'AKIDTAMPEREXAMPLE0001', secret: 'dGFtcGVyLXRhbXBlci10YW1wZXItdGFtcGVyLXRhbXA=' };
 const BOB = 'arn:aws:iam::123456789012:role/Bob';
 
-let token: TestToken;
-let work: string;
+const fx = useAuditProxy({
+  label: 'xks-audit-tamper',
+  prefix: '/tamper',
+  creds: { accessKeyId: 'AKIDTAMPEREXAMPLE0001', secret: 'dGFtcGVyLXRhbXBlci10YW1wZXItdGFtcGVyLXRhbXA=' },
+});
 let trail: string;
 let env: Record<string, string>;
 /** The trail's files in chain order and what each start record says. */
@@ -28,16 +28,7 @@ let files: { name: string; reason: string }[];
 let sent: string[];
 
 function encrypt(proxy: CliProxy, id: string, principal = META.awsPrincipalArn) {
-  return call(
-    `http://127.0.0.1:${proxy.port}`,
-    `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
-    {
-      requestMetadata: { ...META, awsPrincipalArn: principal, kmsRequestId: id },
-      plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
-      encryptionAlgorithm: 'AES_GCM',
-    },
-    CREDS,
-  );
+  return fx.encrypt(`http://127.0.0.1:${proxy.port}`, id, { awsPrincipalArn: principal });
 }
 
 async function serve(ids: string[], principal?: string): Promise<CliProxy> {
@@ -55,23 +46,10 @@ async function stop(proxy: CliProxy, signal: NodeJS.Signals): Promise<void> {
 }
 
 beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-tamper');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-tamper-'));
-  trail = path.join(work, 'trail');
-  const settings = path.join(work, 'settings.toml');
-  writeFileSync(
-    settings,
-    settingsToml({
-      token,
-      level: 'INFO',
-      // A loaded machine must not turn a slow HSM call into a 503.
-      operationTimeoutMs: 10_000,
-      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
-      // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
-      audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL, checkpointEvery: 1000, rotation: 'MINUTELY' },
-    }),
-  );
-  env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings };
+  trail = path.join(fx.work, 'trail');
+  // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
+  const settings = fx.settingsFile('settings.toml', fx.spec(trail, { checkpointEvery: 1000, rotation: 'MINUTELY' }));
+  env = { ...fx.token.env, XKS_PROXY_SETTINGS_TOML: settings };
   sent = [];
   // 1: ten uses, a clean stop (the file ends in a checkpoint).
   await stop(await serve(Array.from({ length: 10 }, (_, i) => `first-${i}`)), 'SIGTERM');
@@ -98,14 +76,9 @@ beforeAll(async () => {
   files = checked.files.map((f) => ({ name: f.name, reason: String(f.records[0]!.reason) }));
 }, 180_000);
 
-afterAll(() => {
-  if (work) rmSync(work, { recursive: true, force: true });
-  token?.cleanup();
-});
-
 let copies = 0;
 function copy(): string {
-  const dir = path.join(work, `t${++copies}`);
+  const dir = path.join(fx.work, `t${++copies}`);
   cpSync(trail, dir, { recursive: true });
   return dir;
 }

@@ -1,7 +1,7 @@
 /**
- * Checkpoints under an earlier [audit] hmac_key_id: a real proxy writes a trail with key A, is
- * restarted with key B, and `xks-proxy audit verify` (the real CLI, HMACs in the real SoftHSM2
- * token) checks each checkpoint with the key it names. A checkpoint made with another key than it
+ * Checkpoints under an earlier [audit] hmac_key_id: the real CLI serves with key A, is restarted
+ * with key B, and `xks-proxy audit verify` (the real CLI, HMACs in the real SoftHSM2 token) checks
+ * each checkpoint with the key it names. A checkpoint made with another key than it
  * names is forged; once key A is deleted from the token, its checkpoints are "key not in the HSM".
  */
 import { cpSync, readdirSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { AUDIT_HMAC_LABEL } from './helpers/audit.js';
 import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, readLines, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
 import { deleteTokenKey } from './helpers/fault-engines.js';
-import { startTestProxy } from './helpers/proxy.js';
+import { spawnProxyCli } from './helpers/cli.js';
 import { TEST_KEYS } from './helpers/softhsm.js';
 
 const fx = useAuditProxy({
@@ -28,14 +28,17 @@ let settingsB: string;
 /** Per file (chain order): its name, the key its start record names, its checkpoints' 1-based lines. */
 let files: { name: string; key: string; checkpoints: number[] }[];
 
+/** `xks-proxy` with [audit] hmac_key_id = `hmacKeyId` serves `ids`, then a clean stop; its settings file. */
 async function serve(hmacKeyId: string, ids: string[]): Promise<string> {
-  const proxy = await startTestProxy(fx.spec(trail, { hmacKeyId, checkpointEvery: 2 }), `${hmacKeyId}.toml`);
+  const settings = fx.settingsFile(`${hmacKeyId}.toml`, fx.spec(trail, { hmacKeyId, checkpointEvery: 2 }));
+  const proxy = await spawnProxyCli({ ...fx.token.env, XKS_PROXY_SETTINGS_TOML: settings });
   try {
-    for (const id of ids) expect((await fx.metadata(proxy.base, id)).status).toBe(200);
+    for (const id of ids) expect((await fx.metadata(`http://127.0.0.1:${proxy.port}`, id)).status).toBe(200);
   } finally {
-    await proxy.stop();
+    proxy.child.kill('SIGTERM');
   }
-  return proxy.settingsPath;
+  expect(await proxy.exited).toBe(0);
+  return settings;
 }
 
 beforeAll(async () => {

@@ -5,62 +5,31 @@
  * space is back. The trail is checked independently (test/helpers/audit.ts).
  */
 import { execFileSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { checkTrail } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, type VerifyJson } from './helpers/audit-tamper.js';
 import { spawnProxyCli } from './helpers/cli.js';
-import { call, META, settingsToml, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { startTestProxy } from './helpers/proxy.js';
 
-const PREFIX = '/audit/durability';
-const API = `${PREFIX}/kms/xks/v1`;
-const CREDS: CallOptions = { accessKeyId: 'AKIDAUDITDURABLE00001', secret: 'ZHVyYWJsZS1kdXJhYmxlLWR1cmFibGUtZHVyYWJsZS0=' };
-const ENCRYPT = `${API}/keys/${TEST_KEYS.ordinary}/encrypt`;
-
-let token: TestToken;
-let work: string;
-
-beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-dur');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-dur-'));
-});
-
-afterAll(() => {
-  token?.cleanup();
-  rmSync(work, { recursive: true, force: true });
-});
-
-function spec(dir: string, audit: Partial<NonNullable<SettingsSpec['audit']>> = {}): SettingsSpec {
-  return {
-    token,
-    level: 'INFO',
-    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
-    operationTimeoutMs: 10_000,
-    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
-    audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, ...audit },
-  };
-}
-
-const encryptBody = (id: string): Record<string, unknown> => ({
-  requestMetadata: { ...META, kmsRequestId: id },
-  plaintext: Buffer.from(`plaintext of ${id}`).toString('base64'),
-  encryptionAlgorithm: 'AES_GCM',
+const fx = useAuditProxy({
+  label: 'xks-audit-dur',
+  prefix: '/audit/durability',
+  creds: { accessKeyId: 'AKIDAUDITDURABLE00001', secret: 'ZHVyYWJsZS1kdXJhYmxlLWR1cmFibGUtZHVyYWJsZS0=' },
 });
 
 async function healthStatus(base: string): Promise<string> {
-  const r = await call(base, `${API}/health`, { requestMetadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } }, CREDS);
+  const r = await fx.post(base, '/health', { requestMetadata: { kmsRequestId: 'h', kmsOperation: 'KmsHealthCheck' } });
   return (r.json.ekmFleetDetails as { healthStatus: string }[])[0]!.healthStatus;
 }
 
 describe('crash', () => {
   it('SIGKILL under load (before-response): every 200 has its record; the trail chains; the restart says "torn"', async () => {
-    const dir = path.join(work, 'crash');
-    const settings = path.join(work, 'crash.toml');
-    writeFileSync(settings, settingsToml({ ...spec(dir, { checkpointEvery: 25 }), workers: 2 }));
-    const env = { XKS_PROXY_SETTINGS_TOML: settings, ...token.env };
+    const dir = path.join(fx.work, 'crash');
+    const settings = fx.settingsFile('crash.toml', fx.spec(dir, { checkpointEvery: 25 }, { workers: 2 }));
+    const env = { XKS_PROXY_SETTINGS_TOML: settings, ...fx.token.env };
     const proxy = await spawnProxyCli(env);
     const base = `http://127.0.0.1:${proxy.port}`;
     const answered: string[] = [];
@@ -70,7 +39,7 @@ describe('crash', () => {
       while (!stop) {
         const id = `crash-${c}-${n++}`;
         try {
-          const r = await call(base, ENCRYPT, encryptBody(id), CREDS);
+          const r = await fx.encrypt(base, id);
           if (r.status === 200) answered.push(id);
         } catch {
           return; // the process is gone
@@ -95,7 +64,7 @@ describe('crash', () => {
 
     // The next start continues the chain and acknowledges the torn end.
     const again = await spawnProxyCli(env);
-    expect((await call(`http://127.0.0.1:${again.port}`, ENCRYPT, encryptBody('after-crash'), CREDS)).status).toBe(200);
+    expect((await fx.encrypt(`http://127.0.0.1:${again.port}`, 'after-crash')).status).toBe(200);
     again.child.kill('SIGTERM');
     expect(await again.exited).toBe(0);
     const trail = checkTrail(dir);
@@ -110,7 +79,7 @@ describe('crash', () => {
     expect(trail.files[1]!.records.at(-1)!.type).toBe('checkpoint');
     expect(trail.uses.at(-1)!.kmsRequestId).toBe('after-crash');
     // `xks-proxy audit verify` (HMACs in the HSM) agrees: verified, the torn tail only a warning.
-    const v = await audit(['verify', dir, '--config', settings, '--json'], token.env);
+    const v = await audit(['verify', dir, '--config', settings, '--json'], fx.token.env);
     expect(v.code).toBe(0);
     const verdict = JSON.parse(v.stdout) as VerifyJson;
     expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length, checkpoints: trail.checkpoints });
@@ -122,7 +91,7 @@ describe('crash', () => {
 describe('disk full (a 256 KiB tmpfs)', () => {
   let mnt: string;
   beforeAll(() => {
-    mnt = path.join(work, 'tmpfs');
+    mnt = path.join(fx.work, 'tmpfs');
     mkdirSync(mnt);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=0755', 'tmpfs', mnt]);
   });
@@ -153,18 +122,18 @@ describe('disk full (a 256 KiB tmpfs)', () => {
     it(`${mode}, ${durability}: refuses (or serves) while full, recovers when space is back, the chain holds`, async () => {
       const dir = path.join(mnt, `${mode}-${durability}`);
       const proxy = await startTestProxy(
-        spec(dir, { onFailure: mode, durability, checkpointEvery: 1000 }),
+        fx.spec(dir, { onFailure: mode, durability, checkpointEvery: 1000 }),
         `full-${mode}-${durability}.toml`,
       );
       const answered: string[] = [];
       try {
-        expect((await call(proxy.base, ENCRYPT, encryptBody(`${mode}-before`), CREDS)).status).toBe(200);
+        expect((await fx.encrypt(proxy.base, `${mode}-before`)).status).toBe(200);
         answered.push(`${mode}-before`);
         const filler = fill();
         // The file's last page may still take a few lines; then the writes fail.
         let failedAt = -1;
         for (let i = 0; i < 400 && failedAt < 0; i++) {
-          const r = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-full-${i}`), CREDS);
+          const r = await fx.encrypt(proxy.base, `${mode}-full-${i}`);
           if (mode === 'fail-closed') {
             if (r.status === 500) {
               expect(r.json).toEqual({
@@ -184,7 +153,7 @@ describe('disk full (a 256 KiB tmpfs)', () => {
         expect(failedAt).toBeGreaterThanOrEqual(0);
         if (mode === 'fail-closed') {
           // Refused before the HSM while broken; health says UNAVAILABLE.
-          const r = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-refused`), CREDS);
+          const r = await fx.encrypt(proxy.base, `${mode}-refused`);
           expect(r.status).toBe(500);
           expect(r.json.errorMessage).toMatch(/audit trail cannot be written/);
           expect(await healthStatus(proxy.base)).toBe('UNAVAILABLE');
@@ -201,7 +170,7 @@ describe('disk full (a 256 KiB tmpfs)', () => {
         }
         expect(recovered).toBe(true);
         expect(await healthStatus(proxy.base)).toBe('ACTIVE');
-        const after = await call(proxy.base, ENCRYPT, encryptBody(`${mode}-after`), CREDS);
+        const after = await fx.encrypt(proxy.base, `${mode}-after`);
         expect(after.status).toBe(200);
         answered.push(`${mode}-after`);
       } finally {
@@ -215,7 +184,7 @@ describe('disk full (a 256 KiB tmpfs)', () => {
       if (mode === 'fail-closed' && durability === 'before-response') expect(answered.filter((id) => !recorded.has(id))).toEqual([]);
       expect(recorded.has(`${mode}-after`)).toBe(true);
       // `xks-proxy audit verify` agrees: one chain; the given-up file is an acknowledged torn tail.
-      const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], token.env);
+      const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], fx.token.env);
       const verdict = JSON.parse(v.stdout) as VerifyJson;
       expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length });
       expect(v.code).toBe(0);

@@ -4,16 +4,14 @@
  * S3 trail file, plain and gzipped), matched by the KMS request id, with a trail the real proxy
  * (in this process, real sockets, SoftHSM2) wrote while serving signed requests.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Hsm } from '../src/hsm/hsm.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { audit } from './helpers/audit-tamper.js';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
-import { call, startTestProxy, type CallOptions } from './helpers/proxy.js';
-import type { TestToken } from './helpers/softhsm.js';
+import { checkTrail } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
+import { startTestProxy, type CallOptions } from './helpers/proxy.js';
 
 const FIXTURES = path.resolve('test/fixtures/cloudtrail');
 const XKS_KEY = 'abc01234567890fe';
@@ -25,11 +23,10 @@ const GDK_ID = 'd1b881f8-2048-41f8-b6cc-382b7857ec64';
 const LEAKED_ID = '7e57a11d-0000-4000-8000-000000000001';
 const KMS_KEY_ARN = 'arn:aws:kms:us-west-2:111122223333:key/0987dcba-09fe-87dc-65ba-ab0987654321';
 const PREFIX = '/reconcile';
-const API = `${PREFIX}/kms/xks/v1`;
 const CREDS: CallOptions = { accessKeyId: 'AKIDRECONCILEEXAMPLE1', secret: 'cmVjb25jaWxlLXJlY29uY2lsZS1yZWNvbmNpbGUtcmVj' };
 
-let token: TestToken;
-let work: string;
+const fx = useAuditProxy({ label: 'xks-audit-reconcile', prefix: PREFIX, creds: CREDS, keys: [XKS_KEY] });
+
 let trail: string;
 let spanTime: string;
 
@@ -45,48 +42,23 @@ function retimed(name: string, time: string): string {
       inner['eventTime'] = time;
       e['CloudTrailEvent'] = JSON.stringify(inner);
     }
-  const out = path.join(work, `retimed-${name}`);
+  const out = path.join(fx.work, `retimed-${name}`);
   writeFileSync(out, JSON.stringify(doc));
   return out;
 }
 
 beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-reconcile');
   // The external key of the documentation's examples, in the HSM under its xksKeyId.
-  const hsm = await Hsm.open({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 5000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
-  });
-  try {
-    await hsm.createKey(XKS_KEY, { encrypt: true, decrypt: true });
-  } finally {
-    await hsm.close();
-  }
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-reconcile-'));
-  trail = path.join(work, 'trail');
-  const proxy = await startTestProxy({
-    token,
-    level: 'INFO',
-    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [XKS_KEY] }],
-    audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL },
-  });
+  await fx.withHsm((hsm) => hsm.createKey(XKS_KEY, { encrypt: true, decrypt: true }));
+  trail = path.join(fx.work, 'trail');
+  const proxy = await startTestProxy(fx.spec(trail));
   try {
     const meta = { awsPrincipalArn: ALICE, kmsKeyArn: KMS_KEY_ARN };
-    const enc = await call(
-      proxy.base,
-      `${API}/keys/${XKS_KEY}/encrypt`,
-      {
-        requestMetadata: { ...meta, kmsOperation: 'Encrypt', kmsRequestId: ENCRYPT_ID },
-        plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
-        encryptionAlgorithm: 'AES_GCM',
-      },
-      CREDS,
-    );
+    const enc = await fx.post(proxy.base, `/keys/${XKS_KEY}/encrypt`, {
+      requestMetadata: { ...meta, kmsOperation: 'Encrypt', kmsRequestId: ENCRYPT_ID },
+      plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
+      encryptionAlgorithm: 'AES_GCM',
+    });
     expect(enc.status).toBe(200);
     const sealed = {
       ciphertext: enc.json.ciphertext,
@@ -96,54 +68,39 @@ beforeAll(async () => {
     const dec = { ...sealed, encryptionAlgorithm: 'AES_GCM' };
     expect(
       (
-        await call(
-          proxy.base,
-          `${API}/keys/${XKS_KEY}/decrypt`,
-          { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: DECRYPT_ID }, ...dec },
-          CREDS,
-        )
+        await fx.post(proxy.base, `/keys/${XKS_KEY}/decrypt`, {
+          requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: DECRYPT_ID },
+          ...dec,
+        })
       ).status,
     ).toBe(200);
     // A request signed with the key store's credential that AWS KMS never made (a leaked credential).
     expect(
       (
-        await call(
-          proxy.base,
-          `${API}/keys/${XKS_KEY}/decrypt`,
-          { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: LEAKED_ID }, ...dec },
-          CREDS,
-        )
+        await fx.post(proxy.base, `/keys/${XKS_KEY}/decrypt`, {
+          requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: LEAKED_ID },
+          ...dec,
+        })
       ).status,
     ).toBe(200);
     // Refused at authentication (a wrong secret): not a use.
-    const refused = await call(
+    const refused = await fx.post(
       proxy.base,
-      `${API}/keys/${XKS_KEY}/decrypt`,
+      `/keys/${XKS_KEY}/decrypt`,
       { requestMetadata: { ...meta, kmsOperation: 'Decrypt', kmsRequestId: 'refused-1' }, ...dec },
       { ...CREDS, secret: 'bm90LXRoZS1zZWNyZXQtbm90LXRoZS1zZWNyZXQtbm90' },
     );
     expect(refused.status).toBe(401);
     // KMS's health checks have no CloudTrail event.
     expect(
-      (
-        await call(
-          proxy.base,
-          `${API}/health`,
-          { requestMetadata: { kmsRequestId: 'health-1', kmsOperation: 'CreateCustomKeyStore' } },
-          CREDS,
-        )
-      ).status,
+      (await fx.post(proxy.base, `/health`, { requestMetadata: { kmsRequestId: 'health-1', kmsOperation: 'CreateCustomKeyStore' } }))
+        .status,
     ).toBe(200);
   } finally {
     await proxy.stop();
   }
   // CloudTrail's times have second resolution: the second the first request was recorded in.
   spanTime = `${String(checkTrail(trail).uses[0]!.time).slice(0, 19)}Z`;
-});
-
-afterAll(() => {
-  if (work) rmSync(work, { recursive: true, force: true });
-  token?.cleanup();
 });
 
 interface ReconcileJson {
@@ -181,7 +138,7 @@ describe('audit reconcile', () => {
     const time = spanTime;
     const results = [];
     for (const f of ['lookup-events.json', 's3-trail.json']) results.push(await reconcile('--cloudtrail', retimed(f, time), trail));
-    const gz = path.join(work, 's3-trail.json.gz');
+    const gz = path.join(fx.work, 's3-trail.json.gz');
     writeFileSync(gz, gzipSync(readFileSync(retimed('s3-trail.json', time))));
     results.push(await reconcile('--cloudtrail', gz, trail));
     for (const { code, r } of results) {
@@ -207,7 +164,7 @@ describe('audit reconcile', () => {
     const time = spanTime;
     const doc = JSON.parse(readFileSync(retimed('s3-trail.json', time), 'utf8')) as { Records: Json[] };
     for (const e of doc.Records) if (e['requestID'] === ENCRYPT_ID) e['eventName'] = 'ReEncrypt';
-    const swapped = path.join(work, 'swapped.json');
+    const swapped = path.join(fx.work, 'swapped.json');
     writeFileSync(swapped, JSON.stringify(doc));
     const { r } = await reconcile('--cloudtrail', swapped, trail);
     expect(r.mismatches.map((m) => m.problem)).toEqual(['the proxy was told Encrypt, CloudTrail says ReEncrypt']);
@@ -218,8 +175,8 @@ describe('audit reconcile', () => {
 
   it('usage errors exit 2', async () => {
     expect((await audit(['reconcile', trail], {})).code).toBe(2);
-    expect((await audit(['reconcile', '--cloudtrail', path.join(work, 'none.json'), trail], {})).code).toBe(2);
-    writeFileSync(path.join(work, 'bad.json'), '{"Something":[]}');
-    expect((await audit(['reconcile', '--cloudtrail', path.join(work, 'bad.json'), trail], {})).code).toBe(2);
+    expect((await audit(['reconcile', '--cloudtrail', path.join(fx.work, 'none.json'), trail], {})).code).toBe(2);
+    writeFileSync(path.join(fx.work, 'bad.json'), '{"Something":[]}');
+    expect((await audit(['reconcile', '--cloudtrail', path.join(fx.work, 'bad.json'), trail], {})).code).toBe(2);
   });
 });

@@ -3,58 +3,37 @@
  * the next minute, at most ~60 s): the closing file ends in a checkpoint, the next one's start
  * record names it and its last hash (reason "rotate"), and a restart continues after both.
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { expect, it } from 'vitest';
+import { checkTrail } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, type VerifyJson } from './helpers/audit-tamper.js';
-import { call, META, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { startTestProxy } from './helpers/proxy.js';
 
-const PREFIX = '/audit/rotation';
-const API = `${PREFIX}/kms/xks/v1`;
-const CREDS: CallOptions = { accessKeyId: 'AKIDAUDITROTATE000001', secret: 'cm90YXRlLXJvdGF0ZS1yb3RhdGUtcm90YXRlLXJvdGE=' };
-
-let token: TestToken;
-let work: string;
-
-beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-rot');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-rot-'));
-});
-
-afterAll(() => {
-  token?.cleanup();
-  rmSync(work, { recursive: true, force: true });
+const fx = useAuditProxy({
+  label: 'xks-audit-rot',
+  prefix: '/audit/rotation',
+  creds: { accessKeyId: 'AKIDAUDITROTATE000001', secret: 'cm90YXRlLXJvdGF0ZS1yb3RhdGUtcm90YXRlLXJvdGE=' },
 });
 
 it('rotates at the period boundary and restarts after it, in one chain', async () => {
-  const dir = path.join(work, 'trail');
-  const s: SettingsSpec = {
-    token,
-    level: 'INFO',
-    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
-    operationTimeoutMs: 10_000,
-    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
-    audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, rotation: 'MINUTELY', checkpointEvery: 1000 },
-  };
-  const metadata = (base: string, id: string) =>
-    call(base, `${API}/keys/${TEST_KEYS.ordinary}/metadata`, { requestMetadata: { ...META, kmsRequestId: id } }, CREDS);
+  const dir = path.join(fx.work, 'trail');
+  const s = fx.spec(dir, { rotation: 'MINUTELY', checkpointEvery: 1000 });
   let proxy = await startTestProxy(s, 'rot1.toml');
   let i = 0;
   try {
     // One request every 200 ms until the minute turned and one more request went to the new file.
     for (let t = 0; t < 400 && readdirSync(dir).length < 2; t++) {
-      expect((await metadata(proxy.base, `r${i++}`)).status).toBe(200);
+      expect((await fx.metadata(proxy.base, `r${i++}`)).status).toBe(200);
       await new Promise((r) => setTimeout(r, 200));
     }
-    expect((await metadata(proxy.base, `r${i++}`)).status).toBe(200);
+    expect((await fx.metadata(proxy.base, `r${i++}`)).status).toBe(200);
   } finally {
     await proxy.stop();
   }
   proxy = await startTestProxy(s, 'rot2.toml');
-  expect((await metadata(proxy.base, 'after-restart')).status).toBe(200);
+  expect((await fx.metadata(proxy.base, 'after-restart')).status).toBe(200);
   await proxy.stop();
 
   const trail = checkTrail(dir);
@@ -67,7 +46,7 @@ it('rotates at the period boundary and restarts after it, in one chain', async (
   // Both instances' records, in order, none lost at the boundary.
   expect(trail.uses.map((u) => u.kmsRequestId)).toEqual([...Array.from({ length: i }, (_, k) => `r${k}`), 'after-restart']);
   // `xks-proxy audit verify` (HMACs in the HSM) agrees.
-  const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], token.env);
+  const v = await audit(['verify', dir, '--config', proxy.settingsPath, '--json'], fx.token.env);
   expect(v.code).toBe(0);
   expect(JSON.parse(v.stdout) as VerifyJson).toMatchObject({
     ok: true,

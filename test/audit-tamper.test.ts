@@ -4,23 +4,23 @@
  * (the real CLI, HMACs in the real SoftHSM2 token) verifies it, reports the crash's tail as torn, and
  * names every tampering with its file and line.
  */
-import { cpSync, mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken } from './helpers/audit.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { checkTrail } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, readLines, rechain, sha256, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
 import { spawnProxyCli, type CliProxy } from './helpers/cli.js';
-import { call, META, settingsToml, type CallOptions } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { META } from './helpers/proxy.js';
+import { TEST_KEYS } from './helpers/softhsm.js';
 
-const PREFIX = '/tamper';
-const API = `${PREFIX}/kms/xks/v1`;
-const CREDS: CallOptions = { accessKeyId: 'AKIDTAMPEREXAMPLE0001', secret: 'dGFtcGVyLXRhbXBlci10YW1wZXItdGFtcGVyLXRhbXA=' };
 const BOB = 'arn:aws:iam::123456789012:role/Bob';
 
-let token: TestToken;
-let work: string;
+const fx = useAuditProxy({
+  label: 'xks-audit-tamper',
+  prefix: '/tamper',
+  creds: { accessKeyId: 'AKIDTAMPEREXAMPLE0001', secret: 'dGFtcGVyLXRhbXBlci10YW1wZXItdGFtcGVyLXRhbXA=' },
+});
 let trail: string;
 let env: Record<string, string>;
 /** The trail's files in chain order and what each start record says. */
@@ -28,16 +28,7 @@ let files: { name: string; reason: string }[];
 let sent: string[];
 
 function encrypt(proxy: CliProxy, id: string, principal = META.awsPrincipalArn) {
-  return call(
-    `http://127.0.0.1:${proxy.port}`,
-    `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
-    {
-      requestMetadata: { ...META, awsPrincipalArn: principal, kmsRequestId: id },
-      plaintext: 'AAECAwQFBgcICQoLDA0ODw==',
-      encryptionAlgorithm: 'AES_GCM',
-    },
-    CREDS,
-  );
+  return fx.encrypt(`http://127.0.0.1:${proxy.port}`, id, { awsPrincipalArn: principal });
 }
 
 async function serve(ids: string[], principal?: string): Promise<CliProxy> {
@@ -55,23 +46,10 @@ async function stop(proxy: CliProxy, signal: NodeJS.Signals): Promise<void> {
 }
 
 beforeAll(async () => {
-  token = await makeAuditToken('xks-audit-tamper');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-tamper-'));
-  trail = path.join(work, 'trail');
-  const settings = path.join(work, 'settings.toml');
-  writeFileSync(
-    settings,
-    settingsToml({
-      token,
-      level: 'INFO',
-      // A loaded machine must not turn a slow HSM call into a 503.
-      operationTimeoutMs: 10_000,
-      stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary] }],
-      // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
-      audit: { directory: trail, hmacKeyId: AUDIT_HMAC_LABEL, checkpointEvery: 1000, rotation: 'MINUTELY' },
-    }),
-  );
-  env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings };
+  trail = path.join(fx.work, 'trail');
+  // Checkpoints only at clean stops: the killed file then never ends in one (its tail is torn).
+  const settings = fx.settingsFile('settings.toml', fx.spec(trail, { checkpointEvery: 1000, rotation: 'MINUTELY' }));
+  env = { ...fx.token.env, XKS_PROXY_SETTINGS_TOML: settings };
   sent = [];
   // 1: ten uses, a clean stop (the file ends in a checkpoint).
   await stop(await serve(Array.from({ length: 10 }, (_, i) => `first-${i}`)), 'SIGTERM');
@@ -98,14 +76,9 @@ beforeAll(async () => {
   files = checked.files.map((f) => ({ name: f.name, reason: String(f.records[0]!.reason) }));
 }, 180_000);
 
-afterAll(() => {
-  if (work) rmSync(work, { recursive: true, force: true });
-  token?.cleanup();
-});
-
 let copies = 0;
 function copy(): string {
-  const dir = path.join(work, `t${++copies}`);
+  const dir = path.join(fx.work, `t${++copies}`);
   cpSync(trail, dir, { recursive: true });
   return dir;
 }
@@ -238,5 +211,99 @@ describe('tampering with the real trail', () => {
     const { code, v } = await verify(dir);
     expect(code).toBe(1);
     expect(v.break).toMatchObject({ kind: 'forged-checkpoint', file: last, line: firstCheckpoint + 1 });
+  });
+});
+
+describe('a range of the real trail (--range): the files given begin mid-chain', () => {
+  /** A copy of the files from the nth on (chain order), as an auditor is given them. */
+  function range(from: number): string {
+    const dir = copy();
+    for (const f of files.slice(0, from)) rmSync(path.join(dir, f.name));
+    return dir;
+  }
+
+  it('verifies fully from the first file given and says the range starts there', async () => {
+    const dir = range(1);
+    const first = files[1]!.name;
+    const prevHash = sha256(readLines(path.join(trail, files[0]!.name)).at(-1)!);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code, r.stderr).toBe(0);
+    const v = JSON.parse(r.stdout) as VerifyJson;
+    expect(v.break).toBeNull();
+    expect(v.files).toEqual(files.slice(1).map((f) => f.name));
+    expect(v.hmacsVerified).toBe(v.checkpoints);
+    expect(v.checkpoints).toBeGreaterThanOrEqual(3);
+    expect(v.range).toEqual({
+      file: first,
+      previousFile: files[0]!.name,
+      previousHash: prevHash,
+      message: `the range starts at ${first}, whose predecessor ${files[0]!.name} was not given: nothing before ${first} is proven`,
+    });
+    // The crash's torn tail inside the range is still checked and reported.
+    expect(v.warnings.filter((w) => /torn tail \(crash\)/.test(w.message)).map((w) => w.file)).toEqual([files[3]!.name]);
+    const human = await audit(['verify', dir, '--range'], env);
+    expect(human.code).toBe(0);
+    expect(human.stderr).toContain(`note: the range starts at ${first}, whose predecessor ${files[0]!.name} was not given`);
+    expect(human.stderr).toMatch(/^verified: 4 files, /m);
+    // A range from the rotated file on, named file by file; and list takes --range too.
+    const later = range(2);
+    const named = files.slice(2).map((f) => path.join(later, f.name));
+    const fromRotated = await audit(['verify', ...named, '--range', '--json'], env);
+    expect(fromRotated.code).toBe(0);
+    expect((JSON.parse(fromRotated.stdout) as VerifyJson).range).toMatchObject({ file: nameOf('rotate'), previousFile: files[1]!.name });
+    const listed = await audit(['list', path.join(trail, nameOf('rotate')), '--range', '--json'], {});
+    expect(listed.code).toBe(0);
+    expect(
+      listed.stdout
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { kmsRequestId: string }).kmsRequestId),
+    ).toEqual(['rotated-0', 'rotated-1', 'rotated-2']);
+  });
+
+  it('without --range the same files are a break: the trail does not begin there', async () => {
+    const { code, v } = await verify(range(1));
+    expect(code).toBe(1);
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[1]!.name, line: 1 });
+    expect(v.break!.message).toContain('--range');
+  });
+
+  it('a deletion inside the range is still found', async () => {
+    const dir = range(1);
+    const f = path.join(dir, files[1]!.name);
+    const lines = readLines(f);
+    lines.splice(2, 1);
+    writeLines(f, lines);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.stdout) as VerifyJson).break).toMatchObject({ kind: 'deleted', file: files[1]!.name, line: 3 });
+  });
+
+  it("removing the range's middle file is still a missing file", async () => {
+    const dir = range(1);
+    rmSync(path.join(dir, nameOf('rotate')));
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    const v = JSON.parse(r.stdout) as VerifyJson;
+    expect(v.break).toMatchObject({ kind: 'missing-file', file: files[3]!.name, line: 1 });
+    expect(v.break!.message).toContain(nameOf('rotate'));
+  });
+
+  it("a range whose first file's start record was changed is caught by that file's own chain", async () => {
+    const dir = range(1);
+    const f = path.join(dir, files[1]!.name);
+    const lines = readLines(f);
+    const original = lines[0]!;
+    // Another predecessor's hash in previousHash alone, then in previousHash and prev both.
+    lines[0] = withField(original, 'previousHash', sha256('another trail'));
+    writeLines(f, lines);
+    const r = await audit(['verify', dir, '--range', '--json'], env);
+    expect(r.code).toBe(1);
+    expect((JSON.parse(r.stdout) as VerifyJson).break).toMatchObject({ kind: 'edited', file: files[1]!.name, line: 1 });
+    lines[0] = withField(withField(original, 'previousHash', sha256('another trail')), 'prev', sha256('another trail'));
+    writeLines(f, lines);
+    const both = await audit(['verify', dir, '--range', '--json'], env);
+    expect(both.code).toBe(1);
+    expect((JSON.parse(both.stdout) as VerifyJson).break).toMatchObject({ kind: 'edited', file: files[1]!.name, line: 1 });
   });
 });

@@ -4,49 +4,27 @@
  * checkpoints (recomputed independently with node:crypto), the files' modes, a restart continuing
  * the chain, stdout shipping, and the start-up checks.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { startProxy } from '../src/main.js';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken, modeOf } from './helpers/audit.js';
-import { call, META, settingsToml, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { AUDIT_HMAC_LABEL, checkTrail, modeOf } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
+import { META, settingsToml, startTestProxy, type CallOptions, type SettingsSpec } from './helpers/proxy.js';
+import { TEST_KEYS } from './helpers/softhsm.js';
 
 const PREFIX = '/audit/prefix';
-const API = `${PREFIX}/kms/xks/v1`;
 const CREDS: CallOptions = { accessKeyId: 'AKIDAUDITEXAMPLE00001', secret: 'YXVkaXQtYXVkaXQtYXVkaXQtYXVkaXQtYXVkaXQtYXU=' };
 
-let token: TestToken;
-let work: string;
-
-beforeAll(async () => {
-  token = await makeAuditToken('xks-audit');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-audit-'));
-});
-
-afterAll(() => {
-  token?.cleanup();
-  rmSync(work, { recursive: true, force: true });
-});
-
-function spec(dir: string, audit: Partial<NonNullable<SettingsSpec['audit']>> = {}): SettingsSpec {
-  return {
-    token,
-    level: 'INFO',
-    // A loaded machine (the suite runs files in parallel) must not turn a slow HSM call into a 503.
-    operationTimeoutMs: 10_000,
-    stores: [{ prefix: PREFIX, accessKeyId: CREDS.accessKeyId, secret: CREDS.secret, keys: [TEST_KEYS.ordinary, 'not-in-the-hsm'] }],
-    audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL, ...audit },
-  };
-}
+const fx = useAuditProxy({ label: 'xks-audit', prefix: PREFIX, creds: CREDS, keys: [TEST_KEYS.ordinary, 'not-in-the-hsm'] });
+const spec = fx.spec;
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
 describe('records, chain, checkpoints', () => {
   it('records every request with its fields and never its data; a clean stop ends in a checkpoint', async () => {
-    const dir = path.join(work, 'basic');
+    const dir = path.join(fx.work, 'basic');
     const proxy = await startTestProxy(spec(dir, { checkpointEvery: 3 }), 'basic.toml');
     const secrets: string[] = [];
     let ciphertext = '';
@@ -57,62 +35,43 @@ describe('records, chain, checkpoints', () => {
     secrets.push(b64(plaintext), b64(aad), plaintext, aad);
     const meta = { ...META, kmsViaService: 'ebs', awsSourceVpc: 'vpc-0123', awsSourceVpce: 'vpce-0456' };
     for (let i = 0; i < 4; i++) {
-      const r = await call(
-        proxy.base,
-        `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
-        {
-          requestMetadata: { ...meta, kmsRequestId: `req-enc-${i}` },
-          plaintext: b64(plaintext),
-          additionalAuthenticatedData: b64(aad),
-          encryptionAlgorithm: 'AES_GCM',
-        },
-        CREDS,
-      );
+      const r = await fx.post(proxy.base, `/keys/${TEST_KEYS.ordinary}/encrypt`, {
+        requestMetadata: { ...meta, kmsRequestId: `req-enc-${i}` },
+        plaintext: b64(plaintext),
+        additionalAuthenticatedData: b64(aad),
+        encryptionAlgorithm: 'AES_GCM',
+      });
       expect(r.status).toBe(200);
       ciphertext = r.json.ciphertext as string;
       iv = r.json.initializationVector as string;
       tag = r.json.authenticationTag as string;
       secrets.push(ciphertext, iv, tag);
     }
-    const dec = await call(
-      proxy.base,
-      `${API}/keys/${TEST_KEYS.ordinary}/decrypt`,
-      {
-        requestMetadata: { ...META, kmsOperation: 'Decrypt', kmsRequestId: 'req-dec' },
-        ciphertext,
-        initializationVector: iv,
-        authenticationTag: tag,
-        additionalAuthenticatedData: b64(aad),
-        encryptionAlgorithm: 'AES_GCM',
-      },
-      CREDS,
-    );
+    const dec = await fx.post(proxy.base, `/keys/${TEST_KEYS.ordinary}/decrypt`, {
+      requestMetadata: { ...META, kmsOperation: 'Decrypt', kmsRequestId: 'req-dec' },
+      ciphertext,
+      initializationVector: iv,
+      authenticationTag: tag,
+      additionalAuthenticatedData: b64(aad),
+      encryptionAlgorithm: 'AES_GCM',
+    });
     expect(dec.status).toBe(200);
     expect(dec.json.plaintext).toBe(b64(plaintext));
-    const md = await call(
-      proxy.base,
-      `${API}/keys/${TEST_KEYS.ordinary}/metadata`,
-      { requestMetadata: { ...META, kmsOperation: 'DescribeKey', kmsRequestId: 'req-md' } },
-      CREDS,
-    );
+    const md = await fx.post(proxy.base, `/keys/${TEST_KEYS.ordinary}/metadata`, {
+      requestMetadata: { ...META, kmsOperation: 'DescribeKey', kmsRequestId: 'req-md' },
+    });
     expect(md.status).toBe(200);
-    const missing = await call(
-      proxy.base,
-      `${API}/keys/not-in-the-hsm/metadata`,
-      { requestMetadata: { ...META, kmsRequestId: 'req-missing' } },
-      CREDS,
-    );
+    const missing = await fx.post(proxy.base, `/keys/not-in-the-hsm/metadata`, {
+      requestMetadata: { ...META, kmsRequestId: 'req-missing' },
+    });
     expect(missing.status).toBe(404);
-    const health = await call(
-      proxy.base,
-      `${API}/health`,
-      { requestMetadata: { kmsRequestId: 'req-health', kmsOperation: 'CreateCustomKeyStore' } },
-      CREDS,
-    );
+    const health = await fx.post(proxy.base, `/health`, {
+      requestMetadata: { kmsRequestId: 'req-health', kmsOperation: 'CreateCustomKeyStore' },
+    });
     expect(health.status).toBe(200);
-    const unsigned = await call(
+    const unsigned = await fx.post(
       proxy.base,
-      `${API}/keys/${TEST_KEYS.ordinary}/metadata`,
+      `/keys/${TEST_KEYS.ordinary}/metadata`,
       { requestMetadata: META },
       { ...CREDS, secret: 'd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3Jvbmctd3I=' },
     );
@@ -196,15 +155,10 @@ describe('records, chain, checkpoints', () => {
   });
 
   it('a restart continues the chain in a new file (reason "restart")', async () => {
-    const dir = path.join(work, 'restart');
+    const dir = path.join(fx.work, 'restart');
     for (let run = 0; run < 3; run++) {
       const proxy = await startTestProxy(spec(dir), `restart${run}.toml`);
-      const r = await call(
-        proxy.base,
-        `${API}/keys/${TEST_KEYS.ordinary}/metadata`,
-        { requestMetadata: { ...META, kmsRequestId: `run-${run}` } },
-        CREDS,
-      );
+      const r = await fx.metadata(proxy.base, `run-${run}`);
       expect(r.status).toBe(200);
       await proxy.stop();
     }
@@ -217,23 +171,14 @@ describe('records, chain, checkpoints', () => {
 
   it('records of every event loop reach the one writer, in both durability modes', async () => {
     for (const durability of ['before-response', 'batched']) {
-      const dir = path.join(work, `loops-${durability}`);
+      const dir = path.join(fx.work, `loops-${durability}`);
       const proxy = await startTestProxy(
         { ...spec(dir, { durability, checkpointEvery: 7 }), workers: 2, metrics: { enabled: true } },
         `loops-${durability}.toml`,
       );
       expect(proxy.workers).toBe(2);
       // Fresh connections: the kernel spreads them over both loops (SO_REUSEPORT).
-      const results = await Promise.all(
-        Array.from({ length: 60 }, (_, i) =>
-          call(
-            proxy.base,
-            `${API}/keys/${TEST_KEYS.ordinary}/encrypt`,
-            { requestMetadata: { ...META, kmsRequestId: `loop-${i}` }, plaintext: b64(`p${i}`), encryptionAlgorithm: 'AES_GCM' },
-            CREDS,
-          ),
-        ),
-      );
+      const results = await Promise.all(Array.from({ length: 60 }, (_, i) => fx.encrypt(proxy.base, `loop-${i}`)));
       for (const r of results) expect(r.status).toBe(200);
       const metrics = await (await fetch(`${proxy.metricsBase}/metrics`)).text();
       const perLoop = [0, 1].map((w) => Number(new RegExp(`xks_worker_requests_total\\{worker="${w}"\\} (\\d+)`).exec(metrics)?.[1]));
@@ -249,9 +194,9 @@ describe('records, chain, checkpoints', () => {
   });
 
   it('stdout = true also prints every record as one JSON line', async () => {
-    const dir = path.join(work, 'stdout');
+    const dir = path.join(fx.work, 'stdout');
     const proxy = await startTestProxy(spec(dir, { stdout: true }), 'stdout.toml');
-    await call(proxy.base, `${API}/keys/${TEST_KEYS.ordinary}/metadata`, { requestMetadata: { ...META, kmsRequestId: 'shipped' } }, CREDS);
+    await fx.metadata(proxy.base, 'shipped');
     await proxy.stop();
     const fileLines = readFileSync(path.join(dir, readdirSync(dir)[0]!), 'utf8')
       .trim()
@@ -264,7 +209,7 @@ describe('records, chain, checkpoints', () => {
 
 describe('start-up checks', () => {
   async function startFailure(s: SettingsSpec, name: string): Promise<string> {
-    const file = path.join(token.dir, name);
+    const file = path.join(fx.token.dir, name);
     writeFileSync(file, settingsToml(s));
     try {
       const p = await startProxy(loadConfig(file), { stdout: new (await import('node:stream')).PassThrough() });
@@ -278,17 +223,17 @@ describe('start-up checks', () => {
   it('refuses a missing HMAC key, an AES key and a directory that cannot be written', async () => {
     expect(
       await startFailure(
-        { ...spec(path.join(work, 'x1')), audit: { directory: path.join(work, 'x1'), hmacKeyId: 'no-such-hmac-key' } },
+        { ...spec(path.join(fx.work, 'x1')), audit: { directory: path.join(fx.work, 'x1'), hmacKeyId: 'no-such-hmac-key' } },
         'f1.toml',
       ),
     ).toMatch(/audit\.hmac_key_id: the HSM cannot compute an HMAC-SHA256 with the key "no-such-hmac-key": Key not found/);
     expect(
       await startFailure(
-        { ...spec(path.join(work, 'x2')), audit: { directory: path.join(work, 'x2'), hmacKeyId: TEST_KEYS.known } },
+        { ...spec(path.join(fx.work, 'x2')), audit: { directory: path.join(fx.work, 'x2'), hmacKeyId: TEST_KEYS.known } },
         'f2.toml',
       ),
     ).toMatch(/audit\.hmac_key_id: .* not a generic secret key/);
-    const plainFile = path.join(work, 'a-file');
+    const plainFile = path.join(fx.work, 'a-file');
     writeFileSync(plainFile, 'x');
     expect(await startFailure(spec(path.join(plainFile, 'trail')), 'f3.toml')).toMatch(
       /audit\.directory: cannot write the audit trail in .*: (ENOTDIR|EEXIST)/,

@@ -3,43 +3,34 @@
  * checkpoints HMAC'd in a real SoftHSM2 token: every kind of break is found and named with its file
  * and line, an acknowledged torn tail is a warning, the listing answers an auditor's question.
  */
-import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Hsm } from '../src/hsm/hsm.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, readLines, rechain, sha256, type VerifyJson, withField, writeLines } from './helpers/audit-tamper.js';
 import { TrailBuilder } from './helpers/audit-trail.js';
-import { settingsToml } from './helpers/proxy.js';
-import { makeToken, type TestToken } from './helpers/softhsm.js';
 
 const HMAC_KEY = 'xks-audit-hmac';
 const ALICE = 'arn:aws:iam::111122223333:user/Alice';
 const BOB = 'arn:aws:iam::111122223333:role/Bob';
 
-let token: TestToken;
-let work: string;
+const fx = useAuditProxy({
+  label: 'xks-audit-verify',
+  prefix: '/xyz',
+  creds: { accessKeyId: 'AKIAAUDITTEST', secret: 'x'.repeat(40) },
+  keys: ['k1', 'k2'],
+});
 let clean: string;
 let settings: string;
 let env: Record<string, string>;
 let names: string[];
 
 beforeAll(async () => {
-  token = makeToken('xks-audit-verify');
-  process.env.SOFTHSM2_CONF = token.confPath;
-  const hsm = await Hsm.open({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 5000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
-  });
-  try {
+  await fx.withHsm(async (hsm) => {
     await hsm.createHmacKey(HMAC_KEY);
-    work = mkdtempSync(path.join(tmpdir(), 'xks-audit-verify-'));
-    clean = path.join(work, 'clean');
+    // Another HMAC key the HSM holds: a checkpoint naming it was not made with it.
+    await hsm.createHmacKey('attacker-key');
+    clean = path.join(fx.work, 'clean');
     mkdirSync(clean);
     const b = new TrailBuilder(hsm, HMAC_KEY);
     // 1: first file, a checkpoint mid-file and one at rotation.
@@ -75,27 +66,15 @@ beforeAll(async () => {
     b.use({ keyId: 'k2', operation: 'GetKeyMetadata', kmsRequestId: 'r4-1', awsPrincipalArn: BOB });
     await b.checkpoint();
     names = b.write(clean).map((p) => path.basename(p));
-  } finally {
-    await hsm.close();
-  }
-  settings = path.join(work, 'settings.toml');
-  writeFileSync(
-    settings,
-    settingsToml({ token, stores: [{ prefix: '/xyz', accessKeyId: 'AKIAAUDITTEST', secret: 'x'.repeat(40), keys: ['k1', 'k2'] }] }) +
-      `\n[audit]\ndirectory = ${JSON.stringify(clean)}\nhmac_key_id = "${HMAC_KEY}"\n`,
-  );
-  env = { ...token.env, XKS_PROXY_SETTINGS_TOML: settings };
-});
-
-afterAll(() => {
-  if (work) rmSync(work, { recursive: true, force: true });
-  token?.cleanup();
+  });
+  settings = fx.settingsFile('settings.toml', fx.spec(clean, { hmacKeyId: HMAC_KEY }));
+  env = { ...fx.token.env, XKS_PROXY_SETTINGS_TOML: settings };
 });
 
 let copies = 0;
 /** A copy of the clean trail to tamper with. */
 function copy(): string {
-  const dir = path.join(work, `t${++copies}`);
+  const dir = path.join(fx.work, `t${++copies}`);
   cpSync(clean, dir, { recursive: true });
   return dir;
 }
@@ -128,16 +107,16 @@ describe('audit verify: a clean trail', () => {
   it('the [audit] directory of the settings: only the files of its file_prefix', async () => {
     const dir = copy();
     writeFileSync(path.join(dir, 'other-proxy.2026-03-01-09.1.jsonl'), '{"not":"ours"}\n');
-    const own = path.join(work, 'own-prefix.toml');
+    const own = path.join(fx.work, 'own-prefix.toml');
     writeFileSync(
       own,
       readFileSync(settings, 'utf8').replace(`directory = ${JSON.stringify(clean)}`, `directory = ${JSON.stringify(dir)}`),
     );
-    const viaSettings = await audit(['verify', '--json'], { ...token.env, XKS_PROXY_SETTINGS_TOML: own });
+    const viaSettings = await audit(['verify', '--json'], { ...fx.token.env, XKS_PROXY_SETTINGS_TOML: own });
     expect(viaSettings.code, viaSettings.stderr).toBe(0);
     expect((JSON.parse(viaSettings.stdout) as VerifyJson).files).toEqual(names);
     // Named as a directory, every *.jsonl in it is part of the trail.
-    expect((await audit(['verify', dir, '--config', own], token.env)).code).toBe(1);
+    expect((await audit(['verify', dir, '--config', own], fx.token.env)).code).toBe(1);
   });
 
   it('the order is the chain, not the names or the arguments', async () => {
@@ -274,35 +253,23 @@ describe('audit verify: each tampering is found and named', () => {
 
 describe('audit verify: files larger than a read chunk (1 MiB)', () => {
   it('lines across chunk boundaries hash as written; an edit deep in the file is found at its line', async () => {
-    const dir = path.join(work, 'big');
+    const dir = path.join(fx.work, 'big');
     mkdirSync(dir);
-    const hsm = await Hsm.open({
-      modulePath: token.modulePath,
-      userPin: token.pin,
-      poolMaxSize: 2,
-      poolTimeoutMs: 5000,
-      eagerClose: false,
-      threads: 1,
-      ivMode: 'random',
-    });
-    let file: string;
-    try {
+    const file = await fx.withHsm(async (hsm) => {
       const b = new TrailBuilder(hsm, HMAC_KEY).start('first', '2026-05-01-00');
       for (let i = 0; i < 6000; i++) {
         b.use({ keyId: 'k1', operation: 'Encrypt', kmsRequestId: `big-${i}`, kmsOperation: 'Encrypt', awsPrincipalArn: ALICE });
         if (i % 1000 === 999) await b.checkpoint();
       }
-      [file] = b.write(dir);
-    } finally {
-      await hsm.close();
-    }
-    expect(statSync(file!).size).toBeGreaterThan(2 * 1024 * 1024);
+      return b.write(dir)[0]!;
+    });
+    expect(statSync(file).size).toBeGreaterThan(2 * 1024 * 1024);
     const ok = await verify(dir);
     expect(ok.code).toBe(0);
     expect(ok.v).toMatchObject({ lines: 6007, uses: 6000, checkpoints: 6, hmacsVerified: 6 });
-    const lines = readLines(file!);
+    const lines = readLines(file);
     lines[4321] = withField(lines[4321]!, 'outcome', 'AccessDeniedException');
-    writeLines(file!, lines);
+    writeLines(file, lines);
     const bad = await verify(dir);
     expect(bad.v.break).toMatchObject({ kind: 'edited', line: 4322 });
   });
@@ -310,12 +277,12 @@ describe('audit verify: files larger than a read chunk (1 MiB)', () => {
 
 describe('audit verify: usage and I/O errors exit 2', () => {
   it('an unreadable path, no settings, a wrong PIN', async () => {
-    expect((await audit(['verify', path.join(work, 'nope')], env)).code).toBe(2);
-    const none = await audit(['verify', clean], { XKS_PROXY_SETTINGS_TOML: path.join(work, 'missing.toml') });
+    expect((await audit(['verify', path.join(fx.work, 'nope')], env)).code).toBe(2);
+    const none = await audit(['verify', clean], { XKS_PROXY_SETTINGS_TOML: path.join(fx.work, 'missing.toml') });
     expect(none.code).toBe(2);
-    const wrongPin = path.join(work, 'wrong-pin.toml');
-    writeFileSync(wrongPin, readFileSync(settings, 'utf8').replace(token.pin, '99999999'));
-    const pin = await audit(['verify', clean, '--config', wrongPin], token.env);
+    const wrongPin = path.join(fx.work, 'wrong-pin.toml');
+    writeFileSync(wrongPin, readFileSync(settings, 'utf8').replace(fx.token.pin, '99999999'));
+    const pin = await audit(['verify', clean, '--config', wrongPin], fx.token.env);
     expect(pin.code).toBe(2);
     expect(pin.stderr).not.toContain('99999999');
     expect((await audit(['verify', clean, '--since', 'yesterday'], env)).code).toBe(2);

@@ -5,21 +5,21 @@
  * and ::1. The terminator names the client to the HTTP server in a PROXY protocol v2 header; a client
  * that sends such a header itself, to name another address, is closed before it reaches the server.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
 import { startProxy, type RunningProxy } from '../src/main.js';
-import { AUDIT_HMAC_LABEL, checkTrail, makeAuditToken, type Rec } from './helpers/audit.js';
-import { META, REGION, SERVICE, settingsToml, type SettingsSpec } from './helpers/proxy.js';
+import { checkTrail, type Rec } from './helpers/audit.js';
+import { useAuditProxy } from './helpers/audit-proxy.js';
+import { META, REGION, SERVICE, settingsToml } from './helpers/proxy.js';
 import { signRequest } from './helpers/sign.js';
-import { TEST_KEYS, type TestToken } from './helpers/softhsm.js';
+import { TEST_KEYS } from './helpers/softhsm.js';
 import { CLIENT_DNS_NAME, makePki, type TestPki } from './helpers/tls-certs.js';
 
 const PREFIX = '/client/address';
@@ -40,20 +40,15 @@ async function canBind(address: string): Promise<boolean> {
 const second4 = (await canBind('127.0.0.2')) ? '127.0.0.2' : undefined;
 const ipv6 = await canBind('::1');
 
-let token: TestToken;
+const fx = useAuditProxy({ label: 'xks-client-address', prefix: PREFIX, creds: { accessKeyId: AKID, secret: SECRET } });
 let pki: TestPki;
-let work: string;
 
-beforeAll(async () => {
+beforeAll(() => {
   pki = makePki();
-  token = await makeAuditToken('xks-client-address');
-  work = mkdtempSync(path.join(tmpdir(), 'xks-client-address-'));
 });
 
 afterAll(() => {
-  token?.cleanup();
   pki?.cleanup();
-  rmSync(work, { recursive: true, force: true });
 });
 
 type Mode = 'mtls' | 'tls' | 'plain';
@@ -67,14 +62,11 @@ interface Proxy {
 
 /** A proxy with an audit trail, listening on `host` ([server] ip). */
 async function start(name: string, mode: Mode, host: string): Promise<Proxy> {
-  const dir = path.join(work, name);
-  const spec: SettingsSpec = {
-    token,
-    level: 'INFO',
-    operationTimeoutMs: 10_000,
-    stores: [{ prefix: PREFIX, accessKeyId: AKID, secret: SECRET, keys: [TEST_KEYS.ordinary] }],
-    audit: { directory: dir, hmacKeyId: AUDIT_HMAC_LABEL },
-    ...(mode === 'plain'
+  const dir = path.join(fx.work, name);
+  const spec = fx.spec(
+    dir,
+    {},
+    mode === 'plain'
       ? {}
       : {
           tls: {
@@ -82,13 +74,13 @@ async function start(name: string, mode: Mode, host: string): Promise<Proxy> {
             keyFile: pki.server.key,
             ...(mode === 'mtls' ? { mtls: { caFile: pki.ca, dnsName: CLIENT_DNS_NAME } } : {}),
           },
-        }),
-  };
+        },
+  );
   const toml = settingsToml(spec);
   expect(toml).toContain('ip = "127.0.0.1"\n');
-  const settingsPath = path.join(token.dir, `${name}.toml`);
+  const settingsPath = path.join(fx.token.dir, `${name}.toml`);
   writeFileSync(settingsPath, toml.replace('ip = "127.0.0.1"\n', `ip = ${JSON.stringify(host)}\n`));
-  Object.assign(process.env, token.env);
+  Object.assign(process.env, fx.token.env);
   const out = new PassThrough();
   let text = '';
   out.on('data', (c: Buffer) => (text += c.toString('utf8')));

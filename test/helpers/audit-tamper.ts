@@ -76,5 +76,7 @@ export interface VerifyJson {
   uses: number;
   checkpoints: number;
   hmacsVerified: number;
+  /** --range: where the files given begin (null: at the trail's first file). */
+  range: { file: string; previousFile: string; previousHash: string; message: string } | null;
   matches?: Record<string, unknown>[];
 }

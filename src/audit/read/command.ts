@@ -14,9 +14,9 @@ import { collectUses, formatUse, type ListedUse, parseBound, type UseFilter } fr
 import { type CheckpointMac, type Verdict, verifyTrail } from './verify.js';
 import type { Config } from '../../config.js';
 
-export const AUDIT_USAGE = `Usage: xks-proxy audit verify [FILE|DIR...] [--config FILE] [filters] [--json]
-       xks-proxy audit list [FILE|DIR...] [--config FILE] [filters] [--json]
-       xks-proxy audit reconcile --cloudtrail FILE [--cloudtrail FILE...] [FILE|DIR...]
+export const AUDIT_USAGE = `Usage: xks-proxy audit verify [FILE|DIR...] [--range] [--config FILE] [filters] [--json]
+       xks-proxy audit list [FILE|DIR...] [--range] [--config FILE] [filters] [--json]
+       xks-proxy audit reconcile --cloudtrail FILE [--cloudtrail FILE...] [FILE|DIR...] [--range]
                                  [--config FILE] [--custom-key-store-id ID] [--json]
 
 The trail: the files and directories named (a directory: its *.jsonl files), else the [audit]
@@ -24,9 +24,10 @@ directory of the settings file (--config FILE, else $XKS_PROXY_SETTINGS_TOML, el
 configuration/bootstrap.toml names).
 
 verify     checks the hash chain across the files and every checkpoint's HMAC in the HSM (the
-           settings file's [pkcs11] module and PIN); prints the first break with file, line and
-           kind (edited, inserted, deleted, reordered, truncated, missing-file, forged-checkpoint).
-           With filters it then lists the matching uses.
+           settings file's [pkcs11] module and PIN), each with the key it names; prints the first
+           break with file, line and kind (edited, inserted, deleted, reordered, truncated,
+           missing-file, forged-checkpoint, key-not-in-hsm). With filters it then lists the
+           matching uses.
 list       lists the matching uses; checks the chain (not the HMACs: no HSM needed).
 reconcile  matches the uses to AWS KMS events in CloudTrail files (aws cloudtrail lookup-events
            output, or S3 trail files, .json or .json.gz) by the KMS request id; lists uses with no
@@ -39,6 +40,10 @@ Filters (verify, list):
   --principal ARN   requestMetadata.awsPrincipalArn
   --operation OP    Encrypt, Decrypt, GetKeyMetadata or GetHealthStatus
 Options:
+  --range           the files are a range of the trail (e.g. one day's files): they may begin
+                    after its first file; checked from the first one given, and the output says
+                    so (nothing before that file is proven). Without it the trail must begin
+                    with its first file: a missing oldest file is a break.
   --json            JSON on stdout (verify, reconcile: one object; list: one use a line)
   --custom-key-store-id ID   reconcile: expect only this key store's events here
 
@@ -50,6 +55,7 @@ interface Args {
   paths: string[];
   config: string | undefined;
   json: boolean;
+  range: boolean;
   filter: UseFilter;
   cloudtrail: string[];
   customKeyStoreId: string | undefined;
@@ -63,10 +69,11 @@ function parseArgs(argv: readonly string[]): Args {
   const [sub, ...rest] = argv;
   if (sub !== 'verify' && sub !== 'list' && sub !== 'reconcile')
     throw new UsageError(sub === undefined ? 'a subcommand is required' : `unknown subcommand "${sub}"`);
-  const a: Args = { sub, paths: [], config: undefined, json: false, filter: {}, cloudtrail: [], customKeyStoreId: undefined };
+  const a: Args = { sub, paths: [], config: undefined, json: false, range: false, filter: {}, cloudtrail: [], customKeyStoreId: undefined };
   for (let i = 0; i < rest.length; i++) {
     const o = rest[i]!;
     if (o === '--json') a.json = true;
+    else if (o === '--range') a.range = true;
     else if (VALUED.has(o)) {
       const v = rest[++i];
       if (v === undefined) throw new UsageError(`${o} needs a value`);
@@ -115,7 +122,7 @@ export async function auditCommand(argv: readonly string[]): Promise<number> {
     if (files.length === 0) throw new TrailReadError(`no trail files (*.jsonl) in ${paths.join(', ')}`);
     if (settings !== undefined && a.sub === 'verify') mac = await openCheckpointMac(settings);
     const { sink, uses } = collectUses(a.sub === 'reconcile' ? {} : a.filter);
-    const verdict = await verifyTrail(files, mac, sink);
+    const verdict = await verifyTrail(files, mac, sink, a.range);
     if (a.sub === 'verify') return reportVerify(verdict, Object.keys(a.filter).length > 0 ? uses : undefined, a.json);
     if (a.sub === 'list') return reportList(verdict, uses, a.json);
     const events: KmsEvent[] = a.cloudtrail.flatMap(readCloudTrail);
@@ -146,7 +153,16 @@ function verdictSummary(v: Verdict, hmacs: boolean): string {
   return hmacs ? `${parts}, ${v.hmacsVerified} HMACs verified in the HSM)` : `${parts}; HMACs not checked: use audit verify)`;
 }
 
+/** What a range leaves unproven, said plainly (the human output and --json). */
+function rangeNote(v: Verdict): string | undefined {
+  const r = v.range;
+  if (r === undefined) return undefined;
+  return `the range starts at ${r.file}, whose predecessor ${r.previousFile} was not given: nothing before ${r.file} is proven`;
+}
+
 function printVerdict(v: Verdict, hmacs: boolean): void {
+  const note = rangeNote(v);
+  if (note !== undefined) err(`note: ${note}\n`);
   if (v.break !== undefined) err(`BROKEN: ${v.break.kind} at ${where(v.break)}: ${v.break.message}\n`);
   for (const w of v.warnings) err(`warning: ${where(w)}: ${w.message}\n`);
   if (v.break === undefined) err(`${hmacs ? 'verified' : 'chain intact'}: ${verdictSummary(v, hmacs)}\n`);
@@ -163,6 +179,7 @@ function verdictJson(v: Verdict): Record<string, unknown> {
     uses: v.uses,
     checkpoints: v.checkpoints,
     hmacsVerified: v.hmacsVerified,
+    range: v.range === undefined ? null : { ...v.range, message: rangeNote(v) },
   };
 }
 

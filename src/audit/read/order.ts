@@ -3,6 +3,10 @@
  * predecessor (`previousFile`); the file whose start says "first" begins the chain. A file whose first
  * line is not a readable start record cannot be placed by its link, so it goes where its name sorts
  * (`<prefix>.<period>.<n>.jsonl`), for the verifier to name what is wrong with that line.
+ *
+ * A range (`audit verify --range`): the files given may begin mid-chain. Then the earliest file (by
+ * name) whose predecessor is not given begins it; any other file whose predecessor is not given is a
+ * gap inside the range (a missing file). Without --range the trail must begin with its first file.
  */
 import type { TrailFile } from './trail-files.js';
 
@@ -11,7 +15,15 @@ export interface OrderBreak {
   problem: string;
 }
 
-export type Ordering = { files: TrailFile[] } | { break: OrderBreak };
+/** Where a range begins: its first file, whose predecessor (named by its start record) was not given. */
+export interface RangeStart {
+  file: string;
+  previousFile: string;
+  /** The hash the range's first line chains from (its start record's prev). */
+  previousHash: string;
+}
+
+export type Ordering = { files: TrailFile[]; range: RangeStart | undefined } | { break: OrderBreak };
 
 /** Sort key from the name: period, then the counter (numerically). */
 function nameKey(name: string): [string, number] {
@@ -28,29 +40,48 @@ export function byName(a: TrailFile, b: TrailFile): number {
 interface Link {
   reason: string;
   previousFile: string | undefined;
+  /** The start record's prev (for a range's first file: where it chains from). */
+  prev: string;
 }
 
 function link(f: TrailFile): Link | undefined {
   const r = f.first?.record;
   if (r === undefined || typeof r === 'string' || r.type !== 'start') return undefined;
-  return { reason: r.reason, previousFile: r.previousFile };
+  return { reason: r.reason, previousFile: r.previousFile, prev: r.prev };
 }
 
-export function orderTrail(input: readonly TrailFile[]): Ordering {
+const notGiven = (f: TrailFile, previous: string): OrderBreak => ({
+  file: f.name,
+  problem: `its start record names the previous file ${previous}, which is not among the files given`,
+});
+
+/** `range`: the files may begin mid-chain (see above). */
+export function orderTrail(input: readonly TrailFile[], range = false): Ordering {
   const files = [...input].sort(byName);
   const names = new Set(files.map((f) => f.name));
   const successors = new Map<string, TrailFile[]>();
   const roots: TrailFile[] = [];
   const unlinked: TrailFile[] = [];
+  /** Files whose predecessor is not given, in name order. */
+  const orphans: { file: TrailFile; link: Link & { previousFile: string } }[] = [];
   for (const f of files) {
     const l = link(f);
     if (l === undefined) unlinked.push(f);
     else if (l.reason === 'first' || l.previousFile === undefined) roots.push(f);
-    else if (!names.has(l.previousFile))
-      return {
-        break: { file: f.name, problem: `its start record names the previous file ${l.previousFile}, which is not among the files given` },
-      };
+    else if (!names.has(l.previousFile)) orphans.push({ file: f, link: { ...l, previousFile: l.previousFile } });
     else successors.set(l.previousFile, [...(successors.get(l.previousFile) ?? []), f]);
+  }
+  let start: RangeStart | undefined;
+  if (orphans.length > 0) {
+    const [o, gap] = orphans;
+    if (roots.length > 0 || !range) {
+      const b = notGiven(o!.file, o!.link.previousFile);
+      if (roots.length === 0) b.problem += ' (the trail does not begin here: --range verifies the files given from their first one on)';
+      return { break: b };
+    }
+    if (gap !== undefined) return { break: notGiven(gap.file, gap.link.previousFile) };
+    start = { file: o!.file.name, previousFile: o!.link.previousFile, previousHash: o!.link.prev };
+    roots.push(o!.file);
   }
   if (roots.length > 1)
     return { break: { file: roots[1]!.name, problem: `a second first file (${roots.map((r) => r.name).join(', ')}): two chains` } };
@@ -74,6 +105,5 @@ export function orderTrail(input: readonly TrailFile[]): Ordering {
     const at = chain.findIndex((c) => byName(u, c) < 0);
     chain.splice(at === -1 ? chain.length : at, 0, u);
   }
-  if (chain.length === 0) return { files: [] };
-  return { files: chain };
+  return { files: chain, range: start };
 }

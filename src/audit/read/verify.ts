@@ -8,11 +8,19 @@
  * line is recognised within WINDOW lines; one moved farther shows as deleted there and inserted where
  * it landed) and the end of the previous file.
  */
-import { orderTrail } from './order.js';
+import { orderTrail, type RangeStart } from './order.js';
 import type { AuditRecord, CheckpointRecord, UseRecord } from './record.js';
 import { LineReader, type TrailFile, type TrailLine, ZERO_HASH } from './trail-files.js';
 
-export type BreakKind = 'edited' | 'inserted' | 'deleted' | 'reordered' | 'truncated' | 'missing-file' | 'forged-checkpoint';
+export type BreakKind =
+  | 'edited'
+  | 'inserted'
+  | 'deleted'
+  | 'reordered'
+  | 'truncated'
+  | 'missing-file'
+  | 'forged-checkpoint'
+  | 'key-not-in-hsm';
 
 export interface Finding {
   file: string;
@@ -25,9 +33,16 @@ export interface Break extends Finding {
   kind: BreakKind;
 }
 
-/** Checks checkpoint HMACs (in the HSM); false when the HMAC does not verify with that key. */
+/**
+ * What the HSM says of a checkpoint's HMAC with the key the checkpoint names: `valid`; `invalid`
+ * (not made with that key, or that key cannot make HMACs); `absent` (the HSM holds no key with
+ * that label, so nothing can be said).
+ */
+export type MacCheck = 'valid' | 'invalid' | 'absent';
+
+/** Checks checkpoint HMACs in the HSM, each with the key (label) it names. */
 export interface CheckpointMac {
-  verify(keyLabel: string, message: Buffer, mac: Buffer): Promise<boolean>;
+  verify(keyLabel: string, message: Buffer, mac: Buffer): Promise<MacCheck>;
 }
 
 export interface Verdict {
@@ -42,6 +57,8 @@ export interface Verdict {
   checkpoints: number;
   /** Checkpoints whose HMAC the HSM verified (0 when checked without the HSM). */
   hmacsVerified: number;
+  /** A range: where it begins (nothing before that file is proven); undefined from the trail's first file. */
+  range: RangeStart | undefined;
 }
 
 /** Called for every use record the walk passes (in chain order), for the listing and reconcile. */
@@ -108,17 +125,24 @@ interface FileEnd {
 
 /**
  * Verifies the files (any order). `mac` undefined: the chain only (the listing's check), checkpoints
- * counted but not authenticated.
+ * counted but not authenticated. `range`: the files may begin mid-chain (order.ts); the first one
+ * is then checked from its start record's `prev`.
  */
-export async function verifyTrail(input: readonly TrailFile[], mac: CheckpointMac | undefined, onUse?: UseSink): Promise<Verdict> {
-  const v: Verdict = { files: [], break: undefined, warnings: [], lines: 0, uses: 0, checkpoints: 0, hmacsVerified: 0 };
-  const ordering = orderTrail(input);
+export async function verifyTrail(
+  input: readonly TrailFile[],
+  mac: CheckpointMac | undefined,
+  onUse?: UseSink,
+  range = false,
+): Promise<Verdict> {
+  const v: Verdict = { files: [], break: undefined, warnings: [], lines: 0, uses: 0, checkpoints: 0, hmacsVerified: 0, range: undefined };
+  const ordering = orderTrail(input, range);
   if ('break' in ordering) {
     v.break = { kind: 'missing-file', file: ordering.break.file, line: 1, message: ordering.break.problem };
     return v;
   }
   const files = ordering.files;
   v.files = files.map((f) => f.name);
+  v.range = ordering.range;
   const walk = new Walk(files, mac, v, onUse);
   try {
     let end: FileEnd | undefined;
@@ -133,14 +157,16 @@ export async function verifyTrail(input: readonly TrailFile[], mac: CheckpointMa
 
 class Walk {
   /** The hash the next line must chain from: the last complete line so far. */
-  private head = ZERO_HASH;
+  private head: string;
 
   constructor(
     private readonly files: readonly TrailFile[],
     private readonly mac: CheckpointMac | undefined,
     private readonly v: Verdict,
     private readonly onUse: UseSink | undefined,
-  ) {}
+  ) {
+    this.head = v.range?.previousHash ?? ZERO_HASH;
+  }
 
   async file(fi: number, prevEnd: FileEnd | undefined): Promise<FileEnd> {
     const f = this.files[fi]!;
@@ -203,6 +229,11 @@ class Walk {
     }
     if (r.seq !== 0) stop('edited', name, 1, `the start record has seq ${r.seq}, expected 0`);
     if (p === undefined) {
+      // A range's first file: its predecessor was not given; its start record is checked in itself.
+      if (this.v.range !== undefined) {
+        if (r.previousHash !== r.prev) stop('edited', name, 1, 'its start record: previousHash and prev differ');
+        return;
+      }
       if (r.reason !== 'first' || r.prev !== ZERO_HASH)
         stop('missing-file', name, 1, `the first file given does not begin the trail (its start record says "${r.reason}")`);
       return;
@@ -217,7 +248,7 @@ class Walk {
       if (m !== undefined)
         stop('inserted', p.name, m + 1, `lines ${m + 1}..${p.lines} were added after ${name} began (it chains from line ${m})`);
       const lr = rec(p.last);
-      if (p.last !== undefined && lr?.type === 'checkpoint' && this.mac !== undefined && !(await this.macOk(p.name, lr)))
+      if (p.last !== undefined && lr?.type === 'checkpoint' && this.mac !== undefined && (await this.macCheck(p.name, lr)) !== 'valid')
         stop(
           'edited',
           p.name,
@@ -246,7 +277,7 @@ class Walk {
     });
   }
 
-  private macOk(fileName: string, c: CheckpointRecord): Promise<boolean> {
+  private macCheck(fileName: string, c: CheckpointRecord): Promise<MacCheck> {
     return this.mac!.verify(c.hmacKeyId, checkpointMessage(fileName, c), Buffer.from(c.hmac, 'hex'));
   }
 
@@ -258,10 +289,19 @@ class Walk {
       stop('edited', name, at, `checkpoint at line ${at}: records is ${c.records}, the file has ${c.seq} lines before it`);
     this.v.checkpoints++;
     if (this.mac === undefined) return;
-    if (!(await this.macOk(name, c))) {
+    const check = await this.macCheck(name, c);
+    if (check !== 'valid') {
       // Changed in place if the next line no longer chains from it; else a checkpoint made without the key.
       const next = cur.peek(0) === undefined ? this.nextFileFirst(fi) : rec(cur.peek(0));
       if (next !== undefined && next.prev !== l.hash) stop('edited', name, at, `checkpoint at line ${at} was changed (its HMAC fails)`);
+      if (check === 'absent')
+        stop(
+          'key-not-in-hsm',
+          name,
+          at,
+          `checkpoint at line ${at} names the HMAC key labelled ${c.hmacKeyId}, which the HSM does not hold: ` +
+            'its HMAC cannot be checked, so nothing before it is proven (restore that key to the HSM)',
+        );
       stop('forged-checkpoint', name, at, `checkpoint at line ${at}: the HSM rejects its HMAC (key ${c.hmacKeyId})`);
     }
     this.v.hmacsVerified++;

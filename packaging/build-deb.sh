@@ -26,7 +26,7 @@ cp package.json package-lock.json README.md "$opt/"
 cp -r bin "$opt/"
 cp -r dist/src "$opt/dist/"
 find "$opt/dist" -name '*.map' -delete
-cp build/Release/xks_pkcs11.node build/Release/xks_tls.node "$opt/build/Release/"
+cp build/Release/xks_pkcs11.node build/Release/xks_tls.node build/Release/xks_audit.node "$opt/build/Release/"
 
 # Production dependencies only, as the lockfile pins them, from npm's cache; no scripts (the
 # root's would build the addon again; the dependencies' only pick prebuilt optional binaries).

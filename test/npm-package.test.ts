@@ -82,10 +82,10 @@ describe('npm pack, then npm install -g of the tarball', () => {
     expect(packed.filter((f) => /^(test|native-test|bench|src|dist\/bench)\//.test(f))).toEqual([]);
   });
 
-  it('built the two addons at install, no test tool, no devDependency', () => {
+  it('built the three addons at install, no test tool, no devDependency', () => {
     const pkgDir = path.join(path.dirname(path.dirname(installed)), 'lib', 'node_modules', PKG.name);
     const built = readdirSync(path.join(pkgDir, 'build', 'Release')).filter((f) => f.endsWith('.node'));
-    expect(built.sort()).toEqual(['xks_pkcs11.node', 'xks_tls.node']);
+    expect(built.sort()).toEqual(['xks_audit.node', 'xks_pkcs11.node', 'xks_tls.node']);
     for (const dev of Object.keys(PKG.devDependencies)) expect(existsSync(path.join(pkgDir, 'node_modules', dev)), dev).toBe(false);
     expect(registry.tarballRequests()).toBe(registry.served.length);
   });

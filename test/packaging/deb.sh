@@ -124,6 +124,9 @@ check "a signed encrypt" bash -c "curl -fsS --aws-sigv4 'aws:amz:us-east-1:kms-x
   -H 'content-type: application/json' -d '$body' 'http://127.0.0.1:$port$prefix/kms/xks/v1/keys/foo/encrypt' | grep -q '\"ciphertext\"'"
 check "the service user owns its log file in /var/log/xks-proxy" bash -c \
   "find /var/log/xks-proxy -type f -user xks-proxy -name 'xks-proxy.log*' | grep -q ."
+# init-dev's [audit] section (its directory set to /var/log/xks-proxy above): the encrypt's record.
+check "the audit trail has the encrypt's record" bash -c \
+  "grep -l '\"kmsRequestId\":\"deb-1\"' /var/log/xks-proxy/xks-audit.*.jsonl | xargs -r stat -c %U | grep -qx xks-proxy"
 check "the proxy runs as xks-proxy" equals "$(stat -c %U "/proc/$pid") $(cat "/proc/$pid/comm")" "xks-proxy node"
 kill -TERM "$pid"
 status=0

@@ -140,7 +140,8 @@ export async function chainTail(dir: string, prefix: string): Promise<ChainTail 
   return {
     file: newest.name,
     lastHash: lastHash ?? '0'.repeat(64),
-    clean: end.lastHash !== undefined && end.clean,
+    // A checkpoint then nothing: a clean end. Bytes after it (a write cut short) are a torn tail.
+    clean: end.lastHash !== undefined && end.clean && end.tornBytes === 0,
     tornBytes: end.tornBytes,
     period: newest.period,
     n: Math.max(...files.filter((f) => f.period === newest.period).map((f) => f.n)),

@@ -3,12 +3,14 @@
 //   new AuditLog(options, onEvent(kind, epoch, seq, time, head, flag, text))   (the main thread)
 //     id(), useFile(epoch, fd, seq, headHex, periodEndsUs), resume(epoch, line),
 //     finish(epoch, line), requestEnd(), markBroken(), ref(), unref(), close()
-//   new AuditChannel(logId, onWritten(ids: Uint32Array, ok))                   (any event loop)
-//     record(fields, id) -> boolean, failed() -> boolean, close()
+//   new AuditChannel(logId, onWritten(ids: Uint32Array, count, ok))            (any event loop)
+//     record(fields, id) -> boolean, kick(), failed() -> boolean, close()
 // Usually one AuditLog per process (one per proxy started in it); every event loop's channel
 // hands its records to it directly.
 #include <napi.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -251,8 +253,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "AuditChannel",
-                       {InstanceMethod<&ChannelWrap::Record>("record"), InstanceMethod<&ChannelWrap::Failed>("failed"),
-                        InstanceMethod<&ChannelWrap::Close>("close")});
+                       {InstanceMethod<&ChannelWrap::Record>("record"), InstanceMethod<&ChannelWrap::Kick>("kick"),
+                        InstanceMethod<&ChannelWrap::Failed>("failed"), InstanceMethod<&ChannelWrap::Close>("close")});
   }
 
   explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
@@ -267,6 +269,8 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     }
     if (log_ == nullptr) throw Napi::Error::New(env, "that audit log is not open in this process");
     tsfn_ = MakeTsfn(env, info[1].As<Napi::Function>(), "xks-audit-written", this, &ChannelWrap::CallJs);
+    // One array for every call of onWritten (its first `count` entries): no allocation per group.
+    ids_ = Napi::Persistent(Napi::Uint32Array::New(env, kIdsPerCall));
     id_ = log_->attach(this);
     napi_add_env_cleanup_hook(env, &ChannelWrap::Cleanup, this);
     hooked_ = true;
@@ -318,15 +322,19 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     Napi::Env e(env);
     Napi::HandleScope scope(e);
     Napi::Function f(env, fn);
+    if (self->ids_.IsEmpty()) return;
+    Napi::Uint32Array a = self->ids_.Value();
     for (int pass = 0; pass < 2; pass++) {
       const std::vector<uint32_t>& ids = pass == 0 ? ok : lost;
-      if (ids.empty()) continue;
-      Napi::Uint32Array a = Napi::Uint32Array::New(e, ids.size());
-      std::copy(ids.begin(), ids.end(), a.Data());
-      try {
-        f.Call({a, Napi::Boolean::New(e, pass == 0)});
-      } catch (...) {
-        // A throwing handler must not cross into Node from here.
+      for (size_t from = 0; from < ids.size(); from += kIdsPerCall) {
+        const size_t n = std::min(kIdsPerCall, ids.size() - from);
+        std::copy(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.begin() + static_cast<std::ptrdiff_t>(from + n),
+                  a.Data());
+        try {
+          f.Call({a, Napi::Number::New(e, static_cast<double>(n)), Napi::Boolean::New(e, pass == 0)});
+        } catch (...) {
+          // A throwing handler must not cross into Node from here.
+        }
       }
     }
   }
@@ -351,6 +359,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     return Napi::Boolean::New(env, ok);
   }
 
+  Napi::Value Kick(const Napi::CallbackInfo& info) {
+    if (log_ != nullptr) log_->kick();
+    return info.Env().Undefined();
+  }
+
   Napi::Value Failed(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), log_ == nullptr || log_->broken());
   }
@@ -361,6 +374,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
   }
 
   static constexpr size_t kScratch = 8192;
+  static constexpr size_t kIdsPerCall = 4096;
 
   napi_env env_;
   std::shared_ptr<Log> log_;
@@ -371,6 +385,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
   std::vector<uint32_t> ok_;
   std::vector<uint32_t> lost_;
   std::vector<char> scratch_;
+  Napi::Reference<Napi::Uint32Array> ids_;
 };
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

@@ -101,17 +101,31 @@ Log::~Log() { stop(); }
 // ------------------------------------------------------------------ any thread
 
 bool Log::record(uint32_t channel, uint32_t id, const char* fields, size_t len) {
-  std::unique_lock<std::mutex> l(mu_);
-  if (stop_ || state_ == State::kBroken) return false;
-  const bool wasEmpty = inbox_.empty();
-  const uint32_t h[3] = {static_cast<uint32_t>(len), id, channel};
-  inbox_.append(reinterpret_cast<const char*>(h), sizeof h);
-  inbox_.append(fields, len);
-  if (wasEmpty) inboxSinceUs_ = MonoUs();
-  const bool wake = sleeping_ && state_ == State::kRunning && (o_.durable || wasEmpty || inbox_.size() >= kBigInbox);
-  l.unlock();
-  if (wake) cv_.notify_one();
+  if (refusing_.load(std::memory_order_acquire)) return false;
+  bool wasEmpty;
+  size_t size;
+  {
+    std::lock_guard<std::mutex> l(inboxMu_);
+    wasEmpty = inbox_.empty();
+    const uint32_t h[3] = {static_cast<uint32_t>(len), id, channel};
+    inbox_.append(reinterpret_cast<const char*>(h), sizeof h);
+    inbox_.append(fields, len);
+    if (wasEmpty) inboxSinceUs_ = MonoUs();
+    size = inbox_.size();
+  }
+  // batched: the first record of a batch wakes the thread (to time the batch); before-response
+  // records wait for kick(), once per turn of their event loop.
+  if (!o_.durable && (wasEmpty || size >= kBigInbox)) kick();
   return true;
+}
+
+void Log::kick() {
+  // One wake per sleep, by the caller that finds the thread asleep (a futex wake of a thread on
+  // another CPU is costly, above all in a VM).
+  if (sleeping_.load(std::memory_order_acquire) && sleeping_.exchange(false, std::memory_order_acq_rel)) {
+    { std::lock_guard<std::mutex> l(mu_); }  // the thread waits now, or has yet to look at the inbox
+    cv_.notify_one();
+  }
 }
 
 bool Log::broken() const { return brokenFlag_.load(std::memory_order_relaxed); }
@@ -145,6 +159,7 @@ void Log::useFile(uint32_t epoch, int fd, uint64_t seq, const Head& head, int64_
     newHead_ = head;
     newPeriodEnds_ = periodEndsUs;
     brokenFlag_ = false;
+    if (!stop_) refusing_.store(false, std::memory_order_release);
   }
   cv_.notify_one();
 }
@@ -198,6 +213,7 @@ void Log::stop() {
     std::lock_guard<std::mutex> l(mu_);
     if (stop_) return;
     stop_ = true;
+    refusing_.store(true, std::memory_order_release);
   }
   cv_.notify_one();
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
@@ -277,17 +293,36 @@ void Log::run() {
     }
 
     const int64_t now = MonoUs();
-    if (state_ == State::kRunning) {
-      const bool take = !inbox_.empty() && (o_.durable || endRequested_ || now >= inboxSinceUs_ + o_.writeMs * 1000 ||
-                                            inbox_.size() >= kBigInbox);
-      if (take) {
-        work_.append(inbox_);
-        inbox_.clear();
+    // Set before the inbox is looked at: a record queued after that look wakes the thread.
+    sleeping_.store(state_ == State::kRunning, std::memory_order_release);
+    bool inboxEmpty;
+    int64_t inboxSince;
+    {
+      std::lock_guard<std::mutex> g(inboxMu_);
+      inboxEmpty = inbox_.empty();
+      inboxSince = inboxSinceUs_;
+      if (state_ == State::kRunning && !inboxEmpty &&
+          (o_.durable || endRequested_ || now >= inboxSince + o_.writeMs * 1000 || inbox_.size() >= kBigInbox)) {
+        taken_.swap(inbox_);
+        inboxEmpty = true;
       }
+    }
+    if (!taken_.empty()) {
+      sleeping_.store(false, std::memory_order_relaxed);
+      if (workPos_ >= work_.size()) {
+        work_.swap(taken_);
+        workPos_ = 0;
+      } else {
+        work_.append(taken_);
+      }
+      taken_.clear();
+    }
+    if (state_ == State::kRunning) {
       const bool checkpointDue = sinceCheckpoint_ > 0 && now >= firstSinceCheckpointUs_ + o_.checkpointSecs * 1000000;
       const bool work = workPos_ < work_.size();
-      const bool endNow = endRequested_ && !work && inbox_.empty();
+      const bool endNow = endRequested_ && !work && inboxEmpty;
       if (work || checkpointDue || endNow || !out_.empty()) {
+        sleeping_.store(false, std::memory_order_relaxed);
         if (endNow) endRequested_ = false;
         l.unlock();
         step(now, checkpointDue, endNow);
@@ -296,6 +331,7 @@ void Log::run() {
       }
     }
     if (unsynced_ && fd_ >= 0 && now >= writtenAtUs_ + o_.syncMs * 1000) {
+      sleeping_.store(false, std::memory_order_relaxed);
       unsynced_ = false;
       l.unlock();
       if (fdatasync(fd_) != 0) fail(errno);
@@ -305,22 +341,24 @@ void Log::run() {
 
     int64_t deadline = INT64_MAX;
     if (state_ == State::kRunning) {
-      if (!inbox_.empty()) deadline = std::min(deadline, inboxSinceUs_ + o_.writeMs * 1000);
+      if (!inboxEmpty) deadline = std::min(deadline, inboxSince + o_.writeMs * 1000);
       if (sinceCheckpoint_ > 0) deadline = std::min(deadline, firstSinceCheckpointUs_ + o_.checkpointSecs * 1000000);
     }
     if (unsynced_) deadline = std::min(deadline, writtenAtUs_ + o_.syncMs * 1000);
-    sleeping_ = true;
     if (deadline == INT64_MAX) {
       cv_.wait(l);
     } else {
       cv_.wait_until(l, MonoTimePoint(deadline));
     }
-    sleeping_ = false;
+    sleeping_.store(false, std::memory_order_relaxed);
   }
   // Stopped: whatever still waits is lost (the control ended the file before, on a clean stop).
-  std::string queued;
-  queued.swap(inbox_);
   l.unlock();
+  std::string queued;
+  {
+    std::lock_guard<std::mutex> g(inboxMu_);
+    queued.swap(inbox_);
+  }
   complete(false);
   failEntries(work_, workPos_);
   failEntries(queued, 0);
@@ -495,8 +533,12 @@ void Log::fail(int err) {
     std::lock_guard<std::mutex> l(mu_);
     state_ = State::kBroken;
     brokenFlag_ = true;
-    queued.swap(inbox_);
+    refusing_.store(true, std::memory_order_release);
     epoch = epoch_;
+  }
+  {
+    std::lock_guard<std::mutex> g(inboxMu_);
+    queued.swap(inbox_);
   }
   failEntries(work_, workPos_);
   work_.clear();

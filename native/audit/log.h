@@ -72,6 +72,9 @@ class Log {
   // Queues a record's fields (a JSON fragment); id 0: nobody waits for it. false: refused (broken,
   // stopped), the caller answers as for a lost record.
   bool record(uint32_t channel, uint32_t id, const char* fields, size_t len);
+  // before-response: the records queued since the last kick() are to be written now (called once
+  // per turn of an event loop that queued some, so that a turn's records cost one wake).
+  void kick();
   bool broken() const;
   uint32_t attach(Channel* c);
   void detach(uint32_t channel);
@@ -118,9 +121,12 @@ class Log {
   // ---- shared, under mu_
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  // ---- the inbox, under inboxMu_ only: record() takes no other lock (but to wake the thread)
+  std::mutex inboxMu_;
   std::string inbox_;  // entries: u32 len, u32 id, u32 channel, bytes
   int64_t inboxSinceUs_ = 0;
-  bool sleeping_ = false;
+  std::atomic<bool> refusing_{false};  // broken or stopped: record() refuses
+  std::atomic<bool> sleeping_{false};  // the thread waits for records: the next one wakes it
   bool stop_ = false;
   bool endRequested_ = false;
   State state_ = State::kNoFile;
@@ -151,7 +157,8 @@ class Log {
   bool endsInCheckpoint_ = false;
   bool unsynced_ = false;
   int64_t writtenAtUs_ = 0;
-  std::string work_;  // entries taken from the inbox; those from workPos_ on are not chained yet
+  std::string taken_;  // the inbox the thread took last (an empty string kept for its capacity)
+  std::string work_;   // entries taken from the inbox; those from workPos_ on are not chained yet
   size_t workPos_ = 0;
   bool hashFailed_ = false;
   std::string out_;                                     // lines chained, not yet written

@@ -27,6 +27,12 @@ export class ChannelSink implements AuditSink {
   private readonly channel: NativeAuditChannel;
   private readonly waiting = new Map<number, Written>();
   private nextId = 1;
+  /** before-response: a kick() is due at the end of this turn of the loop. */
+  private kickDue = false;
+  private readonly kick = (): void => {
+    this.kickDue = false;
+    this.channel.kick();
+  };
 
   constructor(
     init: AuditInit,
@@ -35,8 +41,9 @@ export class ChannelSink implements AuditSink {
     this.waitsForDisk = init.waitsForDisk;
     this.failClosed = init.failClosed;
     const { AuditChannel } = auditAddon();
-    this.channel = new AuditChannel(init.logId, (ids, ok) => {
-      for (const id of ids) {
+    this.channel = new AuditChannel(init.logId, (ids, count, ok) => {
+      for (let i = 0; i < count; i++) {
+        const id = ids[i]!;
         const w = this.waiting.get(id);
         if (w === undefined) continue;
         this.waiting.delete(id);
@@ -56,7 +63,14 @@ export class ChannelSink implements AuditSink {
       this.nextId = id === MAX_ID ? 1 : id + 1;
       this.waiting.set(id, written);
     }
-    if (this.channel.record(fields, id)) return;
+    if (this.channel.record(fields, id)) {
+      // One wake of the writer thread per turn of this loop, after every record of the turn.
+      if (this.waitsForDisk && !this.kickDue) {
+        this.kickDue = true;
+        setImmediate(this.kick);
+      }
+      return;
+    }
     if (written !== undefined) {
       this.waiting.delete(id);
       written(false);

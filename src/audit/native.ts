@@ -62,16 +62,18 @@ export interface NativeAuditLog {
 export interface NativeAuditChannel {
   /** Queues a record's fields; id 0: nobody waits. false: refused (the trail cannot be written). */
   record(fields: string, id: number): boolean;
+  /** before-response: write what this loop queued (once per turn of the loop). */
+  kick(): void;
   failed(): boolean;
   close(): void;
 }
 
 interface AuditAddon {
   AuditLog: new (options: AuditLogOptions, onEvent: AuditEventHandler) => NativeAuditLog;
-  /** `onWritten` gets the ids of records now on disk (ok) or lost (not ok). */
+  /** `onWritten` gets the ids of records now on disk (ok) or lost (not ok): the first `count` of `ids` (one array, reused). */
   AuditChannel: new (
     logId: number,
-    onWritten: (ids: Uint32Array, ok: boolean) => void,
+    onWritten: (ids: Uint32Array, count: number, ok: boolean) => void,
   ) => NativeAuditChannel;
 }
 

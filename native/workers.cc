@@ -50,6 +50,13 @@ constexpr std::chrono::milliseconds kAdaptEvery{100};
 // with 2 threads, 10x with 20), so read as blocking that sleep would keep adding threads; a
 // network HSM's round trips sleep many times a call's CPU time (1 ms against ~0.1 ms).
 constexpr double kSleepOverCpu = 1.5;
+// A growth (by doubling) must raise the jobs done per second by this much by the next decision,
+// or the pool goes back to where it was and does not grow again for kHoldGrowth. A module whose
+// calls sleep on its own locks gets no faster with more threads: on a VM whose host steals CPU in
+// bursts, SoftHSM2's lock waits passed kSleepOverCpu, more threads made them longer, and the pool
+// ran away to 16 (seen in CI). A network HSM's jobs per second grow with the threads.
+constexpr double kGrowthPayoff = 1.15;
+constexpr std::chrono::milliseconds kHoldGrowth{1000};
 
 }  // namespace
 
@@ -321,6 +328,20 @@ void Workers::adapt(Clock::time_point now) {
   if (n < kMinSamples && !network) return;
   samples_.store(0, std::memory_order_relaxed);
   sampleSlow_.store(0, std::memory_order_relaxed);
+  // Sampled jobs per second since the last decision: a measure of the jobs done.
+  const double secs = std::chrono::duration<double>(now - lastDecision_).count();
+  const double rate = lastDecision_ == Clock::time_point{} || secs <= 0 ? 0 : n / secs;
+  lastDecision_ = now;
+  if (grewFrom_ != 0) {
+    const uint32_t from = grewFrom_;
+    grewFrom_ = 0;
+    if (!network && rate < kGrowthPayoff * rateBefore_ && target_.load() > from) {
+      holdGrowthUntil_ = now + kHoldGrowth;
+      std::lock_guard<std::mutex> lk(workersMu_);
+      target_.store(from);
+      return;
+    }
+  }
   const double cpu = static_cast<double>(sampleCpuNs_.exchange(0, std::memory_order_relaxed)) / n;
   const double blocked = static_cast<double>(sampleBlockedNs_.exchange(0, std::memory_order_relaxed)) / n;
   avgCpuNs_ = avgCpuNs_ < 0 ? cpu : (avgCpuNs_ + cpu) / 2;
@@ -336,6 +357,11 @@ void Workers::adapt(Clock::time_point now) {
   const uint32_t cur = target_.load();
   const uint32_t next = w >= cur ? (network ? w : std::min(w, 2 * cur)) : cur - (cur - w + 1) / 2;
   if (next == cur) return;
+  if (next > cur && !network) {
+    if (now < holdGrowthUntil_) return;
+    grewFrom_ = cur;
+    rateBefore_ = rate;
+  }
   std::lock_guard<std::mutex> lk(workersMu_);
   target_.store(next);
   if (next > cur) parkCv_.notify_all();

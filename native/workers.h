@@ -147,6 +147,12 @@ class Workers {
   std::atomic<uint32_t> target_{1};
   Clock::time_point lastAdapt_{};
   double avgCpuNs_ = -1, avgBlockedNs_ = -1;  // per sampled job, watchdog only (-1: none yet)
+  // Whether the last growth paid (watchdog only): the target it grew from (0: none to check),
+  // the sampled jobs per second before it, and until when growth is held after one that did not.
+  Clock::time_point lastDecision_{};
+  uint32_t grewFrom_ = 0;
+  double rateBefore_ = 0;
+  Clock::time_point holdGrowthUntil_{};
   // Sampled cost of jobs (ns), summed by the workers, taken by adapt().
   alignas(64) std::atomic<uint64_t> sampleCpuNs_{0};
   std::atomic<uint64_t> sampleBlockedNs_{0};

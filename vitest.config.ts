@@ -1,11 +1,21 @@
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
+
+/**
+ * Tests that measure how the engine adapts to its HSM's timing: they run after every other file,
+ * one at a time, so that the other test files' load on the machine's few CPUs is not part of what
+ * they measure.
+ */
+const TIMING = ['test/adaptive-threads.test.ts'];
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     pool: 'forks',
     globalSetup: ['test/global-setup.ts'],
     testTimeout: 30000,
     hookTimeout: 60000,
+    projects: [
+      { extends: true, test: { name: 'main', include: ['test/**/*.test.ts'], exclude: [...configDefaults.exclude, ...TIMING] } },
+      { extends: true, test: { name: 'timing', include: TIMING, fileParallelism: false, sequence: { groupOrder: 1 } } },
+    ],
   },
 });

@@ -1,8 +1,8 @@
 /**
  * What the request pipeline sees of the audit trail, on every event loop: record a request, and
- * whether key use is refused now (fail-closed while the trail cannot be written). The main thread's
- * sink is the writer itself (src/audit/writer.ts); a worker thread's forwards its records to it
- * (src/audit/remote.ts).
+ * whether key use is refused now (fail-closed while the trail cannot be written). Every loop's sink
+ * hands its records to the process's writer thread (src/audit/channel.ts); on the main thread the
+ * writer's control (src/audit/writer.ts) is the sink and holds its own channel.
  */
 /** `ok`: the record is written (durably, in the before-response mode); false: it could not be. */
 export type Written = (ok: boolean) => void;

@@ -28,12 +28,6 @@ std::mutex gMu;
 std::map<uint32_t, std::weak_ptr<Log>> gLogs;  // the open logs by id, which channels attach to
 uint32_t gNextId = 1;
 
-int64_t MonoUs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
-}
-
 const char* KindName(Event::Kind k) {
   switch (k) {
     case Event::kCheckpoint:
@@ -113,8 +107,8 @@ class LogWrap : public Napi::ObjectWrap<LogWrap> {
     Napi::Value inst = o.Get("instance");
     if (!inst.IsString()) throw Napi::TypeError::New(env, "options.instance must be a string");
     opt.instance = inst.As<Napi::String>().Utf8Value();
-    // The control's clock (performance.timeOrigin + performance.now(), microseconds) against ours.
-    opt.clockOffsetUs = static_cast<int64_t>(Num(o, "nowMicros")) - MonoUs();
+    // The control's clock (performance.timeOrigin + performance.now(), microseconds).
+    opt.controlNowUs = static_cast<int64_t>(Num(o, "nowMicros"));
     if (opt.checkpointEvery == 0) throw Napi::RangeError::New(env, "options.checkpointEvery must be > 0");
     {
       tsfn_ = MakeTsfn(env, info[1].As<Napi::Function>(), "xks-audit-control", this, &LogWrap::CallJs);

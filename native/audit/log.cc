@@ -86,7 +86,8 @@ thread_local Sha256* tSha = nullptr;
 
 }  // namespace
 
-Log::Log(Options o, std::function<void()> notifyControl) : o_(std::move(o)), notify_(std::move(notifyControl)) {
+Log::Log(Options o, std::function<void()> notifyControl)
+    : o_(std::move(o)), clockOffsetUs_(o_.controlNowUs - MonoUs()), notify_(std::move(notifyControl)) {
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "xks-audit");
     Sha256 sha;
@@ -370,7 +371,7 @@ void Log::run() {
 }
 
 void Log::step(int64_t now, bool checkpointDue, bool endNow) {
-  const int64_t wall = now + o_.clockOffsetUs;
+  const int64_t wall = now + clockOffsetUs_;
   bool paused = false;
   if (checkpointDue) {
     pause(State::kAwaitCheckpoint, Event::kCheckpoint, wall);

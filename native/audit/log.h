@@ -36,8 +36,8 @@ struct Options {
   std::string instance;
   // stdout = true: every written text is also handed to the control (Event::kText).
   bool copyOut = false;
-  // Wall-clock microseconds = CLOCK_MONOTONIC microseconds + this (the control's clock).
-  int64_t clockOffsetUs = 0;
+  // The control's clock now (wall microseconds): the thread's time stamps follow it.
+  int64_t controlNowUs = 0;
 };
 
 struct Event {
@@ -116,6 +116,7 @@ class Log {
   const std::string& timeText(int64_t wallUs);
 
   const Options o_;
+  const int64_t clockOffsetUs_;  // wall microseconds = CLOCK_MONOTONIC microseconds + this
   const std::function<void()> notify_;
 
   // ---- shared, under mu_

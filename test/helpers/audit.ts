@@ -6,7 +6,6 @@
 import { createHash, createHmac } from 'node:crypto';
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { loadAddon } from '../../src/hsm/addon.js';
 import { makeKeyedToken } from './keyed-token.js';
 import type { TestToken } from './softhsm.js';
 
@@ -14,22 +13,10 @@ export const AUDIT_HMAC_LABEL = 'xks-audit-test-hmac';
 export const AUDIT_HMAC_KEY: Buffer = Buffer.from(Array.from({ length: 32 }, (_, i) => 0x5a ^ (i * 7)));
 
 /** The standard test keys plus the audit HMAC key (AUDIT_HMAC_KEY's bytes). */
-export async function makeAuditToken(label: string): Promise<TestToken> {
-  const token = await makeKeyedToken(label);
-  const { Engine } = loadAddon();
-  const engine = new Engine({
-    modulePath: token.modulePath,
-    userPin: token.pin,
-    poolMaxSize: 2,
-    poolTimeoutMs: 1000,
-    eagerClose: false,
-    threads: 1,
-    ivMode: 'random',
+export function makeAuditToken(label: string): Promise<TestToken> {
+  return makeKeyedToken(label, async (engine) => {
+    await engine.createKey(AUDIT_HMAC_LABEL, { value: AUDIT_HMAC_KEY, encrypt: false, decrypt: false, hmac: true });
   });
-  await engine.open();
-  await engine.createKey(AUDIT_HMAC_LABEL, { value: AUDIT_HMAC_KEY, encrypt: false, decrypt: false, hmac: true });
-  await engine.close();
-  return token;
 }
 
 export type Rec = Record<string, unknown> & { type: string; seq: number; prev: string };

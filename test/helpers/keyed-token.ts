@@ -1,8 +1,9 @@
 /** A fresh SoftHSM2 token holding the standard test keys (see softhsm.ts), for one test file. */
-import { loadAddon } from '../../src/hsm/addon.js';
+import { loadAddon, type NativeEngine } from '../../src/hsm/addon.js';
 import { createTestKeys, makeToken, type TestToken } from './softhsm.js';
 
-export async function makeKeyedToken(label: string): Promise<TestToken> {
+/** `more`: further keys made with the same engine (e.g. an HMAC key). */
+export async function makeKeyedToken(label: string, more?: (engine: NativeEngine) => Promise<void>): Promise<TestToken> {
   const token = makeToken(label);
   process.env.SOFTHSM2_CONF = token.env.SOFTHSM2_CONF;
   const { Engine } = loadAddon();
@@ -17,6 +18,7 @@ export async function makeKeyedToken(label: string): Promise<TestToken> {
   });
   await engine.open();
   await createTestKeys(engine);
+  await more?.(engine);
   await engine.close();
   return token;
 }

@@ -5,6 +5,7 @@
  */
 import { auditAddon, type NativeAuditChannel } from './native.js';
 import type { AuditSink, Written } from './sink.js';
+import { Waiting } from './waiting.js';
 
 /** What a worker thread is told of the trail at its start. */
 export interface AuditInit {
@@ -19,14 +20,11 @@ export interface AuditServedWithoutMessage {
   type: 'audit-served-without';
 }
 
-const MAX_ID = 0xffff_ffff;
-
 export class ChannelSink implements AuditSink {
   readonly waitsForDisk: boolean;
   readonly failClosed: boolean;
   private readonly channel: NativeAuditChannel;
-  private readonly waiting = new Map<number, Written>();
-  private nextId = 1;
+  private readonly waiting = new Waiting();
   /** before-response: a kick() is due at the end of this turn of the loop. */
   private kickDue = false;
   private readonly kick = (): void => {
@@ -43,11 +41,8 @@ export class ChannelSink implements AuditSink {
     const { AuditChannel } = auditAddon();
     this.channel = new AuditChannel(init.logId, (ids, count, ok) => {
       for (let i = 0; i < count; i++) {
-        const id = ids[i]!;
-        const w = this.waiting.get(id);
-        if (w === undefined) continue;
-        this.waiting.delete(id);
-        w(ok);
+        const w = this.waiting.take(ids[i]!);
+        if (w !== undefined) w(ok);
       }
     });
   }
@@ -57,12 +52,7 @@ export class ChannelSink implements AuditSink {
   }
 
   record(fields: string, written?: Written): void {
-    let id = 0;
-    if (written !== undefined) {
-      id = this.nextId;
-      this.nextId = id === MAX_ID ? 1 : id + 1;
-      this.waiting.set(id, written);
-    }
+    const id = written === undefined ? 0 : this.waiting.add(written);
     if (this.channel.record(fields, id)) {
       // One wake of the writer thread per turn of this loop, after every record of the turn.
       if (this.waitsForDisk && !this.kickDue) {
@@ -72,7 +62,7 @@ export class ChannelSink implements AuditSink {
       return;
     }
     if (written !== undefined) {
-      this.waiting.delete(id);
+      this.waiting.take(id);
       written(false);
     }
   }
@@ -84,8 +74,6 @@ export class ChannelSink implements AuditSink {
   /** This loop is done: records still waiting count as lost. */
   close(): void {
     this.channel.close();
-    const lost = [...this.waiting.values()];
-    this.waiting.clear();
-    for (const w of lost) w(false);
+    for (const w of this.waiting.takeAll()) w(false);
   }
 }

@@ -132,7 +132,7 @@ export interface BenchResult {
   network?: NetworkResults;
   /** The default HSM thread count against fixed counts, SoftHSM2 and the model (full runs). */
   adaptive?: AdaptiveResult[];
-  /** Encrypt 32 B with the audit trail off, batched, before-response (issue 14). */
+  /** Encrypt 32 B with the audit trail off, batched, before-response, before-response on tmpfs (issue 14). */
   audit?: AuditRow[];
   metrics: Metric[];
 }
@@ -659,7 +659,7 @@ async function main(): Promise<number> {
       d,
       log,
     );
-    log('bench: the audit trail (off, batched, before-response)');
+    log('bench: the audit trail (off, batched, before-response, before-response on tmpfs)');
     const audit = await auditRuns(
       gen,
       token,

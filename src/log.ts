@@ -17,23 +17,17 @@
 import * as fs from 'node:fs';
 import { join as joinPath } from 'node:path';
 import { DEFAULT_LOG_FILE_MODE, type Level, type RotationKind, type TracingSection } from './config.js';
+import type { RequestMetadata } from './validate.js';
 
 export type { Level, RotationKind, TracingSection } from './config.js';
 
 export type LogFields = Record<string, string | number | boolean | undefined>;
 
-export interface RequestLogLine {
+/** requestMetadata, which the spec says SHOULD be logged (never secret), when it could be read. */
+export interface RequestLogLine extends Partial<RequestMetadata> {
   op: string;
   prefix: string;
   keyId?: string;
-  kmsRequestId?: string;
-  /** The rest of requestMetadata, which the spec says SHOULD be logged (never secret). */
-  kmsOperation?: string | undefined;
-  awsPrincipalArn?: string | undefined;
-  kmsKeyArn?: string | undefined;
-  kmsViaService?: string | undefined;
-  awsSourceVpc?: string | undefined;
-  awsSourceVpce?: string | undefined;
   /** "ok" or the XKS errorName. */
   outcome: string;
   status: number;

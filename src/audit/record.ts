@@ -5,19 +5,16 @@
  */
 import { hash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import type { RequestMetadata } from '../validate.js';
 
 /** `prev` of the very first line of a trail. */
 export const GENESIS = '0'.repeat(64);
 
-/** What the pipeline knows of one request (no plaintext, AAD, ciphertext, IV, tag or secret). */
-export interface AuditUse {
-  kmsRequestId?: string | undefined;
-  kmsOperation?: string | undefined;
-  awsPrincipalArn?: string | undefined;
-  kmsKeyArn?: string | undefined;
-  kmsViaService?: string | undefined;
-  awsSourceVpc?: string | undefined;
-  awsSourceVpce?: string | undefined;
+/**
+ * What the pipeline knows of one request (no plaintext, AAD, ciphertext, IV, tag or secret): its
+ * requestMetadata when it could be read, and the rest.
+ */
+export interface AuditUse extends Partial<RequestMetadata> {
   prefix: string;
   keyId: string;
   operation: string;

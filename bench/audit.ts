@@ -4,12 +4,14 @@
  * HMAC key here). Targets: batched <= 5 % throughput cost, before-response <= 15 %, and p99 at
  * 1,800/s within 1 ms of off.
  */
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { benchStore, CLOSED_CONNECTIONS, FULL, OPEN_CONNECTIONS, QUICK, type Durations } from './e2e.js';
 import { withCpu, type ClosedRun } from './lib/cpu.js';
+import { compileBenchC } from './lib/cc.js';
 import { buildCGenerator, CGenerator, type LoadResult } from './lib/loadgen.js';
 import { freePort, startProxyProcess } from './lib/procs.js';
 import { encryptBodies, sendAll, signAll } from './lib/requests.js';
@@ -32,6 +34,20 @@ export interface AuditRow {
   /** With the proxy's CPU per request: on a shared machine it moves far less than req/s. */
   closed: ClosedRun;
   open1800: LoadResult;
+}
+
+/** One synchronized write on the machine's disk (bench/disksync.c), in µs. */
+export interface SyncCost {
+  p50: number;
+  p99: number;
+  /** CPU of the writing thread per write. */
+  cpu: number;
+}
+
+export interface AuditResults {
+  rows: AuditRow[];
+  /** What before-response's group write costs on this disk, against an overwrite of preallocated blocks. */
+  disk?: { append: SyncCost; overwrite: SyncCost };
 }
 
 export interface AuditTargets {
@@ -58,7 +74,7 @@ export async function auditRuns(
   d: Durations,
   log: (s: string) => void,
   modes: readonly AuditMode[] = MODES,
-): Promise<AuditRow[]> {
+): Promise<AuditResults> {
   if (!keyed.has(token)) {
     const engine = await openEngine({ modulePath: token.modulePath, pin: token.pin, threads: 1, poolMaxSize: 2, keyCopies: false });
     try {
@@ -148,11 +164,30 @@ export async function auditRuns(
         );
       }
     }
-    return proxies.map((p) => ({ mode: p.mode, closed: mergeClosed(closed.get(p)!), open1800: mergeLoad(open.get(p)!) }));
+    const rows = proxies.map((p) => ({ mode: p.mode, closed: mergeClosed(closed.get(p)!), open1800: mergeLoad(open.get(p)!) }));
+    return { rows, disk: diskSyncCost(base) };
   } finally {
     for (const p of proxies) await p.stop();
     rmSync(base, { recursive: true, force: true });
     rmSync(shmBase, { recursive: true, force: true });
+  }
+}
+
+/** bench/disksync.c in `dir` (on the disk the trail's files were on); undefined when it cannot run. */
+function diskSyncCost(dir: string): AuditResults['disk'] {
+  const c = compileBenchC('disksync');
+  if ('error' in c) return undefined;
+  const run = (kind: string): SyncCost => {
+    const [p50, p99, cpu] = execFileSync(c.binary, [kind, path.join(dir, `disksync-${kind}`), '2000'], { encoding: 'utf8' })
+      .trim()
+      .split(' ')
+      .map((x) => Number(x) / 1000);
+    return { p50: p50!, p99: p99!, cpu: cpu! };
+  };
+  try {
+    return { append: run('append'), overwrite: run('overwrite') };
+  } catch {
+    return undefined;
   }
 }
 
@@ -218,7 +253,8 @@ export function auditTargets(rows: readonly AuditRow[]): AuditTargets {
 }
 
 /** The report's section. */
-export function auditReport(rows: readonly AuditRow[]): string {
+export function auditReport(results: AuditResults): string {
+  const { rows, disk } = results;
   const t = auditTargets(rows);
   const off = rows.find((r) => r.mode === 'off');
   const f0 = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
@@ -233,6 +269,11 @@ export function auditReport(rows: readonly AuditRow[]): string {
     ...(Number.isFinite(t.tmpfsCostPct)
       ? [
           `  before-response costs ${t.tmpfsCostPct.toFixed(1)}% on tmpfs (the proxy's own work), ${(t.beforeResponseCostPct - t.tmpfsCostPct).toFixed(1)} points more on the disk (its synchronized writes)`,
+        ]
+      : []),
+    ...(disk
+      ? [
+          `  one synchronized group write on this disk: O_DSYNC append p50 ${disk.append.p50.toFixed(0)} µs, p99 ${disk.append.p99.toFixed(0)} µs, ${disk.append.cpu.toFixed(0)} µs of CPU; O_DIRECT overwrite of preallocated blocks p50 ${disk.overwrite.p50.toFixed(0)} µs, p99 ${disk.overwrite.p99.toFixed(0)} µs, ${disk.overwrite.cpu.toFixed(0)} µs of CPU (bench/disksync.c, idle)`,
         ]
       : []),
   ];
@@ -255,7 +296,7 @@ async function main(): Promise<void> {
   const gen = new CGenerator(c.binary);
   try {
     for (let i = 0; i < rounds; i++) {
-      const rows = await auditRuns(
+      const results = await auditRuns(
         gen,
         token,
         { poolMaxSize: 8, workerThreads: 2, level: 'INFO', poolSize: quick ? 200 : 1000 },
@@ -263,7 +304,7 @@ async function main(): Promise<void> {
         log,
         only.length > 0 ? only : MODES,
       );
-      process.stdout.write(`round ${i + 1}: ${auditReport(rows)}\n`);
+      process.stdout.write(`round ${i + 1}: ${auditReport(results)}\n`);
     }
   } finally {
     await gen.close();

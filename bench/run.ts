@@ -37,7 +37,7 @@ import { encryptBodies, signAll } from './lib/requests.js';
 import { makeSigner } from './lib/sign.js';
 import { makeToken, openEngine } from './lib/token.js';
 import { addonRate, runMicro, type MicroRow } from './micro.js';
-import { auditReport, auditRuns, type AuditRow } from './audit.js';
+import { auditReport, auditRuns, type AuditResults } from './audit.js';
 import type { NativeEngine } from '../src/hsm/addon.js';
 import { cv } from './lib/stats.js';
 import { adaptiveVsFixed, ADAPTIVE_TOLERANCE, type AdaptiveResult } from './lib/adaptive.js';
@@ -133,7 +133,7 @@ export interface BenchResult {
   /** The default HSM thread count against fixed counts, SoftHSM2 and the model (full runs). */
   adaptive?: AdaptiveResult[];
   /** Encrypt 32 B with the audit trail off, batched, before-response, before-response on tmpfs (issue 14). */
-  audit?: AuditRow[];
+  audit?: AuditResults;
   metrics: Metric[];
 }
 

@@ -1,8 +1,9 @@
 /**
  * The audit trail's cost (issue 14): closed-loop encrypt 32 B and p99 at 1,800/s with the trail
  * off, `batched` and `before-response`, one proxy process each on the bench token (which gets an
- * HMAC key here). Targets: batched <= 5 % throughput cost, before-response <= 15 %, and p99 at
- * 1,800/s within 1 ms of off.
+ * HMAC key here), and before-response on tmpfs to split its cost (see MODES). Targets: batched
+ * <= 5 % throughput cost, before-response <= 15 %, and p99 at 1,800/s within 1 ms of off. Then what
+ * one synchronized group write costs on the disk the trail used (bench/disksync.c).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';

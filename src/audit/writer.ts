@@ -84,7 +84,8 @@ export class AuditWriter implements AuditSink {
   private closing = false;
   /** close() waits here for the file's end ("ended" or "failed"). */
   private onEnd: (() => void) | undefined;
-  private loggedAt = Number.NEGATIVE_INFINITY;
+  /** When each repeated condition was last logged (performance.now()). */
+  private readonly loggedAt = new Map<string, number>();
 
   private constructor(private readonly o: AuditWriterOptions) {
     const s = o.section;
@@ -152,7 +153,7 @@ export class AuditWriter implements AuditSink {
   }
 
   servedWithout(): void {
-    this.logError('a request was answered without its audit record ([audit] on_failure = "fail-open")');
+    this.logRepeated('a request was answered without its audit record ([audit] on_failure = "fail-open")');
   }
 
   /** Clean shutdown: the queued records, a last checkpoint, fdatasync, close. */
@@ -221,7 +222,7 @@ export class AuditWriter implements AuditSink {
       const mac = await this.o.hmac(checkpointMessage(f.name, seq, time, head));
       return checkpointLine({ seq, time, instance: this.instance }, this.s.hmac_key_id, mac.toString('hex'), head);
     } catch (e) {
-      this.logError('audit checkpoint skipped: the HSM did not compute its HMAC', e);
+      this.logRepeated('audit checkpoint skipped: the HSM did not compute its HMAC', e);
       return null;
     }
   }
@@ -346,10 +347,19 @@ export class AuditWriter implements AuditSink {
     this.retryTimer.unref();
   }
 
-  private logError(message: string, e?: unknown): void {
+  /**
+   * An ERROR of a condition that repeats (per request, per checkpoint): at most once a minute for
+   * each message, so that one never hides another (a request served without its record must not
+   * hide why: the failure itself is always logged).
+   */
+  private logRepeated(message: string, e?: unknown): void {
     const now = performance.now();
-    if (now - this.loggedAt < ERROR_LOG_INTERVAL_MS) return;
-    this.loggedAt = now;
+    if (now - (this.loggedAt.get(message) ?? Number.NEGATIVE_INFINITY) < ERROR_LOG_INTERVAL_MS) return;
+    this.loggedAt.set(message, now);
+    this.logError(message, e);
+  }
+
+  private logError(message: string, e?: unknown): void {
     this.o.log.error(message, {
       directory: this.s.directory,
       ...(e !== undefined ? { error: typeof e === 'string' ? e : errText(e) } : {}),

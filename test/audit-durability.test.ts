@@ -17,6 +17,7 @@ import { AUDIT_HMAC_LABEL, checkTrail } from './helpers/audit.js';
 import { useAuditProxy } from './helpers/audit-proxy.js';
 import { audit, type VerifyJson } from './helpers/audit-tamper.js';
 import { spawnProxyCli } from './helpers/cli.js';
+import { waitFor } from './helpers/faulty.js';
 import { startTestProxy } from './helpers/proxy.js';
 
 const fx = useAuditProxy({
@@ -219,10 +220,6 @@ describe('disk full (a 256 KiB tmpfs)', () => {
     let text = '';
     out.on('data', (c: Buffer) => (text += c.toString('utf8')));
     const log = createLogger(config.tracing, { stdout: out, flushIntervalMs: 5 });
-    const until = async (what: () => boolean): Promise<boolean> => {
-      for (let i = 0; i < 300 && !what(); i++) await new Promise((r) => setTimeout(r, 10));
-      return what();
-    };
     await fx.withHsm(async (hsm) => {
       const writer = await AuditWriter.open({
         section: config.audit!,
@@ -233,7 +230,7 @@ describe('disk full (a 256 KiB tmpfs)', () => {
       let filler: string | undefined;
       try {
         writer.servedWithout();
-        expect(await until(() => text.includes('answered without its audit record'))).toBe(true);
+        expect(await waitFor(() => text.includes('answered without its audit record'))).toBe(true);
         filler = fill();
         const use = (i: number): string =>
           useFields({ prefix: '/p', keyId: 'k', operation: 'Encrypt', outcome: 'ok', status: 200, micros: i, client: '127.0.0.1' });
@@ -242,10 +239,10 @@ describe('disk full (a 256 KiB tmpfs)', () => {
           lost = !(await new Promise<boolean>((resolve) => writer.record(use(i), resolve)));
         }
         expect(lost).toBe(true);
-        expect(await until(() => text.includes('the audit trail cannot be written'))).toBe(true);
+        expect(await waitFor(() => text.includes('the audit trail cannot be written'))).toBe(true);
         rmSync(filler);
         filler = undefined;
-        expect(await until(() => text.includes('the audit trail is written again'))).toBe(true);
+        expect(await waitFor(() => text.includes('the audit trail is written again'))).toBe(true);
       } finally {
         if (filler !== undefined) rmSync(filler, { force: true });
         await writer.close();

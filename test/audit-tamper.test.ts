@@ -4,7 +4,7 @@
  * (the real CLI, HMACs in the real SoftHSM2 token) verifies it, reports the crash's tail as torn, and
  * names every tampering with its file and line.
  */
-import { cpSync, rmSync, statSync, truncateSync } from 'node:fs';
+import { appendFileSync, cpSync, rmSync, statSync, truncateSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkTrail } from './helpers/audit.js';
@@ -188,6 +188,18 @@ describe('tampering with the real trail', () => {
     const g = path.join(dir2, files[1]!.name);
     truncateSync(g, statSync(g).size - 25);
     expect((await verify(dir2)).v.break).toMatchObject({ kind: 'truncated', file: files[1]!.name });
+  });
+
+  it('zeros a killed before-response writer left: skipped with a warning, not a break', async () => {
+    const dir = copy();
+    // The killed file (its torn tail) and the newest one (being written) each end in prepared blocks.
+    for (const f of [files[3]!.name, files.at(-1)!.name]) appendFileSync(path.join(dir, f), Buffer.alloc(8192));
+    const { code, v } = await verify(dir);
+    expect(code).toBe(0);
+    expect(v).toMatchObject({ ok: true, break: null });
+    const zeros = v.warnings.filter((w) => /8192 zero bytes after the last line/.test(w.message));
+    expect(zeros.map((w) => w.file)).toEqual([files[3]!.name, files.at(-1)!.name]);
+    expect(v.warnings.filter((w) => /torn tail \(crash\)/.test(w.message)).map((w) => w.file)).toEqual([files[3]!.name]);
   });
 
   it('remove a middle file', async () => {

@@ -3,6 +3,9 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +23,12 @@ namespace {
 // batched: an inbox this large is written at once rather than after writeMs.
 constexpr size_t kBigInbox = 1 << 20;
 constexpr size_t kEntryHeader = 3 * sizeof(uint32_t);  // len, id, channel
+// before-response: how far ahead of the last line the file is prepared, in one synced write
+// (256 KiB: about 0.5 ms here, some 400 records), and below what the idle thread prepares more.
+constexpr off_t kPrepareBytes = 256 * 1024;
+constexpr off_t kPrepareLow = 192 * 1024;
+constexpr size_t kZeroBlock = 64 * 1024;
+const char kZeros[kZeroBlock] = {};
 
 int64_t MonoUs() {
   timespec ts;
@@ -244,6 +253,15 @@ void Log::run() {
       sinceCheckpoint_ = 0;
       endsInCheckpoint_ = false;
       unsynced_ = false;
+      if (o_.durable) {
+        // Lines go at dataEnd_ and zeros after them: an O_APPEND file would put both at its end.
+        const int flags = fcntl(fd_, F_GETFL);
+        if (flags >= 0 && (flags & O_APPEND) != 0) fcntl(fd_, F_SETFL, flags & ~O_APPEND);
+        struct stat st;
+        dataEnd_ = fstat(fd_, &st) == 0 ? st.st_size : 0;
+        preparedEnd_ = dataEnd_;
+        prepareAgainUs_ = 0;
+      }
       state_ = State::kRunning;
     }
     if (haveResume_) {
@@ -270,6 +288,7 @@ void Log::run() {
         if (!line.empty()) appendLine(line.data(), line.size(), 0, 0);
         bool ok = writeOut();
         if (ok) complete(true);
+        trim();
         if (ok && fdatasync(fd_) != 0) ok = false;
         const int err = errno;
         if (!ok) {
@@ -340,6 +359,15 @@ void Log::run() {
       continue;
     }
 
+    if (o_.durable && state_ == State::kRunning && inboxEmpty && fd_ >= 0 && preparedEnd_ - dataEnd_ < kPrepareLow &&
+        now >= prepareAgainUs_) {
+      // Idle: prepare the file's next blocks now rather than while a group waits.
+      sleeping_.store(false, std::memory_order_relaxed);
+      l.unlock();
+      if (!prepare(kPrepareBytes - kPrepareLow)) prepareAgainUs_ = MonoUs() + 1000000;
+      l.lock();
+      continue;
+    }
     int64_t deadline = INT64_MAX;
     if (state_ == State::kRunning) {
       if (!inboxEmpty) deadline = std::min(deadline, inboxSince + o_.writeMs * 1000);
@@ -364,7 +392,8 @@ void Log::run() {
   failEntries(work_, workPos_);
   failEntries(queued, 0);
   if (fd_ >= 0) {
-    if (unsynced_) fdatasync(fd_);
+    trim();
+    if (unsynced_ || o_.durable) fdatasync(fd_);
     close(fd_);
     fd_ = -1;
   }
@@ -472,9 +501,12 @@ bool Log::writeOut() {
     errno = EIO;
     return false;
   }
+  // A group larger than the prepared blocks goes past them (as an append would): correct, slower.
+  if (o_.durable && dataEnd_ + static_cast<off_t>(out_.size()) > preparedEnd_) prepare(4096);
   size_t off = 0;
   while (off < out_.size()) {
-    const ssize_t n = ::write(fd_, out_.data() + off, out_.size() - off);
+    const ssize_t n = o_.durable ? ::pwrite(fd_, out_.data() + off, out_.size() - off, dataEnd_)
+                                 : ::write(fd_, out_.data() + off, out_.size() - off);
     if (n < 0) {
       if (errno == EINTR) continue;
       return false;
@@ -484,6 +516,10 @@ bool Log::writeOut() {
       return false;
     }
     off += static_cast<size_t>(n);
+    if (o_.durable) {
+      dataEnd_ += n;
+      preparedEnd_ = std::max(preparedEnd_, dataEnd_);
+    }
   }
   if (o_.copyOut) {
     Event e(Event::kText);
@@ -492,6 +528,38 @@ bool Log::writeOut() {
   }
   out_.clear();
   return true;
+}
+
+bool Log::prepare(off_t atLeast) {
+  // Ahead of the last line: at most kPrepareBytes, and never more than a quarter of what would be
+  // free without these zeros (a filling disk is not made full by them).
+  const off_t ahead = preparedEnd_ - dataEnd_;
+  off_t target = kPrepareBytes;
+  struct statvfs v;
+  if (fstatvfs(fd_, &v) == 0) target = std::min(target, (static_cast<off_t>(v.f_bavail * v.f_frsize) + ahead) / 4);
+  off_t want = target - ahead;
+  want -= want % 4096;
+  if (want < atLeast) return false;
+  iovec iov[kPrepareBytes / kZeroBlock];
+  int count = 0;
+  for (off_t left = want; left > 0; left -= kZeroBlock) {
+    iov[count].iov_base = const_cast<char*>(kZeros);
+    iov[count].iov_len = static_cast<size_t>(std::min<off_t>(left, kZeroBlock));
+    count++;
+  }
+  // O_DSYNC: once this returns, the zeros and the file's new size are on disk.
+  ssize_t n;
+  do {
+    n = pwritev(fd_, iov, count, preparedEnd_);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  preparedEnd_ += n;
+  return true;
+}
+
+void Log::trim() {
+  if (!o_.durable || fd_ < 0 || preparedEnd_ <= dataEnd_) return;
+  if (ftruncate(fd_, dataEnd_) == 0) preparedEnd_ = dataEnd_;
 }
 
 void Log::complete(bool ok) {
@@ -521,6 +589,7 @@ void Log::failEntries(const std::string& entries, size_t pos) {
 
 void Log::fail(int err) {
   if (fd_ >= 0) {
+    trim();
     close(fd_);
     fd_ = -1;
   }

@@ -1,10 +1,12 @@
 /**
  * The trail's files in [audit].directory: `<file_prefix>.<period>.<n>.jsonl`, the period of an
  * instant for each rotation kind, and what a restart (or a recovery) continues from: the newest
- * file's last complete line, whether it is a checkpoint (a clean end) and the bytes after it.
+ * file's last complete line, whether it is a checkpoint (a clean end) and the bytes after it. The
+ * zeros before-response prepares after the last line (native/audit/log.h) are not part of a file:
+ * a writer that did not stop cleanly leaves them, and the next start-up cuts them off.
  */
 import { constants } from 'node:fs';
-import { open, readdir, stat } from 'node:fs/promises';
+import { type FileHandle, open, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { RotationKind } from '../config.js';
 import { lineHash } from './record.js';
@@ -70,17 +72,35 @@ export interface FileEnd {
   lastHash: string | undefined;
   /** The last complete line is a checkpoint (the file was closed cleanly). */
   clean: boolean;
-  /** Bytes after the last "\n". */
+  /** Bytes after the last "\n" (and before the zeros). */
   tornBytes: number;
+  /** Where the file's data ends: after it only zeros (prepared blocks a writer did not cut off). */
+  dataBytes: number;
+  /** How many zero bytes follow the data. */
+  zeros: number;
 }
 
 const TAIL_CHUNK = 64 * 1024;
+
+/** The offset after the last byte of `fh` that is not zero (0: the file holds only zeros). */
+async function dataEnd(fh: FileHandle, size: number): Promise<number> {
+  const chunk = Buffer.alloc(TAIL_CHUNK);
+  for (let pos = size; pos > 0; ) {
+    const from = Math.max(0, pos - TAIL_CHUNK);
+    const { bytesRead } = await fh.read(chunk, 0, pos - from, from);
+    for (let i = bytesRead - 1; i >= 0; i--) if (chunk[i] !== 0) return from + i + 1;
+    pos = from;
+  }
+  return 0;
+}
 
 /** Reads the end of `file` backwards until its last complete line is found (or the start is reached). */
 export async function fileEnd(file: string): Promise<FileEnd> {
   const fh = await open(file, constants.O_RDONLY);
   try {
-    const size = (await fh.stat()).size;
+    const fileSize = (await fh.stat()).size;
+    const size = await dataEnd(fh, fileSize);
+    const zeros = fileSize - size;
     let pos = size;
     let tail = Buffer.alloc(0);
     let lastNl = -1; // index in `tail` of the last "\n"
@@ -96,10 +116,10 @@ export async function fileEnd(file: string): Promise<FileEnd> {
         const before = lastNl === 0 ? -1 : tail.lastIndexOf(0x0a, lastNl - 1);
         if (before >= 0 || pos === 0) {
           const line = tail.subarray(before + 1, lastNl).toString('utf8');
-          return { lastHash: lineHash(line), clean: isCheckpoint(line), tornBytes: size - (pos + lastNl + 1) };
+          return { lastHash: lineHash(line), clean: isCheckpoint(line), tornBytes: size - (pos + lastNl + 1), dataBytes: size, zeros };
         }
       } else if (pos === 0) {
-        return { lastHash: undefined, clean: false, tornBytes: size };
+        return { lastHash: undefined, clean: false, tornBytes: size, dataBytes: size, zeros };
       }
     }
   } finally {
@@ -124,9 +144,23 @@ export interface ChainTail {
   lastHash: string;
   clean: boolean;
   tornBytes: number;
+  /** The newest file's data bytes and the zeros after them (see FileEnd). */
+  dataBytes: number;
+  zeros: number;
   /** Period and n of the newest file: a new file of the same period takes n + 1. */
   period: string;
   n: number;
+}
+
+/** Cuts the zeros off the end of `file` (see FileEnd), durably. */
+export async function cutZeros(file: string, dataBytes: number): Promise<void> {
+  const fh = await open(file, constants.O_WRONLY);
+  try {
+    await fh.truncate(dataBytes);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function chainTail(dir: string, prefix: string): Promise<ChainTail | undefined> {
@@ -140,9 +174,12 @@ export async function chainTail(dir: string, prefix: string): Promise<ChainTail 
   return {
     file: newest.name,
     lastHash: lastHash ?? '0'.repeat(64),
-    // A checkpoint then nothing: a clean end. Bytes after it (a write cut short) are a torn tail.
-    clean: end.lastHash !== undefined && end.clean && end.tornBytes === 0,
+    // A checkpoint then nothing: a clean end. Bytes after it (a write cut short) are a torn tail;
+    // zeros after it, a writer that was stopped before it could cut them off.
+    clean: end.lastHash !== undefined && end.clean && end.tornBytes === 0 && end.zeros === 0,
     tornBytes: end.tornBytes,
+    dataBytes: end.dataBytes,
+    zeros: end.zeros,
     period: newest.period,
     n: Math.max(...files.filter((f) => f.period === newest.period).map((f) => f.n)),
   };

@@ -12,8 +12,9 @@
  * file size limit) tries every second to continue the chain in a new file (reason "torn").
  *
  * Durability: before-response opens the file O_DSYNC (a write returns once its lines are on disk)
- * and a record's `written` is called after the write that covers it; batched writes what queued
- * every BATCHED_WRITE_MS and syncs at most every BATCHED_SYNC_MS.
+ * and a record's `written` is called after the write that covers it; the thread writes its groups
+ * into blocks it has prepared (zeros, synced) and cuts what is left of them at the file's end.
+ * batched appends what queued every BATCHED_WRITE_MS and syncs at most every BATCHED_SYNC_MS.
  */
 import { randomUUID } from 'node:crypto';
 import { constants } from 'node:fs';
@@ -24,7 +25,7 @@ import path from 'node:path';
 import type { AuditSection } from '../config.js';
 import type { Logger } from '../log.js';
 import { type AuditInit, ChannelSink } from './channel.js';
-import { chainTail, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
+import { chainTail, cutZeros, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
 import { auditAddon, type AuditEventKind, type NativeAuditLog } from './native.js';
 import { checkpointLine, checkpointMessage, GENESIS, lineHash, nowMicros, rfc3339Micros, startLine, type StartFields } from './record.js';
 import type { AuditSink, Written } from './sink.js';
@@ -264,6 +265,11 @@ export class AuditWriter implements AuditSink {
       const tail: ChainTail | undefined = await chainTail(s.directory, s.file_prefix);
       if (tail === undefined) fields = { reason: 'first' };
       else {
+        if (tail.zeros > 0) {
+          // The blocks a before-response writer prepared and could not cut off (it was killed).
+          await cutZeros(path.join(s.directory, tail.file), tail.dataBytes);
+          this.o.log.info('audit trail: cut the zeros a stopped writer left after the last line', { file: tail.file, bytes: tail.zeros });
+        }
         fields = tail.clean
           ? { reason: 'restart', previousFile: tail.file, previousHash: tail.lastHash }
           : { reason: 'torn', previousFile: tail.file, previousHash: tail.lastHash, tornBytes: tail.tornBytes };
@@ -279,7 +285,8 @@ export class AuditWriter implements AuditSink {
         fd = await p<number>((cb) =>
           openFd(
             path.join(s.directory, name),
-            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_APPEND | (this.waitsForDisk ? constants.O_DSYNC : 0),
+            // before-response: no O_APPEND, the thread writes at its own offset (into prepared blocks).
+            constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | (this.waitsForDisk ? constants.O_DSYNC : constants.O_APPEND),
             FILE_MODE,
             cb,
           ),

@@ -24,8 +24,10 @@ export type Rec = Record<string, unknown> & { type: string; seq: number; prev: s
 export interface TrailFileView {
   name: string;
   records: Rec[];
-  /** Bytes after the last "\n". */
+  /** Bytes after the last "\n" (before the zeros). */
   tornBytes: number;
+  /** Zero bytes at the end: blocks a before-response writer prepared and did not cut off. */
+  zeros: number;
 }
 
 export interface CheckedTrail {
@@ -38,10 +40,17 @@ export interface CheckedTrail {
 const sha = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex');
 
 function readView(dir: string, name: string): TrailFileView & { lines: string[] } {
-  const text = readFileSync(path.join(dir, name), 'utf8');
+  const raw = readFileSync(path.join(dir, name), 'utf8');
+  const text = raw.replace(/\0+$/, '');
   const end = text.lastIndexOf('\n');
   const lines = end < 0 ? [] : text.slice(0, end).split('\n');
-  return { name, lines, records: lines.map((l) => JSON.parse(l) as Rec), tornBytes: text.length - (end + 1) };
+  return {
+    name,
+    lines,
+    records: lines.map((l) => JSON.parse(l) as Rec),
+    tornBytes: text.length - (end + 1),
+    zeros: raw.length - text.length,
+  };
 }
 
 /** Checks every file of the trail in `dir`; throws naming the file, line and problem. */
@@ -80,7 +89,7 @@ export function checkTrail(dir: string, prefix = 'xks-audit'): CheckedTrail {
     if (prevView !== undefined) {
       if (start.previousHash !== prevHash) throw new Error(`${v.name}:1: previousHash does not match ${prevView.name}'s last line`);
       const last = prevView.records.at(-1)!;
-      const clean = last.type === 'checkpoint' && prevView.tornBytes === 0;
+      const clean = last.type === 'checkpoint' && prevView.tornBytes === 0 && prevView.zeros === 0;
       const reason = start.reason as string;
       if (reason === 'torn') {
         if (start.tornBytes !== prevView.tornBytes)

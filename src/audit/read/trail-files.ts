@@ -2,8 +2,9 @@
  * Reading trail files for the verifier, the listing and reconcile: FILE and DIR arguments to files
  * (a directory gives its *.jsonl files), and each file as a stream of complete lines with their
  * SHA-256 (over the bytes as written), then the byte count of an incomplete tail (bytes after the
- * last "\n": a crash, or a line being written). A file is read in chunks, never whole: an hour of a
- * busy proxy is gigabytes.
+ * last "\n": a crash, or a line being written) and of the zeros after it (blocks a before-response
+ * writer prepared: the file is open, or its writer was killed). A file is read in chunks, never
+ * whole: an hour of a busy proxy is gigabytes.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readdirSync, readSync, statSync } from 'node:fs';
@@ -74,8 +75,10 @@ export class LineReader {
   private ready: Buffer[] = [];
   private count = 0;
   private eof = false;
-  /** Bytes after the last "\n" (valid at the end). */
+  /** Bytes after the last "\n", before the zeros (valid at the end). */
   tornBytes = 0;
+  /** Zero bytes at the file's end (valid at the end). */
+  zeros = 0;
 
   constructor(readonly file: string) {
     try {
@@ -102,7 +105,11 @@ export class LineReader {
     }
     if (n === 0) {
       this.eof = true;
-      this.tornBytes = this.pendingBytes;
+      const tail = Buffer.concat(this.pending);
+      let end = tail.length;
+      while (end > 0 && tail[end - 1] === 0) end--;
+      this.zeros = tail.length - end;
+      this.tornBytes = end;
       this.close();
       return;
     }

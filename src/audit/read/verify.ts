@@ -215,6 +215,12 @@ class Walk {
     end.lines = before?.line ?? 0;
     end.last = before;
     end.tornBytes = reader.tornBytes;
+    if (reader.zeros > 0)
+      this.v.warnings.push({
+        file: f.name,
+        line: end.lines + 1,
+        message: `${reader.zeros} zero bytes after the last line: blocks a before-response writer prepared (the file is open, or its writer was killed)`,
+      });
     return end;
   }
 

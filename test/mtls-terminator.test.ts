@@ -14,6 +14,7 @@ import { connect as tcpConnect, createServer, type Server, type Socket } from 'n
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { privateSocketPath, startMtlsTerminator, type MtlsOptions, type MtlsTerminator } from '../src/http/mtls.js';
 import type { Logger } from '../src/log.js';
+import { waitFor } from './helpers/faulty.js';
 import { CLIENT_DNS_NAME, makePki, type TestPki } from './helpers/tls-certs.js';
 
 let pki: TestPki;
@@ -103,14 +104,6 @@ function ending(s: Socket, timeoutMs = 5000): Promise<string> {
 const threadNames = (): string[] => readdirSync('/proc/self/task').map((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim());
 const terminatorThreads = (): number => threadNames().filter((n) => n === 'xks-mtls').length;
 
-async function until(check: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 describe('native mTLS terminator', () => {
   it('echoes 8 MiB each way through bounded buffers (back-pressure on both sides)', async () => {
     const t = await startMtlsTerminator(options(), capture().log);
@@ -147,19 +140,19 @@ describe('native mTLS terminator', () => {
     try {
       const before = upstreamSockets.size;
       const a = await goodClient(t.port);
-      await until(() => upstreamSockets.size === before + 1);
+      expect(await waitFor(() => upstreamSockets.size === before + 1, 5000)).toBe(true);
       const up = [...upstreamSockets].at(-1)!;
       const ended = ending(a);
       up.end();
       expect(await ended).toBe('end');
 
       const b = await goodClient(t.port);
-      await until(() => upstreamSockets.size >= before + 1);
+      expect(await waitFor(() => upstreamSockets.size >= before + 1, 5000)).toBe(true);
       const upB = [...upstreamSockets].at(-1)!;
       const upEnded = ending(upB);
       b.end();
       expect(await upEnded).toBe('end');
-      await until(() => t.stats().open === 0);
+      expect(await waitFor(() => t.stats().open === 0, 5000)).toBe(true);
     } finally {
       t.close();
     }
@@ -176,9 +169,9 @@ describe('native mTLS terminator', () => {
       expect(await ending(partial)).toBe('end');
       expect(Date.now() - started).toBeLessThan(4000);
       // Counted by the terminator's thread around the close the client saw: wait for it.
-      await until(() => t.stats().timedOut >= 2 && t.stats().open === 0);
+      expect(await waitFor(() => t.stats().timedOut >= 2 && t.stats().open === 0, 5000)).toBe(true);
       expect(t.stats()).toMatchObject({ timedOut: 2, open: 0 });
-      await until(() => lines.some((l) => l.includes('mTLS client refused')));
+      expect(await waitFor(() => lines.some((l) => l.includes('mTLS client refused')), 5000)).toBe(true);
       expect(lines.filter((l) => l.includes('mTLS client refused'))).toEqual([
         'INFO mTLS client refused {"remote":"127.0.0.1","reason":"TLS handshake not finished within 300 ms"}',
       ]);
@@ -197,9 +190,9 @@ describe('native mTLS terminator', () => {
       const fourth = tcpConnect(t.port, '127.0.0.1');
       expect(await ending(third, 2000)).not.toBe('still open');
       expect(await ending(fourth, 2000)).not.toBe('still open');
-      await until(() => t.stats().overLimit >= 2);
+      expect(await waitFor(() => t.stats().overLimit >= 2, 5000)).toBe(true);
       expect(t.stats()).toMatchObject({ open: 2, overLimit: 2 });
-      await until(() => lines.some((l) => l.includes('connection limit reached')));
+      expect(await waitFor(() => lines.some((l) => l.includes('connection limit reached')), 5000)).toBe(true);
       expect(lines.filter((l) => l.includes('connection limit reached'))).toHaveLength(1);
       // The two held connections still work.
       for (const s of held) {
@@ -234,10 +227,10 @@ describe('native mTLS terminator', () => {
       good.end();
       await ending(good);
     }
-    await until(() => t.stats().open === 0);
+    expect(await waitFor(() => t.stats().open === 0, 5000)).toBe(true);
     expect(t.stats()).toMatchObject({ served: 10, refused: 10, silent: 10 });
     t.close();
-    await until(() => fds() <= before);
+    expect(await waitFor(() => fds() <= before, 5000)).toBe(true);
   });
 
   it('takes every certificate in mtls_client_ca_pem as a trust anchor, an intermediate too (as rustls/webpki do)', async () => {
@@ -277,11 +270,11 @@ describe('native mTLS terminator', () => {
       other.on('data', () => undefined);
       expect(await ending(other)).toMatch(/ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE/);
       // The terminator's thread counts the refusal after the alert has left: the client can be first.
-      await until(() => inter.stats().refused >= 1);
+      expect(await waitFor(() => inter.stats().refused >= 1, 5000)).toBe(true);
       expect(inter.stats()).toMatchObject({ served: 1, refused: 1 });
       // Reports reach JS through a queue: wait for it. (node's client sends the root along, which is
       // not a trust anchor here.)
-      await until(() => lines.some((l) => /mTLS client refused .*SELF_SIGNED_CERT_IN_CHAIN/.test(l)));
+      expect(await waitFor(() => lines.some((l) => /mTLS client refused .*SELF_SIGNED_CERT_IN_CHAIN/.test(l)), 5000)).toBe(true);
     } finally {
       inter.close();
     }
@@ -323,7 +316,7 @@ describe('native mTLS terminator', () => {
     expect(terminatorThreads()).toBe(base + 1);
     const s = await goodClient(t.port);
     t.stopAccepting();
-    await until(() => execFileSync('ss', ['-Htln', `sport = :${t.port}`], { encoding: 'utf8' }).trim() === '');
+    expect(await waitFor(() => execFileSync('ss', ['-Htln', `sport = :${t.port}`], { encoding: 'utf8' }).trim() === '', 5000)).toBe(true);
     const refused = await ending(tcpConnect(t.port, '127.0.0.1'));
     expect(refused).toBe('ECONNREFUSED');
     const back = new Promise<string>((resolve) => s.once('data', (d: Buffer) => resolve(d.toString())));
@@ -333,7 +326,7 @@ describe('native mTLS terminator', () => {
     t.close();
     expect(await ended).toBe('end');
     // The joined thread's /proc/self/task entry can outlive pthread_join by a moment.
-    await until(() => terminatorThreads() === base);
+    expect(await waitFor(() => terminatorThreads() === base, 5000)).toBe(true);
     expect(terminatorThreads()).toBe(base);
     t.close();
   });

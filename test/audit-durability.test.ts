@@ -94,7 +94,8 @@ describe('crash', () => {
     const verdict = JSON.parse(v.stdout) as VerifyJson;
     expect(verdict).toMatchObject({ ok: true, break: null, uses: trail.uses.length, checkpoints: trail.checkpoints });
     expect(verdict.hmacsVerified).toBe(trail.checkpoints);
-    expect(verdict.warnings.some((w) => /torn/.test(w.message))).toBe(true);
+    // "torn tail (crash)", or "crash right after a checkpoint" when the kill came just after one.
+    expect(verdict.warnings.some((w) => /crash/.test(w.message))).toBe(true);
   }, 60_000);
 });
 

@@ -104,6 +104,26 @@ describe('audit verify: a clean trail', () => {
     expect(human.stderr).toMatch(/^verified: 4 files, 21 lines \(12 uses, 5 checkpoints, 5 HMACs verified in the HSM\)$/m);
   });
 
+  it('a crash right after a checkpoint: the file is whole, the next says torn, verify warns', async () => {
+    const dir = path.join(fx.work, 'crash-at-checkpoint');
+    mkdirSync(dir);
+    const files = await fx.withHsm(async (hsm) => {
+      const b = new TrailBuilder(hsm, HMAC_KEY).start('first', '2026-06-01-00');
+      b.use({ keyId: 'k1', operation: 'Encrypt', kmsRequestId: 'c-0', awsPrincipalArn: ALICE });
+      await b.checkpoint();
+      b.start('torn', '2026-06-01-00');
+      b.use({ keyId: 'k1', operation: 'Encrypt', kmsRequestId: 'c-1', awsPrincipalArn: ALICE });
+      await b.checkpoint();
+      return b.write(dir).map((f) => path.basename(f));
+    });
+    const { code, v } = await verify(dir);
+    expect(code).toBe(0);
+    expect(v).toMatchObject({ break: null, uses: 2, checkpoints: 2, hmacsVerified: 2 });
+    expect(v.warnings.map((w) => `${w.file}:${w.line}:${w.message}`)).toEqual([
+      `${files[0]}:4:crash right after a checkpoint: nothing is torn, acknowledged by ${files[1]}`,
+    ]);
+  });
+
   it('the [audit] directory of the settings: only the files of its file_prefix', async () => {
     const dir = copy();
     writeFileSync(path.join(dir, 'other-proxy.2026-03-01-09.1.jsonl'), '{"not":"ours"}\n');

@@ -267,6 +267,13 @@ class Walk {
     if (rec(p.last)?.type === 'checkpoint' && p.tornBytes === 0) {
       if (r.reason === 'torn' && (r.tornBytes ?? 0) > 0)
         stop('truncated', p.name, end, `${name} says it ended in ${r.tornBytes} bytes of an incomplete line, which are gone`);
+      // A kill right after a checkpoint: the file is whole, but its writer did not stop cleanly.
+      if (r.reason === 'torn')
+        this.v.warnings.push({
+          file: p.name,
+          line: end,
+          message: `crash right after a checkpoint: nothing is torn, acknowledged by ${name}`,
+        });
       return;
     }
     if (r.reason !== 'torn' || r.tornBytes !== p.tornBytes) {

@@ -9,7 +9,7 @@ import { closeSync, mkdirSync, openSync, rmSync, statfsSync, writeSync } from 'n
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { useFields } from '../src/audit/record.js';
+import type { AuditUse } from '../src/audit/record.js';
 import { AuditWriter } from '../src/audit/writer.js';
 import { loadConfig } from '../src/config.js';
 import { createLogger } from '../src/log.js';
@@ -235,8 +235,15 @@ describe('disk full (a 256 KiB tmpfs)', () => {
         writer.servedWithout();
         expect(await waitFor(() => text.includes('answered without its audit record'))).toBe(true);
         filler = fill();
-        const use = (i: number): string =>
-          useFields({ prefix: '/p', keyId: 'k', operation: 'Encrypt', outcome: 'ok', status: 200, micros: i, client: '127.0.0.1' });
+        const use = (i: number): AuditUse => ({
+          prefix: '/p',
+          keyId: 'k',
+          operation: 'Encrypt',
+          outcome: 'ok',
+          status: 200,
+          micros: i,
+          client: '127.0.0.1',
+        });
         let lost = false;
         for (let i = 0; i < 100 && !lost; i++) {
           lost = !(await new Promise<boolean>((resolve) => writer.record(use(i), resolve)));

@@ -9,7 +9,7 @@ import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { auditAddon } from '../src/audit/native.js';
+import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED } from '../src/audit/native.js';
 import { GENESIS, nowMicros, rfc3339Micros, useFields, type AuditUse } from '../src/audit/record.js';
 
 const tricky = [
@@ -27,9 +27,10 @@ const tricky = [
   '</script>',
 ];
 
-function sample(): AuditUse {
+/** A use with random fields, a third of its strings from `tricky` (none when `withTricky` is false). */
+function sample(withTricky = true): AuditUse {
   const pick = (): string =>
-    randomInt(3) === 0 ? tricky[randomInt(tricky.length)]! : `arn:aws:iam::${randomInt(1e9)}:user/u-${randomInt(1e6)}`;
+    withTricky && randomInt(3) === 0 ? tricky[randomInt(tricky.length)]! : `arn:aws:iam::${randomInt(1e9)}:user/u-${randomInt(1e6)}`;
   const maybe = (): string | undefined => (randomInt(3) === 0 ? undefined : pick());
   return {
     kmsRequestId: maybe(),
@@ -66,9 +67,13 @@ function plain(u: AuditUse): string {
   }
   Object.assign(o, { prefix: u.prefix, keyId: u.keyId, operation: u.operation, outcome: u.outcome, status: u.status, micros: u.micros });
   if (u.accessKeyId !== undefined) o.accessKeyId = u.accessKeyId;
-  o.client = u.client;
+  o.client = typeof u.client === 'string' ? u.client : Buffer.from(u.client).toString('latin1');
   return JSON.stringify(o).slice(1, -1);
 }
+
+const INSTANCE = '8f0c1111-2222-4333-8444-555566667777';
+/** Printable ASCII but `"` and `\\` (src/audit/record.ts). */
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -97,12 +102,15 @@ describe('audit use records', () => {
     }
   });
 
-  it('the writer thread frames, stamps and chains each line as JSON.stringify and SHA-256 define it', async () => {
+  /** Writes `uses` through a fresh writer thread, `queue` handing each to a channel; the lines written. */
+  async function writeTrail(
+    uses: AuditUse[],
+    queue: (channel: NativeAuditChannel, u: AuditUse, id: number) => void,
+  ): Promise<{ lines: string[]; before: number; after: number }> {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'xks-audit-record-'));
     dirs.push(dir);
     const file = path.join(dir, 'trail.jsonl');
     const { AuditLog, AuditChannel } = auditAddon();
-    const instance = '8f0c1111-2222-4333-8444-555566667777';
     const log = new AuditLog(
       {
         durable: true,
@@ -110,13 +118,12 @@ describe('audit use records', () => {
         syncMs: 100,
         checkpointEvery: 1_000_000,
         checkpointSecs: 3600,
-        instance,
+        instance: INSTANCE,
         copyOut: false,
         nowMicros: nowMicros(),
       },
       () => undefined,
     );
-    const uses = Array.from({ length: 500 }, sample);
     const before = nowMicros();
     try {
       log.useFile(1, openSync(file, 'a'), 1, GENESIS, Number.POSITIVE_INFINITY);
@@ -130,7 +137,7 @@ describe('audit use records', () => {
             resolve();
           }
         });
-        for (const [i, u] of uses.entries()) expect(channel.record(useFields(u), i + 1)).toBe(true);
+        for (const [i, u] of uses.entries()) queue(channel, u, i + 1);
         channel.kick(); // before-response: the loop's turn is over
       });
       await done;
@@ -141,18 +148,129 @@ describe('audit use records', () => {
     const lines = readFileSync(file, 'utf8').split('\n');
     expect(lines.pop()).toBe('');
     expect(lines).toHaveLength(uses.length);
+    return { lines, before, after };
+  }
+
+  /** Each line is the frame around plain(use), chained with SHA-256. */
+  function expectChained(lines: string[], uses: AuditUse[]): void {
     let prev = GENESIS;
-    let lastTime = '';
     lines.forEach((line, i) => {
       const o = JSON.parse(line) as { time: string };
-      const expected = `{"v":1,"type":"use","seq":${i + 1},"time":"${o.time}","instance":"${instance}",${plain(uses[i]!)},"prev":"${prev}"}`;
+      const expected = `{"v":1,"type":"use","seq":${i + 1},"time":"${o.time}","instance":"${INSTANCE}",${plain(uses[i]!)},"prev":"${prev}"}`;
       expect(line).toBe(expected);
       expect(line).toBe(JSON.stringify(JSON.parse(line)));
-      // The writer's clock, in rfc3339Micros's format, never going back.
-      expect(o.time >= rfc3339Micros(before) && o.time <= rfc3339Micros(after)).toBe(true);
-      expect(o.time >= lastTime).toBe(true);
-      lastTime = o.time;
       prev = createHash('sha256').update(line, 'utf8').digest('hex');
     });
+  }
+
+  it('the writer thread frames, stamps and chains each line as JSON.stringify and SHA-256 define it', async () => {
+    const uses = Array.from({ length: 500 }, () => sample());
+    const { lines, before, after } = await writeTrail(uses, (channel, u, id) => expect(channel.record(useFields(u), id)).toBe(true));
+    expectChained(lines, uses);
+    let lastTime = '';
+    for (const line of lines) {
+      const { time } = JSON.parse(line) as { time: string };
+      // The writer's clock, in rfc3339Micros's format, never going back.
+      expect(time >= rfc3339Micros(before) && time <= rfc3339Micros(after)).toBe(true);
+      expect(time >= lastTime).toBe(true);
+      lastTime = time;
+    }
+  });
+
+  it('a channel makes the same bytes from the values, and leaves strings that need escapes to useFields', async () => {
+    const uses = Array.from({ length: 1500 }, (_, i) => {
+      const u = sample(i % 3 === 0);
+      // The client as uWS gives it (its text's bytes), when those are ASCII.
+      if (i % 2 === 0 && /^[\x00-\x7f]*$/.test(u.client as string)) u.client = new TextEncoder().encode(u.client as string).buffer;
+      return u;
+    });
+    let framed = 0;
+    const { lines } = await writeTrail(uses, (channel, u, id) => {
+      const strings = [
+        u.kmsRequestId,
+        u.kmsOperation,
+        u.awsPrincipalArn,
+        u.kmsKeyArn,
+        u.kmsViaService,
+        u.awsSourceVpc,
+        u.awsSourceVpce,
+        u.prefix,
+        u.keyId,
+        u.operation,
+        u.outcome,
+        u.accessKeyId,
+        typeof u.client === 'string' ? u.client : Buffer.from(u.client).toString('latin1'),
+      ];
+      const plainOnly = strings.every((v) => v === undefined || PLAIN.test(v));
+      const r = channel.use(
+        id,
+        u.kmsRequestId,
+        u.kmsOperation,
+        u.awsPrincipalArn,
+        u.kmsKeyArn,
+        u.kmsViaService,
+        u.awsSourceVpc,
+        u.awsSourceVpce,
+        u.prefix,
+        u.keyId,
+        u.operation,
+        u.outcome,
+        u.status,
+        u.micros,
+        u.accessKeyId,
+        u.client,
+      );
+      expect(r).toBe(plainOnly ? USE_QUEUED : USE_NOT_PLAIN);
+      if (r === USE_NOT_PLAIN) expect(channel.record(useFields(u), id)).toBe(true);
+      else framed++;
+    });
+    expectChained(lines, uses);
+    expect(framed).toBeGreaterThan(100);
+    expect(framed).toBeLessThan(uses.length);
+  });
+
+  it('a channel leaves numbers JSON.stringify would not write as integers to useFields', () => {
+    const { AuditLog, AuditChannel } = auditAddon();
+    const log = new AuditLog(
+      {
+        durable: false,
+        writeMs: 10,
+        syncMs: 100,
+        checkpointEvery: 1e6,
+        checkpointSecs: 3600,
+        instance: INSTANCE,
+        copyOut: false,
+        nowMicros: nowMicros(),
+      },
+      () => undefined,
+    );
+    try {
+      const channel = new AuditChannel(log.id(), () => undefined);
+      for (const micros of [1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 60]) {
+        expect(
+          channel.use(
+            0,
+            undefined,
+            undefined,
+            undefined,
+            undefined,
+            undefined,
+            undefined,
+            undefined,
+            '/p',
+            'k',
+            'Encrypt',
+            'ok',
+            200,
+            micros,
+            undefined,
+            '127.0.0.1',
+          ),
+        ).toBe(USE_NOT_PLAIN);
+      }
+      channel.close();
+    } finally {
+      log.close();
+    }
   });
 });

@@ -4,13 +4,17 @@
 //     id(), useFile(epoch, fd, seq, headHex, periodEndsUs), resume(epoch, line),
 //     finish(epoch, line), requestEnd(), markBroken(), ref(), unref(), close()
 //   new AuditChannel(logId, onWritten(ids: Uint32Array, count, ok))            (any event loop)
-//     record(fields, id) -> boolean, kick(), failed() -> boolean, close()
+//     use(id, kmsRequestId, ..., client) -> 0 | 1 | 2, record(fields, id) -> boolean, kick(),
+//     failed() -> boolean, close()
 // Usually one AuditLog per process (one per proxy started in it); every event loop's channel
 // hands its records to it directly.
 #include <napi.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -247,8 +251,9 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "AuditChannel",
-                       {InstanceMethod<&ChannelWrap::Record>("record"), InstanceMethod<&ChannelWrap::Kick>("kick"),
-                        InstanceMethod<&ChannelWrap::Failed>("failed"), InstanceMethod<&ChannelWrap::Close>("close")});
+                       {InstanceMethod<&ChannelWrap::Use>("use"), InstanceMethod<&ChannelWrap::Record>("record"),
+                        InstanceMethod<&ChannelWrap::Kick>("kick"), InstanceMethod<&ChannelWrap::Failed>("failed"),
+                        InstanceMethod<&ChannelWrap::Close>("close")});
   }
 
   explicit ChannelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ChannelWrap>(info), env_(info.Env()) {
@@ -333,6 +338,122 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     }
   }
 
+  // The fields of a use record in their order (src/audit/record.ts, useFields): use()'s arguments
+  // after the id.
+  enum class Kind { kOptional, kString, kNumber, kAddress };
+  struct Field {
+    const char* key;
+    Kind kind;
+  };
+  static constexpr Field kUseFields[] = {
+      {"kmsRequestId", Kind::kOptional},  {"kmsOperation", Kind::kOptional},  {"awsPrincipalArn", Kind::kOptional},
+      {"kmsKeyArn", Kind::kOptional},     {"kmsViaService", Kind::kOptional}, {"awsSourceVpc", Kind::kOptional},
+      {"awsSourceVpce", Kind::kOptional}, {"prefix", Kind::kString},          {"keyId", Kind::kString},
+      {"operation", Kind::kString},       {"outcome", Kind::kString},         {"status", Kind::kNumber},
+      {"micros", Kind::kNumber},          {"accessKeyId", Kind::kOptional},   {"client", Kind::kAddress},
+  };
+  static constexpr size_t kUseArgs = 1 + std::size(kUseFields);
+  static constexpr int32_t kRefused = 0;
+  static constexpr int32_t kQueued = 1;
+  static constexpr int32_t kNotPlain = 2;
+
+  // Printable ASCII but '"' and '\\': JSON.stringify only adds the quotes (record.ts, PLAIN).
+  static bool Plain(const char* p, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+      const auto c = static_cast<unsigned char>(p[i]);
+      if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') return false;
+    }
+    return true;
+  }
+
+  // Appends the string `v` quoted; false when it is not a string (`*isString` false) or not plain.
+  bool PutString(napi_env env, napi_value v, bool* isString) {
+    const size_t at = scratch_.len;
+    // What is left of the scratch besides the two quotes (at least 256 bytes: it grows for that).
+    const size_t left = scratch_.cap - at;
+    size_t room = left > 258 ? left - 2 : 256;
+    for (;;) {
+      char* to = scratch_.room(room + 2) + 1;  // after the opening quote
+      size_t len = 0;
+      if (napi_get_value_string_utf8(env, v, to, room, &len) != napi_ok) {
+        *isString = false;
+        return false;
+      }
+      *isString = true;
+      if (len + 1 < room) {  // not cut short
+        to[-1] = '"';
+        to[len] = '"';
+        scratch_.len = at + len + 2;
+        return Plain(to, len);
+      }
+      napi_get_value_string_utf8(env, v, nullptr, 0, &len);
+      room = len + 2;
+    }
+  }
+
+  // Appends the bytes of an ArrayBuffer (an address's text as uWS gives it) quoted; false when not plain.
+  bool PutBytes(napi_env env, napi_value v) {
+    void* data = nullptr;
+    size_t len = 0;
+    if (napi_get_arraybuffer_info(env, v, &data, &len) != napi_ok) return false;
+    const char* p = static_cast<const char*>(data);
+    if (!Plain(p, len)) return false;
+    scratch_.put("\"", 1);
+    scratch_.put(p, len);
+    scratch_.put("\"", 1);
+    return true;
+  }
+
+  // Appends an integer as JSON.stringify writes it; false for any other number.
+  bool PutInteger(napi_env env, napi_value v) {
+    double d = 0;
+    if (napi_get_value_double(env, v, &d) != napi_ok) return false;
+    if (!std::isfinite(d) || d != std::trunc(d) || std::fabs(d) > 9007199254740991.0) return false;
+    char buf[24];
+    const auto r = std::to_chars(buf, buf + sizeof buf, static_cast<int64_t>(d));
+    scratch_.put(buf, static_cast<size_t>(r.ptr - buf));
+    return true;
+  }
+
+  // use(id, kmsRequestId, ..., client): a use record's fields (kUseFields; an optional one may be
+  // undefined, client is a string or an ArrayBuffer of its text) made into its JSON fragment here,
+  // the bytes useFields() gives, and queued as record() does. kNotPlain: a string needs JSON's
+  // escapes (or a value is not as expected): nothing is queued, the caller uses record(useFields()).
+  // No JavaScript string is built for a record on this path.
+  Napi::Value Use(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < kUseArgs || !info[0].IsNumber()) throw Napi::TypeError::New(env, "use(id, ...fields)");
+    if (log_ == nullptr) return Napi::Number::New(env, kRefused);
+    scratch_.len = 0;
+    bool first = true;
+    for (size_t i = 0; i < std::size(kUseFields); i++) {
+      const Field& f = kUseFields[i];
+      napi_value v = info[i + 1];
+      const size_t at = scratch_.len;
+      if (!first) scratch_.put(",", 1);
+      scratch_.put("\"", 1);
+      scratch_.put(f.key, std::char_traits<char>::length(f.key));
+      scratch_.put("\":", 2);
+      bool ok;
+      if (f.kind == Kind::kNumber) {
+        ok = PutInteger(env, v);
+      } else if (f.kind == Kind::kAddress && info[i + 1].IsArrayBuffer()) {
+        ok = PutBytes(env, v);
+      } else {
+        bool isString = false;
+        ok = PutString(env, v, &isString);
+        if (!isString && f.kind == Kind::kOptional && info[i + 1].IsUndefined()) {
+          scratch_.len = at;  // absent: left out
+          continue;
+        }
+      }
+      if (!ok) return Napi::Number::New(env, kNotPlain);
+      first = false;
+    }
+    const bool queued = log_->record(id_, info[0].As<Napi::Number>().Uint32Value(), scratch_.p.get(), scratch_.len);
+    return Napi::Number::New(env, queued ? kQueued : kRefused);
+  }
+
   // record(fields, id): the fields' UTF-8 go straight into the log's inbox (no wait on the disk).
   Napi::Value Record(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -342,14 +463,13 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     if (log_ == nullptr) return Napi::Boolean::New(env, false);
     size_t len = 0;
     napi_value s = info[0];
-    if (scratch_.size() < kScratch) scratch_.resize(kScratch);
-    napi_get_value_string_utf8(env, s, scratch_.data(), scratch_.size(), &len);
-    if (len + 1 >= scratch_.size()) {  // maybe cut short: measure, then copy in full
+    scratch_.len = 0;
+    napi_get_value_string_utf8(env, s, scratch_.room(kScratch), kScratch, &len);
+    if (len + 1 >= kScratch) {  // maybe cut short: measure, then copy in full
       napi_get_value_string_utf8(env, s, nullptr, 0, &len);
-      scratch_.resize(len + 1);
-      napi_get_value_string_utf8(env, s, scratch_.data(), scratch_.size(), &len);
+      napi_get_value_string_utf8(env, s, scratch_.room(len + 1), len + 1, &len);
     }
-    const bool ok = log_->record(id_, info[1].As<Napi::Number>().Uint32Value(), scratch_.data(), len);
+    const bool ok = log_->record(id_, info[1].As<Napi::Number>().Uint32Value(), scratch_.p.get(), len);
     return Napi::Boolean::New(env, ok);
   }
 
@@ -378,7 +498,27 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
   std::mutex mu_;
   std::vector<uint32_t> ok_;
   std::vector<uint32_t> lost_;
-  std::vector<char> scratch_;
+  // A record's bytes on their way to the inbox: room() grows it (keeping what is in it), never shrinks.
+  struct Scratch {
+    std::unique_ptr<char[]> p;
+    size_t cap = 0;
+    size_t len = 0;
+    char* room(size_t n) {
+      if (len + n > cap) {
+        const size_t c = std::max(len + n, std::max(cap * 2, kScratch));
+        auto q = std::make_unique<char[]>(c);
+        if (len > 0) std::copy(p.get(), p.get() + len, q.get());
+        p = std::move(q);
+        cap = c;
+      }
+      return p.get() + len;
+    }
+    void put(const char* s, size_t n) {
+      std::copy(s, s + n, room(n));
+      len += n;
+    }
+  };
+  Scratch scratch_;
   Napi::Reference<Napi::Uint32Array> ids_;
 };
 

@@ -3,7 +3,8 @@
  * (src/audit/native.ts), which calls back on this loop once they are on disk. The same on the
  * main thread and on every worker thread.
  */
-import { auditAddon, type NativeAuditChannel } from './native.js';
+import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED, USE_REFUSED } from './native.js';
+import { type AuditUse, useFields } from './record.js';
 import type { AuditSink, Written } from './sink.js';
 import { Waiting } from './waiting.js';
 
@@ -51,9 +52,29 @@ export class ChannelSink implements AuditSink {
     return this.channel.failed();
   }
 
-  record(fields: string, written?: Written): void {
+  record(u: AuditUse, written?: Written): void {
     const id = written === undefined ? 0 : this.waiting.add(written);
-    if (this.channel.record(fields, id)) {
+    const c = this.channel;
+    let r = c.use(
+      id,
+      u.kmsRequestId,
+      u.kmsOperation,
+      u.awsPrincipalArn,
+      u.kmsKeyArn,
+      u.kmsViaService,
+      u.awsSourceVpc,
+      u.awsSourceVpce,
+      u.prefix,
+      u.keyId,
+      u.operation,
+      u.outcome,
+      u.status,
+      u.micros,
+      u.accessKeyId,
+      u.client,
+    );
+    if (r === USE_NOT_PLAIN) r = c.record(useFields(u), id) ? USE_QUEUED : USE_REFUSED;
+    if (r === USE_QUEUED) {
       // One wake of the writer thread per turn of this loop, after every record of the turn.
       if (this.waitsForDisk && !this.kickDue) {
         this.kickDue = true;

@@ -4,6 +4,7 @@
  * event loop hands it records (src/audit/channel.ts).
  */
 import { loadBuilt } from '../native-build.js';
+import type { ClientAddress } from './record.js';
 
 export interface AuditLogOptions {
   /** before-response: the file is O_DSYNC and each group is written at once. */
@@ -59,8 +60,37 @@ export interface NativeAuditLog {
   close(): void;
 }
 
+/** What use() did with a record. */
+export const USE_REFUSED = 0;
+export const USE_QUEUED = 1;
+/** A string needs JSON's escapes: nothing was queued, record(useFields()) instead. */
+export const USE_NOT_PLAIN = 2;
+export type UseResult = typeof USE_REFUSED | typeof USE_QUEUED | typeof USE_NOT_PLAIN;
+
 export interface NativeAuditChannel {
-  /** Queues a record's fields; id 0: nobody waits. false: refused (the trail cannot be written). */
+  /**
+   * Queues a use record from its fields' values, in useFields' order (src/audit/record.ts), framed
+   * natively: no JavaScript string is built for it. id 0: nobody waits.
+   */
+  use(
+    id: number,
+    kmsRequestId: string | undefined,
+    kmsOperation: string | undefined,
+    awsPrincipalArn: string | undefined,
+    kmsKeyArn: string | undefined,
+    kmsViaService: string | undefined,
+    awsSourceVpc: string | undefined,
+    awsSourceVpce: string | undefined,
+    prefix: string,
+    keyId: string,
+    operation: string,
+    outcome: string,
+    status: number,
+    micros: number,
+    accessKeyId: string | undefined,
+    client: ClientAddress,
+  ): UseResult;
+  /** Queues a record's fields (a useFields() fragment); id 0: nobody waits. false: refused (the trail cannot be written). */
   record(fields: string, id: number): boolean;
   /** before-response: write what this loop queued (once per turn of the loop). */
   kick(): void;

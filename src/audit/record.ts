@@ -10,6 +10,9 @@ import type { RequestMetadata } from '../validate.js';
 /** `prev` of the very first line of a trail. */
 export const GENESIS = '0'.repeat(64);
 
+/** The client's address: its text, or that text's bytes as uWS gives them (ASCII). */
+export type ClientAddress = string | ArrayBuffer;
+
 /**
  * What the pipeline knows of one request (no plaintext, AAD, ciphertext, IV, tag or secret): its
  * requestMetadata when it could be read, and the rest.
@@ -22,7 +25,7 @@ export interface AuditUse extends Partial<RequestMetadata> {
   status: number;
   micros: number;
   accessKeyId?: string | undefined;
-  client: string;
+  client: ClientAddress;
 }
 
 export type StartReason = 'first' | 'restart' | 'rotate' | 'torn';
@@ -106,15 +109,20 @@ function opt(key: string, v: string | undefined): string {
   return v === undefined ? '' : `"${key}":${str(v)},`;
 }
 
+function clientText(c: ClientAddress): string {
+  return typeof c === 'string' ? c : Buffer.from(c).toString('latin1');
+}
+
 /**
- * The use-specific fields of a record as a JSON fragment (`"kmsRequestId":...,"client":"..."`),
- * made on the request's own event loop: the bytes JSON.stringify gives for these fields in this
- * order, without building an object for it (test/audit-record.test.ts compares the two). The
- * writer thread frames it (native/audit/log.cc) as
- * `{"v":1,"type":"use","seq":..,"time":"..","instance":"..",<fields>,"prev":".."}`.
+ * The use-specific fields of a record as a JSON fragment (`"kmsRequestId":...,"client":"..."`):
+ * the bytes JSON.stringify gives for these fields in this order, without building an object for it
+ * (test/audit-record.test.ts compares the two). The writer thread frames it (native/audit/log.cc)
+ * as `{"v":1,"type":"use","seq":..,"time":"..","instance":"..",<fields>,"prev":".."}`. A channel
+ * makes the same bytes natively from the values (NativeAuditChannel.use()); this is the way for
+ * records with a string that needs JSON's escapes.
  */
 export function useFields(u: AuditUse): string {
-  return `${opt('kmsRequestId', u.kmsRequestId)}${opt('kmsOperation', u.kmsOperation)}${opt('awsPrincipalArn', u.awsPrincipalArn)}${opt('kmsKeyArn', u.kmsKeyArn)}${opt('kmsViaService', u.kmsViaService)}${opt('awsSourceVpc', u.awsSourceVpc)}${opt('awsSourceVpce', u.awsSourceVpce)}"prefix":${str(u.prefix)},"keyId":${str(u.keyId)},"operation":${str(u.operation)},"outcome":${str(u.outcome)},"status":${JSON.stringify(u.status)},"micros":${JSON.stringify(u.micros)},${opt('accessKeyId', u.accessKeyId)}"client":${str(u.client)}`;
+  return `${opt('kmsRequestId', u.kmsRequestId)}${opt('kmsOperation', u.kmsOperation)}${opt('awsPrincipalArn', u.awsPrincipalArn)}${opt('kmsKeyArn', u.kmsKeyArn)}${opt('kmsViaService', u.kmsViaService)}${opt('awsSourceVpc', u.awsSourceVpc)}${opt('awsSourceVpce', u.awsSourceVpce)}"prefix":${str(u.prefix)},"keyId":${str(u.keyId)},"operation":${str(u.operation)},"outcome":${str(u.outcome)},"status":${JSON.stringify(u.status)},"micros":${JSON.stringify(u.micros)},${opt('accessKeyId', u.accessKeyId)}"client":${str(clientText(u.client))}`;
 }
 
 export function checkpointLine(c: Common, hmacKeyId: string, hmac: string, head: string): string {

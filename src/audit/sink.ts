@@ -4,6 +4,8 @@
  * hands its records to the process's writer thread (src/audit/channel.ts); on the main thread the
  * writer's control (src/audit/writer.ts) is the sink and holds its own channel.
  */
+import type { AuditUse } from './record.js';
+
 /** `ok`: the record is written (durably, in the before-response mode); false: it could not be. */
 export type Written = (ok: boolean) => void;
 
@@ -14,11 +16,8 @@ export interface AuditSink {
   readonly failClosed: boolean;
   /** The trail cannot be written now. */
   failed(): boolean;
-  /**
-   * Records one request: `fields` is its useFields() fragment. `written`, when given, is called once
-   * its record is on disk (or cannot be).
-   */
-  record(fields: string, written?: Written): void;
+  /** Records one request. `written`, when given, is called once its record is on disk (or cannot be). */
+  record(use: AuditUse, written?: Written): void;
   /** Logs that a 200 went out without its record (fail-open), at most once a minute. */
   servedWithout(): void;
 }

@@ -27,7 +27,17 @@ import type { Logger } from '../log.js';
 import { type AuditInit, ChannelSink } from './channel.js';
 import { chainTail, cutZeros, fileName, periodEnd, periodOf, type ChainTail } from './files.js';
 import { auditAddon, type AuditEventKind, type NativeAuditLog } from './native.js';
-import { checkpointLine, checkpointMessage, GENESIS, lineHash, nowMicros, rfc3339Micros, startLine, type StartFields } from './record.js';
+import {
+  type AuditUse,
+  checkpointLine,
+  checkpointMessage,
+  GENESIS,
+  lineHash,
+  nowMicros,
+  rfc3339Micros,
+  startLine,
+  type StartFields,
+} from './record.js';
 import type { AuditSink, Written } from './sink.js';
 
 export const BATCHED_SYNC_MS = 100;
@@ -149,8 +159,8 @@ export class AuditWriter implements AuditSink {
     return this.sink.failed();
   }
 
-  record(fields: string, written?: Written): void {
-    this.sink.record(fields, written);
+  record(use: AuditUse, written?: Written): void {
+    this.sink.record(use, written);
   }
 
   servedWithout(): void {

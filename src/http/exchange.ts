@@ -2,6 +2,7 @@
  * One request in flight (an Exchange), from its headers to its answer, and the scan of its
  * headers for how its body is framed.
  */
+import type { ClientAddress } from '../audit/record.js';
 import type { XksError } from '../errors.js';
 import type { Operation } from '../ops/operation.js';
 import type { RouteMetrics } from '../metrics.js';
@@ -27,7 +28,7 @@ export class Exchange {
   size = 0;
   meta: RequestMetadata | undefined;
   /** The peer's address, read at the request's start when there is an audit trail. */
-  client = '';
+  client: ClientAddress = '';
   constructor(
     readonly res: HttpResponse,
     readonly op: Operation,

@@ -3,7 +3,7 @@
  * the request's log line and metrics. Also counts the requests in flight, for the graceful stop.
  */
 import { performance } from 'node:perf_hooks';
-import { useFields, type AuditUse } from '../audit/record.js';
+import type { AuditUse } from '../audit/record.js';
 import { AUDIT_REFUSAL, type AuditSink } from '../audit/sink.js';
 import { XksError, STATUS_LINE } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -78,7 +78,7 @@ export class Responder {
     if (x.drainTimer !== undefined) clearTimeout(x.drainTimer);
     const a = this.audit;
     if (a !== undefined) {
-      const use = useFields(auditUse(x, status, x.aborted ? 'aborted' : outcome));
+      const use = auditUse(x, status, x.aborted ? 'aborted' : outcome);
       // before-response: a key use's 200 goes out only once its record is on disk.
       if (status === 200 && x.op.namesKey && a.waitsForDisk && !x.aborted) {
         a.record(use, (ok) => {

@@ -27,8 +27,9 @@ export interface StartRecord extends CommonFields {
 }
 
 /** A key use: the writer's fields (src/audit/record.ts, AuditUse) as read back. */
-export interface UseRecord extends CommonFields, AuditUse {
+export interface UseRecord extends CommonFields, Omit<AuditUse, 'client'> {
   type: 'use';
+  client: string;
 }
 
 export interface CheckpointRecord extends CommonFields {

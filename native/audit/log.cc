@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -460,9 +461,9 @@ void Log::pause(State s, Event::Kind kind, int64_t wallUs) {
 void Log::appendUse(const char* fields, size_t len, uint32_t channel, uint32_t id, int64_t wallUs) {
   const size_t start = out_.size();
   char num[24];
-  const int n = std::snprintf(num, sizeof num, "%llu", static_cast<unsigned long long>(seq_));
+  const auto r = std::to_chars(num, num + sizeof num, seq_);
   out_.append("{\"v\":1,\"type\":\"use\",\"seq\":");
-  out_.append(num, static_cast<size_t>(n));
+  out_.append(num, static_cast<size_t>(r.ptr - num));
   out_.append(",\"time\":\"");
   out_.append(timeText(wallUs));
   out_.append("\",\"instance\":\"");
@@ -632,7 +633,7 @@ void Log::emit(Event e) {
 
 const std::string& Log::timeText(int64_t wallUs) {
   const int64_t second = wallUs / 1000000;
-  const int micros = static_cast<int>(wallUs - second * 1000000);
+  int micros = static_cast<int>(wallUs - second * 1000000);
   if (second != cachedSecond_) {
     const time_t t = static_cast<time_t>(second);
     tm g;
@@ -643,10 +644,11 @@ const std::string& Log::timeText(int64_t wallUs) {
     secondText_.assign(b, static_cast<size_t>(n));
     cachedSecond_ = second;
   }
-  char us[16];
-  const int n = std::snprintf(us, sizeof us, "%06dZ", micros);
+  char us[7];  // "%06dZ" without a printf per record
+  for (int i = 5; i >= 0; i--, micros /= 10) us[i] = static_cast<char>('0' + micros % 10);
+  us[6] = 'Z';
   timeText_.assign(secondText_);
-  timeText_.append(us, static_cast<size_t>(n));
+  timeText_.append(us, sizeof us);
   return timeText_;
 }
 

@@ -25,6 +25,11 @@ const tricky = [
   '\ud800 lone',
   'emoji 😀',
   '</script>',
+  // Longer than the addon's first copy (8 KiB): copied again in full, also when the cut would
+  // fall inside a character.
+  'x'.repeat(10_000),
+  '✓'.repeat(3000),
+  `a${'😀'.repeat(2500)}`,
 ];
 
 /** A use with random fields, a third of its strings from `tricky` (none when `withTricky` is false). */

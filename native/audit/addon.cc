@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "log.h"
@@ -342,7 +343,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
   // after the id.
   enum class Kind { kOptional, kString, kNumber, kAddress };
   struct Field {
-    const char* key;
+    std::string_view key;
     Kind kind;
   };
   static constexpr Field kUseFields[] = {
@@ -366,29 +367,32 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     return true;
   }
 
+  // Copies the string `v` as UTF-8 to `room(...)` of the scratch, in full; false when it is not a
+  // string. napi writes at most `bufsize - 1` bytes and never half a character, so a copy within 4
+  // bytes of the end may be cut short: then it measures and copies again.
+  bool CopyString(napi_env env, napi_value v, size_t headroom, char** to, size_t* len) {
+    const size_t left = scratch_.cap - scratch_.len;
+    const size_t room = left > 256 + headroom ? left - headroom : 256;
+    *to = scratch_.room(room + headroom) + headroom / 2;
+    if (napi_get_value_string_utf8(env, v, *to, room, len) != napi_ok) return false;
+    if (*len + 4 >= room) {
+      napi_get_value_string_utf8(env, v, nullptr, 0, len);
+      *to = scratch_.room(*len + 1 + headroom) + headroom / 2;
+      napi_get_value_string_utf8(env, v, *to, *len + 1, len);
+    }
+    return true;
+  }
+
   // Appends the string `v` quoted; false when it is not a string (`*isString` false) or not plain.
   bool PutString(napi_env env, napi_value v, bool* isString) {
-    const size_t at = scratch_.len;
-    // What is left of the scratch besides the two quotes (at least 256 bytes: it grows for that).
-    const size_t left = scratch_.cap - at;
-    size_t room = left > 258 ? left - 2 : 256;
-    for (;;) {
-      char* to = scratch_.room(room + 2) + 1;  // after the opening quote
-      size_t len = 0;
-      if (napi_get_value_string_utf8(env, v, to, room, &len) != napi_ok) {
-        *isString = false;
-        return false;
-      }
-      *isString = true;
-      if (len + 1 < room) {  // not cut short
-        to[-1] = '"';
-        to[len] = '"';
-        scratch_.len = at + len + 2;
-        return Plain(to, len);
-      }
-      napi_get_value_string_utf8(env, v, nullptr, 0, &len);
-      room = len + 2;
-    }
+    char* to = nullptr;
+    size_t len = 0;
+    *isString = CopyString(env, v, 2, &to, &len);  // room for the quotes around it
+    if (!*isString) return false;
+    to[-1] = '"';
+    to[len] = '"';
+    scratch_.len += len + 2;
+    return Plain(to, len);
   }
 
   // Appends the bytes of an ArrayBuffer (an address's text as uWS gives it) quoted; false when not plain.
@@ -432,7 +436,7 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
       const size_t at = scratch_.len;
       if (!first) scratch_.put(",", 1);
       scratch_.put("\"", 1);
-      scratch_.put(f.key, std::char_traits<char>::length(f.key));
+      scratch_.put(f.key.data(), f.key.size());
       scratch_.put("\":", 2);
       bool ok;
       if (f.kind == Kind::kNumber) {
@@ -461,15 +465,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
       throw Napi::TypeError::New(env, "record(fields, id)");
     }
     if (log_ == nullptr) return Napi::Boolean::New(env, false);
-    size_t len = 0;
-    napi_value s = info[0];
     scratch_.len = 0;
-    napi_get_value_string_utf8(env, s, scratch_.room(kScratch), kScratch, &len);
-    if (len + 1 >= kScratch) {  // maybe cut short: measure, then copy in full
-      napi_get_value_string_utf8(env, s, nullptr, 0, &len);
-      napi_get_value_string_utf8(env, s, scratch_.room(len + 1), len + 1, &len);
-    }
-    const bool ok = log_->record(id_, info[1].As<Napi::Number>().Uint32Value(), scratch_.p.get(), len);
+    char* to = nullptr;
+    size_t len = 0;
+    CopyString(env, info[0], 0, &to, &len);
+    const bool ok = log_->record(id_, info[1].As<Napi::Number>().Uint32Value(), to, len);
     return Napi::Boolean::New(env, ok);
   }
 

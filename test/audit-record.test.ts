@@ -9,6 +9,7 @@ import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { useValues } from '../src/audit/channel.js';
 import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED } from '../src/audit/native.js';
 import { GENESIS, nowMicros, rfc3339Micros, useFields, type AuditUse } from '../src/audit/record.js';
 
@@ -191,40 +192,9 @@ describe('audit use records', () => {
     });
     let framed = 0;
     const { lines } = await writeTrail(uses, (channel, u, id) => {
-      const strings = [
-        u.kmsRequestId,
-        u.kmsOperation,
-        u.awsPrincipalArn,
-        u.kmsKeyArn,
-        u.kmsViaService,
-        u.awsSourceVpc,
-        u.awsSourceVpce,
-        u.prefix,
-        u.keyId,
-        u.operation,
-        u.outcome,
-        u.accessKeyId,
-        typeof u.client === 'string' ? u.client : Buffer.from(u.client).toString('latin1'),
-      ];
-      const plainOnly = strings.every((v) => v === undefined || PLAIN.test(v));
-      const r = channel.use(
-        id,
-        u.kmsRequestId,
-        u.kmsOperation,
-        u.awsPrincipalArn,
-        u.kmsKeyArn,
-        u.kmsViaService,
-        u.awsSourceVpc,
-        u.awsSourceVpce,
-        u.prefix,
-        u.keyId,
-        u.operation,
-        u.outcome,
-        u.status,
-        u.micros,
-        u.accessKeyId,
-        u.client,
-      );
+      const client = typeof u.client === 'string' ? u.client : Buffer.from(u.client).toString('latin1');
+      const plainOnly = Object.values({ ...u, client }).every((v) => typeof v !== 'string' || PLAIN.test(v));
+      const r = useValues(channel, u, id);
       expect(r).toBe(plainOnly ? USE_QUEUED : USE_NOT_PLAIN);
       if (r === USE_NOT_PLAIN) expect(channel.record(useFields(u), id)).toBe(true);
       else framed++;

@@ -3,7 +3,7 @@
  * (src/audit/native.ts), which calls back on this loop once they are on disk. The same on the
  * main thread and on every worker thread.
  */
-import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED, USE_REFUSED } from './native.js';
+import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED, USE_REFUSED, type UseResult } from './native.js';
 import { type AuditUse, useFields } from './record.js';
 import type { AuditSink, Written } from './sink.js';
 import { Waiting } from './waiting.js';
@@ -19,6 +19,28 @@ export interface AuditInit {
 /** Worker -> main: a 200 went out without its record (fail-open); the writer logs it. */
 export interface AuditServedWithoutMessage {
   type: 'audit-served-without';
+}
+
+/** Hands `u`'s values to the native framing (NativeAuditChannel.use()); USE_NOT_PLAIN: use record(useFields(u)). */
+export function useValues(c: NativeAuditChannel, u: AuditUse, id: number): UseResult {
+  return c.use(
+    id,
+    u.kmsRequestId,
+    u.kmsOperation,
+    u.awsPrincipalArn,
+    u.kmsKeyArn,
+    u.kmsViaService,
+    u.awsSourceVpc,
+    u.awsSourceVpce,
+    u.prefix,
+    u.keyId,
+    u.operation,
+    u.outcome,
+    u.status,
+    u.micros,
+    u.accessKeyId,
+    u.client,
+  );
 }
 
 export class ChannelSink implements AuditSink {
@@ -55,24 +77,7 @@ export class ChannelSink implements AuditSink {
   record(u: AuditUse, written?: Written): void {
     const id = written === undefined ? 0 : this.waiting.add(written);
     const c = this.channel;
-    let r = c.use(
-      id,
-      u.kmsRequestId,
-      u.kmsOperation,
-      u.awsPrincipalArn,
-      u.kmsKeyArn,
-      u.kmsViaService,
-      u.awsSourceVpc,
-      u.awsSourceVpce,
-      u.prefix,
-      u.keyId,
-      u.operation,
-      u.outcome,
-      u.status,
-      u.micros,
-      u.accessKeyId,
-      u.client,
-    );
+    let r = useValues(c, u, id);
     if (r === USE_NOT_PLAIN) r = c.record(useFields(u), id) ? USE_QUEUED : USE_REFUSED;
     if (r === USE_QUEUED) {
       // One wake of the writer thread per turn of this loop, after every record of the turn.

@@ -10,8 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { useValues } from '../src/audit/channel.js';
-import { auditAddon, type NativeAuditChannel, USE_NOT_PLAIN, USE_QUEUED } from '../src/audit/native.js';
-import { GENESIS, nowMicros, rfc3339Micros, useFields, type AuditUse } from '../src/audit/record.js';
+import { auditAddon, type NativeAuditChannel, type NativeAuditLog, USE_NOT_PLAIN, USE_QUEUED } from '../src/audit/native.js';
+import { GENESIS, nowMicros, PLAIN, rfc3339Micros, useFields, type AuditUse } from '../src/audit/record.js';
 
 const tricky = [
   '',
@@ -78,8 +78,6 @@ function plain(u: AuditUse): string {
 }
 
 const INSTANCE = '8f0c1111-2222-4333-8444-555566667777';
-/** Printable ASCII but `"` and `\\` (src/audit/record.ts). */
-const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -108,16 +106,9 @@ describe('audit use records', () => {
     }
   });
 
-  /** Writes `uses` through a fresh writer thread, `queue` handing each to a channel; the lines written. */
-  async function writeTrail(
-    uses: AuditUse[],
-    queue: (channel: NativeAuditChannel, u: AuditUse, id: number) => void,
-  ): Promise<{ lines: string[]; before: number; after: number }> {
-    const dir = mkdtempSync(path.join(os.tmpdir(), 'xks-audit-record-'));
-    dirs.push(dir);
-    const file = path.join(dir, 'trail.jsonl');
-    const { AuditLog, AuditChannel } = auditAddon();
-    const log = new AuditLog(
+  /** A writer thread with no file yet (before-response: each group written at once). */
+  function openLog(): NativeAuditLog {
+    return new (auditAddon().AuditLog)(
       {
         durable: true,
         writeMs: 10,
@@ -130,6 +121,18 @@ describe('audit use records', () => {
       },
       () => undefined,
     );
+  }
+
+  /** Writes `uses` through a fresh writer thread, `queue` handing each to a channel; the lines written. */
+  async function writeTrail(
+    uses: AuditUse[],
+    queue: (channel: NativeAuditChannel, u: AuditUse, id: number) => void,
+  ): Promise<{ lines: string[]; before: number; after: number }> {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'xks-audit-record-'));
+    dirs.push(dir);
+    const file = path.join(dir, 'trail.jsonl');
+    const { AuditChannel } = auditAddon();
+    const log = openLog();
     const before = nowMicros();
     try {
       log.useFile(1, openSync(file, 'a'), 1, GENESIS, Number.POSITIVE_INFINITY);
@@ -205,43 +208,12 @@ describe('audit use records', () => {
   });
 
   it('a channel leaves numbers JSON.stringify would not write as integers to useFields', () => {
-    const { AuditLog, AuditChannel } = auditAddon();
-    const log = new AuditLog(
-      {
-        durable: false,
-        writeMs: 10,
-        syncMs: 100,
-        checkpointEvery: 1e6,
-        checkpointSecs: 3600,
-        instance: INSTANCE,
-        copyOut: false,
-        nowMicros: nowMicros(),
-      },
-      () => undefined,
-    );
+    const log = openLog();
     try {
-      const channel = new AuditChannel(log.id(), () => undefined);
+      const channel = new (auditAddon().AuditChannel)(log.id(), () => undefined);
       for (const micros of [1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 60]) {
-        expect(
-          channel.use(
-            0,
-            undefined,
-            undefined,
-            undefined,
-            undefined,
-            undefined,
-            undefined,
-            undefined,
-            '/p',
-            'k',
-            'Encrypt',
-            'ok',
-            200,
-            micros,
-            undefined,
-            '127.0.0.1',
-          ),
-        ).toBe(USE_NOT_PLAIN);
+        const u: AuditUse = { prefix: '/p', keyId: 'k', operation: 'Encrypt', outcome: 'ok', status: 200, micros, client: '127.0.0.1' };
+        expect(useValues(channel, u, 0)).toBe(USE_NOT_PLAIN);
       }
       channel.close();
     } finally {

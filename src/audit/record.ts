@@ -97,8 +97,8 @@ export function startLine(c: Common, s: StartFields, prev: string): string {
   return JSON.stringify(o);
 }
 
-/** Printable ASCII but `"` and `\\`: JSON.stringify only adds the quotes. */
-const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+/** Printable ASCII but `"` and `\\`: JSON.stringify only adds the quotes (native/audit/addon.cc, Plain, is its twin). */
+export const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 
 /** JSON.stringify(s), without its work for the usual case (ids, ARNs, addresses). */
 function str(s: string): string {

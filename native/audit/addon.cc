@@ -429,12 +429,11 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
     if (info.Length() < kUseArgs || !info[0].IsNumber()) throw Napi::TypeError::New(env, "use(id, ...fields)");
     if (log_ == nullptr) return Napi::Number::New(env, kRefused);
     scratch_.len = 0;
-    bool first = true;
     for (size_t i = 0; i < std::size(kUseFields); i++) {
       const Field& f = kUseFields[i];
       napi_value v = info[i + 1];
       const size_t at = scratch_.len;
-      if (!first) scratch_.put(",", 1);
+      if (at > 0) scratch_.put(",", 1);  // after the first field written
       scratch_.put("\"", 1);
       scratch_.put(f.key.data(), f.key.size());
       scratch_.put("\":", 2);
@@ -452,7 +451,6 @@ class ChannelWrap : public Napi::ObjectWrap<ChannelWrap>, public xks::audit::Cha
         }
       }
       if (!ok) return Napi::Number::New(env, kNotPlain);
-      first = false;
     }
     const bool queued = log_->record(id_, info[0].As<Napi::Number>().Uint32Value(), scratch_.p.get(), scratch_.len);
     return Napi::Number::New(env, queued ? kQueued : kRefused);

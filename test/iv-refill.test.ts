@@ -31,6 +31,12 @@ function allIdle(e: NativeEngine): boolean {
   return s.sessionsOpen > 0 && s.sessionsIdle === s.sessionsOpen;
 }
 
+/** No session of e is leased to a job or a refill (there may be none open). */
+function noneLeased(e: NativeEngine): boolean {
+  const s = e.stats();
+  return s.sessionsIdle === s.sessionsOpen;
+}
+
 describe('the IV refill off the request path (random-IV mode, 1 ms per call)', () => {
   it('600+ sequential encrypts: no Encrypt waits for a C_GenerateRandom, IVs unique, all decrypt', async () => {
     fx.faults.set('rtt 1');
@@ -87,7 +93,13 @@ describe('the IV refill off the request path (random-IV mode, 1 ms per call)', (
     fx.faults.set('rtt 1', 'fail C_GenerateRandom CKR_DEVICE_MEMORY times=1');
     const g0 = fx.faults.calls('C_GenerateRandom');
     let n = 0;
-    for (; n < 400 && fx.faults.calls('C_GenerateRandom') === g0; ++n) await e.encrypt(KEY, Buffer.from(`f-${n}`), AAD);
+    // Each Encrypt's refill, if it started one, ends before the next Encrypt is sent: else that
+    // Encrypt could claim the retry before the loop has seen the failed refill. (The failure
+    // closes the pool's sessions, so "none leased" rather than allIdle.)
+    for (; n < 400 && fx.faults.calls('C_GenerateRandom') === g0; ++n) {
+      await e.encrypt(KEY, Buffer.from(`f-${n}`), AAD);
+      expect(await waitFor(() => noneLeased(e), 3000)).toBe(true);
+    }
     expect(fx.faults.calls('C_GenerateRandom')).toBe(g0 + 1); // the failed refill
     // The Encrypts after it still have IVs in stock, and the next one due claims the refill again.
     for (let i = 0; i < 10; ++i) await e.encrypt(KEY, Buffer.from(`after-${i}`), AAD);
